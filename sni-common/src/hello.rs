@@ -1,0 +1,642 @@
+//! A resumable TLS ClientHello parser that finds the server_name.
+//!
+//! One state machine for both sides. It reads the record layer and the ClientHello one field at
+//! a time, keeps everything it needs in [`Parser`] (a fixed-size `#[repr(C)]` struct that can
+//! live in a BPF map), and can stop at any byte and resume with the next bytes of the stream:
+//! a ClientHello split across TCP segments or across TLS records is read the same as one in a
+//! single buffer.
+//!
+//! Each call of [`Parser::step`] does a bounded amount of work and either consumes at least one
+//! byte or finishes a zero-length field (which is always followed by a field that consumes), so
+//! `2 * len + 2` steps always suffice for `len` bytes of input. The kernel drives `step` from
+//! `bpf_loop`; userspace calls [`Parser::feed`].
+//!
+//! The wire grammar, from RFC 8446 §4.1.2 and RFC 6066 §3:
+//! ```text
+//! struct { ContentType type = 22; ProtocolVersion legacy_record_version;
+//!          uint16 length; opaque fragment[length]; } TLSPlaintext;   (one or more)
+//! struct { HandshakeType msg_type = 1; uint24 length; ClientHello body; } Handshake;
+//! struct { ProtocolVersion legacy_version; Random random[32];
+//!          opaque legacy_session_id<0..32>; CipherSuite cipher_suites<2..2^16-2>;
+//!          opaque legacy_compression_methods<1..2^8-1>;
+//!          Extension extensions<0..2^16-1>; } ClientHello;
+//! struct { ExtensionType extension_type; opaque extension_data<0..2^16-1>; } Extension;
+//! struct { ServerName server_name_list<1..2^16-1> } ServerNameList;
+//! struct { NameType name_type = 0; HostName host_name<1..2^16-1>; } ServerName;
+//! ```
+
+use crate::host::{lower, HostKey, MAX_NAME_LEN};
+
+/// TLS ContentType `handshake` (RFC 8446 §5.1).
+const CONTENT_TYPE_HANDSHAKE: u8 = 22;
+/// Major byte of every TLS ProtocolVersion (0x0301 TLS 1.0 … 0x0304 TLS 1.3).
+const VERSION_MAJOR: u8 = 3;
+/// HandshakeType `client_hello` (RFC 8446 §4).
+const HANDSHAKE_CLIENT_HELLO: u32 = 1;
+/// TLSPlaintext.length MUST NOT exceed 2^14 (RFC 8446 §5.1).
+const MAX_RECORD_LEN: u16 = 1 << 14;
+/// Smallest ClientHello body: version 2 + random 32 + session id length 1 + cipher suites
+/// length 2 + one suite 2 + compression length 1 + one method 1.
+const MIN_HELLO_LEN: u32 = 41;
+/// legacy_session_id is at most 32 bytes (RFC 8446 §4.1.2).
+const MAX_SESSION_ID_LEN: u32 = 32;
+/// ExtensionType `server_name` (RFC 6066 §3).
+const EXT_SERVER_NAME: u16 = 0;
+/// ExtensionType `encrypted_client_hello` (RFC 9849 §11.1; 0xfe0d since draft 13).
+const EXT_ECH: u16 = 0xfe0d;
+/// NameType `host_name` (RFC 6066 §3), the only one defined.
+const NAME_TYPE_HOST: u32 = 0;
+
+/// Bytes the parser reads from. The kernel implements it over its scratch buffer with a masked
+/// index, so that every read is provably in bounds for the verifier; userspace over a slice.
+pub trait Input {
+    /// Number of readable bytes.
+    fn len(&self) -> usize;
+    /// Byte `i`. Only called with `i < self.len()`.
+    fn byte(&self, i: usize) -> u8;
+    /// Whether there is nothing to read.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Input for [u8] {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    #[inline(always)]
+    fn byte(&self, i: usize) -> u8 {
+        self.get(i).copied().unwrap_or(0)
+    }
+}
+
+/// Where the parser stands after the bytes it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The ClientHello (or the first record header) continues past the bytes given.
+    NeedMore,
+    /// The whole ClientHello was read; [`Parser::name`] tells whether it named a host.
+    Done,
+    /// The bytes do not start a TLS ClientHello.
+    NotClientHello,
+    /// The bytes start a ClientHello that breaks the grammar; [`Parser::reason`] says how.
+    Malformed,
+}
+
+/// Why parsing stopped without a ClientHello, for logs and `classify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// Nothing wrong (yet).
+    None = 0,
+    /// The first record is not a handshake record.
+    NotHandshakeRecord,
+    /// A record's version does not start with 3.
+    BadRecordVersion,
+    /// A record is empty or longer than 2^14.
+    BadRecordLength,
+    /// The first handshake message is not a ClientHello.
+    NotClientHello,
+    /// The ClientHello is shorter than its fixed fields.
+    HelloTooShort,
+    /// `legacy_version` is not 3.x.
+    BadHelloVersion,
+    /// legacy_session_id longer than 32 bytes.
+    BadSessionIdLength,
+    /// cipher_suites empty or of odd length.
+    BadCipherSuitesLength,
+    /// legacy_compression_methods empty.
+    BadCompressionLength,
+    /// The extensions block does not end where the ClientHello does.
+    ExtensionsLengthMismatch,
+    /// An extension runs past the extensions block.
+    ExtensionOverrun,
+    /// Two server_name extensions.
+    DuplicateServerName,
+    /// server_name_list length does not match its extension.
+    BadServerNameList,
+    /// host_name empty, longer than 255 bytes, or past its list.
+    BadNameLength,
+    /// host_name is only a dot.
+    EmptyName,
+    /// A field runs past the ClientHello (a length field lies).
+    Overrun,
+}
+
+impl Reason {
+    /// Short snake_case name, stable for logs and JSON.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::NotHandshakeRecord => "not_handshake_record",
+            Self::BadRecordVersion => "bad_record_version",
+            Self::BadRecordLength => "bad_record_length",
+            Self::NotClientHello => "not_client_hello",
+            Self::HelloTooShort => "hello_too_short",
+            Self::BadHelloVersion => "bad_hello_version",
+            Self::BadSessionIdLength => "bad_session_id_length",
+            Self::BadCipherSuitesLength => "bad_cipher_suites_length",
+            Self::BadCompressionLength => "bad_compression_length",
+            Self::ExtensionsLengthMismatch => "extensions_length_mismatch",
+            Self::ExtensionOverrun => "extension_overrun",
+            Self::DuplicateServerName => "duplicate_server_name",
+            Self::BadServerNameList => "bad_server_name_list",
+            Self::BadNameLength => "bad_name_length",
+            Self::EmptyName => "empty_name",
+            Self::Overrun => "overrun",
+        }
+    }
+
+    const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::NotHandshakeRecord,
+            2 => Self::BadRecordVersion,
+            3 => Self::BadRecordLength,
+            4 => Self::NotClientHello,
+            5 => Self::HelloTooShort,
+            6 => Self::BadHelloVersion,
+            7 => Self::BadSessionIdLength,
+            8 => Self::BadCipherSuitesLength,
+            9 => Self::BadCompressionLength,
+            10 => Self::ExtensionsLengthMismatch,
+            11 => Self::ExtensionOverrun,
+            12 => Self::DuplicateServerName,
+            13 => Self::BadServerNameList,
+            14 => Self::BadNameLength,
+            15 => Self::EmptyName,
+            16 => Self::Overrun,
+            _ => Self::None,
+        }
+    }
+}
+
+// Parser status.
+const ST_NEED_MORE: u8 = 0;
+const ST_DONE: u8 = 1;
+const ST_NOT_HELLO: u8 = 2;
+const ST_MALFORMED: u8 = 3;
+
+// Flags.
+/// Handshake type 1 was read: this is a ClientHello.
+const F_CONFIRMED: u8 = 1;
+/// A server_name extension was seen.
+const F_SNI_EXT: u8 = 2;
+/// A complete host name is in `host`.
+const F_NAME: u8 = 4;
+/// An encrypted_client_hello extension was seen.
+const F_ECH: u8 = 8;
+
+// Stages: the field the parser is in. `int` fields accumulate big-endian into `acc`, `skip`
+// fields are passed over, the name is copied.
+const S_HS_TYPE: u8 = 0; // int 1
+const S_HS_LEN: u8 = 1; // int 3
+const S_VERSION: u8 = 2; // int 2
+const S_RANDOM: u8 = 3; // skip 32
+const S_SID_LEN: u8 = 4; // int 1
+const S_SID: u8 = 5; // skip
+const S_CS_LEN: u8 = 6; // int 2
+const S_CS: u8 = 7; // skip
+const S_COMP_LEN: u8 = 8; // int 1
+const S_COMP: u8 = 9; // skip
+const S_EXTS_LEN: u8 = 10; // int 2
+const S_EXT_TYPE: u8 = 11; // int 2
+const S_EXT_LEN: u8 = 12; // int 2
+const S_EXT_BODY: u8 = 13; // skip
+const S_SNI_LIST_LEN: u8 = 14; // int 2
+const S_SNI_TYPE: u8 = 15; // int 1
+const S_SNI_NAME_LEN: u8 = 16; // int 2
+const S_SNI_NAME: u8 = 17; // copy
+
+/// Parse state of one ClientHello; fixed size, plain data, all-zero when new.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Parser {
+    /// The host name read so far, normalised as it is copied.
+    pub host: HostKey,
+    /// ClientHello body bytes not consumed yet.
+    hs_left: u32,
+    /// Extensions-block bytes not consumed yet.
+    exts_left: u32,
+    /// Bytes left in the current field.
+    need: u32,
+    /// Big-endian accumulator of the current integer field.
+    acc: u32,
+    /// Bytes left in the current TLS record; 0 while reading a record header.
+    rec_left: u16,
+    /// Bytes left in the current server_name extension.
+    ext_left: u16,
+    /// Type of the current extension.
+    ext_type: u16,
+    /// Current field (`S_*`).
+    stage: u8,
+    /// Position within a 5-byte record header.
+    rec_hdr: u8,
+    /// High byte of a record length being read.
+    rec_len_hi: u8,
+    /// Records started (saturating).
+    records: u8,
+    /// `F_*` flags.
+    flags: u8,
+    /// `ST_*` status.
+    status: u8,
+    /// [`Reason`] as a byte.
+    reason: u8,
+    _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Parser>() == Parser::SIZE);
+
+impl Default for Parser {
+    fn default() -> Self {
+        Self::NEW
+    }
+}
+
+impl core::fmt::Debug for Parser {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Parser")
+            .field("progress", &self.progress())
+            .field("reason", &self.reason())
+            .field("host", &self.host)
+            .field("stage", &self.stage)
+            .field("flags", &self.flags)
+            .field("records", &self.records)
+            .finish()
+    }
+}
+
+impl Parser {
+    /// Size in bytes (it is stored in BPF maps).
+    pub const SIZE: usize = 288;
+
+    /// A parser at the first byte of a stream.
+    pub const NEW: Self = Self {
+        host: HostKey::EMPTY,
+        hs_left: 0,
+        exts_left: 0,
+        need: 1,
+        acc: 0,
+        rec_left: 0,
+        ext_left: 0,
+        ext_type: 0,
+        stage: S_HS_TYPE,
+        rec_hdr: 0,
+        rec_len_hi: 0,
+        records: 0,
+        flags: 0,
+        status: ST_NEED_MORE,
+        reason: 0,
+        _pad: [0; 3],
+    };
+
+    /// Steps needed at most to consume `len` bytes (see the module docs).
+    pub const fn max_steps(len: usize) -> usize {
+        2 * len + 2
+    }
+
+    /// Feeds the next bytes of the stream; returns where the parser stands after them.
+    ///
+    /// Bytes after the end of the ClientHello are ignored.
+    pub fn feed(&mut self, bytes: &[u8]) -> Progress {
+        let mut pos = 0;
+        for _ in 0..Self::max_steps(bytes.len()) {
+            if !self.step(bytes, &mut pos) {
+                break;
+            }
+        }
+        self.progress()
+    }
+
+    /// Where the parser stands.
+    pub fn progress(&self) -> Progress {
+        match self.status {
+            ST_NEED_MORE => Progress::NeedMore,
+            ST_DONE => Progress::Done,
+            ST_NOT_HELLO => Progress::NotClientHello,
+            _ => Progress::Malformed,
+        }
+    }
+
+    /// The complete, normalised host name, once read (even before the ClientHello ends).
+    pub fn name(&self) -> Option<&HostKey> {
+        (self.flags & F_NAME != 0).then_some(&self.host)
+    }
+
+    /// Whether a complete name was read.
+    #[inline(always)]
+    pub fn has_name(&self) -> bool {
+        self.flags & F_NAME != 0
+    }
+
+    /// Whether the bytes were recognised as a ClientHello (handshake type 1 read).
+    #[inline(always)]
+    pub fn is_client_hello(&self) -> bool {
+        self.flags & F_CONFIRMED != 0
+    }
+
+    /// Whether an `encrypted_client_hello` extension was seen so far.
+    #[inline(always)]
+    pub fn has_ech(&self) -> bool {
+        self.flags & F_ECH != 0
+    }
+
+    /// Why parsing failed, if it did.
+    pub fn reason(&self) -> Reason {
+        Reason::from_u8(self.reason)
+    }
+
+    /// Number of TLS records started so far.
+    pub fn records(&self) -> u8 {
+        self.records
+    }
+
+    /// Runs one bounded step over `input` from `*pos`; returns whether another step can make
+    /// progress (false once the input is used up or parsing has ended).
+    #[inline(always)]
+    pub fn step<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        if self.status != ST_NEED_MORE {
+            return false;
+        }
+        let is_skip = matches!(self.stage, S_RANDOM | S_SID | S_CS | S_COMP | S_EXT_BODY);
+        if is_skip && self.need == 0 {
+            // A zero-length field ends without input.
+            self.field_done();
+            return true;
+        }
+        let at = *pos;
+        let len = input.len();
+        if at >= len {
+            return false;
+        }
+        if self.rec_left == 0 {
+            let b = input.byte(at);
+            *pos = at + 1;
+            self.record_header_byte(b);
+            return true;
+        }
+        if is_skip {
+            let avail = len - at;
+            let take = min3(avail, usize::from(self.rec_left), self.need as usize);
+            // `take` is at most `rec_left` (a u16), so it fits in u32.
+            let take32 = take as u32;
+            if !self.consume(take32) {
+                return false;
+            }
+            *pos = at + take;
+            self.need -= take32;
+            if self.need == 0 {
+                self.field_done();
+            }
+            return true;
+        }
+        let b = input.byte(at);
+        *pos = at + 1;
+        if !self.consume(1) {
+            return false;
+        }
+        self.need = self.need.saturating_sub(1);
+        if self.stage == S_SNI_NAME {
+            let i = usize::from(self.host.len);
+            if i < MAX_NAME_LEN {
+                self.host.name[i] = lower(b);
+                self.host.len += 1;
+            }
+        } else {
+            self.acc = (self.acc << 8) | u32::from(b);
+        }
+        if self.need == 0 {
+            self.field_done();
+        }
+        true
+    }
+
+    fn record_header_byte(&mut self, b: u8) {
+        match self.rec_hdr {
+            0 => {
+                if b != CONTENT_TYPE_HANDSHAKE {
+                    return self.record_fail(Reason::NotHandshakeRecord);
+                }
+            }
+            1 => {
+                if b != VERSION_MAJOR {
+                    return self.record_fail(Reason::BadRecordVersion);
+                }
+            }
+            2 => {} // Minor version: any (clients send 1 or 3).
+            3 => self.rec_len_hi = b,
+            _ => {
+                let len = u16::from_be_bytes([self.rec_len_hi, b]);
+                if len == 0 || len > MAX_RECORD_LEN {
+                    return self.malformed(Reason::BadRecordLength);
+                }
+                self.rec_left = len;
+                self.rec_hdr = 0;
+                self.records = self.records.saturating_add(1);
+                return;
+            }
+        }
+        self.rec_hdr += 1;
+    }
+
+    /// A bad first record header means "not TLS"; a bad later one, a broken ClientHello.
+    fn record_fail(&mut self, reason: Reason) {
+        if self.records == 0 {
+            self.status = ST_NOT_HELLO;
+            self.reason = reason as u8;
+        } else {
+            self.malformed(reason);
+        }
+    }
+
+    /// Accounts `n` bytes of the current field against the record and every enclosing length.
+    #[inline(always)]
+    fn consume(&mut self, n: u32) -> bool {
+        // n <= rec_left was ensured by the caller.
+        self.rec_left = self.rec_left.saturating_sub(n as u16);
+        if self.stage >= S_VERSION {
+            if n > self.hs_left {
+                self.malformed(Reason::Overrun);
+                return false;
+            }
+            self.hs_left -= n;
+        }
+        if self.stage >= S_EXT_TYPE {
+            if n > self.exts_left {
+                self.malformed(Reason::ExtensionOverrun);
+                return false;
+            }
+            self.exts_left -= n;
+        }
+        if self.stage >= S_SNI_LIST_LEN {
+            if n > u32::from(self.ext_left) {
+                self.malformed(Reason::BadServerNameList);
+                return false;
+            }
+            self.ext_left -= n as u16;
+        }
+        true
+    }
+
+    fn enter(&mut self, stage: u8, need: u32) {
+        self.stage = stage;
+        self.need = need;
+        self.acc = 0;
+    }
+
+    fn malformed(&mut self, reason: Reason) {
+        self.status = ST_MALFORMED;
+        self.reason = reason as u8;
+    }
+
+    fn done(&mut self) {
+        self.status = ST_DONE;
+    }
+
+    /// The current field is complete: check it and move to the next.
+    fn field_done(&mut self) {
+        let v = self.acc;
+        match self.stage {
+            S_HS_TYPE => {
+                if v != HANDSHAKE_CLIENT_HELLO {
+                    self.status = ST_NOT_HELLO;
+                    self.reason = Reason::NotClientHello as u8;
+                    return;
+                }
+                self.flags |= F_CONFIRMED;
+                self.enter(S_HS_LEN, 3);
+            }
+            S_HS_LEN => {
+                if v < MIN_HELLO_LEN {
+                    return self.malformed(Reason::HelloTooShort);
+                }
+                self.hs_left = v;
+                self.enter(S_VERSION, 2);
+            }
+            S_VERSION => {
+                if v >> 8 != u32::from(VERSION_MAJOR) {
+                    return self.malformed(Reason::BadHelloVersion);
+                }
+                self.enter(S_RANDOM, 32);
+            }
+            S_RANDOM => self.enter(S_SID_LEN, 1),
+            S_SID_LEN => {
+                if v > MAX_SESSION_ID_LEN {
+                    return self.malformed(Reason::BadSessionIdLength);
+                }
+                self.enter(S_SID, v);
+            }
+            S_SID => self.enter(S_CS_LEN, 2),
+            S_CS_LEN => {
+                if v < 2 || v % 2 != 0 {
+                    return self.malformed(Reason::BadCipherSuitesLength);
+                }
+                self.enter(S_CS, v);
+            }
+            S_CS => self.enter(S_COMP_LEN, 1),
+            S_COMP_LEN => {
+                if v == 0 {
+                    return self.malformed(Reason::BadCompressionLength);
+                }
+                self.enter(S_COMP, v);
+            }
+            S_COMP => {
+                if self.hs_left == 0 {
+                    // No extensions at all (SSLv3-style ClientHello).
+                    return self.done();
+                }
+                self.enter(S_EXTS_LEN, 2);
+            }
+            S_EXTS_LEN => {
+                if v != self.hs_left {
+                    return self.malformed(Reason::ExtensionsLengthMismatch);
+                }
+                self.exts_left = v;
+                if v == 0 {
+                    return self.done();
+                }
+                self.enter(S_EXT_TYPE, 2);
+            }
+            S_EXT_TYPE => {
+                self.ext_type = v as u16;
+                self.enter(S_EXT_LEN, 2);
+            }
+            S_EXT_LEN => {
+                if v > self.exts_left {
+                    return self.malformed(Reason::ExtensionOverrun);
+                }
+                match self.ext_type {
+                    EXT_SERVER_NAME => {
+                        if self.flags & F_SNI_EXT != 0 {
+                            return self.malformed(Reason::DuplicateServerName);
+                        }
+                        self.flags |= F_SNI_EXT;
+                        self.ext_left = v as u16;
+                        self.enter(S_SNI_LIST_LEN, 2);
+                    }
+                    EXT_ECH => {
+                        self.flags |= F_ECH;
+                        self.enter(S_EXT_BODY, v);
+                    }
+                    _ => self.enter(S_EXT_BODY, v),
+                }
+            }
+            S_EXT_BODY => {
+                if self.exts_left == 0 {
+                    return self.done();
+                }
+                self.enter(S_EXT_TYPE, 2);
+            }
+            S_SNI_LIST_LEN => {
+                // The list fills the extension and holds at least one entry header.
+                if v != u32::from(self.ext_left) || v < 3 {
+                    return self.malformed(Reason::BadServerNameList);
+                }
+                self.enter(S_SNI_TYPE, 1);
+            }
+            S_SNI_TYPE => {
+                if v != NAME_TYPE_HOST {
+                    // An unknown NameType: no host name here; pass over the rest.
+                    let rest = u32::from(self.ext_left);
+                    return self.enter(S_EXT_BODY, rest);
+                }
+                self.enter(S_SNI_NAME_LEN, 2);
+            }
+            S_SNI_NAME_LEN => {
+                if v == 0 || v > u32::from(self.ext_left) || v > MAX_NAME_LEN as u32 {
+                    return self.malformed(Reason::BadNameLength);
+                }
+                self.enter(S_SNI_NAME, v);
+            }
+            S_SNI_NAME => {
+                // Normalise: drop one trailing dot (the bytes were lowercased on copy).
+                let len = usize::from(self.host.len);
+                if len > 0 && len <= MAX_NAME_LEN && self.host.name[len - 1] == b'.' {
+                    self.host.name[len - 1] = 0;
+                    self.host.len -= 1;
+                }
+                if self.host.len == 0 {
+                    return self.malformed(Reason::EmptyName);
+                }
+                // RFC 6066 §3 allows one host_name; every client sends exactly one entry.
+                // Bytes after it mean the length fields disagree: treat as malformed rather
+                // than guess which length is the lie.
+                if self.ext_left != 0 {
+                    return self.malformed(Reason::BadServerNameList);
+                }
+                self.flags |= F_NAME;
+                self.enter(S_EXT_BODY, 0);
+            }
+            _ => self.malformed(Reason::Overrun),
+        }
+    }
+}
+
+#[inline(always)]
+fn min3(a: usize, b: usize, c: usize) -> usize {
+    let m = if a < b { a } else { b };
+    if m < c {
+        m
+    } else {
+        c
+    }
+}

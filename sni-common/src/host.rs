@@ -1,0 +1,124 @@
+//! Host names as both sides store them: normalised, in a fixed-size key.
+//!
+//! Normalisation is ASCII lowercase plus the removal of one trailing dot (RFC 6066 §3 says the
+//! HostName carries no trailing dot, but clients and fuzzers send one anyway). The kernel
+//! normalises byte by byte while it copies the name out of the packet; userspace calls
+//! [`HostKey::from_name`]. Both end in the same 256 bytes, so a configured name and a name seen
+//! on the wire meet in the same map slot.
+
+/// Longest host name kept, in bytes. A DNS name is at most 253 bytes (RFC 1035 §2.3.4, written
+/// without the trailing dot); 255 leaves room for the dot and fits the length in one byte.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Key of the per-host maps: a normalised host name, zero-padded.
+///
+/// Every byte past `len` is zero, so two keys are equal exactly when the names are.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    /// Length of the name in bytes (0 for an empty key).
+    pub len: u8,
+    /// The name, ASCII-lowercased, without a trailing dot; zero past `len`.
+    pub name: [u8; MAX_NAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<HostKey>() == 256);
+
+/// Why a name cannot become a [`HostKey`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameError {
+    /// Empty, or only a dot.
+    Empty,
+    /// Longer than [`MAX_NAME_LEN`] after normalisation.
+    TooLong,
+}
+
+impl HostKey {
+    /// The all-zero key.
+    pub const EMPTY: Self = Self {
+        len: 0,
+        name: [0; MAX_NAME_LEN],
+    };
+
+    /// Normalises `name` (ASCII lowercase, one trailing dot removed) into a key.
+    pub fn from_name(name: &[u8]) -> Result<Self, NameError> {
+        let name = match name.split_last() {
+            Some((b'.', rest)) => rest,
+            _ => name,
+        };
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong);
+        }
+        let mut key = Self::EMPTY;
+        for (dst, src) in key.name.iter_mut().zip(name) {
+            *dst = lower(*src);
+        }
+        key.len = name.len() as u8;
+        Ok(key)
+    }
+
+    /// The name bytes (without the zero padding).
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = usize::from(self.len).min(MAX_NAME_LEN);
+        &self.name[..len]
+    }
+}
+
+impl Default for HostKey {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl core::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "HostKey(\"{}\")", self.as_bytes().escape_ascii())
+    }
+}
+
+/// ASCII lowercase of one byte; other bytes unchanged. Used by both sides.
+#[inline(always)]
+pub const fn lower(b: u8) -> u8 {
+    if b.is_ascii_uppercase() {
+        b | 0x20
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_case_and_one_trailing_dot() {
+        let key = HostKey::from_name(b"WWW.Example.COM.").expect("valid");
+        assert_eq!(key.as_bytes(), b"www.example.com");
+        assert_eq!(key, HostKey::from_name(b"www.example.com").expect("valid"));
+        // Only one dot goes.
+        assert_eq!(
+            HostKey::from_name(b"a..").expect("valid").as_bytes(),
+            b"a."
+        );
+    }
+
+    #[test]
+    fn rejects_empty_and_too_long() {
+        assert_eq!(HostKey::from_name(b""), Err(NameError::Empty));
+        assert_eq!(HostKey::from_name(b"."), Err(NameError::Empty));
+        let long = [b'a'; 256];
+        assert_eq!(HostKey::from_name(&long), Err(NameError::TooLong));
+        assert!(HostKey::from_name(&long[..255]).is_ok());
+        let mut dotted = [b'a'; 256];
+        dotted[255] = b'.';
+        assert_eq!(HostKey::from_name(&dotted).expect("fits").len, 255);
+    }
+
+    #[test]
+    fn padding_is_zero() {
+        let key = HostKey::from_name(b"abc").expect("valid");
+        assert!(key.name[3..].iter().all(|b| *b == 0));
+    }
+}

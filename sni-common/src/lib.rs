@@ -1,0 +1,21 @@
+//! Shared by both sides of sni: the XDP program (`sni-ebpf`, no_std, kernel) and the userspace
+//! loader, terminator and tools (`sni-user`).
+//!
+//! - [`hello`]: the TLS ClientHello parser, a resumable state machine. The kernel runs it over
+//!   packet bytes copied into a per-CPU buffer; userspace runs the very same code in tests, in
+//!   `sni-user classify` and wherever bytes must be read without terminating TLS.
+//! - [`host`]: host-name normalisation and the fixed-size host key used by every map.
+//! - [`maps`]: map names, `#[repr(C)]` map keys and values, and global counter indices.
+#![no_std]
+#![deny(unsafe_code)]
+
+pub mod hello;
+pub mod host;
+pub mod maps;
+
+#[cfg(feature = "user")]
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for plain-old-data map types")]
+mod pod;
+
+pub use hello::{Input, Parser, Progress};
+pub use host::HostKey;
