@@ -5,7 +5,7 @@
 //! Value types are `#[repr(C)]` with explicit padding and a compile-time size check, so both
 //! sides agree on the layout byte for byte.
 
-use crate::{hello::Parser, host::HostKey};
+use crate::hello::Parser;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "sni_classify";
@@ -56,7 +56,8 @@ pub mod counter {
     pub const MALFORMED: u32 = 6;
     /// ClientHellos that continue past the packet before their name was read.
     pub const INCOMPLETE: u32 = 7;
-    /// IP fragments on watched traffic, passed without parsing.
+    /// IP fragments carrying TCP, passed without parsing (their ports may be in another
+    /// fragment).
     pub const FRAGMENTS: u32 = 8;
     /// A host entry could not be created (map full and not evictable): the name was seen but
     /// not counted per host.
@@ -164,5 +165,31 @@ pub struct Scratch {
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == SCRATCH_LEN + Parser::SIZE + 8);
 
-/// Sanity check that the key type keeps its size.
-const _: () = assert!(core::mem::size_of::<HostKey>() == 256);
+/// The kernel's view of the scratch buffer as parser input: reads are masked into the buffer,
+/// so the verifier sees every access in bounds whatever it knows about `len`.
+pub struct Chunk<'a> {
+    buf: &'a [u8; SCRATCH_LEN],
+    len: usize,
+}
+
+impl<'a> Chunk<'a> {
+    /// The first `len` bytes of `buf` (at most [`SCRATCH_LEN`]).
+    #[inline(always)]
+    pub fn new(buf: &'a [u8; SCRATCH_LEN], len: usize) -> Self {
+        Self {
+            buf,
+            len: if len < SCRATCH_LEN { len } else { SCRATCH_LEN },
+        }
+    }
+}
+
+impl crate::hello::Input for Chunk<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+    #[inline(always)]
+    fn byte(&self, i: usize) -> u8 {
+        self.buf[i & (SCRATCH_LEN - 1)]
+    }
+}

@@ -1,1 +1,25 @@
-fn main(){}
+//! The XDP program (kernel side): finds TLS ClientHellos in TCP traffic to the watched ports,
+//! reads their server_name with the `sni-common` parser, and counts per host and globally.
+//!
+//! It never drops or rewrites: every packet gets `XDP_PASS`, including on every error (fail
+//! open). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; a host build is empty.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod classify;
+#[cfg(target_arch = "bpf")]
+mod headers;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("sni-ebpf is an eBPF program: build it with `cargo xtask build-ebpf`.");
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The program has no panicking paths the compiler could not remove; the verifier would
+    // reject one that stayed (it cannot return).
+    unsafe { core::hint::unreachable_unchecked() }
+}
