@@ -98,10 +98,7 @@ mod tests {
         assert_eq!(key.as_bytes(), b"www.example.com");
         assert_eq!(key, HostKey::from_name(b"www.example.com").expect("valid"));
         // Only one dot goes.
-        assert_eq!(
-            HostKey::from_name(b"a..").expect("valid").as_bytes(),
-            b"a."
-        );
+        assert_eq!(HostKey::from_name(b"a..").expect("valid").as_bytes(), b"a.");
     }
 
     #[test]

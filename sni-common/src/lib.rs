@@ -14,7 +14,10 @@ pub mod host;
 pub mod maps;
 
 #[cfg(feature = "user")]
-#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait for plain-old-data map types")]
+#[expect(
+    unsafe_code,
+    reason = "aya::Pod is an unsafe marker trait for plain-old-data map types"
+)]
 mod pod;
 
 pub use hello::{Input, Parser, Progress};

@@ -71,7 +71,13 @@ fn rustls_hello(name: &str) -> Vec<u8> {
 fn corpus() -> Vec<(String, Vec<u8>, Option<String>)> {
     let mut all: Vec<_> = FIXTURES
         .iter()
-        .map(|f| (f.file.to_owned(), f.bytes.to_vec(), f.name.map(str::to_owned)))
+        .map(|f| {
+            (
+                f.file.to_owned(),
+                f.bytes.to_vec(),
+                f.name.map(str::to_owned),
+            )
+        })
         .collect();
     all.push((
         "rustls-x25519mlkem768".to_owned(),
@@ -111,7 +117,8 @@ fn parse(bytes: &[u8]) -> Parser {
 }
 
 fn name_of(p: &Parser) -> Option<String> {
-    p.name().map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned())
+    p.name()
+        .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned())
 }
 
 /// A ClientHello taken apart with plain std code, so tests can rebuild it differently.
@@ -224,7 +231,10 @@ impl Hello {
     }
 
     fn sni_index(&self) -> Option<usize> {
-        self.extensions.as_ref()?.iter().position(|(ty, _)| *ty == 0)
+        self.extensions
+            .as_ref()?
+            .iter()
+            .position(|(ty, _)| *ty == 0)
     }
 }
 
@@ -283,7 +293,11 @@ fn rustls_hello_offers_post_quantum_share_and_is_large() {
     let hello = Hello::from_records(&bytes);
     let exts = hello.extensions.expect("extensions");
     let key_share = exts.iter().find(|(ty, _)| *ty == 51).expect("key_share");
-    assert_eq!(&key_share.1[2..4], &[0x11, 0xec], "first share is X25519MLKEM768");
+    assert_eq!(
+        &key_share.1[2..4],
+        &[0x11, 0xec],
+        "first share is X25519MLKEM768"
+    );
     assert!(bytes.len() > 1200, "{} bytes", bytes.len());
 }
 
@@ -427,8 +441,14 @@ fn long_names_normalisation_and_punycode() {
         (format!("{name253}."), Some(name253.clone())),
         ("c".repeat(255), Some("c".repeat(255))),
         (format!("{}.", "d".repeat(254)), Some("d".repeat(254))),
-        ("MiXeD.Case.EXAMPLE".to_owned(), Some("mixed.case.example".to_owned())),
-        ("xn--nxasmq6b.xn--jxalpdlp".to_owned(), Some("xn--nxasmq6b.xn--jxalpdlp".to_owned())),
+        (
+            "MiXeD.Case.EXAMPLE".to_owned(),
+            Some("mixed.case.example".to_owned()),
+        ),
+        (
+            "xn--nxasmq6b.xn--jxalpdlp".to_owned(),
+            Some("xn--nxasmq6b.xn--jxalpdlp".to_owned()),
+        ),
         ("x".to_owned(), Some("x".to_owned())),
     ];
     for (wire, want) in cases {

@@ -112,7 +112,11 @@ fn client_hello(ctx: &XdpContext, off: usize, len: usize, frame_len: u64) -> Opt
         let rest = len - done;
         // The compiler knows `n` is in 1..=SCRATCH_LEN here, the verifier does not: read it
         // through a barrier and bound it again where the verifier can see the comparison.
-        let n = opaque(if rest < SCRATCH_LEN { rest } else { SCRATCH_LEN });
+        let n = opaque(if rest < SCRATCH_LEN {
+            rest
+        } else {
+            SCRATCH_LEN
+        });
         if n == 0 || n > SCRATCH_LEN {
             break;
         }

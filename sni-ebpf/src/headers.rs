@@ -141,7 +141,11 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
     }
     let payload_off = l4_off + data_offset;
     let frame_len = ctx.data_end() - ctx.data();
-    let end = if l4_end < frame_len { l4_end } else { frame_len };
+    let end = if l4_end < frame_len {
+        l4_end
+    } else {
+        frame_len
+    };
     let payload_len = end.saturating_sub(payload_off);
     Some(Frame::Tcp(Segment {
         dst_port,

@@ -330,7 +330,13 @@ mod tests {
     #[test]
     fn hostile_config_text_never_panics() {
         for text in [
-            "", "[", "[xdp", "xdp = 1", "[xdp]\ninterfaces = [1]", "\u{0}", "[[host]]\nnames=[\"\"]",
+            "",
+            "[",
+            "[xdp",
+            "xdp = 1",
+            "[xdp]\ninterfaces = [1]",
+            "\u{0}",
+            "[[host]]\nnames=[\"\"]",
             "[xdp]\ninterfaces=[\"aaaaaaaaaaaaaaaaaaaaaaaa\"]",
         ] {
             let _ = parse(text);

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::config::{Config, Mode, XdpConfig};
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sni-ebpf.o"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sni-ebpf.o"));
 
 /// `statfs` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -265,8 +265,8 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> Result<bool> {
-    let st = nix::sys::statfs::statfs(path)
-        .with_context(|| format!("statfs {}", path.display()))?;
+    let st =
+        nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;
     Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 

@@ -1,0 +1,48 @@
+//! Helpers for the integration tests: frames built byte by byte, the loaded XDP program under
+//! `BPF_PROG_TEST_RUN`, network namespaces and veth pairs that clean up after themselves, and
+//! child processes ended by their PID.
+//!
+//! Tests panic with context rather than return errors (as aya's own integration tests do).
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers panic with context on purpose"
+)]
+
+pub mod frame;
+pub mod netns;
+pub mod prog;
+
+use std::path::PathBuf;
+
+/// A ClientHello captured from a real client (sni-common/testdata).
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sni-common/testdata")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The `sni-user` binary under test (`cargo xtask test` builds it and sets SNI_USER_BIN).
+pub fn sni_user_bin() -> PathBuf {
+    let path = std::env::var_os("SNI_USER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sni-user"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test` (it builds sni-user first)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test with its reason unless it runs as root (CI does).
+pub fn require_root() {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "this test loads XDP programs and creates network namespaces: it must run as root \
+         (sudo -E cargo xtask test)"
+    );
+}

@@ -1,1 +1,201 @@
-fn main(){}
+//! `cargo xtask`: the project's build, run and test entry points.
+//!
+//! - `build-ebpf`: builds the XDP program for `bpfel-unknown-none` (see [`toolchain`] for how
+//!   the compiler and bpf-linker are found or installed).
+//! - `run`: builds everything and starts `sni-user run` (through `sudo -E` when not root).
+//! - `test`: installs the test peers, builds, and runs every test as root.
+//! - `deps`: installs the Debian packages the tests and demo use.
+
+mod toolchain;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the tests drive as real peers and tools.
+const TEST_PACKAGES: &[&str] = &["iproute2", "openssl", "curl", "python3", "procps"];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run and test sni")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the XDP program (target/ebpf/bpfel-unknown-none/release/sni-ebpf).
+    BuildEbpf {
+        /// Never install anything; only report what is missing.
+        #[arg(long)]
+        no_install: bool,
+    },
+    /// Build everything and run `sni-user run` with the given arguments.
+    Run {
+        /// Arguments for `sni-user run` (e.g. `-- --config sni.toml`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install the test peers, build, and run all tests (needs root: XDP and namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install the Debian packages used by the tests (as root).
+    Deps,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Task::BuildEbpf { no_install } => build_ebpf(!no_install).map(|_| ()),
+        Task::Run { args } => {
+            build_ebpf(true)?;
+            cargo(&["build", "--release", "-p", "sni-user"])?;
+            let bin = root().join("target/release/sni-user");
+            let mut cmd = if toolchain::nix_is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            cmd.arg("run").args(&args);
+            let status = cmd.status().context("starting sni-user")?;
+            if !status.success() {
+                bail!("sni-user exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            if !toolchain::nix_is_root() {
+                bail!(
+                    "the tests load XDP programs and create network namespaces: run them as root \
+                     (sudo -E cargo xtask test)"
+                );
+            }
+            deps()?;
+            let object = build_ebpf(true)?;
+            cargo(&["build", "-p", "sni-user"])?;
+            let mut test = Command::new(cargo_bin());
+            test.current_dir(root())
+                .args(["test", "--workspace", "--exclude", "sni-ebpf"])
+                .args(&args)
+                .env("SNI_EBPF_OBJECT", &object)
+                .env("SNI_USER_BIN", root().join("target/debug/sni-user"));
+            let status = test.status().context("running cargo test")?;
+            if !status.success() {
+                bail!("cargo test failed ({status})");
+            }
+            Ok(())
+        }
+        Task::Deps => deps(),
+    }
+}
+
+fn deps() -> Result<()> {
+    if toolchain::can_apt() {
+        toolchain::apt_install(TEST_PACKAGES)
+    } else {
+        eprintln!(
+            "xtask: not root with apt-get; make sure these are installed: {}",
+            TEST_PACKAGES.join(" ")
+        );
+        Ok(())
+    }
+}
+
+/// Builds the XDP object and returns its path.
+fn build_ebpf(allow_install: bool) -> Result<PathBuf> {
+    let tc = toolchain::find_or_install(allow_install)?;
+    eprintln!(
+        "xtask: building sni-ebpf with {} ({}, LLVM {}) and {}",
+        tc.rustc.display(),
+        tc.origin,
+        tc.llvm_major,
+        tc.bpf_linker.display()
+    );
+    let linker_dir = tc
+        .bpf_linker
+        .parent()
+        .context("bpf-linker has no directory")?;
+    let path = env::join_paths(
+        std::iter::once(linker_dir.to_path_buf())
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    let status = Command::new(cargo_bin())
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sni-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(root().join("target/ebpf"))
+        .env("RUSTC", &tc.rustc)
+        // Lets a stable cargo and a stable rustc accept -Z build-std.
+        .env("RUSTC_BOOTSTRAP", "1")
+        // BTF lets the kernel check the maps and aya-log find its records.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\u{1f}-Clink-arg=--btf",
+        )
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC_WRAPPER")
+        .env("PATH", path)
+        .status()
+        .context("running cargo build for sni-ebpf")?;
+    if !status.success() {
+        bail!("building sni-ebpf failed ({status})");
+    }
+    let object = root().join("target/ebpf/bpfel-unknown-none/release/sni-ebpf");
+    if !object.is_file() {
+        bail!("the build did not produce {}", object.display());
+    }
+    eprintln!("xtask: built {}", object.display());
+    Ok(object)
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo_bin())
+        .current_dir(root())
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_bin() -> PathBuf {
+    env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
