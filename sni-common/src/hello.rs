@@ -527,7 +527,7 @@ impl Parser {
             }
             S_SID => self.enter(S_CS_LEN, 2),
             S_CS_LEN => {
-                if v < 2 || v % 2 != 0 {
+                if v < 2 || !v.is_multiple_of(2) {
                     return self.malformed(Reason::BadCipherSuitesLength);
                 }
                 self.enter(S_CS, v);

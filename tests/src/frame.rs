@@ -41,7 +41,7 @@ pub struct V4 {
 /// An IPv4 packet 198.18.0.1 → 198.18.0.2.
 pub fn ipv4(protocol: u8, v4: &V4, payload: &[u8]) -> Vec<u8> {
     let mut options = v4.options.clone();
-    while options.len() % 4 != 0 {
+    while !options.len().is_multiple_of(4) {
         options.push(0); // End of Options List
     }
     let ihl = 5 + options.len() / 4;
@@ -111,7 +111,7 @@ pub fn ipv6(exts: &[Ext], protocol: u8, payload: &[u8]) -> Vec<u8> {
 /// A TCP segment from port 40000 to `dst_port` with `options` (padded to 4) and `payload`.
 pub fn tcp(dst_port: u16, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut options = options.to_vec();
-    while options.len() % 4 != 0 {
+    while !options.len().is_multiple_of(4) {
         options.push(1); // NOP
     }
     let doff = 5 + options.len() / 4;

@@ -49,6 +49,20 @@ impl Netns {
         ns
     }
 
+    /// A command run in the namespace's network stack only, sharing this process's mounts
+    /// (`ip netns exec` also remounts /sys, hiding the host's bpffs and its pins).
+    pub fn cmd_net_only<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .args(args);
+        c
+    }
+
     /// A command to run inside the namespace.
     pub fn cmd<I, S>(&self, args: I) -> Command
     where

@@ -30,7 +30,7 @@ fn run_all(prog: &Prog, frames: &[Vec<u8>]) {
 fn ipv4_client_hello_is_counted_for_its_host() {
     let prog = Prog::load(&[PORT], &[], 1024);
     let f = frame::v4_tcp(PORT, &curl_hello());
-    run_all(&prog, &[f.clone()]);
+    run_all(&prog, std::slice::from_ref(&f));
     let g = prog.global();
     assert_eq!(g["packets"], 1);
     assert_eq!(g["tcp_watched"], 1);

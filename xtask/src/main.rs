@@ -18,7 +18,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Debian packages the tests drive as real peers and tools.
-const TEST_PACKAGES: &[&str] = &["iproute2", "openssl", "curl", "python3", "procps"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "openssl",
+    "curl",
+    "python3",
+    "procps",
+    "util-linux",
+];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, run and test sni")]
