@@ -10,8 +10,9 @@ mod toolchain;
 
 use std::{
     env,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -104,10 +105,30 @@ fn run(cli: Cli) -> Result<()> {
                 .args(["test", "--workspace", "--exclude", "sni-ebpf"])
                 .args(&args)
                 .env("SNI_EBPF_OBJECT", &object)
-                .env("SNI_USER_BIN", root().join("target/debug/sni-user"));
-            let status = test.status().context("running cargo test")?;
+                .env("SNI_USER_BIN", root().join("target/debug/sni-user"))
+                .stdout(Stdio::piped());
+            let mut child = test.spawn().context("running cargo test")?;
+            // Pass the output through and add up cargo's per-binary "test result" lines, so
+            // the run ends with one total line (cargo's own last line is often a doc-test
+            // binary with 0 tests).
+            let (mut passed, mut failed) = (0u64, 0u64);
+            if let Some(out) = child.stdout.take() {
+                for line in BufReader::new(out).lines() {
+                    let line = line.context("reading cargo test output")?;
+                    println!("{line}");
+                    if let Some(rest) = line.strip_prefix("test result: ") {
+                        passed += count_before(rest, " passed");
+                        failed += count_before(rest, " failed");
+                    }
+                }
+            }
+            let status = child.wait().context("waiting for cargo test")?;
+            println!("tests: {passed} passed, {failed} failed");
             if !status.success() {
                 bail!("cargo test failed ({status})");
+            }
+            if passed == 0 {
+                bail!("no test ran");
             }
             Ok(())
         }
@@ -184,6 +205,15 @@ fn build_ebpf(allow_install: bool) -> Result<PathBuf> {
     Ok(object)
 }
 
+/// The number just before `word` in a cargo "test result" line (0 if absent).
+fn count_before(line: &str, word: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| part.trim().strip_suffix(word.trim()))
+        .and_then(|n| n.trim().rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new(cargo_bin())
         .current_dir(root())
@@ -205,4 +235,18 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let line =
+            "ok. 15 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.21s";
+        assert_eq!(count_before(line, " passed"), 15);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " failed"), 1);
+    }
 }
