@@ -270,25 +270,33 @@ fn outcomes_no_sni_malformed_incomplete_and_ech() {
 
 /// `hello` (one record) with one more extension at the end, lengths fixed up.
 fn with_extension(hello: &[u8], ty: u16, body: &[u8]) -> Vec<u8> {
-    let add = 4 + body.len();
     let mut out = hello.to_vec();
     out.extend_from_slice(&ty.to_be_bytes());
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(body);
-    let bump16 = |b: &mut [u8], at: usize| {
-        let v = u16::from_be_bytes([b[at], b[at + 1]]) as usize + add;
-        b[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+    resize_hello(&mut out, 4 + body.len() as isize, &[]);
+    out
+}
+
+/// Adds `delta` to the record, handshake and extensions-block lengths of a one-record
+/// ClientHello, and to the 16-bit length fields at `inner` (offsets inside an extension).
+fn resize_hello(out: &mut [u8], delta: isize, inner: &[usize]) {
+    let adj16 = |b: &mut [u8], i: usize| {
+        let v = u16::from_be_bytes([b[i], b[i + 1]]) as isize + delta;
+        b[i..i + 2].copy_from_slice(&(v as u16).to_be_bytes());
     };
-    bump16(&mut out, 3); // record length
-    let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as usize + add;
+    for i in inner {
+        adj16(out, *i);
+    }
+    adj16(out, 3); // record length
+    let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as isize + delta;
     out[6..9].copy_from_slice(&(hs as u32).to_be_bytes()[1..]);
-    // Extensions length: after version, random, session id, suites, compression.
+    // The extensions length follows version, random, session id, suites and compression.
     let mut i = 9 + 2 + 32;
     i += 1 + usize::from(out[i]);
     i += 2 + usize::from(u16::from_be_bytes([out[i], out[i + 1]]));
     i += 1 + usize::from(out[i]);
-    bump16(&mut out, i);
-    out
+    adj16(out, i);
 }
 
 #[test]
@@ -390,25 +398,11 @@ fn random_name_flood_keeps_configured_counters_and_bounds_the_map() {
 
 /// `hello` with the `old_len`-byte name at `at` replaced by `name`, lengths fixed up.
 fn rename(hello: &[u8], at: usize, name: &[u8], old_len: usize) -> Vec<u8> {
-    let delta = name.len() as isize - old_len as isize;
     let mut out = hello[..at].to_vec();
     out.extend_from_slice(name);
     out.extend_from_slice(&hello[at + old_len..]);
-    let adj16 = |b: &mut [u8], i: usize| {
-        let v = u16::from_be_bytes([b[i], b[i + 1]]) as isize + delta;
-        b[i..i + 2].copy_from_slice(&(v as u16).to_be_bytes());
-    };
-    // host_name length, server_name_list length, extension length precede the name.
-    adj16(&mut out, at - 2);
-    adj16(&mut out, at - 5);
-    adj16(&mut out, at - 7);
-    adj16(&mut out, 3);
-    let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as isize + delta;
-    out[6..9].copy_from_slice(&(hs as u32).to_be_bytes()[1..]);
-    let mut i = 9 + 2 + 32;
-    i += 1 + usize::from(out[i]);
-    i += 2 + usize::from(u16::from_be_bytes([out[i], out[i + 1]]));
-    i += 1 + usize::from(out[i]);
-    adj16(&mut out, i);
+    // host_name length, server_name_list length and extension length precede the name.
+    let delta = name.len() as isize - old_len as isize;
+    resize_hello(&mut out, delta, &[at - 2, at - 5, at - 7]);
     out
 }
