@@ -173,10 +173,16 @@ fn client_hello(ctx: &XdpContext, off: usize, len: usize, frame_len: u64) -> Opt
     };
     count(outcome);
     if debug_enabled() {
+        let label = match outcome {
+            counter::SNI => "sni",
+            counter::NO_SNI => "no_sni",
+            counter::INCOMPLETE => "incomplete",
+            _ => "malformed",
+        };
         debug!(
             ctx,
-            "ClientHello outcome={} name_len={} ech={} records={}",
-            outcome,
+            "ClientHello {} name_len={} ech={} records={}",
+            label,
             p.host.len,
             ech as u8,
             p.records()
