@@ -1,7 +1,7 @@
 //! The command line, and the control plane of `sni-user run` on tokio: signals, forwarding
 //! the kernel's aya-log records, clean detach.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -9,8 +9,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, Mode, XdpConfig, DEFAULT_PIN_DIR},
+    config::{Config, Mode, XdpConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR},
+    control,
     loader::{error_chain, Classifier, StartOptions},
+    routes::Routes,
+    server::Terminator,
     stats::Snapshot,
 };
 
@@ -58,9 +61,12 @@ enum Command {
         /// Take the pin directory from this configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// One JSON object: {"hosts":[…],"global":{…}}.
+        /// One JSON object: {"hosts":[…],"global":{…},"terminator":{…}}.
         #[arg(long)]
         json: bool,
+        /// Control socket of the running terminator (its counters are shown too).
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
 }
 
@@ -125,13 +131,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             pin_dir,
             config,
             json,
+            control,
         } => {
-            let pin_dir = match (pin_dir, config) {
-                (Some(dir), _) => dir,
-                (None, Some(path)) => Config::load(&path)?.pin_dir,
-                (None, None) => PathBuf::from(DEFAULT_PIN_DIR),
-            };
-            let snapshot = Snapshot::read(&pin_dir)?;
+            let loaded = config.as_deref().map(Config::load).transpose()?;
+            let pin_dir = pin_dir
+                .or_else(|| loaded.as_ref().map(|c| c.pin_dir.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+            let control = control
+                .or_else(|| loaded.as_ref().map(|c| c.control_socket.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+            let snapshot = Snapshot::read(&pin_dir, &control)?;
             if json {
                 println!("{}", serde_json::to_string(&snapshot)?);
             } else {
@@ -143,26 +152,47 @@ fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn run(config: Config, opts: StartOptions) -> Result<()> {
-    let Some(xdp) = config.xdp.clone() else {
+    if config.xdp.is_none() && config.listen.is_empty() {
         anyhow::bail!(
-            "config {}: nothing to run: no [xdp] section",
+            "config {}: nothing to run: no [xdp] section and no [[listen]]",
             config.source.display()
         );
+    }
+    // Certificates and keys are read once, before anything is attached or bound.
+    let routes = if config.listen.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Routes::load(&config)?))
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let mut classifier = Classifier::start(&config, &xdp, opts)?;
+        let mut classifier = match &config.xdp {
+            Some(xdp) => Some(Classifier::start(&config, xdp, opts)?),
+            None => None,
+        };
+        let terminator = match routes {
+            Some(routes) => Some(Terminator::start(&config, routes)?),
+            None => None,
+        };
+        let control = match &terminator {
+            Some(t) => Some(control::serve(&config.control_socket, t)?),
+            None => None,
+        };
         // The kernel's log records (only with --debug) are flushed on a short tick: polling
         // the logger's fd through AsyncFd would need `unsafe` registration here.
-        let mut logger = match aya_log::EbpfLogger::init(classifier.ebpf_mut()) {
-            Ok(logger) => Some(logger),
-            Err(e) => {
+        let mut logger = match classifier
+            .as_mut()
+            .map(|c| aya_log::EbpfLogger::init(c.ebpf_mut()))
+        {
+            Some(Ok(logger)) => Some(logger),
+            Some(Err(e)) => {
                 warn!(error = %error_chain(&e), "kernel log records unavailable");
                 None
             }
+            None => None,
         };
         let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -170,8 +200,8 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
         info!("ready; stop with SIGINT or SIGTERM");
         loop {
             tokio::select! {
-                _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
-                _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+                _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
                 _ = tick.tick() => {
                     if let Some(logger) = logger.as_mut() {
                         logger.flush();
@@ -180,7 +210,15 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
             }
         }
         drop(logger);
-        classifier.shutdown();
+        if let Some(control) = control {
+            control.stop();
+        }
+        if let Some(t) = terminator {
+            t.stop();
+        }
+        if let Some(c) = classifier {
+            c.shutdown();
+        }
         Ok(())
     })
 }

@@ -22,6 +22,8 @@ use sni_common::{host::NameError, maps::OTHER_HOSTS_DEFAULT_ENTRIES, HostKey};
 
 /// Where the maps are pinned unless the config says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sni";
+/// Where `run` answers `stats` unless the config says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sni/control.sock";
 /// The port watched by default: the demo terminator's.
 pub const DEMO_PORT: u16 = 8443;
 
@@ -89,10 +91,25 @@ pub struct Config {
     /// The XDP classifier.
     #[serde(default)]
     pub xdp: Option<XdpConfig>,
-    /// Hosts the operator knows: their counters are kept apart from other names and are never
-    /// evicted.
+    /// Hosts the operator knows: served by the terminator, and counted apart from other
+    /// names by the classifier (never evicted).
     #[serde(default, rename = "host")]
     pub hosts: Vec<HostConfig>,
+    /// `[[listen]]`: addresses the terminator listens on; none means no terminator.
+    #[serde(default)]
+    pub listen: Vec<ListenConfig>,
+    /// `[default]`: what clients without SNI or with an unknown name get.
+    #[serde(default)]
+    pub default: DefaultConfig,
+    /// `[limits]`: deadlines and caps of the terminator.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Event-loop threads of the terminator (default: one per core).
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Unix socket on which `run` answers `sni-user stats` with the terminator's counters.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
     /// The file this came from (`<defaults>` for the built-in one).
     #[serde(skip)]
     pub source: PathBuf,
@@ -115,12 +132,127 @@ pub struct XdpConfig {
     pub other_hosts_capacity: u32,
 }
 
-/// `[[host]]`: one served host (more keys come with the terminator).
+/// `[[host]]`: one served host.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// Names of the host; `*.example.com` covers one label.
     pub names: Vec<String>,
+    /// PEM certificate chain (leaf first), relative to the config file.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1), relative to the config file.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// `"IP:PORT"`, `"unix:/path"` or `"builtin"` (answers which host was reached).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// `terminate` (TLS ends here) or `passthrough` (bytes relayed, ClientHello included).
+    #[serde(default)]
+    pub mode: HostMode,
+    /// ALPN protocols offered, in preference order (e.g. `["h2", "http/1.1"]`).
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// Send a PROXY protocol v2 header to the backend first.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// How a host's connections are handled.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HostMode {
+    /// TLS ends here; plaintext goes to the backend.
+    #[default]
+    Terminate,
+    /// TLS goes through untouched to the backend, chosen by the ClientHello's name.
+    Passthrough,
+}
+
+/// `[[listen]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `IP:PORT` (IPv4 or IPv6).
+    pub address: std::net::SocketAddr,
+}
+
+/// `[default]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultConfig {
+    /// Certificate for clients without SNI or with an unknown name.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Answer those clients with an `unrecognized_name` alert instead.
+    #[serde(default)]
+    pub reject: bool,
+    /// Their backend (default: `builtin`).
+    #[serde(default)]
+    pub backend: Option<String>,
+}
+
+/// `[limits]`: every limit closes only the connection that exceeds it, and is counted.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Seconds from accept to a finished handshake.
+    pub handshake_timeout: f64,
+    /// Seconds without a byte either way before an established connection is closed.
+    pub idle_timeout: f64,
+    /// Open client connections at most, over all workers.
+    pub max_connections: usize,
+    /// Open client connections from one IP address at most.
+    pub max_connections_per_ip: usize,
+    /// Largest ClientHello accepted, in bytes.
+    pub max_client_hello: usize,
+    /// Bytes buffered per direction per connection.
+    pub buffer_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: 10.0,
+            idle_timeout: 300.0,
+            max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+            max_client_hello: 16 * 1024,
+            buffer_size: 64 * 1024,
+        }
+    }
+}
+
+/// Where a host's plaintext (or passthrough bytes) go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A TCP address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix stream socket.
+    Unix(PathBuf),
+    /// The built-in responder: answers each HTTP request with the host reached.
+    Builtin,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "builtin" {
+            return Ok(Self::Builtin);
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{s:?}: a unix backend needs an absolute path"));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(Self::Tcp)
+            .map_err(|_| format!("{s:?} is not IP:PORT, unix:/path or builtin"))
+    }
 }
 
 impl XdpConfig {
@@ -137,6 +269,10 @@ impl XdpConfig {
 
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 
 fn default_ports() -> Vec<u16> {
@@ -164,6 +300,7 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         config.source = path.to_owned();
+        config.resolve_paths();
         config.validate()?;
         Ok(config)
     }
@@ -174,6 +311,11 @@ impl Config {
             pin_dir: default_pin_dir(),
             xdp: Some(XdpConfig::demo()),
             hosts: Vec::new(),
+            listen: Vec::new(),
+            default: DefaultConfig::default(),
+            limits: Limits::default(),
+            workers: None,
+            control_socket: default_control_socket(),
             source: PathBuf::from("<defaults>"),
         }
     }
@@ -183,6 +325,28 @@ impl Config {
             path: self.source.clone(),
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// Makes certificate and key paths relative to the config file absolute.
+    fn resolve_paths(&mut self) {
+        let base = self
+            .source
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        fix(&mut self.default.cert);
+        fix(&mut self.default.key);
+        for h in &mut self.hosts {
+            fix(&mut h.cert);
+            fix(&mut h.key);
         }
     }
 
@@ -214,6 +378,9 @@ impl Config {
                 return Err(self.invalid("xdp.other_hosts_capacity", "must be at least 1"));
             }
         }
+        if !self.listen.is_empty() {
+            self.validate_terminator()?;
+        }
         let mut seen: HashMap<HostKey, usize> = HashMap::new();
         for (h, host) in self.hosts.iter().enumerate() {
             if host.names.is_empty() {
@@ -235,6 +402,88 @@ impl Config {
                         field,
                         format!("{name:?} is already a name of host[{first}]"),
                     ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_terminator(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (field, secs) in [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+        ] {
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                return Err(self.invalid(field, "must be between 0 and 86400 seconds"));
+            }
+        }
+        for (field, v, min) in [
+            ("limits.max_connections", l.max_connections, 1),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip, 1),
+            ("limits.max_client_hello", l.max_client_hello, 512),
+            ("limits.buffer_size", l.buffer_size, 1024),
+        ] {
+            if v < min {
+                return Err(self.invalid(field, format!("must be at least {min}")));
+            }
+        }
+        if self.workers == Some(0) {
+            return Err(self.invalid("workers", "must be at least 1"));
+        }
+        if !self.default.reject {
+            if self.default.cert.is_none() || self.default.key.is_none() {
+                return Err(self.invalid(
+                    "default",
+                    "needs cert and key (or reject = true) when [[listen]] is set",
+                ));
+            }
+        }
+        if let Some(b) = &self.default.backend {
+            b.parse::<Backend>()
+                .map_err(|m| self.invalid("default.backend", m))?;
+        }
+        for (h, host) in self.hosts.iter().enumerate() {
+            let what = |field: &str| {
+                format!(
+                    "host[{h}] ({}).{field}",
+                    host.names.first().map_or("", String::as_str)
+                )
+            };
+            let backend = host
+                .backend
+                .as_deref()
+                .ok_or_else(|| self.invalid(what("backend"), "missing"))?;
+            let backend = backend
+                .parse::<Backend>()
+                .map_err(|m| self.invalid(what("backend"), m))?;
+            match host.mode {
+                HostMode::Terminate => {
+                    if host.cert.is_none() {
+                        return Err(self.invalid(what("cert"), "missing"));
+                    }
+                    if host.key.is_none() {
+                        return Err(self.invalid(what("key"), "missing"));
+                    }
+                }
+                HostMode::Passthrough => {
+                    if host.cert.is_some() || host.key.is_some() || !host.alpn.is_empty() {
+                        return Err(self.invalid(
+                            what("mode"),
+                            "a passthrough host has no cert, key or alpn: TLS ends at the backend",
+                        ));
+                    }
+                    if backend == Backend::Builtin {
+                        return Err(self.invalid(
+                            what("backend"),
+                            "a passthrough host needs a TLS backend, not builtin",
+                        ));
+                    }
+                }
+            }
+            for (i, proto) in host.alpn.iter().enumerate() {
+                if proto.is_empty() || proto.len() > 255 {
+                    return Err(self.invalid(what(&format!("alpn[{i}]")), "1 to 255 bytes"));
                 }
             }
         }

@@ -5,9 +5,16 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`loader`]: loading, map setup, pinning, attaching; [`loader::PinnedMaps`] for readers.
 //! - [`stats`]: counters read from the pinned maps, as a table or JSON.
+//! - [`routes`], [`server`], [`conn`], [`counters`]: the TLS terminator (mio + rustls):
+//!   certificate per SNI, per-host backends, passthrough, limits.
 //! - [`cli`]: the commands, and the control plane of `run` (signals, kernel logs).
 
 pub mod cli;
 pub mod config;
+pub mod conn;
+pub mod control;
+pub mod counters;
 pub mod loader;
+pub mod routes;
+pub mod server;
 pub mod stats;

@@ -33,12 +33,28 @@ pub struct Snapshot {
     pub hosts: Vec<HostRow>,
     /// Global counters by name (`sni_common::maps::counter::NAMES`).
     pub global: serde_json::Map<String, serde_json::Value>,
+    /// The terminator's counters (`{"hosts":[…],"global":{…}}`), when one is running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminator: Option<serde_json::Value>,
 }
 
 impl Snapshot {
-    /// Reads every counter from the maps pinned under `pin_dir`.
-    pub fn read(pin_dir: &Path) -> Result<Self> {
-        let maps = PinnedMaps::open(pin_dir)?;
+    /// Reads the classifier's counters from the maps pinned under `pin_dir` and the
+    /// terminator's from `control`; either may be absent (not running), not both.
+    pub fn read(pin_dir: &Path, control: &Path) -> Result<Self> {
+        let terminator = crate::control::query(control).ok();
+        let maps = match PinnedMaps::open(pin_dir) {
+            Ok(maps) => maps,
+            Err(e) if terminator.is_some() => {
+                tracing::debug!(error = %e, "no classifier");
+                return Ok(Self {
+                    hosts: Vec::new(),
+                    global: serde_json::Map::new(),
+                    terminator,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let mut hosts = Vec::new();
         for (map, configured) in [(&maps.known, true), (&maps.other, false)] {
             for entry in map.iter() {
@@ -68,7 +84,11 @@ impl Snapshot {
             let total = values.iter().fold(0u64, |a, v| a.saturating_add(*v));
             global.insert((*name).to_owned(), total.into());
         }
-        Ok(Self { hosts, global })
+        Ok(Self {
+            hosts,
+            global,
+            terminator,
+        })
     }
 
     /// The global counter `name` (0 if unknown).
@@ -79,13 +99,22 @@ impl Snapshot {
     /// Human-readable table: hosts, then the global counters.
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
+        let terminator_hosts = self
+            .terminator
+            .as_ref()
+            .and_then(|t| t["hosts"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["host"].as_str());
         let width = self
             .hosts
             .iter()
-            .map(|h| h.host.len())
+            .map(|h| h.host.as_str())
+            .chain(terminator_hosts)
+            .map(str::len)
             .max()
             .unwrap_or(0)
-            .clamp(4, 64);
+            .clamp(10, 64);
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -107,6 +136,36 @@ impl Snapshot {
         let _ = writeln!(out, "GLOBAL");
         for (name, value) in &self.global {
             let _ = writeln!(out, "  {name:<16} {value}");
+        }
+        if let Some(t) = &self.terminator {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  FAILURES",
+                "TERMINATOR", "HANDSHAKES", "ACTIVE", "TO_BACKEND", "TO_CLIENT"
+            );
+            for h in t["hosts"].as_array().into_iter().flatten() {
+                let failures: Vec<String> = h["failures"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  {}",
+                    h["host"].as_str().unwrap_or(""),
+                    h["handshakes"],
+                    h["active"],
+                    h["bytes_to_backend"],
+                    h["bytes_to_client"],
+                    failures.join(" ")
+                );
+            }
+            for (name, value) in t["global"].as_object().into_iter().flatten() {
+                let _ = writeln!(out, "  {name:<24} {value}");
+            }
         }
         out
     }

@@ -1,0 +1,751 @@
+//! One client connection through the terminator, as a state machine driven by readiness:
+//! peek the ClientHello (the shared `sni-common` parser), route it, then either terminate TLS
+//! (rustls `Acceptor` → the host's `ServerConfig`) and move plaintext to the backend, or relay
+//! the raw bytes (passthrough). Buffers are bounded both ways: a full buffer stops reading
+//! from the side that fills it. Half-closes are passed on.
+//!
+//! [`Conn::pump`] moves bytes until nothing more can move (every socket at `WouldBlock` or a
+//! buffer full), because readiness is edge-triggered; it gives up after a bounded number of
+//! rounds and asks to be called again, so one busy connection cannot starve the others.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr},
+    sync::atomic::Ordering::Relaxed,
+    time::Instant,
+};
+
+use mio::net::{TcpStream, UnixStream};
+use rustls::server::{Acceptor, ServerConnection};
+use sni_common::{Parser, Progress};
+
+use crate::{
+    config::{Backend, HostMode, Limits},
+    counters::{Counters, Failure},
+    routes::Routes,
+};
+
+/// Rounds of [`Conn::pump`] before yielding to other connections.
+const PUMP_ROUNDS: usize = 16;
+/// The TLS alert record `unrecognized_name` (fatal): content type 21, TLS 1.2 record version,
+/// length 2, level 2 (fatal), description 112 (RFC 8446 §6, RFC 6066 §3).
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+
+/// What a pump says about the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Waiting for readiness.
+    Idle,
+    /// More work is ready: call again soon.
+    Again,
+    /// Finished: close it.
+    Done,
+}
+
+/// Where the connection is.
+enum Stage {
+    /// Reading the ClientHello with the shared parser; the bytes are kept.
+    Peek { buf: Vec<u8>, parser: Box<Parser> },
+    /// TLS terminated here.
+    Tls(Box<ServerConnection>),
+    /// Bytes relayed as they are.
+    Raw,
+}
+
+/// The backend side.
+enum BackendIo {
+    /// Not chosen yet.
+    None,
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix stream connection.
+    Unix(UnixStream),
+    /// The built-in responder.
+    Builtin,
+}
+
+/// One client connection.
+pub struct Conn {
+    /// The client socket.
+    pub client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    stage: Stage,
+    /// The route index, once known.
+    pub route: Option<usize>,
+    /// The name the client sent (for the built-in responder and logs).
+    sni: Option<String>,
+    /// The backend socket, registered by the worker once it exists.
+    backend: BackendIo,
+    /// Whether the worker has registered the backend socket.
+    pub backend_registered: bool,
+    backend_connected: bool,
+    to_backend: Vec<u8>,
+    to_client: Vec<u8>,
+    client_eof: bool,
+    backend_eof: bool,
+    backend_write_shut: bool,
+    client_write_shut: bool,
+    established: bool,
+    /// When the connection must have made progress by (handshake or idle deadline).
+    pub deadline: Instant,
+    /// Whether it counts toward its route's `active`.
+    counted_active: bool,
+}
+
+/// What the pump needs from the worker.
+pub struct Ctx<'a> {
+    /// The routing table.
+    pub routes: &'a Routes,
+    /// Counters.
+    pub counters: &'a Counters,
+    /// Limits.
+    pub limits: &'a Limits,
+}
+
+impl Conn {
+    /// A just-accepted client.
+    pub fn new(client: TcpStream, peer: SocketAddr, limits: &Limits) -> Self {
+        let local = client.local_addr().unwrap_or(peer);
+        Self {
+            client,
+            peer,
+            local,
+            stage: Stage::Peek {
+                buf: Vec::with_capacity(1024),
+                parser: Box::new(Parser::NEW),
+            },
+            route: None,
+            sni: None,
+            backend: BackendIo::None,
+            backend_registered: false,
+            backend_connected: false,
+            to_backend: Vec::new(),
+            to_client: Vec::new(),
+            client_eof: false,
+            backend_eof: false,
+            backend_write_shut: false,
+            client_write_shut: false,
+            established: false,
+            deadline: Instant::now() + secs(limits.handshake_timeout),
+            counted_active: false,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The backend socket as a mio source, if there is one to register.
+    pub fn backend_source(&mut self) -> Option<&mut dyn mio::event::Source> {
+        match &mut self.backend {
+            BackendIo::Tcp(s) => Some(s),
+            BackendIo::Unix(s) => Some(s),
+            BackendIo::None | BackendIo::Builtin => None,
+        }
+    }
+
+    /// The deadline passed: count why, and let the worker close it.
+    pub fn expire(&mut self, ctx: &Ctx<'_>) {
+        match (self.route, self.established) {
+            (None, _) => {
+                ctx.counters
+                    .global
+                    .client_hello_timeout
+                    .fetch_add(1, Relaxed);
+            }
+            (Some(r), false) => ctx.counters.hosts[r].fail(Failure::HandshakeTimeout),
+            (Some(r), true) => ctx.counters.hosts[r].fail(Failure::IdleTimeout),
+        }
+    }
+
+    /// The connection is being closed: settle its counters.
+    pub fn finish(&mut self, ctx: &Ctx<'_>) {
+        if self.counted_active {
+            if let Some(r) = self.route {
+                ctx.counters.hosts[r].active.fetch_sub(1, Relaxed);
+            }
+            self.counted_active = false;
+        }
+    }
+
+    /// Moves bytes until nothing more can move.
+    pub fn pump(&mut self, ctx: &Ctx<'_>) -> Pumped {
+        for _ in 0..PUMP_ROUNDS {
+            match self.round(ctx) {
+                Ok(true) => {
+                    if self.established {
+                        self.deadline = Instant::now() + secs(ctx.limits.idle_timeout);
+                    }
+                }
+                Ok(false) => {
+                    return if self.finished() {
+                        Pumped::Done
+                    } else {
+                        Pumped::Idle
+                    }
+                }
+                Err(()) => return Pumped::Done,
+            }
+        }
+        Pumped::Again
+    }
+
+    fn finished(&self) -> bool {
+        self.client_write_shut && self.backend_write_shut
+    }
+
+    /// One round over every direction; Ok(true) if anything moved.
+    fn round(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
+        let mut moved = false;
+        if matches!(self.stage, Stage::Peek { .. }) {
+            moved |= self.peek(ctx)?;
+            if matches!(self.stage, Stage::Peek { .. }) {
+                return Ok(moved);
+            }
+        }
+        moved |= self.client_io(ctx)?;
+        moved |= self.backend_io(ctx)?;
+        moved |= self.half_close(ctx)?;
+        Ok(moved)
+    }
+
+    /// Reads the ClientHello and routes the connection.
+    fn peek(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
+        let Stage::Peek { buf, parser } = &mut self.stage else {
+            return Ok(false);
+        };
+        let mut chunk = [0u8; 4096];
+        let mut moved = false;
+        loop {
+            if parser.progress() != Progress::NeedMore {
+                break;
+            }
+            match self.client.read(&mut chunk) {
+                Ok(0) => {
+                    ctx.counters
+                        .global
+                        .client_gone_before_hello
+                        .fetch_add(1, Relaxed);
+                    return Err(());
+                }
+                Ok(n) => {
+                    moved = true;
+                    let bytes = chunk.get(..n).unwrap_or_default();
+                    parser.feed(bytes);
+                    buf.extend_from_slice(bytes);
+                    if buf.len() > ctx.limits.max_client_hello {
+                        ctx.counters
+                            .global
+                            .client_hello_too_large
+                            .fetch_add(1, Relaxed);
+                        return Err(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    ctx.counters
+                        .global
+                        .client_gone_before_hello
+                        .fetch_add(1, Relaxed);
+                    return Err(());
+                }
+            }
+        }
+        match parser.progress() {
+            Progress::Done => {}
+            // A name already read is enough only once the hello is whole: rustls needs it all.
+            _ => {
+                ctx.counters.global.bad_client_hello.fetch_add(1, Relaxed);
+                return Err(());
+            }
+        }
+        let name = parser.name().map(|k| k.as_bytes().to_vec());
+        let Some(route_index) = ctx.routes.resolve(name.as_deref()) else {
+            ctx.counters
+                .global
+                .rejected_unknown_name
+                .fetch_add(1, Relaxed);
+            let _ = self.client.write(&ALERT_UNRECOGNIZED_NAME);
+            return Err(());
+        };
+        let hello = std::mem::take(buf);
+        self.sni = name.map(|n| String::from_utf8_lossy(&n).into_owned());
+        self.route = Some(route_index);
+        let route = ctx.routes.routes.get(route_index).ok_or(())?;
+        let counters = ctx.counters.hosts.get(route_index).ok_or(())?;
+        counters.active.fetch_add(1, Relaxed);
+        self.counted_active = true;
+        match route.mode {
+            HostMode::Passthrough => {
+                self.to_backend = hello;
+                self.stage = Stage::Raw;
+                self.established = true;
+                counters.handshakes.fetch_add(1, Relaxed);
+            }
+            HostMode::Terminate => {
+                let config = route.tls.clone().ok_or(())?;
+                let mut acceptor = Acceptor::default();
+                let mut rd: &[u8] = &hello;
+                while !rd.is_empty() {
+                    if acceptor.read_tls(&mut rd).is_err() {
+                        counters.fail(Failure::Tls);
+                        return Err(());
+                    }
+                }
+                let accepted = match acceptor.accept() {
+                    Ok(Some(a)) => a,
+                    Ok(None) => {
+                        counters.fail(Failure::Tls);
+                        return Err(());
+                    }
+                    Err((_, mut alert)) => {
+                        counters.fail(Failure::Tls);
+                        let _ = alert.write_all(&mut self.client);
+                        return Err(());
+                    }
+                };
+                match accepted.into_connection(config) {
+                    Ok(mut tls) => {
+                        tls.set_buffer_limit(Some(ctx.limits.buffer_size));
+                        self.stage = Stage::Tls(Box::new(tls));
+                    }
+                    Err((_, mut alert)) => {
+                        counters.fail(Failure::Tls);
+                        let _ = alert.write_all(&mut self.client);
+                        return Err(());
+                    }
+                }
+            }
+        }
+        self.connect_backend(route.backend.clone(), route.proxy_protocol, counters)?;
+        Ok(true)
+    }
+
+    /// Starts connecting to the backend while the handshake runs.
+    fn connect_backend(
+        &mut self,
+        backend: Backend,
+        proxy_protocol: bool,
+        counters: &crate::counters::HostCounters,
+    ) -> Result<(), ()> {
+        let io = match &backend {
+            Backend::Tcp(addr) => TcpStream::connect(*addr).map(BackendIo::Tcp),
+            Backend::Unix(path) => UnixStream::connect(path).map(BackendIo::Unix),
+            Backend::Builtin => Ok(BackendIo::Builtin),
+        };
+        match io {
+            Ok(io) => {
+                self.backend_connected = matches!(io, BackendIo::Builtin);
+                self.backend = io;
+            }
+            Err(_) => {
+                counters.fail(Failure::BackendRefused);
+                return Err(());
+            }
+        }
+        if proxy_protocol {
+            let mut header = proxy_v2_header(self.peer, self.local);
+            header.append(&mut self.to_backend);
+            self.to_backend = header;
+        }
+        Ok(())
+    }
+
+    /// Client side: TLS records or raw bytes in and out.
+    fn client_io(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
+        let route = self.route.ok_or(())?;
+        let counters = ctx.counters.hosts.get(route).ok_or(())?;
+        let cap = ctx.limits.buffer_size;
+        let mut moved = false;
+        match &mut self.stage {
+            Stage::Peek { .. } => {}
+            Stage::Tls(tls) => {
+                // Records in.
+                while !self.client_eof && self.to_backend.len() < cap && tls.wants_read() {
+                    match tls.read_tls(&mut self.client) {
+                        Ok(0) => self.client_eof = true,
+                        Ok(_) => {
+                            moved = true;
+                            if let Err(_e) = tls.process_new_packets() {
+                                // Send the alert rustls queued, as a last gasp.
+                                let _ = tls.write_tls(&mut self.client);
+                                counters.fail(if self.established {
+                                    Failure::ClientGone
+                                } else {
+                                    Failure::Tls
+                                });
+                                return Err(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            if !self.established {
+                                counters.fail(Failure::ClientGone);
+                            }
+                            return Err(());
+                        }
+                    }
+                }
+                if self.client_eof && tls.is_handshaking() {
+                    counters.fail(Failure::ClientGone);
+                    return Err(());
+                }
+                if !self.established && !tls.is_handshaking() {
+                    self.established = true;
+                    counters.handshakes.fetch_add(1, Relaxed);
+                    self.deadline = Instant::now() + secs(ctx.limits.idle_timeout);
+                }
+                // Plaintext out of TLS, into the backend buffer.
+                let mut chunk = [0u8; 16 * 1024];
+                while self.to_backend.len() < cap {
+                    let room = (cap - self.to_backend.len()).min(chunk.len());
+                    let Some(dst) = chunk.get_mut(..room) else {
+                        break;
+                    };
+                    match tls.reader().read(dst) {
+                        Ok(0) => {
+                            // close_notify: the client will send no more.
+                            self.client_eof = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            moved = true;
+                            self.to_backend
+                                .extend_from_slice(dst.get(..n).unwrap_or_default());
+                            counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            // Closed without close_notify: treat as end of stream.
+                            self.client_eof = true;
+                            break;
+                        }
+                    }
+                }
+                // Backend bytes into TLS.
+                if !self.to_client.is_empty() && !tls.is_handshaking() {
+                    match tls.writer().write(&self.to_client) {
+                        Ok(n) if n > 0 => {
+                            moved = true;
+                            counters.bytes_to_client.fetch_add(n as u64, Relaxed);
+                            self.to_client.drain(..n);
+                        }
+                        _ => {}
+                    }
+                }
+                // Records out.
+                while tls.wants_write() {
+                    match tls.write_tls(&mut self.client) {
+                        Ok(_) => moved = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return Err(()),
+                    }
+                }
+            }
+            Stage::Raw => {
+                moved |= read_into(
+                    &mut self.client,
+                    &mut self.to_backend,
+                    cap,
+                    &mut self.client_eof,
+                )
+                .map_err(|_| ())?
+                .inspect(|n| {
+                    counters.bytes_to_backend.fetch_add(*n as u64, Relaxed);
+                })
+                .is_some();
+                if let Some(n) =
+                    write_from(&mut self.client, &mut self.to_client).map_err(|_| ())?
+                {
+                    moved = true;
+                    counters.bytes_to_client.fetch_add(n as u64, Relaxed);
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Backend side: connect completion, bytes in and out.
+    fn backend_io(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
+        let route = self.route.ok_or(())?;
+        let counters = ctx.counters.hosts.get(route).ok_or(())?;
+        let cap = ctx.limits.buffer_size;
+        if !self.backend_registered && !matches!(self.backend, BackendIo::Builtin) {
+            return Ok(false);
+        }
+        if !self.backend_connected {
+            let state = match &self.backend {
+                BackendIo::Tcp(s) => connect_state(s.take_error(), s.peer_addr().map(|_| ())),
+                BackendIo::Unix(s) => connect_state(s.take_error(), s.peer_addr().map(|_| ())),
+                _ => Ok(true),
+            };
+            match state {
+                Ok(true) => self.backend_connected = true,
+                Ok(false) => return Ok(false),
+                Err(()) => {
+                    counters.fail(Failure::BackendRefused);
+                    return Err(());
+                }
+            }
+        }
+        let mut moved = false;
+        let result = match &mut self.backend {
+            BackendIo::Tcp(s) => pipe_backend(
+                s,
+                &mut self.to_backend,
+                &mut self.to_client,
+                cap,
+                &mut self.backend_eof,
+            ),
+            BackendIo::Unix(s) => pipe_backend(
+                s,
+                &mut self.to_backend,
+                &mut self.to_client,
+                cap,
+                &mut self.backend_eof,
+            ),
+            BackendIo::Builtin => {
+                let label = ctx
+                    .routes
+                    .routes
+                    .get(route)
+                    .map_or("", |r| r.label.as_str());
+                Ok(builtin_respond(
+                    &mut self.to_backend,
+                    &mut self.to_client,
+                    label,
+                    self.sni.as_deref(),
+                    &mut self.backend_eof,
+                    self.client_eof,
+                ))
+            }
+            BackendIo::None => Ok(false),
+        };
+        match result {
+            Ok(m) => moved |= m,
+            Err(_) => {
+                counters.fail(Failure::BackendFailed);
+                return Err(());
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Passes each side's end of stream on once its buffer has drained.
+    fn half_close(&mut self, _ctx: &Ctx<'_>) -> Result<bool, ()> {
+        let mut moved = false;
+        if self.client_eof
+            && self.to_backend.is_empty()
+            && !self.backend_write_shut
+            && self.backend_connected
+        {
+            match &self.backend {
+                BackendIo::Tcp(s) => {
+                    let _ = s.shutdown(Shutdown::Write);
+                }
+                BackendIo::Unix(s) => {
+                    let _ = s.shutdown(Shutdown::Write);
+                }
+                _ => {}
+            }
+            self.backend_write_shut = true;
+            moved = true;
+        }
+        if self.backend_eof && self.to_client.is_empty() && !self.client_write_shut {
+            match &mut self.stage {
+                Stage::Tls(tls) => {
+                    if tls.is_handshaking() {
+                        return Ok(moved);
+                    }
+                    tls.send_close_notify();
+                    while tls.wants_write() {
+                        match tls.write_tls(&mut self.client) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Stage::Raw => {}
+                Stage::Peek { .. } => return Ok(moved),
+            }
+            let _ = self.client.shutdown(Shutdown::Write);
+            self.client_write_shut = true;
+            moved = true;
+        }
+        Ok(moved)
+    }
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.max(0.001))
+}
+
+/// Ok(true) connected, Ok(false) still connecting, Err(()) failed.
+fn connect_state(err: io::Result<Option<io::Error>>, peer: io::Result<()>) -> Result<bool, ()> {
+    match err {
+        Ok(Some(_)) | Err(_) => return Err(()),
+        Ok(None) => {}
+    }
+    match peer {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => Ok(false),
+        Err(_) => Err(()),
+    }
+}
+
+fn libc_einprogress() -> i32 {
+    nix::errno::Errno::EINPROGRESS as i32
+}
+
+/// Reads from `src` into `buf` up to `cap`; Some(n) if bytes came, sets `eof` at end of stream.
+fn read_into(
+    src: &mut impl Read,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    eof: &mut bool,
+) -> io::Result<Option<usize>> {
+    let mut total = 0;
+    let mut chunk = [0u8; 16 * 1024];
+    while !*eof && buf.len() < cap {
+        let room = (cap - buf.len()).min(chunk.len());
+        let Some(dst) = chunk.get_mut(..room) else {
+            break;
+        };
+        match src.read(dst) {
+            Ok(0) => *eof = true,
+            Ok(n) => {
+                total += n;
+                buf.extend_from_slice(dst.get(..n).unwrap_or_default());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((total > 0).then_some(total))
+}
+
+/// Writes `buf` to `dst` as far as it goes; Some(n) if bytes went.
+fn write_from(dst: &mut impl Write, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let mut total = 0;
+    while !buf.is_empty() {
+        match dst.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                total += n;
+                buf.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((total > 0).then_some(total))
+}
+
+fn pipe_backend(
+    s: &mut (impl Read + Write),
+    to_backend: &mut Vec<u8>,
+    to_client: &mut Vec<u8>,
+    cap: usize,
+    eof: &mut bool,
+) -> io::Result<bool> {
+    let wrote = write_from(s, to_backend)?.is_some();
+    let read = read_into(s, to_client, cap, eof)?.is_some();
+    Ok(wrote || read)
+}
+
+/// The built-in backend: answers each whole HTTP request with the host that was reached, then
+/// ends the stream.
+fn builtin_respond(
+    request: &mut Vec<u8>,
+    response: &mut Vec<u8>,
+    label: &str,
+    sni: Option<&str>,
+    eof: &mut bool,
+    client_eof: bool,
+) -> bool {
+    if *eof {
+        return false;
+    }
+    let whole = request.windows(4).any(|w| w == b"\r\n\r\n");
+    if !whole && !client_eof {
+        return false;
+    }
+    let body = format!(
+        "sni: you reached host {label:?} (client sent server_name {:?})\n",
+        sni.unwrap_or("")
+    );
+    response.extend_from_slice(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    request.clear();
+    *eof = true;
+    true
+}
+
+/// A PROXY protocol v2 header (PROXY command, TCP over IPv4 or IPv6) for `src` → `dst`.
+pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    // Signature (12 bytes), version 2 + PROXY command.
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21);
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            h.push(0x11); // AF_INET, STREAM
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        (s, d) => {
+            let v6 = |a: SocketAddr| match a {
+                SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
+                SocketAddr::V6(a) => *a.ip(),
+            };
+            h.push(0x21); // AF_INET6, STREAM
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&v6(s).octets());
+            h.extend_from_slice(&v6(d).octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_v2_header_layout() {
+        let h = proxy_v2_header(
+            "192.0.2.1:40000".parse().expect("addr"),
+            "192.0.2.2:443".parse().expect("addr"),
+        );
+        assert_eq!(h.len(), 16 + 12);
+        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(h[12], 0x21);
+        assert_eq!(h[13], 0x11);
+        assert_eq!(&h[16..20], &[192, 0, 2, 1]);
+        assert_eq!(&h[24..26], &40000u16.to_be_bytes());
+        let h6 = proxy_v2_header(
+            "[2001:db8::1]:1".parse().expect("addr"),
+            "[2001:db8::2]:2".parse().expect("addr"),
+        );
+        assert_eq!(h6.len(), 16 + 36);
+        assert_eq!(h6[13], 0x21);
+    }
+}

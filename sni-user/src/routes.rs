@@ -1,0 +1,267 @@
+//! The terminator's routing table: which host a ClientHello's name reaches, with that host's
+//! TLS configuration and backend.
+//!
+//! Lookup order: the exact name, then a wildcard one label up (`*.example.com` covers
+//! `a.example.com`, not `a.b.example.com` nor `example.com`), then the default host, unless
+//! `[default] reject = true`. Every host gets its own `ServerConfig`, with its own ticket key
+//! and session cache, so a session is never resumed under another host's name.
+
+use std::{collections::HashMap, fs, path::Path, sync::Arc};
+
+use rustls::{
+    crypto::CryptoProvider,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
+    server::{ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+
+use crate::config::{Backend, Config, HostMode};
+
+/// Sessions kept per host for stateful resumption.
+const SESSION_CACHE_PER_HOST: usize = 4096;
+
+/// One routable host.
+#[derive(Debug)]
+pub struct Route {
+    /// The host's first configured name (or `default`), used in counters and logs.
+    pub label: String,
+    /// TLS configuration (None for passthrough).
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Where its traffic goes.
+    pub backend: Backend,
+    /// Terminate or passthrough.
+    pub mode: HostMode,
+    /// Whether a PROXY v2 header goes first to the backend.
+    pub proxy_protocol: bool,
+}
+
+/// The whole table.
+#[derive(Debug)]
+pub struct Routes {
+    /// Hosts in configuration order; the default, if any, last.
+    pub routes: Vec<Route>,
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+/// A certificate or key problem, naming the file and the host.
+#[derive(Debug, thiserror::Error)]
+#[error("{host}: {file}: {message}")]
+pub struct CertError {
+    /// The host (its first name, or `default`).
+    pub host: String,
+    /// The file.
+    pub file: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Routes {
+    /// Loads every certificate and key of `config` and builds the table.
+    pub fn load(config: &Config) -> Result<Self, CertError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut routes = Vec::new();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for host in &config.hosts {
+            let label = host.names.first().cloned().unwrap_or_default();
+            let tls = match host.mode {
+                HostMode::Terminate => {
+                    let (cert, key) = match (&host.cert, &host.key) {
+                        (Some(c), Some(k)) => (c, k),
+                        _ => {
+                            return Err(CertError {
+                                host: label,
+                                file: String::new(),
+                                message: "cert and key are required".into(),
+                            })
+                        }
+                    };
+                    let certified = load_certified_key(&provider, &label, cert, key)?;
+                    for name in &host.names {
+                        check_name(&certified, name).map_err(|message| CertError {
+                            host: label.clone(),
+                            file: cert.display().to_string(),
+                            message,
+                        })?;
+                    }
+                    Some(server_config(&provider, certified, &host.alpn)?)
+                }
+                HostMode::Passthrough => None,
+            };
+            let index = routes.len();
+            for name in &host.names {
+                let name = name.to_ascii_lowercase();
+                let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.insert(parent.to_owned(), index),
+                    None => exact.insert(name, index),
+                };
+            }
+            routes.push(Route {
+                label,
+                tls,
+                backend: host
+                    .backend
+                    .as_deref()
+                    .unwrap_or("builtin")
+                    .parse()
+                    .unwrap_or(Backend::Builtin),
+                mode: host.mode,
+                proxy_protocol: host.proxy_protocol,
+            });
+        }
+        let default = if config.default.reject {
+            None
+        } else {
+            let label = "default".to_owned();
+            let (cert, key) = match (&config.default.cert, &config.default.key) {
+                (Some(c), Some(k)) => (c, k),
+                _ => {
+                    return Err(CertError {
+                        host: label,
+                        file: String::new(),
+                        message: "cert and key are required unless reject = true".into(),
+                    })
+                }
+            };
+            let certified = load_certified_key(&provider, &label, cert, key)?;
+            routes.push(Route {
+                label,
+                tls: Some(server_config(&provider, certified, &[])?),
+                backend: config
+                    .default
+                    .backend
+                    .as_deref()
+                    .unwrap_or("builtin")
+                    .parse()
+                    .unwrap_or(Backend::Builtin),
+                mode: HostMode::Terminate,
+                proxy_protocol: false,
+            });
+            Some(routes.len() - 1)
+        };
+        Ok(Self {
+            routes,
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    /// The route for a ClientHello naming `sni` (None: reject).
+    pub fn resolve(&self, sni: Option<&[u8]>) -> Option<usize> {
+        if let Some(name) = sni.and_then(|n| std::str::from_utf8(n).ok()) {
+            let name = name.to_ascii_lowercase();
+            let name = name.strip_suffix('.').unwrap_or(&name);
+            if let Some(i) = self.exact.get(name) {
+                return Some(*i);
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(i) = self.wildcard.get(parent) {
+                    return Some(*i);
+                }
+            }
+        }
+        self.default
+    }
+}
+
+fn load_certified_key(
+    provider: &CryptoProvider,
+    host: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let err = |file: &Path, message: String| CertError {
+        host: host.to_owned(),
+        file: file.display().to_string(),
+        message,
+    };
+    let cert_pem = fs::read(cert).map_err(|e| err(cert, format!("cannot read: {e}")))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(cert, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(err(cert, "holds no CERTIFICATE block".into()));
+    }
+    let key_pem = fs::read(key).map_err(|e| err(key, format!("cannot read: {e}")))?;
+    warn_if_world_readable(key);
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| err(key, format!("not a PEM private key: {e}")))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| err(key, format!("unusable private key: {e}")))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| err(key, format!("does not match {}: {e}", cert.display())))?;
+    Ok(Arc::new(certified))
+}
+
+fn warn_if_world_readable(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(key) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(key = %key.display(), "private key is world-readable");
+        }
+    }
+}
+
+/// Checks that the leaf certificate covers `name` (a wildcard name must be covered by a
+/// wildcard certificate: any label under it must be valid).
+fn check_name(certified: &CertifiedKey, name: &str) -> Result<(), String> {
+    let probe = match name.strip_prefix("*.") {
+        Some(parent) => format!("sni-wildcard-probe.{parent}"),
+        None => name.to_owned(),
+    };
+    let probe = probe.strip_suffix('.').unwrap_or(&probe).to_owned();
+    let server_name =
+        ServerName::try_from(probe).map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
+    let leaf = certified
+        .cert
+        .first()
+        .ok_or_else(|| "empty chain".to_owned())?;
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("unparsable leaf certificate: {e}"))?;
+    ee.verify_is_valid_for_subject_name(&server_name)
+        .map_err(|_| format!("the certificate does not cover {name:?}"))
+}
+
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    certified: Arc<CertifiedKey>,
+    alpn: &[String],
+) -> Result<Arc<ServerConfig>, CertError> {
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| CertError {
+            host: String::new(),
+            file: String::new(),
+            message: format!("TLS versions: {e}"),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCert(certified)));
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // Per host: a ticket or cached session of one host never resumes under another.
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_PER_HOST);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| CertError {
+        host: String::new(),
+        file: String::new(),
+        message: format!("ticketer: {e}"),
+    })?;
+    config.send_tls13_tickets = 2;
+    Ok(Arc::new(config))
+}

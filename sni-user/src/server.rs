@@ -1,0 +1,358 @@
+//! The terminator's workers: one mio event loop per thread, each with its own `SO_REUSEPORT`
+//! listener on every `[[listen]]` address, so the kernel spreads connections across them.
+//!
+//! Tokens: connection `i` has its client socket at `2i` and its backend socket at `2i + 1`;
+//! listeners and the waker sit at the top of the token space.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use mio::{net::TcpListener, Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::{debug, warn};
+
+use crate::{
+    config::{Config, Limits},
+    conn::{Conn, Ctx, Pumped},
+    counters::Counters,
+    routes::Routes,
+};
+
+const WAKER: Token = Token(usize::MAX);
+const LISTENER_BASE: usize = usize::MAX / 2;
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(200);
+/// Pending connections per listener.
+const BACKLOG: i32 = 4096;
+
+/// Running workers.
+pub struct Terminator {
+    threads: Vec<JoinHandle<()>>,
+    wakers: Vec<Arc<Waker>>,
+    stop: Arc<AtomicBool>,
+    /// Counters, shared with the workers.
+    pub counters: Arc<Counters>,
+    /// Route labels, in counter order.
+    pub labels: Vec<String>,
+    /// Bound addresses (after port 0 is resolved), for logs and tests.
+    pub addresses: Vec<SocketAddr>,
+}
+
+/// What the workers share.
+struct Shared {
+    routes: Arc<Routes>,
+    counters: Arc<Counters>,
+    limits: Limits,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Terminator {
+    /// Binds every listener (errors surface here) and starts the workers.
+    pub fn start(config: &Config, routes: Arc<Routes>) -> Result<Self> {
+        let workers = config
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let counters = Arc::new(Counters::new(routes.routes.len()));
+        let labels = routes.routes.iter().map(|r| r.label.clone()).collect();
+        let shared = Arc::new(Shared {
+            routes,
+            counters: counters.clone(),
+            limits: config.limits.clone(),
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut wakers = Vec::new();
+        let mut addresses = Vec::new();
+        // The first worker binds the configured addresses; later ones bind what it got, so a
+        // port 0 in the config means the same ephemeral port for all.
+        let mut bound: Vec<SocketAddr> = config.listen.iter().map(|l| l.address).collect();
+        for w in 0..workers {
+            let poll = Poll::new().context("creating a poll")?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating a waker")?);
+            let mut listeners = Vec::new();
+            for (i, addr) in bound.clone().iter().enumerate() {
+                let mut listener = bind(*addr).with_context(|| format!("listening on {addr}"))?;
+                let local = listener.local_addr()?;
+                if w == 0 {
+                    if let Some(b) = bound.get_mut(i) {
+                        *b = local;
+                    }
+                    addresses.push(local);
+                }
+                poll.registry().register(
+                    &mut listener,
+                    Token(LISTENER_BASE + i),
+                    Interest::READABLE,
+                )?;
+                listeners.push(listener);
+            }
+            let worker = Worker {
+                poll,
+                listeners,
+                conns: Slab::new(),
+                again: VecDeque::new(),
+                shared: shared.clone(),
+                stop: stop.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("sni-worker-{w}"))
+                .spawn(move || worker.run())
+                .context("starting a worker")?;
+            threads.push(handle);
+            wakers.push(waker);
+        }
+        tracing::info!(?addresses, workers, "terminator listening");
+        Ok(Self {
+            threads,
+            wakers,
+            stop,
+            counters,
+            labels,
+            addresses,
+        })
+    }
+
+    /// Stops accepting and ends the workers (open connections are closed).
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Counters as JSON (`{"hosts":[…],"global":{…}}`).
+    pub fn snapshot(&self) -> serde_json::Value {
+        self.counters.snapshot(&self.labels)
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // So that "[::]:443" and "0.0.0.0:443" can both be configured.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+struct Worker {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: Slab<Conn>,
+    again: VecDeque<usize>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        while !self.stop.load(Relaxed) {
+            let timeout = if self.again.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!(error = %e, "poll failed");
+                }
+                continue;
+            }
+            for event in &events {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) => self.pump(t / 2),
+                }
+            }
+            for _ in 0..self.again.len() {
+                if let Some(id) = self.again.pop_front() {
+                    self.pump(id);
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.expire();
+                next_tick = Instant::now() + TICK;
+            }
+        }
+        let ids: Vec<usize> = self.conns.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            let (stream, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: keep serving open connections; retry on the next
+                    // readiness event.
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let g = &self.shared.counters.global;
+            g.accepted.fetch_add(1, Relaxed);
+            let limits = &self.shared.limits;
+            if self.shared.open.load(Relaxed) >= limits.max_connections {
+                g.over_max_connections.fetch_add(1, Relaxed);
+                drop(stream);
+                continue;
+            }
+            {
+                let mut per_ip = match self.shared.per_ip.lock() {
+                    Ok(m) => m,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let n = per_ip.entry(peer.ip()).or_insert(0);
+                if *n >= limits.max_connections_per_ip {
+                    g.over_max_per_ip.fetch_add(1, Relaxed);
+                    continue;
+                }
+                *n += 1;
+            }
+            self.shared.open.fetch_add(1, Relaxed);
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let id = entry.key();
+            let mut conn = Conn::new(stream, peer, limits);
+            if let Err(e) = self.poll.registry().register(
+                &mut conn.client,
+                Token(id * 2),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(error = %e, "registering a connection");
+                self.release(peer.ip());
+                continue;
+            }
+            entry.insert(conn);
+            // Bytes may already be there: edge-triggered readiness reports only new ones.
+            self.pump(id);
+        }
+    }
+
+    fn pump(&mut self, id: usize) {
+        let shared = self.shared.clone();
+        let ctx = Ctx {
+            routes: &shared.routes,
+            counters: &shared.counters,
+            limits: &shared.limits,
+        };
+        let Some(conn) = self.conns.get_mut(id) else {
+            return; // a stray event for a closed connection
+        };
+        let mut outcome = conn.pump(&ctx);
+        if !conn.backend_registered {
+            if let Some(source) = conn.backend_source() {
+                match self.poll.registry().register(
+                    source,
+                    Token(id * 2 + 1),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    Ok(()) => {
+                        conn.backend_registered = true;
+                        if outcome == Pumped::Idle {
+                            outcome = conn.pump(&ctx);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "registering a backend socket");
+                        outcome = Pumped::Done;
+                    }
+                }
+            }
+        }
+        match outcome {
+            Pumped::Idle => {}
+            Pumped::Again => self.again.push_back(id),
+            Pumped::Done => self.close(id),
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let ctx = Ctx {
+            routes: &shared.routes,
+            counters: &shared.counters,
+            limits: &shared.limits,
+        };
+        let expired: Vec<usize> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(id, c)| {
+                c.expire(&ctx);
+                id
+            })
+            .collect();
+        for id in expired {
+            debug!(id, "deadline passed");
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: usize) {
+        let Some(mut conn) = self.conns.try_remove(id) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        conn.finish(&Ctx {
+            routes: &shared.routes,
+            counters: &shared.counters,
+            limits: &shared.limits,
+        });
+        let _ = self.poll.registry().deregister(&mut conn.client);
+        if conn.backend_registered {
+            if let Some(source) = conn.backend_source() {
+                let _ = self.poll.registry().deregister(source);
+            }
+        }
+        self.release(conn.peer().ip());
+        self.again.retain(|a| *a != id);
+    }
+
+    fn release(&self, ip: IpAddr) {
+        self.shared.open.fetch_sub(1, Relaxed);
+        let mut per_ip = match self.shared.per_ip.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
