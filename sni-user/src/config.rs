@@ -431,13 +431,11 @@ impl Config {
         if self.workers == Some(0) {
             return Err(self.invalid("workers", "must be at least 1"));
         }
-        if !self.default.reject {
-            if self.default.cert.is_none() || self.default.key.is_none() {
-                return Err(self.invalid(
-                    "default",
-                    "needs cert and key (or reject = true) when [[listen]] is set",
-                ));
-            }
+        if !self.default.reject && (self.default.cert.is_none() || self.default.key.is_none()) {
+            return Err(self.invalid(
+                "default",
+                "needs cert and key (or reject = true) when [[listen]] is set",
+            ));
         }
         if let Some(b) = &self.default.backend {
             b.parse::<Backend>()

@@ -1,0 +1,615 @@
+//! The TLS terminator against real clients (curl, openssl s_client) on loopback, with
+//! certificates from a test CA made by openssl, and backends owned by the test: certificate
+//! per name (exact, wildcard, default, reject), ALPN, PROXY v2, passthrough to a TLS backend,
+//! a refused and a dying backend, no resumption across hosts, handshake deadline, caps.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sni_tests::{
+    netns::{run, unique, wait_until, ChildGuard},
+    sni_user_bin,
+};
+
+/// A test CA and leaf certificates, made with the openssl command line.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Self { dir };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sni-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        run(Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path()));
+    }
+
+    /// `file.pem` / `file.key` for `names`, signed by the CA.
+    fn leaf(&self, file: &str, names: &[&str]) {
+        let key = format!("{file}.key");
+        let csr = format!("{file}.csr");
+        let pem = format!("{file}.pem");
+        let ext = self.path(&format!("{file}.ext"));
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(&ext, format!("subjectAltName={}\n", san.join(","))).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={}", names[0]),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext.to_str().unwrap(),
+            "-out",
+            &pem,
+        ]);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.path(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// `sni-user run` with a terminator-only config; stopped (by PID) on drop.
+struct Term {
+    child: ChildGuard,
+    addr: SocketAddr,
+    control: PathBuf,
+    log: PathBuf,
+}
+
+impl Term {
+    /// Starts with `body` (TOML after the generated `[[listen]]` and `control_socket`).
+    fn start(pki: &Pki, body: &str) -> Self {
+        let control = pki.path(&format!("{}.sock", unique("ctl")));
+        let config = pki.path(&format!("{}.toml", unique("term")));
+        std::fs::write(
+            &config,
+            format!(
+                "control_socket = {:?}\nworkers = 2\n[[listen]]\naddress = \"127.0.0.1:0\"\n{body}",
+                control.display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = pki.path(&format!("{}.log", unique("run")));
+        let mut cmd = Command::new(sni_user_bin());
+        cmd.arg("run").arg("--config").arg(&config);
+        let mut child = ChildGuard::spawn(cmd, "sni-user run (terminator)", &log);
+        let ready = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("ready;")
+                || child.exited().is_some()
+        });
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            ready && child.exited().is_none(),
+            "terminator did not start:\n{text}"
+        );
+        // "terminator listening addresses=[127.0.0.1:PORT]"
+        let addr = text
+            .split("addresses=[")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listening address in:\n{text}"));
+        Self {
+            child,
+            addr,
+            control,
+            log,
+        }
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    fn stats(&self) -> Value {
+        let out = run(Command::new(sni_user_bin())
+            .args(["stats", "--json", "--pin-dir", "/nonexistent", "--control"])
+            .arg(&self.control));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["terminator"].clone()
+    }
+
+    /// Waits until `check` holds on the stats (counters settle after connections close).
+    fn wait_stats(&self, what: &str, check: impl Fn(&Value) -> bool) {
+        let ok = wait_until(Duration::from_secs(10), || check(&self.stats()));
+        assert!(
+            ok,
+            "{what}: {}\nlog:\n{}",
+            self.stats(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        self.child.signal_and_wait("TERM", Duration::from_secs(10));
+    }
+}
+
+fn curl(pki: &Pki, term: &Term, name: &str, extra: &[&str]) -> Output {
+    let resolve = format!("{name}:{}:127.0.0.1", term.port());
+    let url = format!("https://{name}:{}/", term.port());
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .args(["--resolve", &resolve])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .unwrap()
+}
+
+fn s_client(term: &Term, args: &[&str]) -> String {
+    let connect = format!("127.0.0.1:{}", term.port());
+    let out = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect", &connect])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn standard_pki() -> Pki {
+    let pki = Pki::new();
+    pki.leaf("a", &["a.example"]);
+    pki.leaf("b", &["b.example"]);
+    pki.leaf("wild", &["*.wild.example"]);
+    pki.leaf("default", &["default.example"]);
+    pki
+}
+
+const HOSTS: &str = r#"
+[default]
+cert = "default.pem"
+key = "default.key"
+[[host]]
+names = ["a.example"]
+cert = "a.pem"
+key = "a.key"
+backend = "builtin"
+alpn = ["h2", "http/1.1"]
+[[host]]
+names = ["b.example"]
+cert = "b.pem"
+key = "b.key"
+backend = "builtin"
+[[host]]
+names = ["*.wild.example"]
+cert = "wild.pem"
+key = "wild.key"
+backend = "builtin"
+"#;
+
+#[test]
+fn each_name_gets_its_certificate_and_its_host() {
+    let pki = standard_pki();
+    let term = Term::start(&pki, HOSTS);
+    for (name, label) in [
+        ("a.example", "a.example"),
+        ("b.example", "b.example"),
+        ("x.wild.example", "*.wild.example"),
+    ] {
+        let out = curl(&pki, &term, name, &["--http1.1"]);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(body.contains(&format!("host {label:?}")), "{name}: {body}");
+        assert!(
+            body.contains(&format!("server_name {name:?}")),
+            "{name}: {body}"
+        );
+    }
+    // One label only: a.b.wild.example is not covered and gets the default certificate.
+    let out = s_client(
+        &term,
+        &[
+            "-servername",
+            "a.b.wild.example",
+            "-CAfile",
+            pki.path("ca.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains("CN=default.example") || out.contains("CN = default.example"),
+        "{out}"
+    );
+    // No SNI at all: the default certificate, verified by the test CA.
+    let out = s_client(
+        &term,
+        &[
+            "-noservername",
+            "-CAfile",
+            pki.path("ca.pem").to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("default.example"), "{out}");
+    assert!(out.contains("Verify return code: 0"), "{out}");
+    term.wait_stats("handshakes counted", |s| {
+        let h = |l: &str| {
+            s["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["host"] == l)
+                .unwrap()["handshakes"]
+                .as_u64()
+                .unwrap()
+        };
+        h("a.example") == 1 && h("b.example") == 1 && h("*.wild.example") == 1 && h("default") == 2
+    });
+}
+
+#[test]
+fn reject_answers_unknown_names_with_unrecognized_name() {
+    let pki = standard_pki();
+    let body = HOSTS.replace(
+        "[default]\ncert = \"default.pem\"\nkey = \"default.key\"",
+        "[default]\nreject = true",
+    );
+    let term = Term::start(&pki, &body);
+    let out = s_client(&term, &["-servername", "unknown.example"]);
+    assert!(out.contains("unrecognized name"), "{out}");
+    let out = s_client(&term, &["-noservername"]);
+    assert!(out.contains("unrecognized name"), "{out}");
+    // Known names still work.
+    assert!(curl(&pki, &term, "b.example", &[]).status.success());
+    term.wait_stats("rejections counted", |s| {
+        s["global"]["rejected_unknown_name"] == 2
+    });
+}
+
+#[test]
+fn alpn_is_per_host() {
+    let pki = standard_pki();
+    let term = Term::start(&pki, HOSTS);
+    let out = s_client(&term, &["-servername", "a.example", "-alpn", "h2,http/1.1"]);
+    assert!(out.contains("ALPN protocol: h2"), "{out}");
+    let out = s_client(&term, &["-servername", "b.example", "-alpn", "h2,http/1.1"]);
+    assert!(out.contains("No ALPN negotiated"), "{out}");
+}
+
+/// A backend owned by the test: accepts `n` connections, hands each to `serve`.
+fn backend(
+    n: usize,
+    serve: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> (SocketAddr, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((s, _)) = listener.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            serve(s);
+        }
+    });
+    (addr, handle)
+}
+
+/// Reads until the end of the HTTP head that starts `skip` bytes in (after a PROXY header).
+fn read_request(s: &mut TcpStream, skip: usize) -> Vec<u8> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req
+        .get(skip..)
+        .is_some_and(|r| r.windows(4).any(|w| w == b"\r\n\r\n"))
+    {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    req
+}
+
+#[test]
+fn tcp_backend_with_proxy_protocol_v2() {
+    let pki = standard_pki();
+    let (addr, handle) = backend(1, |mut s| {
+        // PROXY v2 for IPv4 is 16 + 12 bytes.
+        let req = read_request(&mut s, 28);
+        // PROXY v2: signature, v2 PROXY, TCP over IPv4, 12 address bytes, client 127.0.0.1.
+        assert_eq!(&req[..12], b"\r\n\r\n\0\r\nQUIT\n", "{req:?}");
+        assert_eq!(req[12], 0x21);
+        assert_eq!(req[13], 0x11);
+        assert_eq!(u16::from_be_bytes([req[14], req[15]]), 12);
+        assert_eq!(&req[16..20], &[127, 0, 0, 1]);
+        let http = String::from_utf8_lossy(&req[28..]).into_owned();
+        assert!(http.starts_with("GET / HTTP/1.1\r\n"), "{http}");
+        assert!(http.contains("Host: p.example"), "{http}");
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nproxy-ok\n")
+            .unwrap();
+    });
+    pki.leaf("p", &["p.example"]);
+    let body = format!(
+        "{HOSTS}[[host]]\nnames = [\"p.example\"]\ncert = \"p.pem\"\nkey = \"p.key\"\nbackend = \"{addr}\"\nproxy_protocol = true\n"
+    );
+    let term = Term::start(&pki, &body);
+    let out = curl(&pki, &term, "p.example", &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "proxy-ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    handle.join().unwrap();
+    term.wait_stats("bytes counted", |s| {
+        let p = s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "p.example")
+            .unwrap()
+            .clone();
+        p["handshakes"] == 1 && p["bytes_to_client"].as_u64().unwrap() > 0 && p["active"] == 0
+    });
+}
+
+#[test]
+fn refused_and_dying_backends_close_cleanly_and_are_counted() {
+    let pki = standard_pki();
+    // Nothing listens on the refused port: bind and drop to find a free one.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (dying, handle) = backend(1, |mut s| {
+        let _ = read_request(&mut s, 0);
+        // Half a response, then a reset.
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+            .unwrap();
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    });
+    pki.leaf("r", &["r.example"]);
+    pki.leaf("d", &["d.example"]);
+    let body = format!(
+        "{HOSTS}[[host]]\nnames = [\"r.example\"]\ncert = \"r.pem\"\nkey = \"r.key\"\nbackend = \"{refused}\"\n\
+         [[host]]\nnames = [\"d.example\"]\ncert = \"d.pem\"\nkey = \"d.key\"\nbackend = \"{dying}\"\n"
+    );
+    let term = Term::start(&pki, &body);
+    let out = curl(&pki, &term, "r.example", &[]);
+    assert!(!out.status.success());
+    let out = curl(&pki, &term, "d.example", &[]);
+    assert!(
+        !out.status.success(),
+        "a truncated body must not look complete"
+    );
+    handle.join().unwrap();
+    term.wait_stats("backend failures counted", |s| {
+        let f = |l: &str, k: &str| {
+            s["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["host"] == l)
+                .unwrap()["failures"][k]
+                .as_u64()
+                .unwrap()
+        };
+        f("r.example", "backend_refused") == 1
+            && f("d.example", "backend_failed") + f("d.example", "client_gone") >= 1
+    });
+    // The terminator still serves others.
+    assert!(curl(&pki, &term, "b.example", &[]).status.success());
+}
+
+#[test]
+fn passthrough_relays_to_the_backend_tls_server() {
+    let pki = standard_pki();
+    pki.leaf("pass", &["pass.example"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_server",
+        "-www",
+        "-quiet",
+        "-accept",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("-cert")
+    .arg(pki.path("pass.pem"))
+    .arg("-key")
+    .arg(pki.path("pass.key"));
+    let _server = ChildGuard::spawn(cmd, "openssl s_server", &pki.path("s_server.log"));
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
+        ("127.0.0.1", port)
+    )
+    .is_ok()));
+    let body = format!("{HOSTS}[[host]]\nnames = [\"pass.example\"]\nmode = \"passthrough\"\nbackend = \"127.0.0.1:{port}\"\n");
+    let term = Term::start(&pki, &body);
+    let out = curl(&pki, &term, "pass.example", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // openssl's -www status page: the backend terminated TLS, with its own certificate.
+    assert!(text.contains("s_server"), "{text}");
+    term.wait_stats("passthrough counted", |s| {
+        s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "pass.example")
+            .unwrap()["handshakes"]
+            == 1
+    });
+}
+
+#[test]
+fn sessions_do_not_resume_across_hosts() {
+    let pki = standard_pki();
+    let term = Term::start(&pki, HOSTS);
+    let sess = pki.path("a.sess");
+    let sess_arg = sess.to_str().unwrap();
+    let first = s_client(
+        &term,
+        &["-servername", "a.example", "-tls1_2", "-sess_out", sess_arg],
+    );
+    assert!(first.contains("New, "), "{first}");
+    let again = s_client(
+        &term,
+        &["-servername", "a.example", "-tls1_2", "-sess_in", sess_arg],
+    );
+    assert!(again.contains("Reused, "), "the same host resumes: {again}");
+    let other = s_client(
+        &term,
+        &["-servername", "b.example", "-tls1_2", "-sess_in", sess_arg],
+    );
+    assert!(
+        other.contains("New, "),
+        "another host must not resume a.example's session: {other}"
+    );
+    assert!(
+        other.contains("CN=b.example") || other.contains("CN = b.example"),
+        "{other}"
+    );
+}
+
+#[test]
+fn handshake_deadline_and_connection_caps() {
+    let pki = standard_pki();
+    let body = format!("{HOSTS}[limits]\nhandshake_timeout = 1.0\nmax_connections_per_ip = 3\n");
+    let term = Term::start(&pki, &body);
+    let addr = term.addr;
+    // Three silent clients fill this IP's quota; a fourth is closed at once.
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut fourth = TcpStream::connect(addr).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(fourth.read(&mut buf), Ok(0) | Err(_)),
+        "the fourth connection was not closed"
+    );
+    // The silent ones are closed by the handshake deadline, not later than a few ticks after.
+    let start = Instant::now();
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "deadline not applied"
+    );
+    term.wait_stats("limits counted", |s| {
+        s["global"]["over_max_per_ip"] == 1 && s["global"]["client_hello_timeout"] == 3
+    });
+    // With the quota free again, a real client gets through.
+    assert!(curl(&pki, &term, "b.example", &[]).status.success());
+}
+
+#[test]
+fn bad_certificates_and_configs_fail_start_with_the_file_and_host() {
+    let pki = standard_pki();
+    let cases = [
+        // Certificate does not cover the name.
+        (
+            HOSTS.replace("names = [\"b.example\"]", "names = [\"c.example\"]"),
+            "does not cover \"c.example\"",
+        ),
+        // Key of another certificate.
+        (
+            HOSTS.replace("key = \"b.key\"", "key = \"a.key\""),
+            "does not match",
+        ),
+        // Missing file.
+        (
+            HOSTS.replace("cert = \"b.pem\"", "cert = \"missing.pem\""),
+            "missing.pem",
+        ),
+        // Bad backend syntax.
+        (
+            HOSTS.replace(
+                "backend = \"builtin\"\n[[host]]\nnames = [\"*.wild",
+                "backend = \"nowhere\"\n[[host]]\nnames = [\"*.wild",
+            ),
+            "host[1] (b.example).backend",
+        ),
+    ];
+    for (body, expect) in cases {
+        let config = pki.path(&format!("{}.toml", unique("bad")));
+        std::fs::write(&config, format!("control_socket = \"/tmp/unused.sock\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n{body}")).unwrap();
+        let out = Command::new(sni_user_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{expect}: started anyway");
+        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    }
+}
