@@ -30,9 +30,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it, pin its maps, and run until SIGINT or SIGTERM.
+    /// Run the classifier (XDP) and the terminator (TLS) of a config until SIGINT or SIGTERM.
     ///
-    /// Without --config: watch TCP port 8443 on `lo` in generic mode.
+    /// Without --config: a ready demo. A local CA and demo certificates are made under
+    /// --state-dir, TLS is served on 127.0.0.1:8443 by a built-in backend, XDP counts on `lo`,
+    /// and the curl commands to try are printed.
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -52,6 +54,9 @@ enum Command {
         /// Log every ClientHello the kernel reads (costs time on the packet path).
         #[arg(long)]
         debug: bool,
+        /// Where the demo keeps its CA and certificates (without --config).
+        #[arg(long, default_value = crate::demo::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Show the counters of a running classifier: hosts by ClientHellos, then global counters.
     Stats {
@@ -104,10 +109,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             mode,
             pin_dir,
             debug,
+            state_dir,
         } => {
             let mut config = match &config {
                 Some(path) => Config::load(path)?,
-                None => Config::demo(),
+                None => {
+                    let (config, text) = crate::demo::prepare(&state_dir)?;
+                    print!("{text}");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    config
+                }
             };
             if let Some(dir) = pin_dir {
                 config.pin_dir = dir;

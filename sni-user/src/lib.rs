@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod counters;
+pub mod demo;
 pub mod loader;
 pub mod routes;
 pub mod server;

@@ -152,14 +152,15 @@ impl Snapshot {
                     .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
+                let n = |k: &str| h[k].as_u64().unwrap_or(0);
                 let _ = writeln!(
                     out,
                     "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  {}",
                     h["host"].as_str().unwrap_or(""),
-                    h["handshakes"],
-                    h["active"],
-                    h["bytes_to_backend"],
-                    h["bytes_to_client"],
+                    n("handshakes"),
+                    n("active"),
+                    n("bytes_to_backend"),
+                    n("bytes_to_client"),
                     failures.join(" ")
                 );
             }

@@ -1,0 +1,81 @@
+//! `sni-user run` without a config: the printed curl commands work as printed, and both the
+//! kernel's and the terminator's counters show them.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use sni_tests::{
+    netns::{run, unique, wait_until, ChildGuard},
+    require_root, sni_user_bin,
+};
+
+#[test]
+fn demo_works_as_printed() {
+    require_root();
+    let state = tempfile::tempdir().unwrap();
+    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(unique("sni-demo-"));
+    let out_log = state.path().join("demo.out");
+    let mut cmd = Command::new(sni_user_bin());
+    cmd.args(["run", "--pin-dir"])
+        .arg(&pin_dir)
+        .arg("--state-dir")
+        .arg(state.path());
+    let mut demo = ChildGuard::spawn(cmd, "sni-user run (demo)", &out_log);
+    let ready = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&out_log)
+            .unwrap_or_default()
+            .contains("ready;")
+            || demo.exited().is_some()
+    });
+    let text = std::fs::read_to_string(&out_log).unwrap();
+    assert!(
+        ready && demo.exited().is_none(),
+        "demo did not start:\n{text}"
+    );
+    let curls: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl "))
+        .collect();
+    assert_eq!(curls.len(), 3, "{text}");
+    for line in &curls {
+        // The printed line, word for word (no argument has spaces).
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let out = run(Command::new(words[0]).args(&words[1..]).arg("-sS"));
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.contains("you reached host"), "{line}: {body}");
+    }
+    let out = run(Command::new(sni_user_bin())
+        .args(["stats", "--json", "--pin-dir"])
+        .arg(&pin_dir));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in ["alpha.demo.test", "beta.demo.test", "shop.apps.demo.test"] {
+        let h = s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == name);
+        assert_eq!(
+            h.map(|h| h["client_hellos"].clone()),
+            Some(1.into()),
+            "{name} in XDP counters: {s}"
+        );
+    }
+    for label in ["alpha.demo.test", "beta.demo.test", "*.apps.demo.test"] {
+        let h = s["terminator"]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == label);
+        assert_eq!(
+            h.map(|h| h["handshakes"].clone()),
+            Some(1.into()),
+            "{label} in terminator counters: {s}"
+        );
+    }
+    assert!(demo
+        .signal_and_wait("TERM", Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    let _ = std::fs::remove_dir(&pin_dir);
+}
