@@ -113,12 +113,17 @@ struct Term {
 impl Term {
     /// Starts with `body` (TOML after the generated `[[listen]]` and `control_socket`).
     fn start(pki: &Pki, body: &str) -> Self {
+        Self::start_on(pki, "127.0.0.1:0", body)
+    }
+
+    /// Starts listening on `listen` (port 0: any free port).
+    fn start_on(pki: &Pki, listen: &str, body: &str) -> Self {
         let control = pki.path(&format!("{}.sock", unique("ctl")));
         let config = pki.path(&format!("{}.toml", unique("term")));
         std::fs::write(
             &config,
             format!(
-                "control_socket = {:?}\nworkers = 2\n[[listen]]\naddress = \"127.0.0.1:0\"\n{body}",
+                "control_socket = {:?}\nworkers = 2\n[[listen]]\naddress = {listen:?}\n{body}",
                 control.display().to_string()
             ),
         )
@@ -138,11 +143,12 @@ impl Term {
             ready && child.exited().is_none(),
             "terminator did not start:\n{text}"
         );
-        // "terminator listening addresses=[127.0.0.1:PORT]"
+        // "terminator listening addresses=[127.0.0.1:PORT] …" or "addresses=[[::1]:PORT] …"
         let addr = text
             .split("addresses=[")
             .nth(1)
-            .and_then(|r| r.split(']').next())
+            .and_then(|r| r.split_once("] "))
+            .map(|(a, _)| a)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no listening address in:\n{text}"));
         Self {
@@ -612,4 +618,56 @@ fn bad_certificates_and_configs_fail_start_with_the_file_and_host() {
         assert!(!out.status.success(), "{expect}: started anyway");
         assert!(err.contains(expect), "expected {expect:?} in: {err}");
     }
+}
+
+#[test]
+fn ipv6_listener_python_ssl_and_post_quantum_key_exchange() {
+    let pki = standard_pki();
+    let term = Term::start_on(&pki, "[::1]:0", HOSTS);
+    assert!(term.addr.is_ipv6(), "{}", term.addr);
+    // curl over IPv6.
+    let resolve = format!("b.example:{}:[::1]", term.port());
+    let url = format!("https://b.example:{}/", term.port());
+    let out = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.path("ca.pem"))
+        .args(["--resolve", &resolve, &url]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("host \"b.example\""));
+    // Python's ssl module, verifying against the test CA.
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         with socket.create_connection(('::1', {port}), timeout=10) as s:\n\
+         \x20   with ctx.wrap_socket(s, server_hostname='x.wild.example') as t:\n\
+         \x20       t.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         \x20       print(t.version(), t.recv(4096).decode())\n",
+        ca = pki.path("ca.pem").display().to_string(),
+        port = term.port()
+    );
+    let out = run(Command::new("python3").arg("-c").arg(&script));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("TLSv1.3"), "{text}");
+    assert!(text.contains("host \"*.wild.example\""), "{text}");
+    // A rustls client offering X25519MLKEM768 first gets it.
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(term.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    let group = conn.negotiated_key_exchange_group().unwrap().name();
+    assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
 }
