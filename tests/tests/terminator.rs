@@ -671,3 +671,64 @@ fn ipv6_listener_python_ssl_and_post_quantum_key_exchange() {
     let group = conn.negotiated_key_exchange_group().unwrap().name();
     assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
 }
+
+#[test]
+fn unix_backend_and_half_close_both_ways() {
+    use std::os::unix::net::UnixListener;
+    let pki = standard_pki();
+    pki.leaf("u", &["u.example"]);
+    let sock = pki.path("backend.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    const BODY: usize = 300_000;
+    let backend = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Reads to end of stream: the client's close_notify must arrive as a half-close.
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .unwrap();
+        // Dropping closes our side: the client must see the end after the answer.
+    });
+    let body = format!(
+        "{HOSTS}[[host]]\nnames = [\"u.example\"]\ncert = \"u.pem\"\nkey = \"u.key\"\nbackend = \"unix:{}\"\n",
+        sock.display()
+    );
+    let term = Term::start(&pki, &body);
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("u.example").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(term.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let payload: Vec<u8> = (0..BODY).map(|i| (i % 251) as u8).collect();
+    tls.write_all(&payload).unwrap();
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, format!("got {BODY} bytes"));
+    backend.join().unwrap();
+    term.wait_stats("bytes counted both ways", |s| {
+        let u = s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == "u.example")
+            .unwrap()
+            .clone();
+        u["bytes_to_backend"] == BODY as u64 && u["active"] == 0
+    });
+}
