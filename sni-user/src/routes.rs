@@ -69,16 +69,7 @@ impl Routes {
             let label = host.names.first().cloned().unwrap_or_default();
             let tls = match host.mode {
                 HostMode::Terminate => {
-                    let (cert, key) = match (&host.cert, &host.key) {
-                        (Some(c), Some(k)) => (c, k),
-                        _ => {
-                            return Err(CertError {
-                                host: label,
-                                file: String::new(),
-                                message: "cert and key are required".into(),
-                            })
-                        }
-                    };
+                    let (cert, key) = cert_and_key(&label, &host.cert, &host.key)?;
                     let certified = load_certified_key(&provider, &label, cert, key)?;
                     for name in &host.names {
                         check_name(&certified, name).map_err(|message| CertError {
@@ -101,14 +92,9 @@ impl Routes {
                 };
             }
             routes.push(Route {
+                backend: backend(&label, host.backend.as_deref())?,
                 label,
                 tls,
-                backend: host
-                    .backend
-                    .as_deref()
-                    .unwrap_or("builtin")
-                    .parse()
-                    .unwrap_or(Backend::Builtin),
                 mode: host.mode,
                 proxy_protocol: host.proxy_protocol,
             });
@@ -117,27 +103,12 @@ impl Routes {
             None
         } else {
             let label = "default".to_owned();
-            let (cert, key) = match (&config.default.cert, &config.default.key) {
-                (Some(c), Some(k)) => (c, k),
-                _ => {
-                    return Err(CertError {
-                        host: label,
-                        file: String::new(),
-                        message: "cert and key are required unless reject = true".into(),
-                    })
-                }
-            };
+            let (cert, key) = cert_and_key(&label, &config.default.cert, &config.default.key)?;
             let certified = load_certified_key(&provider, &label, cert, key)?;
             routes.push(Route {
+                backend: backend(&label, config.default.backend.as_deref())?,
                 label,
                 tls: Some(server_config(&provider, certified, &[])?),
-                backend: config
-                    .default
-                    .backend
-                    .as_deref()
-                    .unwrap_or("builtin")
-                    .parse()
-                    .unwrap_or(Backend::Builtin),
                 mode: HostMode::Terminate,
                 proxy_protocol: false,
             });
@@ -167,6 +138,32 @@ impl Routes {
         }
         self.default
     }
+}
+
+fn cert_and_key<'a>(
+    host: &str,
+    cert: &'a Option<std::path::PathBuf>,
+    key: &'a Option<std::path::PathBuf>,
+) -> Result<(&'a Path, &'a Path), CertError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok((c, k)),
+        _ => Err(CertError {
+            host: host.to_owned(),
+            file: String::new(),
+            message: "cert and key are both required".into(),
+        }),
+    }
+}
+
+/// The backend of a host (`builtin` when none is given).
+fn backend(host: &str, spec: Option<&str>) -> Result<Backend, CertError> {
+    spec.unwrap_or("builtin")
+        .parse()
+        .map_err(|message| CertError {
+            host: host.to_owned(),
+            file: String::new(),
+            message,
+        })
 }
 
 fn load_certified_key(

@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod netns;
+pub mod pki;
 pub mod prog;
 
 use std::path::PathBuf;

@@ -145,6 +145,24 @@ impl ChildGuard {
         }
     }
 
+    /// Starts `cmd` and waits (20 s at most) until `marker` appears in its log; panics with
+    /// the log if it exits or stays silent.
+    pub fn spawn_ready(cmd: Command, label: &str, log: &Path, marker: &str) -> Self {
+        let mut child = Self::spawn(cmd, label, log);
+        let ready = wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(marker)
+                || child.exited().is_some()
+        });
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            ready && child.exited().is_none(),
+            "{label} did not start:\n{text}"
+        );
+        child
+    }
+
     /// Its PID.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use sni_tests::{
-    netns::{run, unique, wait_until, ChildGuard},
+    netns::{run, unique, ChildGuard},
     require_root, sni_user_bin,
 };
 
@@ -21,18 +21,8 @@ fn demo_works_as_printed() {
         .arg(&pin_dir)
         .arg("--state-dir")
         .arg(state.path());
-    let mut demo = ChildGuard::spawn(cmd, "sni-user run (demo)", &out_log);
-    let ready = wait_until(Duration::from_secs(20), || {
-        std::fs::read_to_string(&out_log)
-            .unwrap_or_default()
-            .contains("ready;")
-            || demo.exited().is_some()
-    });
+    let mut demo = ChildGuard::spawn_ready(cmd, "sni-user run (demo)", &out_log, "ready;");
     let text = std::fs::read_to_string(&out_log).unwrap();
-    assert!(
-        ready && demo.exited().is_none(),
-        "demo did not start:\n{text}"
-    );
     let curls: Vec<&str> = text
         .lines()
         .map(str::trim)

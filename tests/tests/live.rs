@@ -14,6 +14,7 @@ use serde_json::Value;
 use sni_common::maps::MAP_GLOBAL;
 use sni_tests::{
     netns::{run, unique, veth, wait_until, ChildGuard, Netns},
+    pki::Pki,
     require_root, sni_user_bin,
 };
 
@@ -27,6 +28,7 @@ struct Link {
     server: Netns,
     server_if: String,
     dir: tempfile::TempDir,
+    _pki: Pki,
     _tls_server: ChildGuard,
 }
 
@@ -47,25 +49,9 @@ impl Link {
             1500,
         );
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=sni-test",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert));
+        let pki = Pki::new();
+        pki.leaf("server", &["sni-test"]);
+        let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
         let mut cmd = server.cmd(["openssl", "s_server", "-accept", PORT, "-www", "-quiet"]);
         cmd.arg("-cert").arg(&cert).arg("-key").arg(&key);
         let tls_server =
@@ -83,6 +69,7 @@ impl Link {
             server,
             server_if,
             dir,
+            _pki: pki,
             _tls_server: tls_server,
         }
     }
@@ -109,18 +96,9 @@ impl Link {
         let log = self.dir.path().join(format!("{}.log", unique("run")));
         let mut cmd = self.server.cmd_net_only([sni_user_bin()]);
         cmd.arg("run").arg("--config").arg(&config);
-        let mut child = ChildGuard::spawn(cmd, "sni-user run", &log);
         // Ready once it says so (stale pins of a killed run may exist before that).
-        let ready = wait_until(Duration::from_secs(20), || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            (text.contains("ready;") && pin_dir.join(MAP_GLOBAL).exists())
-                || child.exited().is_some()
-        });
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            ready && child.exited().is_none(),
-            "sni-user run did not start:\n{text}"
-        );
+        let child = ChildGuard::spawn_ready(cmd, "sni-user run", &log, "ready;");
+        assert!(pin_dir.join(MAP_GLOBAL).exists(), "ready but not pinned");
         child
     }
 

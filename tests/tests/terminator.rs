@@ -16,91 +16,9 @@ use std::{
 use serde_json::Value;
 use sni_tests::{
     netns::{run, unique, wait_until, ChildGuard},
+    pki::{rustls_client, Pki},
     sni_user_bin,
 };
-
-/// A test CA and leaf certificates, made with the openssl command line.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Self { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=sni-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        run(Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path()));
-    }
-
-    /// `file.pem` / `file.key` for `names`, signed by the CA.
-    fn leaf(&self, file: &str, names: &[&str]) {
-        let key = format!("{file}.key");
-        let csr = format!("{file}.csr");
-        let pem = format!("{file}.pem");
-        let ext = self.path(&format!("{file}.ext"));
-        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        std::fs::write(&ext, format!("subjectAltName={}\n", san.join(","))).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={}", names[0]),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            ext.to_str().unwrap(),
-            "-out",
-            &pem,
-        ]);
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(self.path(&key), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-}
 
 /// `sni-user run` with a terminator-only config; stopped (by PID) on drop.
 struct Term {
@@ -131,18 +49,8 @@ impl Term {
         let log = pki.path(&format!("{}.log", unique("run")));
         let mut cmd = Command::new(sni_user_bin());
         cmd.arg("run").arg("--config").arg(&config);
-        let mut child = ChildGuard::spawn(cmd, "sni-user run (terminator)", &log);
-        let ready = wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("ready;")
-                || child.exited().is_some()
-        });
+        let child = ChildGuard::spawn_ready(cmd, "sni-user run (terminator)", &log, "ready;");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            ready && child.exited().is_none(),
-            "terminator did not start:\n{text}"
-        );
         // "terminator listening addresses=[127.0.0.1:PORT] …" or "addresses=[[::1]:PORT] …"
         let addr = text
             .split("addresses=[")
@@ -649,19 +557,9 @@ fn ipv6_listener_python_ssl_and_post_quantum_key_exchange() {
     assert!(text.starts_with("TLSv1.3"), "{text}");
     assert!(text.contains("host \"*.wild.example\""), "{text}");
     // A rustls client offering X25519MLKEM768 first gets it.
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls_client(&pki);
     let name = rustls::pki_types::ServerName::try_from("a.example").unwrap();
-    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
     let mut sock = TcpStream::connect(term.addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -695,20 +593,9 @@ fn unix_backend_and_half_close_both_ways() {
         sock.display()
     );
     let term = Term::start(&pki, &body);
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls_client(&pki);
     let name = rustls::pki_types::ServerName::try_from("u.example").unwrap();
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
     let sock = TcpStream::connect(term.addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
