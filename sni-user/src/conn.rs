@@ -262,8 +262,7 @@ impl Conn {
                 return Err(());
             }
         }
-        let name = parser.name().map(|k| k.as_bytes().to_vec());
-        let Some(route_index) = ctx.routes.resolve(name.as_deref()) else {
+        let Some(route_index) = ctx.routes.resolve(parser.name()) else {
             ctx.counters
                 .global
                 .rejected_unknown_name
@@ -272,7 +271,9 @@ impl Conn {
             return Err(());
         };
         let hello = std::mem::take(buf);
-        self.sni = name.map(|n| String::from_utf8_lossy(&n).into_owned());
+        self.sni = parser
+            .name()
+            .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned());
         self.route = Some(route_index);
         let route = ctx.routes.routes.get(route_index).ok_or(())?;
         let counters = ctx.counters.hosts.get(route_index).ok_or(())?;

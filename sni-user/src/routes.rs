@@ -16,6 +16,8 @@ use rustls::{
     ServerConfig,
 };
 
+use sni_common::HostKey;
+
 use crate::config::{Backend, Config, HostMode};
 
 /// Sessions kept per host for stateful resumption.
@@ -41,8 +43,10 @@ pub struct Route {
 pub struct Routes {
     /// Hosts in configuration order; the default, if any, last.
     pub routes: Vec<Route>,
-    exact: HashMap<String, usize>,
-    wildcard: HashMap<String, usize>,
+    /// Exact names (normalised as the kernel does: [`HostKey`]).
+    exact: HashMap<HostKey, usize>,
+    /// Wildcards, keyed by the name they extend (`*.example.com` → `example.com`).
+    wildcard: HashMap<HostKey, usize>,
     default: Option<usize>,
 }
 
@@ -84,12 +88,14 @@ impl Routes {
             };
             let index = routes.len();
             for name in &host.names {
-                let name = name.to_ascii_lowercase();
-                let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
-                match name.strip_prefix("*.") {
-                    Some(parent) => wildcard.insert(parent.to_owned(), index),
-                    None => exact.insert(name, index),
+                // Validated by Config::validate, so every name makes a key.
+                let (table, name) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut wildcard, parent),
+                    None => (&mut exact, name.as_str()),
                 };
+                if let Ok(key) = HostKey::from_name(name.as_bytes()) {
+                    table.insert(key, index);
+                }
             }
             routes.push(Route {
                 backend: backend(&label, host.backend.as_deref())?,
@@ -122,16 +128,20 @@ impl Routes {
         })
     }
 
-    /// The route for a ClientHello naming `sni` (None: reject).
-    pub fn resolve(&self, sni: Option<&[u8]>) -> Option<usize> {
-        if let Some(name) = sni.and_then(|n| std::str::from_utf8(n).ok()) {
-            let name = name.to_ascii_lowercase();
-            let name = name.strip_suffix('.').unwrap_or(&name);
+    /// The route for a ClientHello naming `sni`, as the shared parser normalised it (None:
+    /// reject).
+    pub fn resolve(&self, sni: Option<&HostKey>) -> Option<usize> {
+        if let Some(name) = sni {
             if let Some(i) = self.exact.get(name) {
                 return Some(*i);
             }
-            if let Some((_, parent)) = name.split_once('.') {
-                if let Some(i) = self.wildcard.get(parent) {
+            let bytes = name.as_bytes();
+            if let Some(dot) = bytes.iter().position(|b| *b == b'.') {
+                let parent = bytes.get(dot + 1..).unwrap_or_default();
+                if let Some(i) = HostKey::from_name(parent)
+                    .ok()
+                    .and_then(|p| self.wildcard.get(&p))
+                {
                     return Some(*i);
                 }
             }
