@@ -20,6 +20,7 @@ use rustls::server::{Acceptor, ServerConnection};
 use sni_common::{Parser, Progress};
 
 use crate::{
+    buf::Buf,
     config::{Backend, HostMode, Limits},
     counters::{Counters, Failure},
     routes::Routes,
@@ -80,8 +81,8 @@ pub struct Conn {
     /// Whether the worker has registered the backend socket.
     pub backend_registered: bool,
     backend_connected: bool,
-    to_backend: Vec<u8>,
-    to_client: Vec<u8>,
+    to_backend: Buf,
+    to_client: Buf,
     client_eof: bool,
     backend_eof: bool,
     backend_write_shut: bool,
@@ -120,8 +121,8 @@ impl Conn {
             backend: BackendIo::None,
             backend_registered: false,
             backend_connected: false,
-            to_backend: Vec::new(),
-            to_client: Vec::new(),
+            to_backend: Buf::new(limits.buffer_size),
+            to_client: Buf::new(limits.buffer_size),
             client_eof: false,
             backend_eof: false,
             backend_write_shut: false,
@@ -207,7 +208,7 @@ impl Conn {
         }
         moved |= self.client_io(ctx)?;
         moved |= self.backend_io(ctx)?;
-        moved |= self.half_close(ctx)?;
+        moved |= self.half_close()?;
         Ok(moved)
     }
 
@@ -281,7 +282,7 @@ impl Conn {
         self.counted_active = true;
         match route.mode {
             HostMode::Passthrough => {
-                self.to_backend = hello;
+                self.to_backend.extend(&hello);
                 self.stage = Stage::Raw;
                 self.established = true;
                 counters.handshakes.fetch_add(1, Relaxed);
@@ -348,9 +349,8 @@ impl Conn {
             }
         }
         if proxy_protocol {
-            let mut header = proxy_v2_header(self.peer, self.local);
-            header.append(&mut self.to_backend);
-            self.to_backend = header;
+            self.to_backend
+                .prepend(&proxy_v2_header(self.peer, self.local));
         }
         Ok(())
     }
@@ -359,18 +359,17 @@ impl Conn {
     fn client_io(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
         let route = self.route.ok_or(())?;
         let counters = ctx.counters.hosts.get(route).ok_or(())?;
-        let cap = ctx.limits.buffer_size;
         let mut moved = false;
         match &mut self.stage {
             Stage::Peek { .. } => {}
             Stage::Tls(tls) => {
                 // Records in.
-                while !self.client_eof && self.to_backend.len() < cap && tls.wants_read() {
+                while !self.client_eof && !self.to_backend.is_full() && tls.wants_read() {
                     match tls.read_tls(&mut self.client) {
                         Ok(0) => self.client_eof = true,
                         Ok(_) => {
                             moved = true;
-                            if let Err(_e) = tls.process_new_packets() {
+                            if tls.process_new_packets().is_err() {
                                 // Send the alert rustls queued, as a last gasp.
                                 let _ = tls.write_tls(&mut self.client);
                                 counters.fail(if self.established {
@@ -400,42 +399,23 @@ impl Conn {
                     counters.handshakes.fetch_add(1, Relaxed);
                     self.deadline = Instant::now() + secs(ctx.limits.idle_timeout);
                 }
-                // Plaintext out of TLS, into the backend buffer.
-                let mut chunk = [0u8; 16 * 1024];
-                while self.to_backend.len() < cap {
-                    let room = (cap - self.to_backend.len()).min(chunk.len());
-                    let Some(dst) = chunk.get_mut(..room) else {
-                        break;
-                    };
-                    match tls.reader().read(dst) {
-                        Ok(0) => {
-                            // close_notify: the client will send no more.
-                            self.client_eof = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            moved = true;
-                            self.to_backend
-                                .extend_from_slice(dst.get(..n).unwrap_or_default());
-                            counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            // Closed without close_notify: treat as end of stream.
-                            self.client_eof = true;
-                            break;
-                        }
-                    }
+                // Plaintext out of TLS (a close_notify ends the client's stream).
+                let n = self
+                    .to_backend
+                    .fill(&mut tls.reader(), &mut self.client_eof)
+                    .map_err(|_| ())?;
+                if n > 0 {
+                    moved = true;
+                    counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
                 }
-                // Backend bytes into TLS.
+                // Backend bytes into TLS (bounded by rustls' buffer limit).
                 if !self.to_client.is_empty() && !tls.is_handshaking() {
-                    match tls.writer().write(&self.to_client) {
-                        Ok(n) if n > 0 => {
+                    if let Ok(n) = tls.writer().write(self.to_client.as_slice()) {
+                        if n > 0 {
                             moved = true;
                             counters.bytes_to_client.fetch_add(n as u64, Relaxed);
-                            self.to_client.drain(..n);
+                            self.to_client.consume(n);
                         }
-                        _ => {}
                     }
                 }
                 // Records out.
@@ -449,23 +429,14 @@ impl Conn {
                 }
             }
             Stage::Raw => {
-                moved |= read_into(
-                    &mut self.client,
-                    &mut self.to_backend,
-                    cap,
-                    &mut self.client_eof,
-                )
-                .map_err(|_| ())?
-                .inspect(|n| {
-                    counters.bytes_to_backend.fetch_add(*n as u64, Relaxed);
-                })
-                .is_some();
-                if let Some(n) =
-                    write_from(&mut self.client, &mut self.to_client).map_err(|_| ())?
-                {
-                    moved = true;
-                    counters.bytes_to_client.fetch_add(n as u64, Relaxed);
-                }
+                let read = self
+                    .to_backend
+                    .fill(&mut self.client, &mut self.client_eof)
+                    .map_err(|_| ())?;
+                let wrote = self.to_client.flush_to(&mut self.client).map_err(|_| ())?;
+                counters.bytes_to_backend.fetch_add(read as u64, Relaxed);
+                counters.bytes_to_client.fetch_add(wrote as u64, Relaxed);
+                moved |= read + wrote > 0;
             }
         }
         Ok(moved)
@@ -475,7 +446,6 @@ impl Conn {
     fn backend_io(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
         let route = self.route.ok_or(())?;
         let counters = ctx.counters.hosts.get(route).ok_or(())?;
-        let cap = ctx.limits.buffer_size;
         if !self.backend_registered && !matches!(self.backend, BackendIo::Builtin) {
             return Ok(false);
         }
@@ -496,18 +466,16 @@ impl Conn {
         }
         let mut moved = false;
         let result = match &mut self.backend {
-            BackendIo::Tcp(s) => pipe_backend(
+            BackendIo::Tcp(s) => pipe(
                 s,
                 &mut self.to_backend,
                 &mut self.to_client,
-                cap,
                 &mut self.backend_eof,
             ),
-            BackendIo::Unix(s) => pipe_backend(
+            BackendIo::Unix(s) => pipe(
                 s,
                 &mut self.to_backend,
                 &mut self.to_client,
-                cap,
                 &mut self.backend_eof,
             ),
             BackendIo::Builtin => {
@@ -538,7 +506,7 @@ impl Conn {
     }
 
     /// Passes each side's end of stream on once its buffer has drained.
-    fn half_close(&mut self, _ctx: &Ctx<'_>) -> Result<bool, ()> {
+    fn half_close(&mut self) -> Result<bool, ()> {
         let mut moved = false;
         if self.client_eof
             && self.to_backend.is_empty()
@@ -596,78 +564,28 @@ fn connect_state(err: io::Result<Option<io::Error>>, peer: io::Result<()>) -> Re
     match peer {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => Ok(false),
         Err(_) => Err(()),
     }
 }
 
-fn libc_einprogress() -> i32 {
-    nix::errno::Errno::EINPROGRESS as i32
-}
-
-/// Reads from `src` into `buf` up to `cap`; Some(n) if bytes came, sets `eof` at end of stream.
-fn read_into(
-    src: &mut impl Read,
-    buf: &mut Vec<u8>,
-    cap: usize,
-    eof: &mut bool,
-) -> io::Result<Option<usize>> {
-    let mut total = 0;
-    let mut chunk = [0u8; 16 * 1024];
-    while !*eof && buf.len() < cap {
-        let room = (cap - buf.len()).min(chunk.len());
-        let Some(dst) = chunk.get_mut(..room) else {
-            break;
-        };
-        match src.read(dst) {
-            Ok(0) => *eof = true,
-            Ok(n) => {
-                total += n;
-                buf.extend_from_slice(dst.get(..n).unwrap_or_default());
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((total > 0).then_some(total))
-}
-
-/// Writes `buf` to `dst` as far as it goes; Some(n) if bytes went.
-fn write_from(dst: &mut impl Write, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-    let mut total = 0;
-    while !buf.is_empty() {
-        match dst.write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                total += n;
-                buf.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((total > 0).then_some(total))
-}
-
-fn pipe_backend(
+/// Moves bytes both ways between the buffers and a backend socket; whether any moved.
+fn pipe(
     s: &mut (impl Read + Write),
-    to_backend: &mut Vec<u8>,
-    to_client: &mut Vec<u8>,
-    cap: usize,
+    to_backend: &mut Buf,
+    to_client: &mut Buf,
     eof: &mut bool,
 ) -> io::Result<bool> {
-    let wrote = write_from(s, to_backend)?.is_some();
-    let read = read_into(s, to_client, cap, eof)?.is_some();
-    Ok(wrote || read)
+    let wrote = to_backend.flush_to(s)?;
+    let read = to_client.fill(s, eof)?;
+    Ok(wrote + read > 0)
 }
 
 /// The built-in backend: answers each whole HTTP request with the host that was reached, then
 /// ends the stream.
 fn builtin_respond(
-    request: &mut Vec<u8>,
-    response: &mut Vec<u8>,
+    request: &mut Buf,
+    response: &mut Buf,
     label: &str,
     sni: Option<&str>,
     eof: &mut bool,
@@ -676,7 +594,7 @@ fn builtin_respond(
     if *eof {
         return false;
     }
-    let whole = request.windows(4).any(|w| w == b"\r\n\r\n");
+    let whole = request.as_slice().windows(4).any(|w| w == b"\r\n\r\n");
     if !whole && !client_eof {
         return false;
     }
@@ -684,14 +602,14 @@ fn builtin_respond(
         "sni: you reached host {label:?} (client sent server_name {:?})\n",
         sni.unwrap_or("")
     );
-    response.extend_from_slice(
+    response.extend(
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
     );
-    request.clear();
+    request.consume(request.len());
     *eof = true;
     true
 }

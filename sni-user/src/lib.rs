@@ -9,6 +9,7 @@
 //!   certificate per SNI, per-host backends, passthrough, limits.
 //! - [`cli`]: the commands, and the control plane of `run` (signals, kernel logs).
 
+pub mod buf;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -57,6 +57,16 @@ struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
+impl Shared {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            routes: &self.routes,
+            counters: &self.counters,
+            limits: &self.limits,
+        }
+    }
+}
+
 impl Terminator {
     /// Binds every listener (errors surface here) and starts the workers.
     pub fn start(config: &Config, routes: Arc<Routes>) -> Result<Self> {
@@ -263,11 +273,7 @@ impl Worker {
 
     fn pump(&mut self, id: usize) {
         let shared = self.shared.clone();
-        let ctx = Ctx {
-            routes: &shared.routes,
-            counters: &shared.counters,
-            limits: &shared.limits,
-        };
+        let ctx = shared.ctx();
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a stray event for a closed connection
         };
@@ -302,11 +308,7 @@ impl Worker {
     fn expire(&mut self) {
         let now = Instant::now();
         let shared = self.shared.clone();
-        let ctx = Ctx {
-            routes: &shared.routes,
-            counters: &shared.counters,
-            limits: &shared.limits,
-        };
+        let ctx = shared.ctx();
         let expired: Vec<usize> = self
             .conns
             .iter_mut()
@@ -327,11 +329,7 @@ impl Worker {
             return;
         };
         let shared = self.shared.clone();
-        conn.finish(&Ctx {
-            routes: &shared.routes,
-            counters: &shared.counters,
-            limits: &shared.limits,
-        });
+        conn.finish(&shared.ctx());
         let _ = self.poll.registry().deregister(&mut conn.client);
         if conn.backend_registered {
             if let Some(source) = conn.backend_source() {

@@ -76,7 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             build_ebpf(true)?;
             cargo(&["build", "--release", "-p", "sni-user"])?;
             let bin = root().join("target/release/sni-user");
-            let mut cmd = if toolchain::nix_is_root() {
+            let mut cmd = if toolchain::is_root() {
                 Command::new(&bin)
             } else {
                 let mut c = Command::new("sudo");
@@ -91,7 +91,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Test { args } => {
-            if !toolchain::nix_is_root() {
+            if !toolchain::is_root() {
                 bail!(
                     "the tests load XDP programs and create network namespaces: run them as root \
                      (sudo -E cargo xtask test)"

@@ -222,11 +222,11 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// Whether packages can be installed here: root with apt-get.
 pub fn can_apt() -> bool {
-    nix_is_root() && which("apt-get").is_some()
+    is_root() && which("apt-get").is_some()
 }
 
 /// Whether this process runs as root.
-pub fn nix_is_root() -> bool {
+pub fn is_root() -> bool {
     // `id -u` keeps xtask free of libc bindings.
     Command::new("id")
         .arg("-u")
