@@ -47,6 +47,14 @@ const EXT_ECH: u16 = 0xfe0d;
 /// NameType `host_name` (RFC 6066 §3), the only one defined.
 const NAME_TYPE_HOST: u32 = 0;
 
+/// Whether the first six bytes of a TCP payload can start a ClientHello: a handshake record
+/// (content type 22, version 3.x) whose first message is a ClientHello (type 1 at byte 5).
+/// Both sides run it before the parser, so that only such segments start a parse.
+#[inline(always)]
+pub const fn starts_client_hello(head: [u8; 6]) -> bool {
+    head[0] == CONTENT_TYPE_HANDSHAKE && head[1] == VERSION_MAJOR && head[5] == 1
+}
+
 /// Bytes the parser reads from. The kernel implements it over its scratch buffer with a masked
 /// index, so that every read is provably in bounds for the verifier; userspace over a slice.
 pub trait Input {

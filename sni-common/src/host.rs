@@ -64,7 +64,63 @@ impl HostKey {
         let len = usize::from(self.len).min(MAX_NAME_LEN);
         &self.name[..len]
     }
+
+    /// 64-bit FNV-1a of the name: the key of the kernel's map of names not configured, so
+    /// that a flow can point at its host with 8 bytes instead of 256. Written as a loop over
+    /// the fixed array so the kernel can run it as is.
+    #[inline(always)]
+    pub fn hash64(&self) -> u64 {
+        let len = usize::from(self.len);
+        let mut h = FNV_OFFSET;
+        for i in 0..MAX_NAME_LEN {
+            if i >= len {
+                break;
+            }
+            h ^= u64::from(self.name[i]);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+        h
+    }
+
+    /// Writes into `out` the wildcard pattern that covers this name one label up
+    /// (`a.example.com` → `*.example.com`, as an operator writes it in the config). False when
+    /// there is none: a name of one label, or one starting with a dot.
+    ///
+    /// A loop over the fixed array with bounded indices, so the kernel runs it as is.
+    #[inline(always)]
+    pub fn wildcard_into(&self, out: &mut HostKey) -> bool {
+        let len = usize::from(self.len);
+        let mut dot = 0usize;
+        for i in 0..MAX_NAME_LEN {
+            if i >= len {
+                break;
+            }
+            if self.name[i] == b'.' {
+                dot = i;
+                break;
+            }
+        }
+        // The first label must be non-empty and something must follow the dot.
+        if dot == 0 || dot + 1 >= len {
+            return false;
+        }
+        // `*` plus the rest from the dot on: 1 + (len - dot) <= len bytes.
+        out.name[0] = b'*';
+        for i in 1..MAX_NAME_LEN {
+            let src = dot + i - 1;
+            out.name[i] = if src < len && src < MAX_NAME_LEN {
+                self.name[src]
+            } else {
+                0
+            };
+        }
+        out.len = (1 + len - dot) as u8;
+        true
+    }
 }
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 impl Default for HostKey {
     fn default() -> Self {
@@ -111,6 +167,45 @@ mod tests {
         let mut dotted = [b'a'; 256];
         dotted[255] = b'.';
         assert_eq!(HostKey::from_name(&dotted).expect("fits").len, 255);
+    }
+
+    #[test]
+    fn wildcard_one_label_up() {
+        let mut out = HostKey::from_name(b"stale.stale.stale.stale").expect("valid");
+        let key = HostKey::from_name(b"A.Example.com").expect("valid");
+        assert!(key.wildcard_into(&mut out));
+        assert_eq!(out, HostKey::from_name(b"*.example.com").expect("valid"));
+        for name in [&b"localhost"[..], b".example.com", b"a."] {
+            let key = HostKey {
+                len: name.len() as u8,
+                name: {
+                    let mut n = [0; MAX_NAME_LEN];
+                    n[..name.len()].copy_from_slice(name);
+                    n
+                },
+            };
+            assert!(!key.wildcard_into(&mut out), "{name:?}");
+        }
+        // The longest name: the pattern is one byte shorter than the name when the first
+        // label is two bytes.
+        let mut long = [b'a'; MAX_NAME_LEN];
+        long[2] = b'.';
+        let key = HostKey::from_name(&long).expect("valid");
+        assert!(key.wildcard_into(&mut out));
+        assert_eq!(usize::from(out.len), MAX_NAME_LEN - 1);
+        assert_eq!(&out.as_bytes()[..2], b"*.");
+    }
+
+    #[test]
+    fn hash_is_fnv1a_of_the_normalised_name() {
+        let a = HostKey::from_name(b"Example.COM.").expect("valid");
+        let b = HostKey::from_name(b"example.com").expect("valid");
+        assert_eq!(a.hash64(), b.hash64());
+        // FNV-1a 64 of "a" (published test vector).
+        assert_eq!(
+            HostKey::from_name(b"a").expect("valid").hash64(),
+            0xaf63_dc4c_8601_ec8c
+        );
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! - [`hello`]: the TLS ClientHello parser, a resumable state machine. The kernel runs it over
 //!   packet bytes copied into a per-CPU buffer; userspace runs the very same code in tests, in
 //!   `sni-user classify` and wherever bytes must be read without terminating TLS.
+//! - [`flow`]: per-flow state: where a segment continues a ClientHello, a flow's host and
+//!   verdict, the per-host rate limit.
 //! - [`host`]: host-name normalisation and the fixed-size host key used by every map.
 //! - [`maps`]: map names, `#[repr(C)]` map keys and values, and global counter indices.
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod flow;
 pub mod hello;
 pub mod host;
 pub mod maps;

@@ -5,7 +5,7 @@
 //! Value types are `#[repr(C)]` with explicit padding and a compile-time size check, so both
 //! sides agree on the layout byte for byte.
 
-use crate::hello::Parser;
+use crate::{flow::Pending, HostKey};
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "sni_classify";
@@ -13,26 +13,52 @@ pub const PROGRAM: &str = "sni_classify";
 /// Global counters: `PerCpuArray<u64>`, one slot per [`counter`] index. Written by the XDP
 /// program, summed over CPUs by userspace.
 pub const MAP_GLOBAL: &str = "SNI_GLOBAL";
-/// Per-host counters for the names the operator configured: `PerCpuHashMap<HostKey,
-/// HostStats>`, filled with zeroed entries by userspace at start; the kernel only updates
-/// entries that exist, so no flood of other names can evict them.
-pub const MAP_KNOWN_HOSTS: &str = "SNI_KNOWN";
-/// Per-host counters for every other name seen: `LruPerCpuHashMap<HostKey, HostStats>`,
-/// inserted by the kernel; under a flood of random names the least recently seen go first.
+/// Configured names: `HashMap<HostKey, u32>`, from a name (or a `*.example.com` pattern) to
+/// its host slot, the 1-based index of its `[[host]]`. Written by userspace.
+pub const MAP_HOSTS: &str = "SNI_HOSTS";
+/// Per-host counters of the configured hosts: `PerCpuArray<HostStats>` indexed by host slot
+/// (slot 0 unused). Fixed entries, so no flood of other names can evict them.
+pub const MAP_HOST_STATS: &str = "SNI_HOST_STATS";
+/// Configured hosts' labels (their first name) by host slot: `Array<HostKey>`, written by
+/// userspace for readers such as `sni-user stats`; the kernel does not use it.
+pub const MAP_LABELS: &str = "SNI_LABELS";
+/// Per-host actions: `Array<Policy>` indexed by host slot; slot 0 is `[default]`.
+pub const MAP_POLICY: &str = "SNI_POLICY";
+/// Per-host rate-limit state: `Array<Bucket>` indexed by host slot, shared by all CPUs.
+pub const MAP_BUCKETS: &str = "SNI_BUCKETS";
+/// Per-host counters for every other name seen: `LruPerCpuHashMap<u64, OtherHost>` keyed by
+/// [`crate::HostKey::hash64`], inserted by the kernel; under a flood of random names the least
+/// recently seen go first.
 pub const MAP_OTHER_HOSTS: &str = "SNI_OTHER";
+/// Flows whose ClientHello was read: `LruHashMap<FlowKey, Flow>`. The kernel writes, the
+/// terminator reads (hand-off).
+pub const MAP_FLOWS: &str = "SNI_FLOWS";
+/// ClientHellos waiting for their next segment: `LruHashMap<FlowKey, Pending>`. Kernel only.
+pub const MAP_PENDING: &str = "SNI_PENDING";
 /// Watched TCP destination ports: `Array<PortSet>` with one entry, written by userspace.
 pub const MAP_PORTS: &str = "SNI_PORTS";
 /// Per-CPU scratch space of the XDP program (packet bytes and parser state): kernel only.
 pub const MAP_SCRATCH: &str = "SNI_SCRATCH";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 4] = [MAP_GLOBAL, MAP_KNOWN_HOSTS, MAP_OTHER_HOSTS, MAP_PORTS];
+pub const PINNED_MAPS: [&str; 8] = [
+    MAP_GLOBAL,
+    MAP_HOSTS,
+    MAP_HOST_STATS,
+    MAP_LABELS,
+    MAP_POLICY,
+    MAP_OTHER_HOSTS,
+    MAP_FLOWS,
+    MAP_PORTS,
+];
 
-/// Default capacity of [`MAP_KNOWN_HOSTS`]; the loader sizes it to the configuration.
-pub const KNOWN_HOSTS_DEFAULT_ENTRIES: u32 = 1024;
-/// Default capacity of [`MAP_OTHER_HOSTS`]. 16 Ki names × 256-byte keys × per-CPU values
-/// stays within a few MiB on a many-core host.
+/// Default capacity of [`MAP_OTHER_HOSTS`]. 16 Ki names × (256-byte name + counters) per CPU
+/// stays within tens of MiB on a many-core host.
 pub const OTHER_HOSTS_DEFAULT_ENTRIES: u32 = 16 * 1024;
+/// Default capacity of [`MAP_FLOWS`]: 128 Ki flows × ~120 bytes.
+pub const FLOWS_DEFAULT_ENTRIES: u32 = 128 * 1024;
+/// Default capacity of [`MAP_PENDING`]: ClientHellos in flight across segments at once.
+pub const PENDING_DEFAULT_ENTRIES: u32 = 8 * 1024;
 
 /// Indices into [`MAP_GLOBAL`].
 ///
@@ -44,7 +70,7 @@ pub mod counter {
     pub const PACKETS: u32 = 0;
     /// IPv4 or IPv6 TCP packets to a watched destination port.
     pub const TCP_WATCHED: u32 = 1;
-    /// TLS ClientHellos whose parsing started in a packet (handshake type 1 seen).
+    /// TLS ClientHellos read to an outcome (one of the next four).
     pub const CLIENT_HELLOS: u32 = 2;
     /// ClientHellos in which a server_name was read.
     pub const SNI: u32 = 3;
@@ -54,7 +80,8 @@ pub mod counter {
     pub const ECH: u32 = 5;
     /// ClientHellos that break the TLS grammar (length fields that lie, bad versions, …).
     pub const MALFORMED: u32 = 6;
-    /// ClientHellos that continue past the packet before their name was read.
+    /// ClientHellos given up before their name was read: the next segment came out of order
+    /// or the connection started over.
     pub const INCOMPLETE: u32 = 7;
     /// IP fragments carrying TCP, passed without parsing (their ports may be in another
     /// fragment).
@@ -64,8 +91,21 @@ pub mod counter {
     pub const HOST_UNTRACKED: u32 = 9;
     /// A kernel helper failed; the packet was passed without parsing (fail open).
     pub const ERRORS: u32 = 10;
+    /// ClientHellos that continued past their first segment (read across segments).
+    pub const SPLIT: u32 = 11;
+    /// Segments of a pending ClientHello that carried only bytes already read.
+    pub const RETRANSMITS: u32 = 12;
+    /// Segments of a pending ClientHello that came after a hole (the ClientHello is then
+    /// counted incomplete).
+    pub const OUT_OF_ORDER: u32 = 13;
+    /// Packets of flows already classified, counted toward their host without parsing.
+    pub const FLOW_PACKETS: u32 = 14;
+    /// Packets dropped by a host's `action = "drop"`.
+    pub const DROPPED: u32 = 15;
+    /// Packets dropped because their flow's ClientHello came over its host's `hello_rate`.
+    pub const RATE_LIMITED: u32 = 16;
     /// Number of counters; the size of [`super::MAP_GLOBAL`].
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 17;
 
     /// Names of the counters in index order: the keys of `sni-user stats --json`'s `global`.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -80,6 +120,12 @@ pub mod counter {
         "fragments",
         "host_untracked",
         "errors",
+        "split",
+        "retransmits",
+        "out_of_order",
+        "flow_packets",
+        "dropped",
+        "rate_limited",
     ];
 }
 
@@ -89,15 +135,20 @@ pub mod counter {
 pub struct HostStats {
     /// ClientHellos naming this host.
     pub client_hellos: u64,
-    /// Packets counted toward this host.
+    /// Packets counted toward this host: its flows' packets from the first ClientHello
+    /// segment on.
     pub packets: u64,
-    /// Bytes (whole frames) counted toward this host.
+    /// Bytes (whole frames) of those packets.
     pub bytes: u64,
     /// ClientHellos naming this host that carried `encrypted_client_hello`: this host is then
     /// only the outer public name of some hidden inner host.
     pub ech: u64,
+    /// Packets dropped by the host's `action = "drop"`.
+    pub dropped: u64,
+    /// Packets dropped because their ClientHello came over the host's `hello_rate`.
+    pub rate_limited: u64,
 }
-const _: () = assert!(core::mem::size_of::<HostStats>() == 32);
+const _: () = assert!(core::mem::size_of::<HostStats>() == 48);
 
 impl HostStats {
     /// Adds `other` to `self`, saturating.
@@ -106,8 +157,22 @@ impl HostStats {
         self.packets = self.packets.saturating_add(other.packets);
         self.bytes = self.bytes.saturating_add(other.bytes);
         self.ech = self.ech.saturating_add(other.ech);
+        self.dropped = self.dropped.saturating_add(other.dropped);
+        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
     }
 }
+
+/// A name not configured, with its counters: the value of [`MAP_OTHER_HOSTS`]. The name is
+/// written on the CPU that first saw it; other CPUs' copies may carry an empty name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OtherHost {
+    /// Counters.
+    pub stats: HostStats,
+    /// The name.
+    pub name: HostKey,
+}
+const _: () = assert!(core::mem::size_of::<OtherHost>() == 48 + 256);
 
 /// The set of watched TCP destination ports, one bit per port.
 #[repr(C)]
@@ -150,20 +215,29 @@ impl Default for PortSet {
 /// two so that an index masked with `SCRATCH_LEN - 1` is provably in bounds for the verifier.
 pub const SCRATCH_LEN: usize = 4096;
 
-/// Per-CPU scratch of the XDP program: one chunk of payload and the parser state.
+/// Per-CPU scratch of the XDP program: one chunk of payload, the ClientHello being read, and
+/// room for map values too large for the 512-byte BPF stack.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Scratch {
     /// Payload bytes of the current chunk.
     pub buf: [u8; SCRATCH_LEN],
-    /// Parser state; its host key is used directly as the map key.
-    pub parser: Parser,
+    /// The ClientHello being read: parser state (its host key is used directly as a map key)
+    /// and what it has read so far.
+    pub pending: Pending,
     /// Valid bytes in `buf`.
     pub len: u32,
     /// Next byte of `buf` the parser reads.
     pub pos: u32,
+    /// The wildcard pattern of the name being looked up.
+    pub wildcard: HostKey,
+    /// A new entry of the map of other names.
+    pub other: OtherHost,
 }
-const _: () = assert!(core::mem::size_of::<Scratch>() == SCRATCH_LEN + Parser::SIZE + 8);
+const _: () = assert!(
+    core::mem::size_of::<Scratch>()
+        == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8 + 256 + 304
+);
 
 /// The kernel's view of the scratch buffer as parser input: reads are masked into the buffer,
 /// so the verifier sees every access in bounds whatever it knows about `len`.

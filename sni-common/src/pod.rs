@@ -4,12 +4,19 @@
 //! and has no padding (each has a compile-time size check next to its definition).
 
 use crate::{
+    flow::{Bucket, Flow, FlowKey, Pending, Policy},
     hello::Parser,
     host::HostKey,
-    maps::{HostStats, PortSet},
+    maps::{HostStats, OtherHost, PortSet},
 };
 
 unsafe impl aya::Pod for HostKey {}
 unsafe impl aya::Pod for HostStats {}
 unsafe impl aya::Pod for PortSet {}
 unsafe impl aya::Pod for Parser {}
+unsafe impl aya::Pod for OtherHost {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for Flow {}
+unsafe impl aya::Pod for Pending {}
+unsafe impl aya::Pod for Policy {}
+unsafe impl aya::Pod for Bucket {}

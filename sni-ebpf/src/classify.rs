@@ -1,47 +1,86 @@
-//! The entry point, the maps, and the ClientHello path: copy the payload into per-CPU scratch
-//! with `bpf_xdp_load_bytes`, run the shared parser over it from `bpf_loop`, count the outcome.
+//! The entry point, the maps, and the packet path:
+//! - a packet of a flow already classified counts toward its host and gets its verdict;
+//! - a segment that starts a ClientHello, or continues one pending for its flow, is copied
+//!   into per-CPU scratch with `bpf_xdp_load_bytes` and read by the shared parser from
+//!   `bpf_loop`; a ClientHello that goes on past the segment is kept pending, keyed by the
+//!   5-tuple, and resumed with the next in-order segment (`sni_common::flow::place`);
+//! - a ClientHello read to its name gets its host's verdict (action, then rate limit), and
+//!   the flow is remembered.
 
-use core::ffi::c_void;
+use core::{arch::asm, ffi::c_void};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_loop, bpf_xdp_load_bytes},
+    },
     macros::{map, xdp},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use sni_common::{
+    flow::{
+        gcra, kind, place, verdict, Bucket, Flow, FlowKey, Pending, Placement, Policy,
+        ACTION_DROP,
+    },
+    hello::starts_client_hello,
     maps::{
-        counter, Chunk, HostStats, PortSet, Scratch, KNOWN_HOSTS_DEFAULT_ENTRIES,
-        OTHER_HOSTS_DEFAULT_ENTRIES, SCRATCH_LEN,
+        counter, Chunk, HostStats, OtherHost, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
+        OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES, SCRATCH_LEN,
     },
     HostKey, Parser, Progress,
 };
 
-use crate::headers::{self, Frame};
+use crate::headers::{self, Frame, Segment, TCP_ACK, TCP_SYN};
 
 /// Global counters, indexed by `sni_common::maps::counter`. Kernel writes, userspace reads.
 #[map]
 static SNI_GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Counters of the configured host names. Userspace inserts every configured name at start
-/// (and sizes the map to fit); the kernel only updates existing entries, so configured names
-/// are never evicted.
+/// Configured names and `*.` patterns → host slot. Userspace writes (and sizes) it.
 #[map]
-static SNI_KNOWN: PerCpuHashMap<HostKey, HostStats> =
-    PerCpuHashMap::with_max_entries(KNOWN_HOSTS_DEFAULT_ENTRIES, 0);
+static SNI_HOSTS: HashMap<HostKey, u32> = HashMap::with_max_entries(1, 0);
 
-/// Counters of every other name, inserted by the kernel; least recently used go first.
+/// Counters of the configured hosts by slot; the loader sizes it to the configuration, so
+/// configured hosts are never evicted.
 #[map]
-static SNI_OTHER: LruPerCpuHashMap<HostKey, HostStats> =
+static SNI_HOST_STATS: PerCpuArray<HostStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Labels by host slot, for userspace readers (the kernel never reads it).
+#[map]
+static SNI_LABELS: Array<HostKey> = Array::with_max_entries(1, 0);
+
+/// Actions by host slot; slot 0 is `[default]`.
+#[map]
+static SNI_POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+
+/// Rate-limit state by host slot, shared by every CPU (compare-and-swap).
+#[map]
+static SNI_BUCKETS: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Counters of every other name by name hash, inserted by the kernel; least recently used go
+/// first.
+#[map]
+static SNI_OTHER: LruPerCpuHashMap<u64, OtherHost> =
     LruPerCpuHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
+
+/// Flows whose ClientHello was read: their host and verdict.
+#[map]
+static SNI_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
+
+/// ClientHellos waiting for their next segment.
+#[map]
+static SNI_PENDING: LruHashMap<FlowKey, Pending> =
+    LruHashMap::with_max_entries(PENDING_DEFAULT_ENTRIES, 0);
 
 /// Watched TCP destination ports (one entry). Userspace writes, the kernel reads.
 #[map]
 static SNI_PORTS: Array<PortSet> = Array::with_max_entries(1, 0);
 
-/// Per-CPU scratch: a chunk of payload and the parser state. Kernel only.
+/// Per-CPU scratch: a chunk of payload, the ClientHello being read, large values. Kernel only.
 #[map]
 static SNI_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -50,22 +89,32 @@ static SNI_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[no_mangle]
 static SNI_DEBUG: u8 = 0;
 
+/// Set to 1 by the loader when some configured name is a `*.` pattern: only then does a
+/// name that is not configured cost a second lookup.
+#[no_mangle]
+static SNI_WILDCARDS: u8 = 0;
+
 /// Payload chunks parsed at most per packet: 4 × 4 KiB covers a 16 KiB ClientHello (the
 /// largest a TLS record can carry) even on loopback's 64 KiB MTU.
 const MAX_CHUNKS: usize = 4;
-/// TLS ContentType `handshake` (RFC 8446 §5.1): the first byte of every ClientHello record.
-const CONTENT_TYPE_HANDSHAKE: u8 = 22;
-/// HandshakeType `client_hello` (RFC 8446 §4).
-const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+/// Compare-and-swap attempts on a rate-limit bucket before letting the ClientHello pass.
+const CAS_ATTEMPTS: usize = 4;
 
 #[xdp]
 pub fn sni_classify(ctx: XdpContext) -> u32 {
-    // Fail open: whatever happens, the packet goes on.
-    let _ = try_sni_classify(&ctx);
-    xdp_action::XDP_PASS
+    // Fail open: on any error the packet goes on. Only a configured action drops. (The
+    // verdict is an out-parameter, not an Option<u32>: LLVM reads an Option's undefined
+    // payload on the None path, and the verifier refuses reading an unwritten register.)
+    let mut action = xdp_action::XDP_PASS;
+    let _ = try_sni_classify(&ctx, &mut action);
+    if action == xdp_action::XDP_DROP {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
-fn try_sni_classify(ctx: &XdpContext) -> Option<()> {
+fn try_sni_classify(ctx: &XdpContext, action: &mut u32) -> Option<()> {
     count(counter::PACKETS);
     let seg = match headers::parse(ctx)? {
         Frame::Tcp(seg) => seg,
@@ -76,34 +125,92 @@ fn try_sni_classify(ctx: &XdpContext) -> Option<()> {
         Frame::Other => return None,
     };
     let ports = SNI_PORTS.get(0)?;
-    if !ports.contains(seg.dst_port) {
+    if !ports.contains(seg.key.dst_port) {
         return None;
     }
     count(counter::TCP_WATCHED);
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A new connection on this 5-tuple: whatever was remembered belongs to an old one.
+        forget(&seg.key);
+        return None;
+    }
+    if let Some(flow) = SNI_FLOWS.get_ptr(&seg.key) {
+        // SAFETY: a map value; copied out at once (another CPU may replace it).
+        let flow = unsafe { *flow };
+        *action = flow_packet(&flow, frame_len);
+        return Some(());
+    }
     if seg.payload_len == 0 {
         return None;
     }
-    // Cheap test before the parser: a ClientHello record starts with content type 22,
-    // version major 3, and handshake type 1 at byte 5 (RFC 8446 §5.1, §4). Shorter payloads
-    // (a ClientHello cut very early) go to the parser, which answers from what is there.
-    if let Some(head) = headers::ptr_at::<[u8; 6]>(ctx, seg.payload_off) {
-        // SAFETY: ptr_at checked the six bytes are inside the frame.
-        let head = unsafe { *head };
-        if head[0] != CONTENT_TYPE_HANDSHAKE || head[1] != 3 || head[5] != HANDSHAKE_CLIENT_HELLO {
-            return None;
-        }
-    }
-    let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    client_hello(ctx, seg.payload_off, seg.payload_len, frame_len)
-}
-
-/// Parses the ClientHello that may start at `off` and counts what it says.
-#[inline(always)]
-fn client_hello(ctx: &XdpContext, off: usize, len: usize, frame_len: u64) -> Option<()> {
     let scratch = SNI_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU map value, used by this CPU only while this program runs.
     let s = unsafe { &mut *scratch };
-    s.parser = Parser::NEW;
+    let mut skip = 0usize;
+    let resumed = match SNI_PENDING.get_ptr(&seg.key) {
+        Some(p) => {
+            // SAFETY: a map value, copied into this CPU's scratch.
+            s.pending = unsafe { *p };
+            match place(s.pending.next_seq, seg.seq, seg.payload_len as u32) {
+                Placement::Old => {
+                    count(counter::RETRANSMITS);
+                    s.pending.segments += 1;
+                    s.pending.bytes += frame_len;
+                    let _ = SNI_PENDING.insert(&seg.key, &s.pending, 0);
+                    return None;
+                }
+                Placement::Gap => {
+                    count(counter::OUT_OF_ORDER);
+                    let _ = SNI_PENDING.remove(&seg.key);
+                    give_up(&seg.key, &s.pending.parser);
+                    return None;
+                }
+                Placement::Next { skip: n } => skip = n as usize,
+            }
+            true
+        }
+        None => {
+            // Cheap test before the parser; shorter payloads (a ClientHello cut very early)
+            // go to the parser, which answers from what is there.
+            if let Some(head) = headers::ptr_at::<[u8; 6]>(ctx, seg.payload_off) {
+                // SAFETY: ptr_at checked the six bytes are inside the frame.
+                if !starts_client_hello(unsafe { *head }) {
+                    return None;
+                }
+            }
+            s.pending = Pending {
+                parser: Parser::NEW,
+                next_seq: 0,
+                segments: 0,
+                bytes: 0,
+            };
+            false
+        }
+    };
+    parse(ctx, s, seg.payload_off + skip, seg.payload_len - skip)?;
+    s.pending.segments += 1;
+    s.pending.bytes += frame_len;
+    if s.pending.parser.progress() == Progress::NeedMore && !s.pending.parser.has_name() {
+        s.pending.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
+        if !resumed {
+            count(counter::SPLIT);
+        }
+        if SNI_PENDING.insert(&seg.key, &s.pending, 0).is_err() {
+            count(counter::ERRORS);
+        }
+        return None;
+    }
+    if resumed {
+        let _ = SNI_PENDING.remove(&seg.key);
+    }
+    *action = resolve(ctx, &seg, s);
+    Some(())
+}
+
+/// Runs the parser in `s` over `len` payload bytes from `off`, a chunk at a time.
+#[inline(always)]
+fn parse(ctx: &XdpContext, s: &mut Scratch, off: usize, len: usize) -> Option<()> {
     let mut done = 0usize;
     for _ in 0..MAX_CHUNKS {
         if done >= len {
@@ -150,15 +257,48 @@ fn client_hello(ctx: &XdpContext, off: usize, len: usize, frame_len: u64) -> Opt
             count(counter::ERRORS);
             return None;
         }
-        if s.parser.progress() != Progress::NeedMore {
+        let p = &s.pending.parser;
+        if p.progress() != Progress::NeedMore || p.has_name() {
             break;
         }
         done += n;
     }
+    Some(())
+}
 
-    let p = &s.parser;
+/// A pending ClientHello that cannot be finished: counted incomplete, and the flow
+/// remembered so that its later segments are not parsed as new ClientHellos.
+#[inline(always)]
+fn give_up(key: &FlowKey, parser: &Parser) {
+    if parser.is_client_hello() {
+        count(counter::CLIENT_HELLOS);
+        count(counter::INCOMPLETE);
+    }
+    let _ = SNI_FLOWS.insert(key, &Flow::default(), 0);
+}
+
+/// A SYN: forgets the 5-tuple's previous connection.
+#[inline(always)]
+fn forget(key: &FlowKey) {
+    if let Some(p) = SNI_PENDING.get_ptr(key) {
+        // SAFETY: a map value; only a flag is read.
+        if unsafe { (*p).parser.is_client_hello() } {
+            count(counter::CLIENT_HELLOS);
+            count(counter::INCOMPLETE);
+        }
+        let _ = SNI_PENDING.remove(key);
+    }
+    let _ = SNI_FLOWS.remove(key);
+}
+
+/// The ClientHello in `s` was read to an outcome: counts it, finds its host and verdict,
+/// remembers the flow. Returns the XDP action for this packet.
+#[inline(always)]
+fn resolve(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> u32 {
+    let p = &s.pending.parser;
     if !p.is_client_hello() {
-        return None;
+        // Not TLS after all: nothing to remember.
+        return xdp_action::XDP_PASS;
     }
     count(counter::CLIENT_HELLOS);
     let ech = p.has_ech();
@@ -172,6 +312,38 @@ fn client_hello(ctx: &XdpContext, off: usize, len: usize, frame_len: u64) -> Opt
         Progress::NeedMore => counter::INCOMPLETE,
     };
     count(outcome);
+    let mut flow = Flow::default();
+    let mut stats = None;
+    if outcome == counter::SNI {
+        flow.name_hash = s.pending.parser.host.hash64();
+        let slot = host_slot(&s.pending.parser.host, &mut s.wildcard);
+        if slot != 0 {
+            flow.kind = kind::CONFIGURED;
+            flow.slot = slot;
+            stats = SNI_HOST_STATS.get_ptr_mut(slot);
+        } else {
+            flow.kind = kind::OTHER;
+            stats = other_stats(flow.name_hash, s);
+        }
+        flow.verdict = decide(slot);
+    } else if outcome == counter::NO_SNI {
+        flow.kind = kind::NO_NAME;
+        flow.verdict = decide(0);
+    }
+    if let Some(v) = stats {
+        // SAFETY: a per-CPU value of this CPU.
+        let v = unsafe { &mut *v };
+        v.client_hellos += 1;
+        v.ech += u64::from(ech);
+        v.packets += u64::from(s.pending.segments);
+        v.bytes += s.pending.bytes;
+        match flow.verdict {
+            verdict::DROP => v.dropped += 1,
+            verdict::RATE_LIMITED => v.rate_limited += 1,
+            _ => {}
+        }
+    }
+    let _ = SNI_FLOWS.insert(&seg.key, &flow, 0);
     if debug_enabled() {
         let label = match outcome {
             counter::SNI => "sni",
@@ -179,19 +351,140 @@ fn client_hello(ctx: &XdpContext, off: usize, len: usize, frame_len: u64) -> Opt
             counter::INCOMPLETE => "incomplete",
             _ => "malformed",
         };
+        let p = &s.pending.parser;
         debug!(
             ctx,
-            "ClientHello {} name_len={} ech={} records={}",
+            "ClientHello {} name_len={} ech={} records={} segments={} slot={} verdict={}",
             label,
             p.host.len,
             ech as u8,
-            p.records()
+            p.records(),
+            s.pending.segments,
+            flow.slot,
+            flow.verdict
         );
     }
-    if outcome == counter::SNI {
-        count_host(&s.parser.host, frame_len, ech);
+    verdict_action(flow.verdict)
+}
+
+/// A packet of a classified flow: counted toward its host, given the flow's verdict.
+#[inline(always)]
+fn flow_packet(flow: &Flow, frame_len: u64) -> u32 {
+    count(counter::FLOW_PACKETS);
+    let stats = match flow.kind {
+        kind::CONFIGURED => SNI_HOST_STATS.get_ptr_mut(flow.slot),
+        // SAFETY: a per-CPU value of this CPU; only the address of a field is taken.
+        kind::OTHER => SNI_OTHER
+            .get_ptr_mut(&flow.name_hash)
+            .map(|v| unsafe { &raw mut (*v).stats }),
+        _ => None,
+    };
+    if let Some(v) = stats {
+        // SAFETY: a per-CPU value of this CPU.
+        let v = unsafe { &mut *v };
+        v.packets += 1;
+        v.bytes += frame_len;
+        match flow.verdict {
+            verdict::DROP => v.dropped += 1,
+            verdict::RATE_LIMITED => v.rate_limited += 1,
+            _ => {}
+        }
     }
-    Some(())
+    verdict_action(flow.verdict)
+}
+
+/// The XDP action of a verdict, counting the drops.
+#[inline(always)]
+fn verdict_action(v: u8) -> u32 {
+    match v {
+        verdict::DROP => {
+            count(counter::DROPPED);
+            xdp_action::XDP_DROP
+        }
+        verdict::RATE_LIMITED => {
+            count(counter::RATE_LIMITED);
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// The slot of a configured host named `name` (exactly, or by a `*.` pattern one label up);
+/// 0 when it is not configured.
+#[inline(always)]
+fn host_slot(name: &HostKey, wildcard: &mut HostKey) -> u32 {
+    // SAFETY: map values are plain integers.
+    if let Some(slot) = unsafe { SNI_HOSTS.get(name) } {
+        return *slot;
+    }
+    if wildcards_enabled() && name.wildcard_into(wildcard) {
+        // SAFETY: as above.
+        if let Some(slot) = unsafe { SNI_HOSTS.get(wildcard) } {
+            return *slot;
+        }
+    }
+    0
+}
+
+/// The counters of a name that is not configured, created on first sight.
+#[inline(always)]
+fn other_stats(hash: u64, s: &mut Scratch) -> Option<*mut HostStats> {
+    if let Some(v) = SNI_OTHER.get_ptr_mut(&hash) {
+        // SAFETY: a per-CPU value of this CPU.
+        let v = unsafe { &mut *v };
+        if v.name.len == 0 {
+            // Created by another CPU: this CPU's copy starts without the name.
+            v.name = s.pending.parser.host;
+        }
+        return Some(&raw mut v.stats);
+    }
+    s.other.stats = HostStats::default();
+    s.other.name = s.pending.parser.host;
+    // NOEXIST: if another CPU creates it in between, that one stays.
+    let _ = SNI_OTHER.insert(&hash, &s.other, BPF_NOEXIST as u64);
+    match SNI_OTHER.get_ptr_mut(&hash) {
+        // SAFETY: as above; only the address of a field is taken.
+        Some(v) => Some(unsafe { &raw mut (*v).stats }),
+        None => {
+            count(counter::HOST_UNTRACKED);
+            None
+        }
+    }
+}
+
+/// The verdict of a new ClientHello for host slot `slot`: its action, then its rate limit.
+#[inline(always)]
+fn decide(slot: u32) -> u8 {
+    let Some(policy) = SNI_POLICY.get(slot) else {
+        return verdict::PASS;
+    };
+    if policy.action == ACTION_DROP {
+        return verdict::DROP;
+    }
+    if policy.interval_ns == 0 {
+        return verdict::PASS;
+    }
+    let Some(bucket) = SNI_BUCKETS.get_ptr_mut(slot) else {
+        return verdict::PASS;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value shared by every CPU, 8-aligned, written only by `cmpxchg_64`.
+    let tat = unsafe { &raw mut (*bucket).tat_ns };
+    for _ in 0..CAS_ATTEMPTS {
+        // SAFETY: as above; a torn read is impossible for an aligned 8-byte load, and a stale
+        // one only makes the exchange below fail.
+        let old = unsafe { core::ptr::read_volatile(tat) };
+        let Some(new) = gcra(old, now, policy.interval_ns, policy.tolerance_ns) else {
+            return verdict::RATE_LIMITED;
+        };
+        // SAFETY: as above.
+        if unsafe { cmpxchg(tat, old, new) } {
+            return verdict::PASS;
+        }
+    }
+    // Other CPUs kept winning the race: fail open.
+    verdict::PASS
 }
 
 /// One parser step over the current chunk; `bpf_loop` calls it until it returns 1.
@@ -203,47 +496,12 @@ extern "C" fn parse_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let s = unsafe { &mut *scratch };
     let input = Chunk::new(&s.buf, s.len as usize);
     let mut pos = s.pos as usize;
-    let more = s.parser.step(&input, &mut pos);
+    let more = s.pending.parser.step(&input, &mut pos);
     s.pos = pos as u32;
     if more {
         0
     } else {
         1
-    }
-}
-
-/// Adds one ClientHello packet to `host`'s counters: the configured entry if there is one,
-/// else the LRU entry, created on first sight.
-#[inline(always)]
-fn count_host(host: &HostKey, frame_len: u64, ech: bool) {
-    let ech = u64::from(ech);
-    let add = |v: *mut HostStats| {
-        // SAFETY: a per-CPU value of this CPU.
-        let v = unsafe { &mut *v };
-        v.client_hellos += 1;
-        v.packets += 1;
-        v.bytes += frame_len;
-        v.ech += ech;
-    };
-    if let Some(v) = SNI_KNOWN.get_ptr_mut(host) {
-        return add(v);
-    }
-    if let Some(v) = SNI_OTHER.get_ptr_mut(host) {
-        return add(v);
-    }
-    let first = HostStats {
-        client_hellos: 1,
-        packets: 1,
-        bytes: frame_len,
-        ech,
-    };
-    if SNI_OTHER.insert(host, &first, BPF_NOEXIST as u64).is_ok() {
-        return;
-    }
-    // Another CPU created it in between.
-    match SNI_OTHER.get_ptr_mut(host) {
-        Some(v) => add(v),
-        None => count(counter::HOST_UNTRACKED),
     }
 }
 
@@ -253,6 +511,31 @@ fn count(index: u32) {
         // SAFETY: a per-CPU value of this CPU.
         unsafe { *c += 1 };
     }
+}
+
+/// Atomically replaces `*p` with `new` if it holds `old`; whether it did.
+///
+/// Rust's atomics are not available here: the BPF target is declared single-threaded without
+/// compare-and-swap, so the compiler would lower them to plain loads and stores. The
+/// instruction is BPF_ATOMIC | BPF_CMPXCHG (kernel 5.12+): r0 holds the expected value and
+/// receives what was in memory.
+///
+/// # Safety
+/// `p` points to a live, 8-aligned map value.
+#[inline(always)]
+unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> bool {
+    let mut seen = old;
+    // SAFETY: the caller's pointer; the instruction touches only those 8 bytes.
+    unsafe {
+        asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) p,
+            new = in(reg) new,
+            inout("r0") seen,
+            options(nostack),
+        );
+    }
+    seen == old
 }
 
 /// `x`, hidden from the optimiser (a stack round trip the verifier tracks exactly).
@@ -268,4 +551,10 @@ fn debug_enabled() -> bool {
     // SAFETY: a plain read of a constant the loader may patch; volatile so that the compiler
     // does not fold the default.
     unsafe { core::ptr::read_volatile(&SNI_DEBUG) != 0 }
+}
+
+#[inline(always)]
+fn wildcards_enabled() -> bool {
+    // SAFETY: as in `debug_enabled`.
+    unsafe { core::ptr::read_volatile(&SNI_WILDCARDS) != 0 }
 }

@@ -5,6 +5,7 @@
 //! needs; wire integers are read as byte arrays and converted with `from_be_bytes`.
 
 use aya_ebpf::programs::XdpContext;
+use sni_common::flow::FlowKey;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -24,10 +25,19 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 
-/// Where a TCP segment's payload sits in the frame.
+/// TCP flag SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP flag ACK.
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment: its flow, sequence number and flags, and where its payload sits.
 pub struct Segment {
-    /// Destination port.
-    pub dst_port: u16,
+    /// The flow, client to server as this packet travels.
+    pub key: FlowKey,
+    /// Sequence number of the first payload byte.
+    pub seq: u32,
+    /// TCP flags (`TCP_*`).
+    pub flags: u8,
     /// Offset of the first payload byte from the start of the frame.
     pub payload_off: usize,
     /// Payload bytes (from the IP length, so Ethernet padding is not counted).
@@ -83,6 +93,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
         proto = be16_at(ctx, off + 2)?;
         off += 4;
     }
+    let mut key = FlowKey::default();
     let (l4_off, l4_end) = match proto {
         ETH_P_IP => {
             let [ver_ihl, _tos] = pair_at(ctx, off)?;
@@ -100,11 +111,21 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
             if frag & 0x3fff != 0 {
                 return Some(Frame::Fragment);
             }
+            // SAFETY: ptr_at checked that the 8 address bytes are inside the frame.
+            let addrs = unsafe { *ptr_at::<[u8; 8]>(ctx, off + 12)? };
+            key.src[..4].copy_from_slice(&addrs[..4]);
+            key.dst[..4].copy_from_slice(&addrs[4..]);
+            key.family = 4;
             (off + ihl, off + total_len)
         }
         ETH_P_IPV6 => {
             let payload_len = usize::from(be16_at(ctx, off + 4)?);
             let [mut next, _hop_limit] = pair_at(ctx, off + 6)?;
+            // SAFETY: ptr_at checked that the 32 address bytes are inside the frame.
+            let addrs = unsafe { *ptr_at::<[u8; 32]>(ctx, off + 8)? };
+            key.src.copy_from_slice(&addrs[..16]);
+            key.dst.copy_from_slice(&addrs[16..]);
+            key.family = 6;
             let mut h = off + 40;
             let end = h + payload_len;
             for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -133,8 +154,12 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
         }
         _ => return Some(Frame::Other),
     };
-    let dst_port = be16_at(ctx, l4_off + 2)?;
-    let [data_offset, _flags] = pair_at(ctx, l4_off + 12)?;
+    // SAFETY: ptr_at checked that the 8 bytes (ports and sequence number) are in the frame.
+    let head = unsafe { *ptr_at::<[u8; 8]>(ctx, l4_off)? };
+    key.src_port = u16::from_be_bytes([head[0], head[1]]);
+    key.dst_port = u16::from_be_bytes([head[2], head[3]]);
+    let seq = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let [data_offset, flags] = pair_at(ctx, l4_off + 12)?;
     let data_offset = usize::from(data_offset >> 4) * 4;
     if data_offset < 20 {
         return Some(Frame::Other);
@@ -148,7 +173,9 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
     };
     let payload_len = end.saturating_sub(payload_off);
     Some(Frame::Tcp(Segment {
-        dst_port,
+        key,
+        seq,
+        flags,
         payload_off,
         payload_len,
     }))

@@ -5,6 +5,8 @@
 //! open). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; a host build is empty.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for the one atomic compare-and-swap (see `classify::cmpxchg`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod classify;

@@ -9,6 +9,9 @@
 //! ports = [443]
 //! [[host]]
 //! names = ["example.com", "www.example.com"]
+//! action = "pass"      # pass | drop, applied in XDP at the ClientHello and to the flow
+//! hello_rate = 100     # new ClientHellos per second (token bucket; over it: dropped)
+//! hello_burst = 200    # bucket depth (default: hello_rate)
 //! ```
 
 use std::{
@@ -18,7 +21,12 @@ use std::{
 };
 
 use serde::Deserialize;
-use sni_common::{host::NameError, maps::OTHER_HOSTS_DEFAULT_ENTRIES, HostKey};
+use sni_common::{
+    flow::Policy,
+    host::NameError,
+    maps::{FLOWS_DEFAULT_ENTRIES, OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES},
+    HostKey,
+};
 
 /// Where the maps are pinned unless the config says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sni";
@@ -130,6 +138,57 @@ pub struct XdpConfig {
     /// Capacity of the map of names not configured (least recently seen are evicted).
     #[serde(default = "default_other_hosts")]
     pub other_hosts_capacity: u32,
+    /// Flows remembered with their host and verdict (least recently seen are evicted).
+    #[serde(default = "default_flows")]
+    pub flows_capacity: u32,
+    /// ClientHellos followed across segments at once (least recently seen are evicted).
+    #[serde(default = "default_pending")]
+    pub pending_capacity: u32,
+}
+
+/// What the classifier does with a host's flows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Pass (subject to `hello_rate`).
+    #[default]
+    Pass,
+    /// Drop the ClientHello and every later packet of its flow.
+    Drop,
+}
+
+/// A host's (or the default's) action and rate limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActionConfig {
+    /// `pass` or `drop`.
+    pub action: Action,
+    /// New ClientHellos per second; those over it are dropped with their flow.
+    pub hello_rate: Option<u32>,
+    /// How many may come at once (default: `hello_rate`).
+    pub hello_burst: Option<u32>,
+}
+
+impl ActionConfig {
+    /// The kernel's form.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.action == Action::Drop, self.hello_rate, self.hello_burst)
+    }
+
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.hello_rate == Some(0) {
+            return Err(("hello_rate", "must be at least 1 (leave it out for no limit)"));
+        }
+        if self.hello_burst == Some(0) {
+            return Err(("hello_burst", "must be at least 1"));
+        }
+        if self.hello_burst.is_some() && self.hello_rate.is_none() {
+            return Err(("hello_burst", "needs hello_rate"));
+        }
+        if self.action == Action::Drop && self.hello_rate.is_some() {
+            return Err(("hello_rate", "has no effect with action = \"drop\""));
+        }
+        Ok(())
+    }
 }
 
 /// `[[host]]`: one served host.
@@ -156,6 +215,15 @@ pub struct HostConfig {
     /// Send a PROXY protocol v2 header to the backend first.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// `pass` or `drop`, applied by the classifier in XDP.
+    #[serde(default)]
+    pub action: Action,
+    /// New ClientHellos per second; those over it are dropped in XDP with their flow.
+    #[serde(default)]
+    pub hello_rate: Option<u32>,
+    /// How many may come at once (default: `hello_rate`).
+    #[serde(default)]
+    pub hello_burst: Option<u32>,
 }
 
 /// How a host's connections are handled.
@@ -193,6 +261,17 @@ pub struct DefaultConfig {
     /// Their backend (default: `builtin`).
     #[serde(default)]
     pub backend: Option<String>,
+    /// `action`, `hello_rate`, `hello_burst` for every name not configured and for
+    /// ClientHellos without a name. The rate is one bucket for all of them: per-name buckets
+    /// for names nobody configured would let a client escape the limit by varying the name.
+    #[serde(default)]
+    pub action: Action,
+    /// New ClientHellos per second; those over it are dropped in XDP with their flow.
+    #[serde(default)]
+    pub hello_rate: Option<u32>,
+    /// How many may come at once (default: `hello_rate`).
+    #[serde(default)]
+    pub hello_burst: Option<u32>,
 }
 
 /// `[limits]`: every limit closes only the connection that exceeds it, and is counted.
@@ -222,6 +301,28 @@ impl Default for Limits {
             max_connections_per_ip: 1_000,
             max_client_hello: 16 * 1024,
             buffer_size: 64 * 1024,
+        }
+    }
+}
+
+impl HostConfig {
+    /// The host's action and rate limit.
+    pub fn actions(&self) -> ActionConfig {
+        ActionConfig {
+            action: self.action,
+            hello_rate: self.hello_rate,
+            hello_burst: self.hello_burst,
+        }
+    }
+}
+
+impl DefaultConfig {
+    /// The action and rate limit of everything not configured.
+    pub fn actions(&self) -> ActionConfig {
+        ActionConfig {
+            action: self.action,
+            hello_rate: self.hello_rate,
+            hello_burst: self.hello_burst,
         }
     }
 }
@@ -263,6 +364,8 @@ impl XdpConfig {
             mode: Mode::Generic,
             ports: vec![DEMO_PORT],
             other_hosts_capacity: OTHER_HOSTS_DEFAULT_ENTRIES,
+            flows_capacity: FLOWS_DEFAULT_ENTRIES,
+            pending_capacity: PENDING_DEFAULT_ENTRIES,
         }
     }
 }
@@ -281,6 +384,14 @@ fn default_ports() -> Vec<u16> {
 
 fn default_other_hosts() -> u32 {
     OTHER_HOSTS_DEFAULT_ENTRIES
+}
+
+fn default_flows() -> u32 {
+    FLOWS_DEFAULT_ENTRIES
+}
+
+fn default_pending() -> u32 {
+    PENDING_DEFAULT_ENTRIES
 }
 
 impl Config {
@@ -374,17 +485,29 @@ impl Config {
             if let Some(i) = xdp.ports.iter().position(|p| *p == 0) {
                 return Err(self.invalid(format!("xdp.ports[{i}]"), "0 is not a TCP port"));
             }
-            if xdp.other_hosts_capacity == 0 {
-                return Err(self.invalid("xdp.other_hosts_capacity", "must be at least 1"));
+            for (field, v) in [
+                ("xdp.other_hosts_capacity", xdp.other_hosts_capacity),
+                ("xdp.flows_capacity", xdp.flows_capacity),
+                ("xdp.pending_capacity", xdp.pending_capacity),
+            ] {
+                if v == 0 {
+                    return Err(self.invalid(field, "must be at least 1"));
+                }
             }
         }
         if !self.listen.is_empty() {
             self.validate_terminator()?;
         }
+        if let Err((field, m)) = self.default.actions().check() {
+            return Err(self.invalid(format!("default.{field}"), m));
+        }
         let mut seen: HashMap<HostKey, usize> = HashMap::new();
         for (h, host) in self.hosts.iter().enumerate() {
             if host.names.is_empty() {
                 return Err(self.invalid(format!("host[{h}].names"), "names no host"));
+            }
+            if let Err((field, m)) = host.actions().check() {
+                return Err(self.invalid(format!("host[{h}].{field}"), m));
             }
             for (n, name) in host.names.iter().enumerate() {
                 let field = format!("host[{h}].names[{n}]");
@@ -488,13 +611,14 @@ impl Config {
         Ok(())
     }
 
-    /// Exact configured names as map keys (wildcards are matched by the terminator, not here).
-    pub fn known_host_keys(&self) -> Vec<HostKey> {
+    /// Every configured name (exact names and `*.` patterns as written, normalised) with its
+    /// host slot: the 1-based index of its `[[host]]`, the terminator's route index + 1.
+    pub fn host_slots(&self) -> Vec<(HostKey, u32)> {
         self.hosts
             .iter()
-            .flat_map(|h| h.names.iter())
-            .filter(|n| !n.starts_with("*."))
-            .filter_map(|n| HostKey::from_name(n.as_bytes()).ok())
+            .zip(1u32..)
+            .flat_map(|(h, slot)| h.names.iter().map(move |n| (n, slot)))
+            .filter_map(|(n, slot)| Some((HostKey::from_name(n.as_bytes()).ok()?, slot)))
             .collect()
     }
 }
@@ -541,9 +665,12 @@ mod tests {
         assert_eq!(xdp.mode, Mode::Native);
         assert_eq!(xdp.ports, [443, 8443]);
         assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/x"));
-        let keys = c.known_host_keys();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].as_bytes(), b"example.com");
+        let keys = c.host_slots();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].0.as_bytes(), b"example.com");
+        assert_eq!(keys[1].0.as_bytes(), b"*.example.com");
+        assert!(keys.iter().all(|(_, slot)| *slot == 1));
+        assert_eq!(c.hosts[0].actions(), ActionConfig::default());
 
         let c = parse("[xdp]\ninterfaces = [\"lo\"]\n").expect("valid");
         assert_eq!(c.pin_dir, Path::new(DEFAULT_PIN_DIR));
@@ -570,6 +697,19 @@ mod tests {
         assert!(e.to_string().contains("host[0]"), "{e}");
         let e = parse("[[host]]\nnames = [\"bad name\"]\n").expect_err("bad name");
         assert!(e.to_string().contains("host[0].names[0]"), "{e}");
+        let e = parse("[[host]]\nnames = [\"a\"]\nhello_rate = 0\n").expect_err("rate 0");
+        assert!(e.to_string().contains("host[0].hello_rate"), "{e}");
+        let e = parse("[[host]]\nnames = [\"a\"]\naction = \"drop\"\nhello_rate = 5\n")
+            .expect_err("drop and rate");
+        assert!(e.to_string().contains("host[0].hello_rate"), "{e}");
+        let e = parse("[default]\nhello_burst = 5\n").expect_err("burst without rate");
+        assert!(e.to_string().contains("default.hello_burst"), "{e}");
+        let e = parse("[[host]]\nnames = [\"a\"]\naction = \"reject\"\n").expect_err("action");
+        assert!(e.to_string().contains("action"), "{e}");
+        let c = parse("[[host]]\nnames = [\"a\"]\nhello_rate = 5\n[default]\naction = \"drop\"\n")
+            .expect("valid");
+        assert_eq!(c.hosts[0].hello_rate, Some(5));
+        assert_eq!(c.default.action, Action::Drop);
         let e = parse("pin_dir = \"relative\"\n").expect_err("relative");
         assert!(e.to_string().contains("pin_dir"), "{e}");
     }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 use crate::config::{
-    Config, DefaultConfig, HostConfig, HostMode, ListenConfig, XdpConfig, DEMO_PORT,
+    Action, Config, DefaultConfig, HostConfig, HostMode, ListenConfig, XdpConfig, DEMO_PORT,
 };
 
 /// Where demo certificates are kept unless `--state-dir` says otherwise.
@@ -52,6 +52,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, String)> {
         key: Some(dir.join("default.key")),
         reject: false,
         backend: Some("builtin".into()),
+        ..DefaultConfig::default()
     };
     config.hosts = HOSTS
         .iter()
@@ -63,6 +64,9 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, String)> {
             mode: HostMode::Terminate,
             alpn: vec!["http/1.1".into()],
             proxy_protocol: false,
+            action: Action::Pass,
+            hello_rate: None,
+            hello_burst: None,
         })
         .collect();
     config.xdp = Some(XdpConfig::demo());

@@ -12,16 +12,17 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
-    util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
+    flow::{Flow, FlowKey, Policy},
     maps::{
-        HostStats, PortSet, MAP_GLOBAL, MAP_KNOWN_HOSTS, MAP_OTHER_HOSTS, MAP_PORTS, PINNED_MAPS,
-        PROGRAM,
+        HostStats, OtherHost, PortSet, MAP_BUCKETS, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS,
+        MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS, MAP_PENDING, MAP_POLICY, MAP_PORTS,
+        PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -63,43 +64,7 @@ impl Classifier {
         let lock = lock_pin_dir(&pin_dir)?;
         remove_stale_pins(&pin_dir)?;
 
-        let known = config.known_host_keys();
-        // A hash map needs at least one entry; leave room for names added by a reload.
-        let known_capacity = (known.len() as u32).saturating_mul(2).max(64);
-        let debug = u8::from(opts.debug);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_KNOWN_HOSTS, known_capacity)
-            .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
-            .override_global("SNI_DEBUG", &debug, true)
-            .load(OBJECT)
-            .context("loading the XDP object")?;
-
-        {
-            let program: &mut Xdp = ebpf
-                .program_mut(PROGRAM)
-                .ok_or_else(|| anyhow!("program {PROGRAM} missing from the XDP object"))?
-                .try_into()
-                .context("program type")?;
-            program.load().map_err(verifier_error)?;
-        }
-
-        let mut ports = Array::<_, PortSet>::try_from(map_mut(&mut ebpf, MAP_PORTS)?)?;
-        let mut set = PortSet::EMPTY;
-        for p in &xdp.ports {
-            set.insert(*p);
-        }
-        ports.set(0, set, 0).context("writing the watched ports")?;
-
-        let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let mut hosts =
-            PerCpuHashMap::<_, HostKey, HostStats>::try_from(map_mut(&mut ebpf, MAP_KNOWN_HOSTS)?)?;
-        for key in &known {
-            let zero = PerCpuValues::try_from(vec![HostStats::default(); cpus])?;
-            hosts
-                .insert(*key, zero, 0)
-                .with_context(|| format!("adding host {:?}", key))?;
-        }
-
+        let ebpf = load_program(config, xdp, opts)?;
         let mut classifier = Self {
             ebpf,
             links: Vec::new(),
@@ -121,7 +86,7 @@ impl Classifier {
         info!(
             pin_dir = %classifier.pin_dir.display(),
             ports = ?xdp.ports,
-            known_hosts = known.len(),
+            hosts = config.hosts.len(),
             "classifier running"
         );
         Ok(classifier)
@@ -158,6 +123,14 @@ impl Classifier {
         info!(iface, mode = used, "attached");
         self.links.push((iface.to_owned(), link));
         Ok(())
+    }
+
+    /// The kernel's flow table, opened anew from its pin, for the terminator.
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        let path = self.pin_dir.join(MAP_FLOWS);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| anyhow!("opening {}: {}", path.display(), error_chain(&e)))?;
+        Ok(aya::maps::Map::from_map_data(data)?.try_into()?)
     }
 
     /// The loaded object, e.g. for the aya-log logger.
@@ -198,6 +171,69 @@ impl Drop for Classifier {
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+}
+
+/// Loads the XDP object into the kernel (verifier included) with its maps sized and filled
+/// from `config`: watched ports, configured names and their host slots, labels and policies.
+/// Nothing is attached.
+pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Result<Ebpf> {
+    let names = config.host_slots();
+    let slots = config.hosts.len() as u32 + 1;
+    // Room for names added by a reload; a hash map needs at least one entry.
+    let names_capacity = (names.len() as u32).saturating_mul(2).max(64);
+    let debug = u8::from(opts.debug);
+    let wildcards = u8::from(names.iter().any(|(k, _)| k.as_bytes().starts_with(b"*.")));
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(MAP_HOSTS, names_capacity)
+        .map_max_entries(MAP_HOST_STATS, slots)
+        .map_max_entries(MAP_LABELS, slots)
+        .map_max_entries(MAP_POLICY, slots)
+        .map_max_entries(MAP_BUCKETS, slots)
+        .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
+        .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
+        .map_max_entries(MAP_PENDING, xdp.pending_capacity)
+        .override_global("SNI_DEBUG", &debug, true)
+        .override_global("SNI_WILDCARDS", &wildcards, true)
+        .load(OBJECT)
+        .context("loading the XDP object")?;
+    {
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| anyhow!("program {PROGRAM} missing from the XDP object"))?
+            .try_into()
+            .context("program type")?;
+        program.load().map_err(verifier_error)?;
+    }
+
+    let mut ports = Array::<_, PortSet>::try_from(map_mut(&mut ebpf, MAP_PORTS)?)?;
+    let mut set = PortSet::EMPTY;
+    for p in &xdp.ports {
+        set.insert(*p);
+    }
+    ports.set(0, set, 0).context("writing the watched ports")?;
+
+    let mut hosts = HashMap::<_, HostKey, u32>::try_from(map_mut(&mut ebpf, MAP_HOSTS)?)?;
+    for (key, slot) in &names {
+        hosts
+            .insert(key, slot, 0)
+            .with_context(|| format!("adding host name {key:?}"))?;
+    }
+    let mut labels = Array::<_, HostKey>::try_from(map_mut(&mut ebpf, MAP_LABELS)?)?;
+    for (host, slot) in config.hosts.iter().zip(1u32..) {
+        let first = host.names.first().map_or("", String::as_str);
+        let label = HostKey::from_name(first.as_bytes()).unwrap_or(HostKey::EMPTY);
+        labels.set(slot, label, 0).context("writing host labels")?;
+    }
+    let mut policy = Array::<_, Policy>::try_from(map_mut(&mut ebpf, MAP_POLICY)?)?;
+    policy
+        .set(0, config.default.actions().policy(), 0)
+        .context("writing the default policy")?;
+    for (host, slot) in config.hosts.iter().zip(1u32..) {
+        policy
+            .set(slot, host.actions().policy(), 0)
+            .context("writing host policies")?;
+    }
+    Ok(ebpf)
 }
 
 /// Turns a load failure into an error that carries the verifier's log.
@@ -300,12 +336,17 @@ fn remove_stale_pins(pin_dir: &Path) -> Result<()> {
 /// Open pinned maps of a running classifier, for readers in other processes.
 pub struct PinnedMaps {
     /// Global counters.
-    pub global: aya::maps::PerCpuArray<MapData, u64>,
-    /// Configured hosts.
-    pub known: PerCpuHashMap<MapData, HostKey, HostStats>,
-    /// Other hosts.
-    pub other: PerCpuHashMap<MapData, HostKey, HostStats>,
+    pub global: PerCpuArray<MapData, u64>,
+    /// Configured hosts' labels (first name) by slot.
+    pub labels: Array<MapData, HostKey>,
+    /// Configured hosts' counters by slot.
+    pub host_stats: PerCpuArray<MapData, HostStats>,
+    /// Other hosts by name hash.
+    pub other: PerCpuHashMap<MapData, u64, OtherHost>,
 }
+
+/// The kernel's flow table, as the terminator reads it (hand-off).
+pub type FlowTable = HashMap<MapData, FlowKey, Flow>;
 
 impl PinnedMaps {
     /// Opens the maps pinned under `pin_dir`.
@@ -324,7 +365,8 @@ impl PinnedMaps {
         };
         Ok(Self {
             global: open(MAP_GLOBAL)?.try_into()?,
-            known: open(MAP_KNOWN_HOSTS)?.try_into()?,
+            labels: open(MAP_LABELS)?.try_into()?,
+            host_stats: open(MAP_HOST_STATS)?.try_into()?,
             other: open(MAP_OTHER_HOSTS)?.try_into()?,
         })
     }

@@ -3,9 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::maps::PerCpuValues;
 use serde::Serialize;
-use sni_common::maps::{counter, HostStats};
+use sni_common::{
+    maps::{counter, HostStats},
+    HostKey,
+};
 
 use crate::loader::PinnedMaps;
 
@@ -22,7 +24,11 @@ pub struct HostRow {
     pub bytes: u64,
     /// ClientHellos naming this host that carried encrypted_client_hello.
     pub ech: u64,
-    /// Whether the operator configured this name.
+    /// Packets dropped by the host's `action = "drop"`.
+    pub dropped: u64,
+    /// Packets dropped over the host's `hello_rate`.
+    pub rate_limited: u64,
+    /// Whether the operator configured this host (its row is its first name).
     pub configured: bool,
 }
 
@@ -56,19 +62,34 @@ impl Snapshot {
             Err(e) => return Err(e),
         };
         let mut hosts = Vec::new();
-        for (map, configured) in [(&maps.known, true), (&maps.other, false)] {
-            for entry in map.iter() {
-                let (key, values) = entry.context("reading a host entry")?;
-                let s = sum(&values);
-                hosts.push(HostRow {
-                    host: key.as_bytes().escape_ascii().to_string(),
-                    client_hellos: s.client_hellos,
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    ech: s.ech,
-                    configured,
-                });
-            }
+        let row = |name: &HostKey, s: HostStats, configured: bool| HostRow {
+            host: name.as_bytes().escape_ascii().to_string(),
+            client_hellos: s.client_hellos,
+            packets: s.packets,
+            bytes: s.bytes,
+            ech: s.ech,
+            dropped: s.dropped,
+            rate_limited: s.rate_limited,
+            configured,
+        };
+        // Slot 0 is the default's; configured hosts from 1.
+        for slot in 1..maps.labels.len() {
+            let label = maps.labels.get(&slot, 0).context("reading a host label")?;
+            let values = maps
+                .host_stats
+                .get(&slot, 0)
+                .context("reading a host's counters")?;
+            hosts.push(row(&label, sum(values.iter()), true));
+        }
+        for entry in maps.other.iter() {
+            let (_, values) = entry.context("reading a host entry")?;
+            // The CPU that created the entry wrote the name; the others may not have.
+            let name = values
+                .iter()
+                .map(|v| v.name)
+                .find(|n| n.len > 0)
+                .unwrap_or(HostKey::EMPTY);
+            hosts.push(row(&name, sum(values.iter().map(|v| &v.stats)), false));
         }
         hosts.sort_by(|a, b| {
             b.client_hellos
@@ -118,15 +139,15 @@ impl Snapshot {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}",
-            "HOST", "CLIENT_HELLOS", "PACKETS", "BYTES", "ECH"
+            "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}  {:>8}  {:>12}",
+            "HOST", "CLIENT_HELLOS", "PACKETS", "BYTES", "ECH", "DROPPED", "RATE_LIMITED"
         );
         for h in &self.hosts {
             let mark = if h.configured { "" } else { " (other)" };
             let _ = writeln!(
                 out,
-                "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}{mark}",
-                h.host, h.client_hellos, h.packets, h.bytes, h.ech
+                "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}  {:>8}  {:>12}{mark}",
+                h.host, h.client_hellos, h.packets, h.bytes, h.ech, h.dropped, h.rate_limited
             );
         }
         if self.hosts.is_empty() {
@@ -172,9 +193,9 @@ impl Snapshot {
     }
 }
 
-fn sum(values: &PerCpuValues<HostStats>) -> HostStats {
+fn sum<'a>(values: impl Iterator<Item = &'a HostStats>) -> HostStats {
     let mut total = HostStats::default();
-    for v in values.iter() {
+    for v in values {
         total.add(v);
     }
     total

@@ -108,24 +108,75 @@ pub fn ipv6(exts: &[Ext], protocol: u8, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// A TCP segment from port 40000 to `dst_port` with `options` (padded to 4) and `payload`.
+/// A TCP segment from a new client port (a new flow each call) to `dst_port` with
+/// `options` (padded to 4) and `payload`.
 pub fn tcp(dst_port: u16, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    tcp_segment(
+        &Seg {
+            src_port: next_port(),
+            dst_port,
+            seq: 1,
+            flags: PSH_ACK,
+        },
+        options,
+        payload,
+    )
+}
+
+/// TCP flags PSH|ACK: a data segment.
+pub const PSH_ACK: u8 = 0x18;
+/// TCP flag SYN.
+pub const SYN: u8 = 0x02;
+/// TCP flags FIN|ACK.
+pub const FIN_ACK: u8 = 0x11;
+
+/// The TCP header fields a test chooses.
+#[derive(Clone, Copy, Debug)]
+pub struct Seg {
+    /// Client port.
+    pub src_port: u16,
+    /// Server port.
+    pub dst_port: u16,
+    /// Sequence number of the first payload byte.
+    pub seq: u32,
+    /// Flags.
+    pub flags: u8,
+}
+
+/// A client port not used by an earlier frame of this process (wraps after 50,000).
+pub fn next_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    10_000 + NEXT.fetch_add(1, Ordering::Relaxed) % 50_000
+}
+
+/// A TCP segment as `seg` says, with `options` (padded to 4) and `payload`.
+pub fn tcp_segment(seg: &Seg, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut options = options.to_vec();
     while !options.len().is_multiple_of(4) {
         options.push(1); // NOP
     }
     let doff = 5 + options.len() / 4;
     let mut s = Vec::new();
-    s.extend_from_slice(&40000u16.to_be_bytes());
-    s.extend_from_slice(&dst_port.to_be_bytes());
-    s.extend_from_slice(&1u32.to_be_bytes());
+    s.extend_from_slice(&seg.src_port.to_be_bytes());
+    s.extend_from_slice(&seg.dst_port.to_be_bytes());
+    s.extend_from_slice(&seg.seq.to_be_bytes());
     s.extend_from_slice(&0u32.to_be_bytes());
     s.push((doff as u8) << 4);
-    s.push(0x18); // PSH, ACK
+    s.push(seg.flags);
     s.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
     s.extend_from_slice(&options);
     s.extend_from_slice(payload);
     s
+}
+
+/// Ethernet / IPv4 / TCP as `seg` says, carrying `payload`.
+pub fn v4_segment(seg: &Seg, payload: &[u8]) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_IP,
+        &ipv4(IPPROTO_TCP, &V4::default(), &tcp_segment(seg, &[], payload)),
+    )
 }
 
 /// Typical SYN-time options: MSS 1460, SACK permitted, timestamps, window scale.

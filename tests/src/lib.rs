@@ -9,6 +9,7 @@
 )]
 
 pub mod frame;
+pub mod hellos;
 pub mod netns;
 pub mod pki;
 pub mod prog;

@@ -1,22 +1,28 @@
 //! The XDP program loaded in the kernel (not attached anywhere), driven by
 //! `BPF_PROG_TEST_RUN`, with its maps read back.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, path::Path};
 
 use aya::{
-    maps::{Array, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
     programs::{TestRun, TestRunOptions, Xdp},
-    util::nr_cpus,
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use sni_common::{
+    flow::{Flow, FlowKey},
     maps::{
-        counter, HostStats, PortSet, MAP_GLOBAL, MAP_KNOWN_HOSTS, MAP_OTHER_HOSTS, MAP_PORTS,
-        PROGRAM,
+        counter, HostStats, OtherHost, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS,
+        MAP_OTHER_HOSTS, MAP_PENDING, PROGRAM,
     },
     HostKey,
 };
+use sni_user::{
+    config::Config,
+    loader::{load_program, StartOptions},
+};
 
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
 /// `XDP_PASS`.
 pub const XDP_PASS: u32 = 2;
 
@@ -26,39 +32,27 @@ pub struct Prog {
 }
 
 impl Prog {
-    /// Loads the program watching `ports`, with `known` configured hosts and room for
-    /// `other_capacity` other names.
+    /// Loads the program watching `ports`, with `known` configured hosts (one `[[host]]`
+    /// each) and room for `other_capacity` other names.
     pub fn load(ports: &[u16], known: &[&str], other_capacity: u32) -> Self {
-        crate::require_root();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_OTHER_HOSTS, other_capacity)
-            .map_max_entries(MAP_KNOWN_HOSTS, 64)
-            .load(sni_user::loader::OBJECT)
-            .expect("loading the XDP object");
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
-        if let Err(e) = program.load() {
-            panic!("the verifier rejected the program: {e:?}");
-        }
-        let mut set = PortSet::EMPTY;
-        for p in ports {
-            set.insert(*p);
-        }
-        let mut port_map: Array<_, PortSet> =
-            Array::try_from(ebpf.map_mut(MAP_PORTS).expect("ports map")).expect("array");
-        port_map.set(0, set, 0).expect("writing ports");
-        let mut hosts: PerCpuHashMap<_, HostKey, HostStats> =
-            PerCpuHashMap::try_from(ebpf.map_mut(MAP_KNOWN_HOSTS).expect("known map"))
-                .expect("per-cpu hash");
-        let cpus = nr_cpus().expect("cpus");
+        let mut text = format!(
+            "[xdp]\ninterfaces = [\"lo\"]\nports = {ports:?}\nother_hosts_capacity = {other_capacity}\n"
+        );
         for name in known {
-            let key = HostKey::from_name(name.as_bytes()).expect("valid name");
-            let zero = PerCpuValues::try_from(vec![HostStats::default(); cpus]).expect("values");
-            hosts.insert(key, zero, 0).expect("insert known");
+            text.push_str(&format!("[[host]]\nnames = [{name:?}]\n"));
         }
+        Self::with_config(&text)
+    }
+
+    /// Loads the program with the classifier settings of a config file's text (`[xdp]`
+    /// with any interface name: nothing is attached).
+    pub fn with_config(text: &str) -> Self {
+        crate::require_root();
+        let config = Config::parse(text, Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let xdp = config.xdp.clone().expect("the test config has [xdp]");
+        let ebpf = load_program(&config, &xdp, StartOptions::default())
+            .unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
         Self { ebpf }
     }
 
@@ -100,29 +94,75 @@ impl Prog {
             .collect()
     }
 
-    /// One host's counters (summed over CPUs) and whether it is a configured one.
+    /// One host's counters (summed over CPUs) and whether it is a configured one. A
+    /// configured host is found by any of its names (or `*.` patterns).
     pub fn host(&self, name: &str) -> Option<(HostStats, bool)> {
         let key = HostKey::from_name(name.as_bytes()).expect("valid name");
-        for (map_name, configured) in [(MAP_KNOWN_HOSTS, true), (MAP_OTHER_HOSTS, false)] {
-            let map: PerCpuHashMap<_, HostKey, HostStats> =
-                PerCpuHashMap::try_from(self.ebpf.map(map_name).expect("map")).expect("hash");
-            if let Ok(values) = map.get(&key, 0) {
-                let mut total = HostStats::default();
-                for v in values.iter() {
-                    total.add(v);
-                }
-                return Some((total, configured));
+        let names: BpfHashMap<_, HostKey, u32> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_HOSTS).expect("hosts")).expect("hash");
+        if let Ok(slot) = names.get(&key, 0) {
+            let stats: PerCpuArray<_, HostStats> =
+                PerCpuArray::try_from(self.ebpf.map(MAP_HOST_STATS).expect("stats"))
+                    .expect("array");
+            let values = stats.get(&slot, 0).expect("slot in range");
+            let mut total = HostStats::default();
+            for v in values.iter() {
+                total.add(v);
             }
+            return Some((total, true));
         }
-        None
+        let values = self.other().get(&key.hash64(), 0).ok()?;
+        let mut total = HostStats::default();
+        for v in values.iter() {
+            total.add(&v.stats);
+        }
+        let named = values.iter().find(|v| v.name.len > 0).expect("a CPU wrote the name");
+        assert_eq!(named.name, key, "the entry of this hash carries the name");
+        Some((total, false))
+    }
+
+    fn other(&self) -> PerCpuHashMap<&aya::maps::MapData, u64, OtherHost> {
+        PerCpuHashMap::try_from(self.ebpf.map(MAP_OTHER_HOSTS).expect("map")).expect("hash")
     }
 
     /// Entries in the map of other names.
     pub fn other_len(&self) -> usize {
-        let map: PerCpuHashMap<_, HostKey, HostStats> =
-            PerCpuHashMap::try_from(self.ebpf.map(MAP_OTHER_HOSTS).expect("map")).expect("hash");
-        map.keys().count()
+        self.other().keys().count()
     }
+
+    /// The flow table's entry for `key`.
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        let flows: BpfHashMap<_, FlowKey, Flow> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_FLOWS).expect("flows")).expect("hash");
+        flows.get(key, 0).ok()
+    }
+
+    /// Entries in the flow table.
+    pub fn flows_len(&self) -> usize {
+        let flows: BpfHashMap<_, FlowKey, Flow> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_FLOWS).expect("flows")).expect("hash");
+        flows.keys().count()
+    }
+
+    /// ClientHellos pending across segments.
+    pub fn pending_len(&self) -> usize {
+        let pending: BpfHashMap<_, FlowKey, sni_common::flow::Pending> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_PENDING).expect("pending")).expect("hash");
+        pending.keys().count()
+    }
+}
+
+/// The flow key of a frame built by `frame::v4_segment` with client port `src_port`.
+pub fn v4_key(src_port: u16, dst_port: u16) -> FlowKey {
+    let mut key = FlowKey {
+        src_port,
+        dst_port,
+        family: 4,
+        ..FlowKey::default()
+    };
+    key.src[..4].copy_from_slice(&[198, 18, 0, 1]);
+    key.dst[..4].copy_from_slice(&[198, 18, 0, 2]);
+    key
 }
 
 /// Asserts that every ClientHello ended in exactly one outcome.

@@ -1,9 +1,10 @@
-//! The loaded XDP program on built frames through `BPF_PROG_TEST_RUN`: every verdict is
-//! XDP_PASS, and the maps say exactly what the frame carried.
+//! The loaded XDP program on built frames through `BPF_PROG_TEST_RUN`, one packet per flow:
+//! every verdict is XDP_PASS (no action configured), and the maps say exactly what it carried.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use sni_tests::{
     fixture,
+    hellos::{rename, with_extension},
     frame::{self, Ext, V4},
     prog::{assert_outcomes_add_up, Prog, XDP_PASS},
 };
@@ -74,15 +75,18 @@ fn ipv4_options_tcp_options_vlan_and_qinq() {
         },
         frag: 0x4000, // Don't Fragment: not a fragment
     };
-    let segment = frame::tcp(PORT, frame::TCP_OPTIONS, &hello);
-    let v4 = frame::ipv4(frame::IPPROTO_TCP, &opts, &segment);
+    // Each frame a new flow (frame::tcp picks a new client port).
+    let v4 = || {
+        let segment = frame::tcp(PORT, frame::TCP_OPTIONS, &hello);
+        frame::ipv4(frame::IPPROTO_TCP, &opts, &segment)
+    };
     let frames = vec![
-        frame::ethernet(&[], frame::ETH_P_IP, &v4),
-        frame::ethernet(&[(frame::ETH_P_8021Q, 100)], frame::ETH_P_IP, &v4),
+        frame::ethernet(&[], frame::ETH_P_IP, &v4()),
+        frame::ethernet(&[(frame::ETH_P_8021Q, 100)], frame::ETH_P_IP, &v4()),
         frame::ethernet(
             &[(frame::ETH_P_8021AD, 200), (frame::ETH_P_8021Q, 100)],
             frame::ETH_P_IP,
-            &v4,
+            &v4(),
         ),
     ];
     let prog = Prog::load(&[PORT], &[], 1024);
@@ -96,7 +100,6 @@ fn ipv4_options_tcp_options_vlan_and_qinq() {
 #[test]
 fn ipv6_with_extension_headers() {
     let hello = fixture("openssl-sni.bin");
-    let segment = frame::tcp(PORT, frame::TCP_OPTIONS, &hello);
     let chains: Vec<Vec<Ext>> = vec![
         vec![],
         vec![Ext {
@@ -131,7 +134,11 @@ fn ipv6_with_extension_headers() {
         let f = frame::ethernet(
             &[(frame::ETH_P_8021Q, 7)],
             frame::ETH_P_IPV6,
-            &frame::ipv6(chain, frame::IPPROTO_TCP, &segment),
+            &frame::ipv6(
+                chain,
+                frame::IPPROTO_TCP,
+                &frame::tcp(PORT, frame::TCP_OPTIONS, &hello),
+            ),
         );
         assert_eq!(prog.run(&f), XDP_PASS);
         assert_eq!(
@@ -150,7 +157,11 @@ fn ipv6_with_extension_headers() {
     let f = frame::ethernet(
         &[],
         frame::ETH_P_IPV6,
-        &frame::ipv6(&long, frame::IPPROTO_TCP, &segment),
+        &frame::ipv6(
+            &long,
+            frame::IPPROTO_TCP,
+            &frame::tcp(PORT, frame::TCP_OPTIONS, &hello),
+        ),
     );
     assert_eq!(prog.run(&f), XDP_PASS);
     let g = prog.global();
@@ -238,7 +249,7 @@ fn ethernet_padding_is_not_parsed_as_payload() {
 }
 
 #[test]
-fn outcomes_no_sni_malformed_incomplete_and_ech() {
+fn outcomes_no_sni_malformed_pending_and_ech() {
     let prog = Prog::load(&[PORT], &[], 1024);
     let hello = fixture("openssl-sni.bin");
     // Record length lies (shorter than the handshake needs: the next "record" is garbage).
@@ -257,46 +268,18 @@ fn outcomes_no_sni_malformed_incomplete_and_ech() {
     ];
     run_all(&prog, &frames);
     let g = prog.global();
-    assert_eq!(g["client_hellos"], 5, "{g:?}");
+    // The cut one waits for its next segment: not an outcome yet.
+    assert_eq!(g["client_hellos"], 4, "{g:?}");
+    assert_eq!(g["split"], 1, "{g:?}");
+    assert_eq!(prog.pending_len(), 1);
     assert_eq!(g["no_sni"], 1, "{g:?}");
     assert_eq!(g["malformed"], 2, "{g:?}");
-    assert_eq!(g["incomplete"], 1, "{g:?}");
+    assert_eq!(g["incomplete"], 0, "{g:?}");
     assert_eq!(g["sni"], 1, "{g:?}");
     assert_eq!(g["ech"], 1, "{g:?}");
     assert_outcomes_add_up(&g);
     let (h, _) = prog.host("www.example.com").unwrap();
     assert_eq!((h.client_hellos, h.ech), (1, 1));
-}
-
-/// `hello` (one record) with one more extension at the end, lengths fixed up.
-fn with_extension(hello: &[u8], ty: u16, body: &[u8]) -> Vec<u8> {
-    let mut out = hello.to_vec();
-    out.extend_from_slice(&ty.to_be_bytes());
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    out.extend_from_slice(body);
-    resize_hello(&mut out, 4 + body.len() as isize, &[]);
-    out
-}
-
-/// Adds `delta` to the record, handshake and extensions-block lengths of a one-record
-/// ClientHello, and to the 16-bit length fields at `inner` (offsets inside an extension).
-fn resize_hello(out: &mut [u8], delta: isize, inner: &[usize]) {
-    let adj16 = |b: &mut [u8], i: usize| {
-        let v = u16::from_be_bytes([b[i], b[i + 1]]) as isize + delta;
-        b[i..i + 2].copy_from_slice(&(v as u16).to_be_bytes());
-    };
-    for i in inner {
-        adj16(out, *i);
-    }
-    adj16(out, 3); // record length
-    let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as isize + delta;
-    out[6..9].copy_from_slice(&(hs as u32).to_be_bytes()[1..]);
-    // The extensions length follows version, random, session id, suites and compression.
-    let mut i = 9 + 2 + 32;
-    i += 1 + usize::from(out[i]);
-    i += 2 + usize::from(u16::from_be_bytes([out[i], out[i + 1]]));
-    i += 1 + usize::from(out[i]);
-    adj16(out, i);
 }
 
 #[test]
@@ -320,8 +303,10 @@ fn every_prefix_of_real_hellos_as_one_packet() {
     let g = prog.global();
     assert_outcomes_add_up(&g);
     assert_eq!(g["malformed"], 0, "{g:?}");
-    // Cuts before the handshake type byte are not known to be ClientHellos.
-    assert!(g["client_hellos"] >= hellos - 4 * 5, "{g:?}");
+    // Each cut is a new flow: the ClientHello is read to its name, or waits for the next
+    // segment (counted when it ends).
+    assert_eq!(g["client_hellos"] + g["split"], hellos, "{g:?}");
+    assert_eq!(prog.pending_len() as u64, g["split"]);
     for host in ["www.example.com", "curl.example.net", "python.example.com"] {
         assert!(prog.host(host).is_some(), "{host} found in some prefix");
     }
@@ -396,13 +381,3 @@ fn random_name_flood_keeps_configured_counters_and_bounds_the_map() {
     );
 }
 
-/// `hello` with the `old_len`-byte name at `at` replaced by `name`, lengths fixed up.
-fn rename(hello: &[u8], at: usize, name: &[u8], old_len: usize) -> Vec<u8> {
-    let mut out = hello[..at].to_vec();
-    out.extend_from_slice(name);
-    out.extend_from_slice(&hello[at + old_len..]);
-    // host_name length, server_name_list length and extension length precede the name.
-    let delta = name.len() as isize - old_len as isize;
-    resize_hello(&mut out, delta, &[at - 2, at - 5, at - 7]);
-    out
-}

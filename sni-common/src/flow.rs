@@ -1,0 +1,246 @@
+//! Per-flow state, shared by the kernel and `sni-user classify`: which segment continues a
+//! ClientHello, what a flow's host and verdict are, and the per-host rate limit.
+//!
+//! A ClientHello that does not fit in one TCP segment (a browser's post-quantum one is ~1.8 KB
+//! against a 1460-byte MSS) is read across segments: the parser state is kept per flow with the
+//! sequence number the next byte must carry, and resumed when it arrives. [`place`] decides
+//! what a segment is relative to that number; both sides call it, so the kernel and the offline
+//! classifier follow the same rules:
+//! - the expected next bytes (possibly after a retransmitted prefix): resume;
+//! - bytes already read (a retransmission): skip, the ClientHello is not counted twice;
+//! - bytes past a hole (reordering or loss): give up and count the ClientHello incomplete.
+//!   Nothing is buffered, so the missing bytes could not be placed in front of these anyway,
+//!   and no host is ever guessed.
+
+use crate::hello::Parser;
+
+/// A TCP flow as the client sends it (client → server), the key of the flow maps. IPv4
+/// addresses sit in the first 4 bytes of the 16, the rest zero. Ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address.
+    pub src: [u8; 16],
+    /// Server address.
+    pub dst: [u8; 16],
+    /// Client port.
+    pub src_port: u16,
+    /// Server port.
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// What the flow's ClientHello named ([`Flow::kind`]).
+pub mod kind {
+    /// No ClientHello could be read to a name or its end (malformed, or given up as
+    /// incomplete): the flow is only remembered so that its later segments are not parsed.
+    pub const UNKNOWN: u8 = 0;
+    /// A ClientHello without server_name.
+    pub const NO_NAME: u8 = 1;
+    /// A configured host: [`super::Flow::slot`] says which.
+    pub const CONFIGURED: u8 = 2;
+    /// A name not configured: [`super::Flow::name_hash`] is its key in the map of other names.
+    pub const OTHER: u8 = 3;
+}
+
+/// What happens to a flow's packets ([`Flow::verdict`]).
+pub mod verdict {
+    /// Passed on.
+    pub const PASS: u8 = 0;
+    /// Dropped by its host's `action = "drop"`.
+    pub const DROP: u8 = 1;
+    /// Dropped because its ClientHello came over its host's `hello_rate`.
+    pub const RATE_LIMITED: u8 = 2;
+}
+
+/// A flow whose ClientHello was read: every later packet counts toward its host and gets its
+/// verdict without parsing. Written by the kernel, read by the terminator (hand-off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// FNV-1a of the normalised name ([`crate::HostKey::hash64`]), for every named flow.
+    pub name_hash: u64,
+    /// Host slot of a configured host (1-based index of its `[[host]]`), else 0.
+    pub slot: u32,
+    /// [`kind`].
+    pub kind: u8,
+    /// [`verdict`].
+    pub verdict: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+
+/// A ClientHello read up to the end of a segment, waiting for the next one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Where the parser stands.
+    pub parser: Parser,
+    /// Sequence number of the next byte the parser needs.
+    pub next_seq: u32,
+    /// Segments read so far (counted toward the host once it is known).
+    pub segments: u32,
+    /// Bytes of those segments' frames.
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Pending>() == Parser::SIZE + 16);
+
+/// A segment relative to the next byte a pending ClientHello needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// It carries the next byte, `skip` bytes into its payload (a retransmission that also
+    /// carries new bytes starts with some already read).
+    Next {
+        /// Payload bytes already read.
+        skip: u32,
+    },
+    /// Every byte was read before: a retransmission (or an empty segment).
+    Old,
+    /// It starts past the next byte: reordered or after a loss.
+    Gap,
+}
+
+/// Places a segment of `len` payload bytes starting at sequence number `seq`, against the
+/// `next` byte a pending ClientHello needs (sequence numbers wrap, RFC 9293 §3.4).
+#[inline(always)]
+pub const fn place(next: u32, seq: u32, len: u32) -> Placement {
+    // Signed distance from `next` to the segment's start; fine for any gap under 2^31.
+    let ahead = seq.wrapping_sub(next) as i32;
+    if ahead > 0 {
+        return Placement::Gap;
+    }
+    let behind = (0i64 - ahead as i64) as u64;
+    if len as u64 <= behind {
+        Placement::Old
+    } else {
+        Placement::Next {
+            skip: behind as u32,
+        }
+    }
+}
+
+/// A host's action, as the kernel applies it: an entry of the policy map, by host slot (slot
+/// 0 is `[default]`, for every name not configured and for ClientHellos without one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Nanoseconds between ClientHellos at the sustained rate (1e9 / hello_rate); 0 when
+    /// there is no rate limit.
+    pub interval_ns: u64,
+    /// How far ahead of now the bucket may run: (burst - 1) × interval.
+    pub tolerance_ns: u64,
+    /// `ACTION_*`.
+    pub action: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Policy>() == 24);
+
+/// [`Policy::action`]: pass (subject to the rate limit).
+pub const ACTION_PASS: u32 = 0;
+/// [`Policy::action`]: drop every flow of the host.
+pub const ACTION_DROP: u32 = 1;
+
+impl Policy {
+    /// A policy from an action and an optional rate (ClientHellos per second) with its burst.
+    pub fn new(drop: bool, hello_rate: Option<u32>, burst: Option<u32>) -> Self {
+        let (interval_ns, tolerance_ns) = match hello_rate {
+            Some(rate) if rate > 0 => {
+                let interval = 1_000_000_000u64 / u64::from(rate);
+                let burst = u64::from(burst.unwrap_or(rate).max(1));
+                (interval.max(1), interval.max(1).saturating_mul(burst - 1))
+            }
+            _ => (0, 0),
+        };
+        Self {
+            interval_ns,
+            tolerance_ns,
+            action: if drop { ACTION_DROP } else { ACTION_PASS },
+            _pad: 0,
+        }
+    }
+}
+
+/// One host's token bucket in the form of GCRA (the generic cell rate algorithm, ITU-T
+/// I.371): a single "theoretical arrival time", updated with compare-and-swap by whichever CPU
+/// sees the ClientHello, so the limit holds across CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Nanoseconds (`bpf_ktime_get_ns`) at which the bucket is full again.
+    pub tat_ns: u64,
+}
+
+/// The rate decision: given the bucket's `tat` and the time `now`, the new `tat` if this
+/// ClientHello is within the rate, None if it is over. Up to `burst` ClientHellos pass at
+/// once, then one per interval.
+#[inline(always)]
+pub const fn gcra(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<u64> {
+    let start = if tat > now { tat } else { now };
+    if start - now > tolerance {
+        None
+    } else {
+        Some(start + interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement() {
+        assert_eq!(place(100, 100, 10), Placement::Next { skip: 0 });
+        assert_eq!(place(100, 95, 10), Placement::Next { skip: 5 });
+        assert_eq!(place(100, 90, 10), Placement::Old);
+        assert_eq!(place(100, 50, 10), Placement::Old);
+        assert_eq!(place(100, 100, 0), Placement::Old);
+        assert_eq!(place(100, 101, 10), Placement::Gap);
+        // Across the wrap of the sequence space.
+        assert_eq!(place(3, u32::MAX - 1, 10), Placement::Next { skip: 5 });
+        assert_eq!(place(u32::MAX, 2, 10), Placement::Gap);
+        assert_eq!(place(2, u32::MAX, 3), Placement::Old);
+    }
+
+    #[test]
+    fn gcra_allows_a_burst_then_the_rate() {
+        let p = Policy::new(false, Some(10), Some(3));
+        assert_eq!(p.interval_ns, 100_000_000);
+        let mut tat = 0;
+        let now = 5_000_000_000;
+        let mut passed = 0;
+        for _ in 0..10 {
+            if let Some(t) = gcra(tat, now, p.interval_ns, p.tolerance_ns) {
+                tat = t;
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 3, "the burst");
+        // One interval later, one more.
+        assert!(gcra(tat, now + p.interval_ns, p.interval_ns, p.tolerance_ns).is_some());
+        assert!(gcra(tat, now + p.interval_ns / 2, p.interval_ns, p.tolerance_ns).is_none());
+        // After a long pause, a full burst again.
+        let later = now + 10 * p.interval_ns;
+        let mut passed = 0;
+        for _ in 0..10 {
+            if let Some(t) = gcra(tat, later, p.interval_ns, p.tolerance_ns) {
+                tat = t;
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 3);
+    }
+
+    #[test]
+    fn policy_without_rate_has_no_interval() {
+        assert_eq!(Policy::new(true, None, None).interval_ns, 0);
+        assert_eq!(Policy::new(true, None, None).action, ACTION_DROP);
+        let p = Policy::new(false, Some(2_000_000_000), None);
+        assert_eq!(p.interval_ns, 1, "rates above 1e9/s clamp to 1 ns");
+    }
+}

@@ -1,0 +1,80 @@
+//! ClientHellos for the tests: real captures edited (an extension added, the name replaced,
+//! lengths fixed up) and one made live by rustls with its post-quantum key share.
+
+use std::sync::Arc;
+
+/// `hello` (one record) with one more extension at the end, lengths fixed up.
+pub fn with_extension(hello: &[u8], ty: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = hello.to_vec();
+    out.extend_from_slice(&ty.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(body);
+    resize_hello(&mut out, 4 + body.len() as isize, &[]);
+    out
+}
+
+/// Adds `delta` to the record, handshake and extensions-block lengths of a one-record
+/// ClientHello, and to the 16-bit length fields at `inner` (offsets inside an extension).
+pub fn resize_hello(out: &mut [u8], delta: isize, inner: &[usize]) {
+    let adj16 = |b: &mut [u8], i: usize| {
+        let v = u16::from_be_bytes([b[i], b[i + 1]]) as isize + delta;
+        b[i..i + 2].copy_from_slice(&(v as u16).to_be_bytes());
+    };
+    for i in inner {
+        adj16(out, *i);
+    }
+    adj16(out, 3); // record length
+    let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as isize + delta;
+    out[6..9].copy_from_slice(&(hs as u32).to_be_bytes()[1..]);
+    // The extensions length follows version, random, session id, suites and compression.
+    let mut i = 9 + 2 + 32;
+    i += 1 + usize::from(out[i]);
+    i += 2 + usize::from(u16::from_be_bytes([out[i], out[i + 1]]));
+    i += 1 + usize::from(out[i]);
+    adj16(out, i);
+}
+
+/// `hello` with the `old_len`-byte name at `at` replaced by `name`, lengths fixed up.
+pub fn rename(hello: &[u8], at: usize, name: &[u8], old_len: usize) -> Vec<u8> {
+    let mut out = hello[..at].to_vec();
+    out.extend_from_slice(name);
+    out.extend_from_slice(&hello[at + old_len..]);
+    // host_name length, server_name_list length and extension length precede the name.
+    let delta = name.len() as isize - old_len as isize;
+    resize_hello(&mut out, delta, &[at - 2, at - 5, at - 7]);
+    out
+}
+
+/// A real capture (`openssl-sni.bin`, naming www.example.com) renamed to `name`.
+pub fn named(name: &str) -> Vec<u8> {
+    let base = crate::fixture("openssl-sni.bin");
+    let at = base
+        .windows(15)
+        .position(|w| w.eq_ignore_ascii_case(b"www.example.com"))
+        .unwrap();
+    rename(&base, at, name.as_bytes(), 15)
+}
+
+/// A ClientHello made right now by rustls (aws-lc-rs) naming `name`, with its default key
+/// shares: X25519MLKEM768 first, as browsers send.
+pub fn rustls_hello(name: &str) -> Vec<u8> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// A browser-size ClientHello naming `name`: the rustls post-quantum one padded (padding
+/// extension, RFC 7685) to 1,850 bytes, about what Chrome sends with X25519MLKEM768.
+pub fn browser_size_hello(name: &str) -> Vec<u8> {
+    let hello = rustls_hello(name);
+    let pad = 1850usize.saturating_sub(hello.len() + 4);
+    with_extension(&hello, 21, &vec![0; pad])
+}
