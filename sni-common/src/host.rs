@@ -85,37 +85,57 @@ impl HostKey {
     /// Writes into `out` the wildcard pattern that covers this name one label up
     /// (`a.example.com` → `*.example.com`, as an operator writes it in the config). False when
     /// there is none: a name of one label, or one starting with a dot.
-    ///
-    /// A loop over the fixed array with bounded indices, so the kernel runs it as is.
-    #[inline(always)]
     pub fn wildcard_into(&self, out: &mut HostKey) -> bool {
-        let len = usize::from(self.len);
-        let mut dot = 0usize;
-        for i in 0..MAX_NAME_LEN {
-            if i >= len {
-                break;
-            }
-            if self.name[i] == b'.' {
-                dot = i;
-                break;
-            }
-        }
-        // The first label must be non-empty and something must follow the dot.
-        if dot == 0 || dot + 1 >= len {
+        let Some(dot) = self.wildcard_dot() else {
             return false;
+        };
+        for i in 0..MAX_NAME_LEN {
+            out.name[i] = self.wildcard_byte(dot, i);
         }
-        // `*` plus the rest from the dot on: 1 + (len - dot) <= len bytes.
-        out.name[0] = b'*';
-        for i in 1..MAX_NAME_LEN {
-            let src = dot + i - 1;
-            out.name[i] = if src < len && src < MAX_NAME_LEN {
-                self.name[src]
-            } else {
-                0
-            };
-        }
-        out.len = (1 + len - dot) as u8;
+        out.len = Self::wildcard_len(self.len, dot);
         true
+    }
+
+    /// Whether byte `i` of the name is the dot that ends its first label. The kernel calls
+    /// it for i = 0, 1, … from `bpf_loop` (a loop of 255 would cost the verifier too much).
+    #[inline(always)]
+    pub fn is_first_dot(&self, i: usize) -> bool {
+        i < usize::from(self.len) && i < MAX_NAME_LEN && self.name[i] == b'.'
+    }
+
+    /// Where the wildcard pattern's rest starts: the first dot, if a label precedes it and
+    /// something follows it.
+    pub fn wildcard_dot(&self) -> Option<usize> {
+        let dot = (0..MAX_NAME_LEN).find(|i| self.is_first_dot(*i))?;
+        Self::wildcard_ok(self.len, dot).then_some(dot)
+    }
+
+    /// Whether a first dot at `dot` in a name of `len` bytes makes a pattern.
+    #[inline(always)]
+    pub const fn wildcard_ok(len: u8, dot: usize) -> bool {
+        dot > 0 && dot + 1 < len as usize
+    }
+
+    /// Byte `i` of the wildcard pattern of this name, whose first dot is at `dot`: `*`, then
+    /// the name from the dot on, then zeros.
+    #[inline(always)]
+    pub fn wildcard_byte(&self, dot: usize, i: usize) -> u8 {
+        if i == 0 {
+            return b'*';
+        }
+        let src = dot + i - 1;
+        if src < usize::from(self.len) && src < MAX_NAME_LEN {
+            self.name[src]
+        } else {
+            0
+        }
+    }
+
+    /// Length of the pattern: `*` plus the name from the dot on (at most the name's length,
+    /// since the first label has at least one byte).
+    #[inline(always)]
+    pub const fn wildcard_len(len: u8, dot: usize) -> u8 {
+        (1 + len as usize - dot) as u8
     }
 }
 

@@ -233,10 +233,14 @@ pub struct Scratch {
     pub wildcard: HostKey,
     /// A new entry of the map of other names.
     pub other: OtherHost,
+    /// Position of the first dot of the name being looked up (`MAX_NAME_LEN` while none).
+    pub dot: u32,
+    /// Zero.
+    pub _pad: u32,
 }
 const _: () = assert!(
     core::mem::size_of::<Scratch>()
-        == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8 + 256 + 304
+        == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8 + 256 + 304 + 8
 );
 
 /// The kernel's view of the scratch buffer as parser input: reads are masked into the buffer,

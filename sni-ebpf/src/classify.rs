@@ -22,10 +22,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use sni_common::{
     flow::{
-        gcra, kind, place, verdict, Bucket, Flow, FlowKey, Pending, Placement, Policy,
-        ACTION_DROP,
+        gcra, kind, place, verdict, Bucket, Flow, FlowKey, Pending, Placement, Policy, ACTION_DROP,
     },
     hello::starts_client_hello,
+    host::MAX_NAME_LEN,
     maps::{
         counter, Chunk, HostStats, OtherHost, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
         OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES, SCRATCH_LEN,
@@ -188,7 +188,7 @@ fn try_sni_classify(ctx: &XdpContext, action: &mut u32) -> Option<()> {
             false
         }
     };
-    parse(ctx, s, seg.payload_off + skip, seg.payload_len - skip)?;
+    parse(ctx, scratch, seg.payload_off + skip, seg.payload_len - skip)?;
     s.pending.segments += 1;
     s.pending.bytes += frame_len;
     if s.pending.parser.progress() == Progress::NeedMore && !s.pending.parser.has_name() {
@@ -204,13 +204,17 @@ fn try_sni_classify(ctx: &XdpContext, action: &mut u32) -> Option<()> {
     if resumed {
         let _ = SNI_PENDING.remove(&seg.key);
     }
-    *action = resolve(ctx, &seg, s);
+    *action = resolve(ctx, &seg, scratch);
     Some(())
 }
 
-/// Runs the parser in `s` over `len` payload bytes from `off`, a chunk at a time.
+/// Runs the parser in the scratch over `len` payload bytes from `off`, a chunk at a time.
+///
+/// The scratch comes as a raw pointer, and references to it live only between helper calls:
+/// the `bpf_loop` callbacks write it through their own pointer, which a `&mut` parameter
+/// would declare impossible (the compiler could then keep stale fields in registers).
 #[inline(always)]
-fn parse(ctx: &XdpContext, s: &mut Scratch, off: usize, len: usize) -> Option<()> {
+fn parse(ctx: &XdpContext, scratch: *mut Scratch, off: usize, len: usize) -> Option<()> {
     let mut done = 0usize;
     for _ in 0..MAX_CHUNKS {
         if done >= len {
@@ -233,7 +237,7 @@ fn parse(ctx: &XdpContext, s: &mut Scratch, off: usize, len: usize) -> Option<()
             bpf_xdp_load_bytes(
                 ctx.ctx,
                 (off + done) as u32,
-                s.buf.as_mut_ptr() as *mut c_void,
+                (&raw mut (*scratch).buf) as *mut c_void,
                 n as u32,
             )
         };
@@ -241,8 +245,11 @@ fn parse(ctx: &XdpContext, s: &mut Scratch, off: usize, len: usize) -> Option<()
             count(counter::ERRORS);
             return None;
         }
-        s.len = n as u32;
-        s.pos = 0;
+        // SAFETY: a per-CPU map value of this CPU.
+        unsafe {
+            (*scratch).len = n as u32;
+            (*scratch).pos = 0;
+        }
         // SAFETY: `parse_step` has the callback signature bpf_loop expects and finds its state
         // in the per-CPU scratch map itself (no context pointer).
         let rc = unsafe {
@@ -257,7 +264,8 @@ fn parse(ctx: &XdpContext, s: &mut Scratch, off: usize, len: usize) -> Option<()
             count(counter::ERRORS);
             return None;
         }
-        let p = &s.pending.parser;
+        // SAFETY: as above, read after the callbacks wrote it.
+        let p = unsafe { &(*scratch).pending.parser };
         if p.progress() != Progress::NeedMore || p.has_name() {
             break;
         }
@@ -294,7 +302,9 @@ fn forget(key: &FlowKey) {
 /// The ClientHello in `s` was read to an outcome: counts it, finds its host and verdict,
 /// remembers the flow. Returns the XDP action for this packet.
 #[inline(always)]
-fn resolve(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> u32 {
+fn resolve(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
+    // SAFETY: a per-CPU map value of this CPU (see `parse` on why not a parameter).
+    let s = unsafe { &mut *scratch };
     let p = &s.pending.parser;
     if !p.is_client_hello() {
         // Not TLS after all: nothing to remember.
@@ -316,7 +326,7 @@ fn resolve(ctx: &XdpContext, seg: &Segment, s: &mut Scratch) -> u32 {
     let mut stats = None;
     if outcome == counter::SNI {
         flow.name_hash = s.pending.parser.host.hash64();
-        let slot = host_slot(&s.pending.parser.host, &mut s.wildcard);
+        let slot = host_slot(scratch);
         if slot != 0 {
             flow.kind = kind::CONFIGURED;
             flow.slot = slot;
@@ -409,20 +419,81 @@ fn verdict_action(v: u8) -> u32 {
     }
 }
 
-/// The slot of a configured host named `name` (exactly, or by a `*.` pattern one label up);
-/// 0 when it is not configured.
+/// The slot of the configured host the parser's name belongs to (exactly, or by a `*.`
+/// pattern one label up); 0 when it is not configured.
 #[inline(always)]
-fn host_slot(name: &HostKey, wildcard: &mut HostKey) -> u32 {
-    // SAFETY: map values are plain integers.
-    if let Some(slot) = unsafe { SNI_HOSTS.get(name) } {
+fn host_slot(scratch: *mut Scratch) -> u32 {
+    // SAFETY: map values are plain integers; the key is read by the helper.
+    if let Some(slot) = unsafe { SNI_HOSTS.get(&(*scratch).pending.parser.host) } {
         return *slot;
     }
-    if wildcards_enabled() && name.wildcard_into(wildcard) {
+    if wildcards_enabled() && wildcard_pattern(scratch) {
         // SAFETY: as above.
-        if let Some(slot) = unsafe { SNI_HOSTS.get(wildcard) } {
+        if let Some(slot) = unsafe { SNI_HOSTS.get(&(*scratch).wildcard) } {
             return *slot;
         }
     }
+    0
+}
+
+/// Builds the wildcard pattern of the parser's name into the scratch's `wildcard` (the
+/// shared `HostKey::wildcard_*` rules, one byte per `bpf_loop` step); whether there is one.
+#[inline(always)]
+fn wildcard_pattern(scratch: *mut Scratch) -> bool {
+    // SAFETY: a per-CPU map value of this CPU; written by the callbacks in between (see
+    // `parse`), so only read through the raw pointer.
+    // The callbacks have the signature bpf_loop expects and find their state in the scratch.
+    unsafe {
+        (*scratch).dot = MAX_NAME_LEN as u32;
+        bpf_loop(
+            MAX_NAME_LEN as u32,
+            find_dot as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        let dot = (*scratch).dot as usize;
+        let len = (*scratch).pending.parser.host.len;
+        if dot >= MAX_NAME_LEN || !HostKey::wildcard_ok(len, dot) {
+            return false;
+        }
+        bpf_loop(
+            MAX_NAME_LEN as u32,
+            copy_wildcard as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        (*scratch).wildcard.len = HostKey::wildcard_len(len, dot);
+    }
+    true
+}
+
+/// `bpf_loop` step `i` of the search for the first dot; stops at it.
+extern "C" fn find_dot(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SNI_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as in `parse_step`.
+    let s = unsafe { &mut *scratch };
+    if s.pending.parser.host.is_first_dot(i as usize) {
+        s.dot = i as u32;
+        return 1;
+    }
+    0
+}
+
+/// `bpf_loop` step `i` of the copy of the wildcard pattern.
+extern "C" fn copy_wildcard(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SNI_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as in `parse_step`.
+    let s = unsafe { &mut *scratch };
+    let i = i as usize;
+    if i >= MAX_NAME_LEN {
+        return 1;
+    }
+    let dot = s.dot as usize;
+    s.wildcard.name[i] = s.pending.parser.host.wildcard_byte(dot, i);
     0
 }
 

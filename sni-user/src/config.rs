@@ -171,12 +171,19 @@ pub struct ActionConfig {
 impl ActionConfig {
     /// The kernel's form.
     pub fn policy(&self) -> Policy {
-        Policy::new(self.action == Action::Drop, self.hello_rate, self.hello_burst)
+        Policy::new(
+            self.action == Action::Drop,
+            self.hello_rate,
+            self.hello_burst,
+        )
     }
 
     fn check(&self) -> Result<(), (&'static str, &'static str)> {
         if self.hello_rate == Some(0) {
-            return Err(("hello_rate", "must be at least 1 (leave it out for no limit)"));
+            return Err((
+                "hello_rate",
+                "must be at least 1 (leave it out for no limit)",
+            ));
         }
         if self.hello_burst == Some(0) {
             return Err(("hello_burst", "must be at least 1"));

@@ -72,9 +72,39 @@ pub fn rustls_hello(name: &str) -> Vec<u8> {
 }
 
 /// A browser-size ClientHello naming `name`: the rustls post-quantum one padded (padding
-/// extension, RFC 7685) to 1,850 bytes, about what Chrome sends with X25519MLKEM768.
+/// extension, RFC 7685) to 1,850 bytes, about what Chrome sends with X25519MLKEM768, with
+/// server_name moved to the end, as Chrome's extension shuffling often leaves it: the name is
+/// then past the first 1,460-byte segment.
 pub fn browser_size_hello(name: &str) -> Vec<u8> {
     let hello = rustls_hello(name);
     let pad = 1850usize.saturating_sub(hello.len() + 4);
-    with_extension(&hello, 21, &vec![0; pad])
+    sni_last(&with_extension(&hello, 21, &vec![0; pad]))
+}
+
+/// `hello` (one record) with its server_name extension moved to the end.
+pub fn sni_last(hello: &[u8]) -> Vec<u8> {
+    let mut i = 9 + 2 + 32;
+    i += 1 + usize::from(hello[i]);
+    i += 2 + usize::from(u16::from_be_bytes([hello[i], hello[i + 1]]));
+    i += 1 + usize::from(hello[i]);
+    let exts_start = i + 2;
+    let mut others = Vec::new();
+    let mut sni = Vec::new();
+    let mut j = exts_start;
+    while j < hello.len() {
+        let ty = u16::from_be_bytes([hello[j], hello[j + 1]]);
+        let len = usize::from(u16::from_be_bytes([hello[j + 2], hello[j + 3]]));
+        let ext = &hello[j..j + 4 + len];
+        if ty == 0 {
+            sni.extend_from_slice(ext);
+        } else {
+            others.extend_from_slice(ext);
+        }
+        j += 4 + len;
+    }
+    assert!(!sni.is_empty(), "the ClientHello has a server_name");
+    let mut out = hello[..exts_start].to_vec();
+    out.extend_from_slice(&others);
+    out.extend_from_slice(&sni);
+    out
 }

@@ -116,7 +116,10 @@ impl Prog {
         for v in values.iter() {
             total.add(&v.stats);
         }
-        let named = values.iter().find(|v| v.name.len > 0).expect("a CPU wrote the name");
+        let named = values
+            .iter()
+            .find(|v| v.name.len > 0)
+            .expect("a CPU wrote the name");
         assert_eq!(named.name, key, "the entry of this hash carries the name");
         Some((total, false))
     }

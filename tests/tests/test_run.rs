@@ -4,8 +4,8 @@
 
 use sni_tests::{
     fixture,
-    hellos::{rename, with_extension},
     frame::{self, Ext, V4},
+    hellos::{rename, with_extension},
     prog::{assert_outcomes_add_up, Prog, XDP_PASS},
 };
 
@@ -380,4 +380,3 @@ fn random_name_flood_keeps_configured_counters_and_bounds_the_map() {
         "no configured ClientHello lost to the flood"
     );
 }
-
