@@ -73,6 +73,22 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
+    /// Read a pcap or pcapng capture with the classifier's own state machine: one line per
+    /// ClientHello with client, server, SNI (or why there is none), ECH, segments used.
+    ///
+    /// Flows are followed as the XDP program follows them (split ClientHellos resumed on the
+    /// next in-order segment, retransmissions skipped, a hole makes the ClientHello
+    /// incomplete), so a capture taken on an edge shows what its counters will say.
+    Classify {
+        /// The capture (tcpdump -w, tshark, dumpcap; Ethernet, Linux cooked or raw IP).
+        file: PathBuf,
+        /// Only flows to these server ports, like the classifier's `ports` (repeatable).
+        #[arg(long = "port", value_name = "PORT")]
+        ports: Vec<u16>,
+        /// One JSON object: {"flows":[…],"frames":N,"skipped":N}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line; the exit code is 1 on any error, after printing it.
@@ -138,6 +154,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             config.validate()?;
             run(config, StartOptions { debug })
         }
+        Command::Classify { file, ports, json } => {
+            let mut report = crate::classify::classify_file(&file)?;
+            if !ports.is_empty() {
+                report.flows.retain(|f| ports.contains(&f.server.port()));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::classify::table(&report));
+            }
+            Ok(())
+        }
         Command::Stats {
             pin_dir,
             config,
@@ -185,7 +213,13 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
             None => None,
         };
         let terminator = match routes {
-            Some(routes) => Some(Terminator::start(&config, routes)?),
+            Some(routes) => {
+                let flows = match &classifier {
+                    Some(c) => Some(c.flow_table()?),
+                    None => None,
+                };
+                Some(Terminator::start(&config, routes, flows)?)
+            }
             None => None,
         };
         let control = match &terminator {

@@ -17,12 +17,16 @@ use std::{
 
 use mio::net::{TcpStream, UnixStream};
 use rustls::server::{Acceptor, ServerConnection};
-use sni_common::{Parser, Progress};
+use sni_common::{
+    flow::{kind, Flow, FlowKey},
+    HostKey, Parser, Progress,
+};
 
 use crate::{
     buf::Buf,
     config::{Backend, HostMode, Limits},
     counters::{Counters, Failure},
+    loader::FlowTable,
     routes::Routes,
 };
 
@@ -92,6 +96,24 @@ pub struct Conn {
     pub deadline: Instant,
     /// Whether it counts toward its route's `active`.
     counted_active: bool,
+    /// The classifier's record of this flow, once found (hand-off).
+    xdp: Option<Flow>,
+    /// The route whose backend was dialled from the classifier's record, before the
+    /// ClientHello was read.
+    early_route: Option<usize>,
+    /// How the classifier's record compared with the TLS stack's name.
+    hand_off: HandOff,
+}
+
+/// The hand-off result of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HandOff {
+    /// Same host.
+    Agreed,
+    /// Another host (the TLS stack's name wins).
+    Disagreed,
+    /// No record.
+    Unknown,
 }
 
 /// What the pump needs from the worker.
@@ -102,6 +124,8 @@ pub struct Ctx<'a> {
     pub counters: &'a Counters,
     /// Limits.
     pub limits: &'a Limits,
+    /// The kernel classifier's flow table, when it runs in this process.
+    pub flows: Option<&'a FlowTable>,
 }
 
 impl Conn {
@@ -130,6 +154,9 @@ impl Conn {
             established: false,
             deadline: Instant::now() + secs(limits.handshake_timeout),
             counted_active: false,
+            xdp: None,
+            early_route: None,
+            hand_off: HandOff::Unknown,
         }
     }
 
@@ -212,8 +239,70 @@ impl Conn {
         Ok(moved)
     }
 
+    /// Hand-off: before reading, asks the kernel's flow table for this connection's host. The
+    /// XDP program has seen every segment that is in the socket by now, so once the whole
+    /// ClientHello can be read the flow is there (unless the classifier could not read it).
+    /// A host found this way gets its backend dialled at once, while the handshake runs.
+    fn look_up_flow(&mut self, ctx: &Ctx<'_>) -> Result<(), ()> {
+        let Some(flows) = ctx.flows else {
+            return Ok(());
+        };
+        if self.xdp.is_some() {
+            return Ok(());
+        }
+        let Ok(flow) = flows.get(&flow_key(self.peer, self.local), 0) else {
+            return Ok(());
+        };
+        if flow.kind == kind::UNKNOWN {
+            return Ok(());
+        }
+        self.xdp = Some(flow);
+        // Slots are route indices + 1; a name not configured (or none) is the default's.
+        let route = match flow.kind {
+            kind::CONFIGURED => usize::try_from(flow.slot)
+                .ok()
+                .and_then(|s| s.checked_sub(1)),
+            _ => ctx.routes.resolve(None),
+        };
+        let Some(index) = route else {
+            return Ok(());
+        };
+        let (Some(route), Some(counters)) =
+            (ctx.routes.routes.get(index), ctx.counters.hosts.get(index))
+        else {
+            return Ok(());
+        };
+        self.early_route = Some(index);
+        self.connect_backend(route.backend.clone(), route.proxy_protocol, counters)
+    }
+
+    /// Hand-off check: the name the TLS stack saw (`seen`, routed to `route`) against the
+    /// classifier's record of the flow. Counted once the handshake is done, so that the
+    /// three counters add up to the handshakes.
+    fn check_hand_off(&mut self, seen: Option<&HostKey>, route: usize, routes: &Routes) {
+        let Some(flow) = self.xdp else {
+            self.hand_off = HandOff::Unknown;
+            return;
+        };
+        let same_name = match seen {
+            Some(name) => flow.kind != kind::NO_NAME && flow.name_hash == name.hash64(),
+            None => flow.kind == kind::NO_NAME,
+        };
+        let same_route = match flow.kind {
+            kind::CONFIGURED => usize::try_from(flow.slot).ok() == Some(route + 1),
+            _ => routes.resolve(None) == Some(route),
+        };
+        self.hand_off = if same_name && same_route {
+            HandOff::Agreed
+        } else {
+            tracing::debug!(peer = %self.peer, ?flow, ?seen, route, "classifier disagreed");
+            HandOff::Disagreed
+        };
+    }
+
     /// Reads the ClientHello and routes the connection.
     fn peek(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
+        self.look_up_flow(ctx)?;
         let Stage::Peek { buf, parser } = &mut self.stage else {
             return Ok(false);
         };
@@ -280,12 +369,23 @@ impl Conn {
         let counters = ctx.counters.hosts.get(route_index).ok_or(())?;
         counters.active.fetch_add(1, Relaxed);
         self.counted_active = true;
+        let peeked = parser.name().copied();
+        if self.early_route != Some(route_index) {
+            // Not dialled yet, or dialled for another host from a record that did not agree
+            // (its socket closes as it drops; the PROXY header it queued goes too).
+            self.backend = BackendIo::None;
+            self.backend_registered = false;
+            self.backend_connected = false;
+            self.to_backend.consume(self.to_backend.len());
+            self.connect_backend(route.backend.clone(), route.proxy_protocol, counters)?;
+        }
         match route.mode {
             HostMode::Passthrough => {
+                self.check_hand_off(peeked.as_ref(), route_index, ctx.routes);
                 self.to_backend.extend(&hello);
                 self.stage = Stage::Raw;
                 self.established = true;
-                counters.handshakes.fetch_add(1, Relaxed);
+                handshake_done(ctx, counters, self.hand_off);
             }
             HostMode::Terminate => {
                 let config = route.tls.clone().ok_or(())?;
@@ -309,6 +409,12 @@ impl Conn {
                         return Err(());
                     }
                 };
+                // The name as rustls reads it, normalised like the kernel's.
+                let seen = accepted
+                    .client_hello()
+                    .server_name()
+                    .and_then(|n| HostKey::from_name(n.as_bytes()).ok());
+                self.check_hand_off(seen.as_ref(), route_index, ctx.routes);
                 match accepted.into_connection(config) {
                     Ok(mut tls) => {
                         tls.set_buffer_limit(Some(ctx.limits.buffer_size));
@@ -322,7 +428,6 @@ impl Conn {
                 }
             }
         }
-        self.connect_backend(route.backend.clone(), route.proxy_protocol, counters)?;
         Ok(true)
     }
 
@@ -396,7 +501,7 @@ impl Conn {
                 }
                 if !self.established && !tls.is_handshaking() {
                     self.established = true;
-                    counters.handshakes.fetch_add(1, Relaxed);
+                    handshake_done(ctx, counters, self.hand_off);
                     self.deadline = Instant::now() + secs(ctx.limits.idle_timeout);
                 }
                 // Plaintext out of TLS (a close_notify ends the client's stream).
@@ -548,6 +653,47 @@ impl Conn {
             moved = true;
         }
         Ok(moved)
+    }
+}
+
+/// A handshake is done (or a passthrough connection routed): counts it with its hand-off
+/// result, so that agreed + disagreed + unknown = handshakes.
+fn handshake_done(ctx: &Ctx<'_>, counters: &crate::counters::HostCounters, hand_off: HandOff) {
+    counters.handshakes.fetch_add(1, Relaxed);
+    let g = &ctx.counters.global;
+    match hand_off {
+        HandOff::Agreed => g.xdp_agreed.fetch_add(1, Relaxed),
+        HandOff::Disagreed => g.xdp_disagreed.fetch_add(1, Relaxed),
+        HandOff::Unknown => g.xdp_unknown.fetch_add(1, Relaxed),
+    };
+}
+
+/// The key of the kernel's flow table for a connection from `peer` to `local`.
+pub fn flow_key(peer: SocketAddr, local: SocketAddr) -> FlowKey {
+    let mut key = FlowKey {
+        src_port: peer.port(),
+        dst_port: local.port(),
+        ..FlowKey::default()
+    };
+    match (peer, local) {
+        (SocketAddr::V4(p), SocketAddr::V4(l)) => {
+            key.family = 4;
+            key.src[..4].copy_from_slice(&p.ip().octets());
+            key.dst[..4].copy_from_slice(&l.ip().octets());
+        }
+        (p, l) => {
+            key.family = 6;
+            key.src = to_v6(p.ip()).octets();
+            key.dst = to_v6(l.ip()).octets();
+        }
+    }
+    key
+}
+
+fn to_v6(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
     }
 }
 

@@ -75,6 +75,12 @@ pub struct GlobalCounters {
     pub client_hello_timeout: AtomicU64,
     /// The client left before sending a whole ClientHello.
     pub client_gone_before_hello: AtomicU64,
+    /// Hand-off: the classifier's host for the flow is the one the TLS stack saw.
+    pub xdp_agreed: AtomicU64,
+    /// Hand-off: the classifier named another host (the TLS stack's name wins).
+    pub xdp_disagreed: AtomicU64,
+    /// Hand-off: no classifier, or it had no host for the flow.
+    pub xdp_unknown: AtomicU64,
 }
 
 /// All counters of a terminator.
@@ -143,6 +149,9 @@ impl Counters {
                 "rejected_unknown_name": g.rejected_unknown_name.load(Relaxed),
                 "client_hello_timeout": g.client_hello_timeout.load(Relaxed),
                 "client_gone_before_hello": g.client_gone_before_hello.load(Relaxed),
+                "xdp_agreed": g.xdp_agreed.load(Relaxed),
+                "xdp_disagreed": g.xdp_disagreed.load(Relaxed),
+                "xdp_unknown": g.xdp_unknown.load(Relaxed),
             }
         })
     }

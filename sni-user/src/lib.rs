@@ -7,9 +7,11 @@
 //! - [`stats`]: counters read from the pinned maps, as a table or JSON.
 //! - [`routes`], [`server`], [`conn`], [`counters`]: the TLS terminator (mio + rustls):
 //!   certificate per SNI, per-host backends, passthrough, limits.
+//! - [`classify`]: the classifier's per-flow state machine over pcap/pcapng captures.
 //! - [`cli`]: the commands, and the control plane of `run` (signals, kernel logs).
 
 pub mod buf;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -25,6 +25,7 @@ use crate::{
     config::{Config, Limits},
     conn::{Conn, Ctx, Pumped},
     counters::Counters,
+    loader::FlowTable,
     routes::Routes,
 };
 
@@ -51,6 +52,7 @@ pub struct Terminator {
 /// What the workers share.
 struct Shared {
     routes: Arc<Routes>,
+    flows: Option<FlowTable>,
     counters: Arc<Counters>,
     limits: Limits,
     open: AtomicUsize,
@@ -61,6 +63,7 @@ impl Shared {
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
             routes: &self.routes,
+            flows: self.flows.as_ref(),
             counters: &self.counters,
             limits: &self.limits,
         }
@@ -68,15 +71,28 @@ impl Shared {
 }
 
 impl Terminator {
-    /// Binds every listener (errors surface here) and starts the workers.
-    pub fn start(config: &Config, routes: Arc<Routes>) -> Result<Self> {
+    /// Binds every listener (errors surface here) and starts the workers. With `flows`, the
+    /// kernel classifier's flow table, each connection's host is taken from it at accept
+    /// (hand-off) and checked against the name the TLS stack sees.
+    pub fn start(config: &Config, routes: Arc<Routes>, flows: Option<FlowTable>) -> Result<Self> {
         let workers = config
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let counters = Arc::new(Counters::new(routes.routes.len()));
         let labels = routes.routes.iter().map(|r| r.label.clone()).collect();
+        if let (Some(xdp), true) = (&config.xdp, flows.is_some()) {
+            for l in &config.listen {
+                if !xdp.ports.contains(&l.address.port()) {
+                    tracing::warn!(
+                        address = %l.address,
+                        "the classifier does not watch this port: no hand-off for it"
+                    );
+                }
+            }
+        }
         let shared = Arc::new(Shared {
             routes,
+            flows,
             counters: counters.clone(),
             limits: config.limits.clone(),
             open: AtomicUsize::new(0),

@@ -26,6 +26,10 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "util-linux",
+    // Headless browser test: Chrome's post-quantum ClientHello spans two segments.
+    "chromium",
+    // Captures of the tests' own traffic, read back by `sni-user classify`.
+    "tcpdump",
 ];
 
 #[derive(Parser)]

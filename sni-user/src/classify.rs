@@ -1,0 +1,375 @@
+//! `sni-user classify FILE`: the kernel's per-flow state machine run offline over a pcap or
+//! pcapng capture, so operators can check what the classifier makes of their own traffic.
+//!
+//! Every TCP flow whose first payload starts a ClientHello is followed exactly as the XDP
+//! program follows it: the same parser (`sni_common::hello`), the same placement of segments
+//! against the next expected byte (`sni_common::flow::place`), the same rule that a SYN starts
+//! the 5-tuple over. Frames are decoded by etherparse (Ethernet, VLAN, Linux cooked, raw IP),
+//! captures read by pcap-parser.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use pcap_parser::{
+    data::{get_packetdata, PacketData},
+    pcapng::Block,
+    Linktype, PcapBlockOwned, PcapError,
+};
+use serde::Serialize;
+use sni_common::{
+    flow::{place, Pending, Placement},
+    hello::starts_client_hello,
+    Parser, Progress,
+};
+
+/// What one flow's ClientHello came to.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowReport {
+    /// Client address and port.
+    pub client: SocketAddr,
+    /// Server address and port.
+    pub server: SocketAddr,
+    /// `sni`, `no_sni`, `malformed` or `incomplete`.
+    pub outcome: &'static str,
+    /// The name, when read (non-printable bytes escaped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Why there is no name: the parser's reason, `out_of_order`, `restarted` or
+    /// `capture_ended`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the ClientHello carried encrypted_client_hello (as far as it was read).
+    pub ech: bool,
+    /// Segments that carried ClientHello bytes read by the parser.
+    pub segments: u32,
+    /// Segments skipped because every byte in them had been read before.
+    pub retransmits: u32,
+}
+
+/// Everything a capture says.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Flows in the order their ClientHello ended.
+    pub flows: Vec<FlowReport>,
+    /// Frames read.
+    pub frames: u64,
+    /// Frames skipped: not IP/TCP, IP fragments, cut short by the capture's snap length, or
+    /// of a link type not decoded.
+    pub skipped: u64,
+}
+
+impl Report {
+    /// Flows per outcome, in a fixed order.
+    pub fn summary(&self) -> [(&'static str, usize); 4] {
+        ["sni", "no_sni", "malformed", "incomplete"]
+            .map(|o| (o, self.flows.iter().filter(|f| f.outcome == o).count()))
+    }
+}
+
+/// A TCP segment as the tracker needs it.
+struct Segment<'a> {
+    client: SocketAddr,
+    server: SocketAddr,
+    seq: u32,
+    syn_only: bool,
+    payload: &'a [u8],
+}
+
+/// State of one directional 5-tuple.
+enum State {
+    Pending {
+        pending: Box<Pending>,
+        retransmits: u32,
+    },
+    Done,
+}
+
+/// The per-flow state machine, over segments in capture order.
+#[derive(Default)]
+pub struct Tracker {
+    flows: HashMap<(SocketAddr, SocketAddr), State>,
+    report: Report,
+}
+
+impl Tracker {
+    fn segment(&mut self, seg: &Segment<'_>) {
+        let key = (seg.client, seg.server);
+        if seg.syn_only {
+            // A new connection on this 5-tuple: a ClientHello still pending is incomplete.
+            if let Some(State::Pending {
+                pending,
+                retransmits,
+            }) = self.flows.remove(&key)
+            {
+                self.end(key, &pending, retransmits, Some("restarted"));
+            }
+            return;
+        }
+        if seg.payload.is_empty() {
+            return;
+        }
+        let (mut pending, retransmits, skip) = match self.flows.get_mut(&key) {
+            Some(State::Done) => return,
+            Some(State::Pending {
+                pending,
+                retransmits,
+            }) => match place(pending.next_seq, seg.seq, seg.payload.len() as u32) {
+                Placement::Old => {
+                    *retransmits += 1;
+                    return;
+                }
+                Placement::Gap => {
+                    let (p, r) = (pending.clone(), *retransmits);
+                    self.flows.insert(key, State::Done);
+                    self.end(key, &p, r, Some("out_of_order"));
+                    return;
+                }
+                Placement::Next { skip } => (pending.clone(), *retransmits, skip as usize),
+            },
+            None => {
+                if let Some(head) = seg.payload.first_chunk::<6>() {
+                    if !starts_client_hello(*head) {
+                        return;
+                    }
+                }
+                (
+                    Box::new(Pending {
+                        parser: Parser::NEW,
+                        next_seq: 0,
+                        segments: 0,
+                        bytes: 0,
+                    }),
+                    0,
+                    0,
+                )
+            }
+        };
+        pending
+            .parser
+            .feed(seg.payload.get(skip..).unwrap_or_default());
+        pending.segments += 1;
+        pending.next_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+        if pending.parser.progress() == Progress::NeedMore && !pending.parser.has_name() {
+            self.flows.insert(
+                key,
+                State::Pending {
+                    pending,
+                    retransmits,
+                },
+            );
+            return;
+        }
+        self.flows.insert(key, State::Done);
+        if pending.parser.is_client_hello() {
+            self.end(key, &pending, retransmits, None);
+        }
+    }
+
+    /// Records the outcome of a ClientHello (`cut`: why it could not be finished).
+    fn end(
+        &mut self,
+        (client, server): (SocketAddr, SocketAddr),
+        pending: &Pending,
+        retransmits: u32,
+        cut: Option<&str>,
+    ) {
+        let p = &pending.parser;
+        if !p.is_client_hello() {
+            return;
+        }
+        let (outcome, reason) = match (cut, p.progress()) {
+            (Some(why), _) => ("incomplete", Some(why.to_owned())),
+            (None, Progress::Malformed | Progress::NotClientHello) => {
+                ("malformed", Some(p.reason().as_str().to_owned()))
+            }
+            (None, _) if p.has_name() => ("sni", None),
+            (None, Progress::Done) => ("no_sni", None),
+            (None, Progress::NeedMore) => ("incomplete", Some("capture_ended".to_owned())),
+        };
+        self.report.flows.push(FlowReport {
+            client,
+            server,
+            outcome,
+            sni: p
+                .name()
+                .map(|n| n.as_bytes().escape_ascii().to_string())
+                .filter(|_| outcome == "sni"),
+            reason,
+            ech: p.has_ech(),
+            segments: pending.segments,
+            retransmits,
+        });
+    }
+
+    /// Ends the ClientHellos still waiting when the capture ends.
+    pub fn finish(mut self) -> Report {
+        let mut left: Vec<_> = self
+            .flows
+            .drain()
+            .filter_map(|(key, state)| match state {
+                State::Pending {
+                    pending,
+                    retransmits,
+                } => Some((key, pending, retransmits)),
+                State::Done => None,
+            })
+            .collect();
+        left.sort_by_key(|(key, _, _)| *key);
+        for (key, pending, retransmits) in left {
+            self.end(key, &pending, retransmits, Some("capture_ended"));
+        }
+        self.report
+    }
+
+    /// Decodes one captured frame and follows it.
+    fn frame(&mut self, data: &[u8], linktype: Linktype, caplen: u32, origlen: u32) {
+        self.report.frames += 1;
+        if caplen < origlen {
+            // Cut by the snap length: the payload would be missing bytes.
+            self.report.skipped += 1;
+            return;
+        }
+        let sliced = match get_packetdata(data, linktype, caplen as usize) {
+            Some(PacketData::L2(frame)) => SlicedPacket::from_ethernet(frame),
+            Some(PacketData::L3(_, packet)) => SlicedPacket::from_ip(packet),
+            _ => {
+                self.report.skipped += 1;
+                return;
+            }
+        };
+        match sliced.ok().as_ref().and_then(segment_of) {
+            Some(seg) => self.segment(&seg),
+            None => self.report.skipped += 1,
+        }
+    }
+}
+
+/// The TCP segment in a decoded frame, if it is one (and not an IP fragment).
+fn segment_of<'a>(p: &SlicedPacket<'a>) -> Option<Segment<'a>> {
+    let (src, dst, fragment): (IpAddr, IpAddr, bool) = match p.net.as_ref()? {
+        NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+            ip.is_payload_fragmented(),
+        ),
+        NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+            ip.is_payload_fragmented(),
+        ),
+        NetSlice::Arp(_) => return None,
+    };
+    if fragment {
+        return None;
+    }
+    let TransportSlice::Tcp(tcp) = p.transport.as_ref()? else {
+        return None;
+    };
+    Some(Segment {
+        client: SocketAddr::new(src, tcp.source_port()),
+        server: SocketAddr::new(dst, tcp.destination_port()),
+        seq: tcp.sequence_number(),
+        syn_only: tcp.syn() && !tcp.ack(),
+        payload: tcp.payload(),
+    })
+}
+
+/// Reads `path` (pcap or pcapng) and follows every flow in it.
+pub fn classify_file(path: &Path) -> Result<Report> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = pcap_parser::create_reader(1 << 20, file)
+        .map_err(|e| anyhow!("{}: not a pcap or pcapng capture ({e:?})", path.display()))?;
+    let mut tracker = Tracker::default();
+    // pcap: one link type; pcapng: one per interface of the current section.
+    let mut legacy_linktype = Linktype::ETHERNET;
+    let mut interfaces: Vec<Linktype> = Vec::new();
+    loop {
+        match reader.next() {
+            Ok((offset, block)) => {
+                match block {
+                    PcapBlockOwned::LegacyHeader(h) => legacy_linktype = h.network,
+                    PcapBlockOwned::Legacy(b) => {
+                        tracker.frame(b.data, legacy_linktype, b.caplen, b.origlen)
+                    }
+                    PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
+                    PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                        interfaces.push(idb.linktype)
+                    }
+                    PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                        let linktype =
+                            interfaces.get(epb.if_id as usize).copied().ok_or_else(|| {
+                                anyhow!(
+                                    "{}: a packet names interface {} that was not described",
+                                    path.display(),
+                                    epb.if_id
+                                )
+                            })?;
+                        tracker.frame(epb.data, linktype, epb.caplen, epb.origlen)
+                    }
+                    PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+                        let linktype = interfaces.first().copied().unwrap_or(Linktype::ETHERNET);
+                        let caplen = spb.data.len() as u32;
+                        tracker.frame(spb.data, linktype, caplen, spb.origlen.max(caplen))
+                    }
+                    PcapBlockOwned::NG(_) => {}
+                }
+                reader.consume(offset);
+            }
+            Err(PcapError::Eof) => break,
+            Err(PcapError::Incomplete(_)) => {
+                reader
+                    .refill()
+                    .map_err(|e| anyhow!("{}: reading the capture: {e:?}", path.display()))?;
+            }
+            Err(PcapError::UnexpectedEof) => bail!("{}: the capture is cut short", path.display()),
+            Err(e) => bail!("{}: not a valid capture: {e:?}", path.display()),
+        }
+    }
+    Ok(tracker.finish())
+}
+
+/// The report as text: one line per flow, then a summary.
+pub fn table(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for f in &report.flows {
+        let what = match (&f.sni, &f.reason) {
+            (Some(name), _) => name.clone(),
+            (None, Some(reason)) => format!("({} : {reason})", f.outcome),
+            (None, None) => format!("({})", f.outcome),
+        };
+        let _ = writeln!(
+            out,
+            "{} -> {}  {what}  ech={}  segments={}{}",
+            f.client,
+            f.server,
+            if f.ech { "yes" } else { "no" },
+            f.segments,
+            if f.retransmits > 0 {
+                format!("  retransmits={}", f.retransmits)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let summary: Vec<String> = report
+        .summary()
+        .iter()
+        .map(|(o, n)| format!("{o}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} ClientHellos ({}); {} frames, {} skipped",
+        report.flows.len(),
+        summary.join(" "),
+        report.frames,
+        report.skipped
+    );
+    out
+}
