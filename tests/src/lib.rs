@@ -14,7 +14,7 @@ pub mod netns;
 pub mod pki;
 pub mod prog;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A ClientHello captured from a real client (sni-common/testdata).
 pub fn fixture(name: &str) -> Vec<u8> {
@@ -47,4 +47,33 @@ pub fn require_root() {
         "this test loads XDP programs and creates network namespaces: it must run as root \
          (sudo -E cargo xtask test)"
     );
+}
+
+/// A pin directory under /sys/fs/bpf, removed with whatever is left in it even when the test
+/// fails.
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    /// A new, unique path (not created: `sni-user run` creates it).
+    pub fn new(prefix: &str) -> Self {
+        Self(PathBuf::from("/sys/fs/bpf").join(netns::unique(prefix)))
+    }
+}
+
+impl std::ops::Deref for PinDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }

@@ -4,18 +4,14 @@
 //! `sni-user stats --json`, run as another process, must show exactly what was sent.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use sni_common::maps::MAP_GLOBAL;
 use sni_tests::{
     netns::{run, unique, veth, wait_until, ChildGuard, Netns},
     pki::Pki,
-    require_root, sni_user_bin,
+    require_root, sni_user_bin, PinDir,
 };
 
 const PORT: &str = "8443";
@@ -75,21 +71,24 @@ impl Link {
     }
 
     fn pin_dir(&self) -> PinDir {
-        PinDir(PathBuf::from("/sys/fs/bpf").join(unique("sni-test-")))
+        PinDir::new("sni-test-")
     }
 
     /// Starts `sni-user run` in the server namespace and waits until its maps are pinned.
     fn start_classifier(&self, pin_dir: &Path, known: &[&str]) -> ChildGuard {
         let config = self.dir.path().join(format!("{}.toml", unique("cfg")));
-        let names: Vec<String> = known.iter().map(|n| format!("{n:?}")).collect();
+        // One [[host]] per name: each its own counters.
+        let hosts: String = known
+            .iter()
+            .map(|n| format!("[[host]]\nnames = [{n:?}]\n"))
+            .collect();
         std::fs::write(
             &config,
             format!(
                 "pin_dir = {:?}\n[xdp]\ninterfaces = [{:?}]\nmode = \"auto\"\nports = [{PORT}]\n\
-                 [[host]]\nnames = [{}]\n",
+                 {hosts}",
                 pin_dir.display().to_string(),
                 self.server_if,
-                names.join(", ")
             ),
         )
         .unwrap();
@@ -140,27 +139,6 @@ impl Link {
             .server
             .cmd(["ip", "-d", "link", "show", "dev", &self.server_if]));
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    }
-}
-
-/// A pin directory removed with whatever is left in it, even when the test fails.
-struct PinDir(PathBuf);
-
-impl std::ops::Deref for PinDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

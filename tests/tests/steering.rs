@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     thread,
     time::Duration,
@@ -16,7 +16,7 @@ use serde_json::Value;
 use sni_tests::{
     netns::{run, unique, veth, wait_until, ChildGuard, Netns},
     pki::Pki,
-    require_root, sni_user_bin,
+    require_root, sni_user_bin, PinDir,
 };
 
 const PORT: u16 = 8443;
@@ -71,7 +71,7 @@ impl Edge {
         );
         let cert = pki.path("edge.pem").display().to_string();
         let key = pki.path("edge.key").display().to_string();
-        let pin_dir = PinDir(PathBuf::from("/sys/fs/bpf").join(unique("sni-steer-")));
+        let pin_dir = PinDir::new("sni-steer-");
         let control = pki.path(&format!("{}.sock", unique("ctl")));
         let config = pki.path("edge.toml");
         let text = format!(
@@ -192,27 +192,6 @@ impl Drop for Edge {
         if let Some(mut run) = self.run.take() {
             let _ = run.signal_and_wait("TERM", Duration::from_secs(10));
         }
-    }
-}
-
-/// A pin directory removed with whatever is left in it, even when the test fails.
-struct PinDir(PathBuf);
-
-impl std::ops::Deref for PinDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
