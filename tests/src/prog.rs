@@ -47,11 +47,16 @@ impl Prog {
     /// Loads the program with the classifier settings of a config file's text (`[xdp]`
     /// with any interface name: nothing is attached).
     pub fn with_config(text: &str) -> Self {
+        Self::with_options(text, StartOptions::default())
+    }
+
+    /// As [`Prog::with_config`], with loader options (e.g. the kernel's debug log on).
+    pub fn with_options(text: &str, opts: StartOptions) -> Self {
         crate::require_root();
         let config = Config::parse(text, Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let xdp = config.xdp.clone().expect("the test config has [xdp]");
-        let ebpf = load_program(&config, &xdp, StartOptions::default())
+        let ebpf = load_program(&config, &xdp, opts)
             .unwrap_or_else(|e| panic!("loading the XDP program: {e:#}"));
         Self { ebpf }
     }

@@ -416,3 +416,14 @@ action = "drop"
     let plain = frame::v4_segment(&seg(frame::next_port(), ISN), b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(prog.run(&plain), XDP_PASS);
 }
+
+#[test]
+fn the_debug_build_of_the_path_loads_and_counts_the_same() {
+    // `run --debug` patches SNI_DEBUG: the logging path must pass the verifier too.
+    let prog = Prog::with_options(ACTIONS, sni_user::loader::StartOptions { debug: true });
+    let (_, verdicts) = send_split(&prog, &browser_size_hello("open.example.org"), &[1460]);
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS]);
+    let (_, verdicts) = send_split(&prog, &named("drop.example.org"), &[]);
+    assert_eq!(verdicts, [XDP_DROP]);
+    assert_eq!(prog.host("open.example.org").unwrap().0.client_hellos, 1);
+}
