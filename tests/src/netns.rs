@@ -124,6 +124,58 @@ pub fn veth(
     }
 }
 
+/// The client address of [`Pair`] (IPv4).
+pub const CLIENT_V4: &str = "198.18.0.1";
+/// The server address of [`Pair`] (IPv4).
+pub const SERVER_V4: &str = "198.18.0.2";
+/// The client address of [`Pair`] (IPv6).
+pub const CLIENT_V6: &str = "fd00:5e1::1";
+/// The server address of [`Pair`] (IPv6).
+pub const SERVER_V6: &str = "fd00:5e1::2";
+
+/// A client and a server namespace joined by a veth pair at MTU 1500 (a typical edge link)
+/// with [`CLIENT_V4`]/[`CLIENT_V6`] on one side and [`SERVER_V4`]/[`SERVER_V6`] on the other.
+/// The namespaces, and so the veths, go on drop.
+pub struct Pair {
+    /// The client side.
+    pub client: Netns,
+    /// The server side.
+    pub server: Netns,
+    /// The veth end in the server namespace (where XDP attaches).
+    pub server_if: String,
+}
+
+impl Pair {
+    /// Creates both namespaces and the link.
+    pub fn new() -> Self {
+        crate::require_root();
+        let client = Netns::new("snc");
+        let server = Netns::new("sns");
+        let client_if = unique("vc");
+        let server_if = unique("vs");
+        veth(
+            &client,
+            &client_if,
+            &[&format!("{CLIENT_V4}/24"), &format!("{CLIENT_V6}/64")],
+            &server,
+            &server_if,
+            &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
+            1500,
+        );
+        Self {
+            client,
+            server,
+            server_if,
+        }
+    }
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A child process ended on drop: SIGTERM by its PID, then SIGKILL if it lingers.
 pub struct ChildGuard {
     child: Option<Child>,

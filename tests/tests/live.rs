@@ -9,14 +9,12 @@ use std::{path::Path, process::Command, time::Duration};
 use serde_json::Value;
 use sni_common::maps::MAP_GLOBAL;
 use sni_tests::{
-    netns::{run, unique, veth, wait_until, ChildGuard, Netns},
+    netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4, SERVER_V6},
     pki::Pki,
-    require_root, sni_user_bin, PinDir,
+    sni_user_bin, PinDir,
 };
 
 const PORT: &str = "8443";
-const SERVER_V4: &str = "198.18.0.2";
-const SERVER_V6: &str = "fd00:5e1::2";
 
 /// Two namespaces, the veth between them, a TLS server, and a temp dir; all removed on drop.
 struct Link {
@@ -30,20 +28,11 @@ struct Link {
 
 impl Link {
     fn new() -> Self {
-        require_root();
-        let client = Netns::new("snic");
-        let server = Netns::new("snis");
-        let client_if = unique("vc");
-        let server_if = unique("vs");
-        veth(
-            &client,
-            &client_if,
-            &["198.18.0.1/24", "fd00:5e1::1/64"],
-            &server,
-            &server_if,
-            &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
-            1500,
-        );
+        let Pair {
+            client,
+            server,
+            server_if,
+        } = Pair::new();
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new();
         pki.leaf("server", &["sni-test"]);

@@ -14,14 +14,12 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
-    netns::{run, unique, veth, wait_until, ChildGuard, Netns},
+    netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4, SERVER_V6},
     pki::Pki,
-    require_root, sni_user_bin, PinDir,
+    sni_user_bin, PinDir,
 };
 
 const PORT: u16 = 8443;
-const SERVER_V4: &str = "198.18.0.2";
-const SERVER_V6: &str = "fd00:5e1::2";
 /// Chromium runs per test: each is a new browser with a new profile, so a new connection
 /// with a full handshake. Chrome puts server_name in the second segment on about half of
 /// them; 16 runs all missing it happen once in 65,536.
@@ -43,20 +41,11 @@ impl Edge {
     /// Starts the edge with `hosts` (TOML `[[host]]` blocks; `CERT` and `KEY` stand for the
     /// test certificate, which covers every *.test name).
     fn start(hosts: &str) -> Self {
-        require_root();
-        let client = Netns::new("stc");
-        let server = Netns::new("sts");
-        let client_if = unique("vc");
-        let server_if = unique("vs");
-        veth(
-            &client,
-            &client_if,
-            &["198.18.0.1/24", "fd00:5e1::1/64"],
-            &server,
-            &server_if,
-            &[&format!("{SERVER_V4}/24"), &format!("{SERVER_V6}/64")],
-            1500,
-        );
+        let Pair {
+            client,
+            server,
+            server_if,
+        } = Pair::new();
         let pki = Pki::new();
         pki.leaf(
             "edge",
