@@ -6,19 +6,20 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use sni_tests::{
-    netns::{run, unique, ChildGuard},
-    require_root, sni_user_bin,
+    netns::{run, ChildGuard},
+    require_root, sni_user_bin, PinDir,
 };
 
 #[test]
 fn demo_works_as_printed() {
     require_root();
     let state = tempfile::tempdir().unwrap();
-    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf").join(unique("sni-demo-"));
+    // Removed even when the test fails.
+    let pin_dir = PinDir::new("sni-demo-");
     let out_log = state.path().join("demo.out");
     let mut cmd = Command::new(sni_user_bin());
     cmd.args(["run", "--pin-dir"])
-        .arg(&pin_dir)
+        .arg(&*pin_dir)
         .arg("--state-dir")
         .arg(state.path());
     let mut demo = ChildGuard::spawn_ready(cmd, "sni-user run (demo)", &out_log, "ready;");
@@ -38,7 +39,7 @@ fn demo_works_as_printed() {
     }
     let out = run(Command::new(sni_user_bin())
         .args(["stats", "--json", "--pin-dir"])
-        .arg(&pin_dir));
+        .arg(&*pin_dir));
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     // The wildcard host (shop.apps.demo.test was asked for) counts under its first name, as
     // the terminator's does.
@@ -71,5 +72,4 @@ fn demo_works_as_printed() {
     assert!(demo
         .signal_and_wait("TERM", Duration::from_secs(10))
         .is_some_and(|s| s.success()));
-    let _ = std::fs::remove_dir(&pin_dir);
 }
