@@ -92,6 +92,32 @@ pub enum Progress {
     Malformed,
 }
 
+/// What a ClientHello came to: exactly one of these per ClientHello, in the kernel's global
+/// counters and in `sni-user classify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A server_name was read.
+    Sni,
+    /// Read to the end without a server_name.
+    NoSni,
+    /// It breaks the TLS grammar.
+    Malformed,
+    /// Given up before its name was read.
+    Incomplete,
+}
+
+impl Outcome {
+    /// Short snake_case name, stable for logs and JSON (the counters' names).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Sni => "sni",
+            Self::NoSni => "no_sni",
+            Self::Malformed => "malformed",
+            Self::Incomplete => "incomplete",
+        }
+    }
+}
+
 /// Why parsing stopped without a ClientHello, for logs and `classify`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -340,6 +366,26 @@ impl Parser {
     #[inline(always)]
     pub fn is_client_hello(&self) -> bool {
         self.flags & F_CONFIRMED != 0
+    }
+
+    /// Whether the next bytes of the stream are needed: the ClientHello goes on and its name
+    /// (if it has one) has not been read yet. Once the name is read, nothing more is needed
+    /// to count or route the flow.
+    #[inline(always)]
+    pub fn wants_more(&self) -> bool {
+        self.status == ST_NEED_MORE && !self.has_name()
+    }
+
+    /// What the ClientHello came to, as counted: with the bytes read so far, a ClientHello
+    /// still wanting more is `Incomplete`.
+    #[inline(always)]
+    pub fn outcome(&self) -> Outcome {
+        match self.progress() {
+            Progress::Malformed | Progress::NotClientHello => Outcome::Malformed,
+            _ if self.has_name() => Outcome::Sni,
+            Progress::Done => Outcome::NoSni,
+            Progress::NeedMore => Outcome::Incomplete,
+        }
     }
 
     /// Whether an `encrypted_client_hello` extension was seen so far.

@@ -23,5 +23,5 @@ pub mod maps;
 )]
 mod pod;
 
-pub use hello::{Input, Parser, Progress};
+pub use hello::{Input, Outcome, Parser, Progress};
 pub use host::HostKey;

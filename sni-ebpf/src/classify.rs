@@ -30,7 +30,7 @@ use sni_common::{
         counter, Chunk, HostStats, OtherHost, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
         OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES, SCRATCH_LEN,
     },
-    HostKey, Parser, Progress,
+    HostKey, Outcome, Parser,
 };
 
 use crate::headers::{self, Frame, Segment, TCP_ACK, TCP_SYN};
@@ -148,25 +148,37 @@ fn try_sni_classify(ctx: &XdpContext, action: &mut u32) -> Option<()> {
     // SAFETY: a per-CPU map value, used by this CPU only while this program runs.
     let s = unsafe { &mut *scratch };
     let mut skip = 0usize;
-    let resumed = match SNI_PENDING.get_ptr(&seg.key) {
+    let resumed = match SNI_PENDING.get_ptr_mut(&seg.key) {
         Some(p) => {
-            // SAFETY: a map value, copied into this CPU's scratch.
-            s.pending = unsafe { *p };
-            match place(s.pending.next_seq, seg.seq, seg.payload_len as u32) {
+            // SAFETY: a map value; fields are read and updated in place, and the whole state
+            // is copied into this CPU's scratch only when there are bytes to parse.
+            let next_seq = unsafe { (*p).next_seq };
+            match place(next_seq, seg.seq, seg.payload_len as u32) {
                 Placement::Old => {
                     count(counter::RETRANSMITS);
-                    s.pending.segments += 1;
-                    s.pending.bytes += frame_len;
-                    let _ = SNI_PENDING.insert(&seg.key, &s.pending, 0);
+                    // SAFETY: as above.
+                    unsafe {
+                        (*p).segments += 1;
+                        (*p).bytes += frame_len;
+                    }
                     return None;
                 }
                 Placement::Gap => {
                     count(counter::OUT_OF_ORDER);
+                    // SAFETY: as above, read before the entry goes.
+                    let hello = unsafe { (*p).parser.is_client_hello() };
                     let _ = SNI_PENDING.remove(&seg.key);
-                    give_up(&seg.key, &s.pending.parser);
+                    count_abandoned(hello);
+                    // Remembered, so that its later segments are not parsed as new
+                    // ClientHellos.
+                    let _ = SNI_FLOWS.insert(&seg.key, &Flow::default(), 0);
                     return None;
                 }
-                Placement::Next { skip: n } => skip = n as usize,
+                Placement::Next { skip: n } => {
+                    // SAFETY: as above.
+                    s.pending = unsafe { *p };
+                    skip = n as usize;
+                }
             }
             true
         }
@@ -191,7 +203,7 @@ fn try_sni_classify(ctx: &XdpContext, action: &mut u32) -> Option<()> {
     parse(ctx, scratch, seg.payload_off + skip, seg.payload_len - skip)?;
     s.pending.segments += 1;
     s.pending.bytes += frame_len;
-    if s.pending.parser.progress() == Progress::NeedMore && !s.pending.parser.has_name() {
+    if s.pending.parser.wants_more() {
         s.pending.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
         if !resumed {
             count(counter::SPLIT);
@@ -265,8 +277,7 @@ fn parse(ctx: &XdpContext, scratch: *mut Scratch, off: usize, len: usize) -> Opt
             return None;
         }
         // SAFETY: as above, read after the callbacks wrote it.
-        let p = unsafe { &(*scratch).pending.parser };
-        if p.progress() != Progress::NeedMore || p.has_name() {
+        if unsafe { !(*scratch).pending.parser.wants_more() } {
             break;
         }
         done += n;
@@ -274,26 +285,22 @@ fn parse(ctx: &XdpContext, scratch: *mut Scratch, off: usize, len: usize) -> Opt
     Some(())
 }
 
-/// A pending ClientHello that cannot be finished: counted incomplete, and the flow
-/// remembered so that its later segments are not parsed as new ClientHellos.
+/// A pending ClientHello that cannot be finished is counted incomplete (if it was known to
+/// be a ClientHello at all).
 #[inline(always)]
-fn give_up(key: &FlowKey, parser: &Parser) {
-    if parser.is_client_hello() {
+fn count_abandoned(client_hello: bool) {
+    if client_hello {
         count(counter::CLIENT_HELLOS);
         count(counter::INCOMPLETE);
     }
-    let _ = SNI_FLOWS.insert(key, &Flow::default(), 0);
 }
 
 /// A SYN: forgets the 5-tuple's previous connection.
 #[inline(always)]
 fn forget(key: &FlowKey) {
     if let Some(p) = SNI_PENDING.get_ptr(key) {
-        // SAFETY: a map value; only a flag is read.
-        if unsafe { (*p).parser.is_client_hello() } {
-            count(counter::CLIENT_HELLOS);
-            count(counter::INCOMPLETE);
-        }
+        // SAFETY: a map value; only a flag is read, before the entry goes.
+        count_abandoned(unsafe { (*p).parser.is_client_hello() });
         let _ = SNI_PENDING.remove(key);
     }
     let _ = SNI_FLOWS.remove(key);
@@ -315,16 +322,16 @@ fn resolve(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     if ech {
         count(counter::ECH);
     }
-    let outcome = match p.progress() {
-        Progress::Malformed | Progress::NotClientHello => counter::MALFORMED,
-        _ if p.has_name() => counter::SNI,
-        Progress::Done => counter::NO_SNI,
-        Progress::NeedMore => counter::INCOMPLETE,
-    };
-    count(outcome);
+    let outcome = p.outcome();
+    count(match outcome {
+        Outcome::Sni => counter::SNI,
+        Outcome::NoSni => counter::NO_SNI,
+        Outcome::Malformed => counter::MALFORMED,
+        Outcome::Incomplete => counter::INCOMPLETE,
+    });
     let mut flow = Flow::default();
     let mut stats = None;
-    if outcome == counter::SNI {
+    if outcome == Outcome::Sni {
         flow.name_hash = s.pending.parser.host.hash64();
         let slot = host_slot(scratch);
         if slot != 0 {
@@ -336,7 +343,7 @@ fn resolve(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
             stats = other_stats(flow.name_hash, s);
         }
         flow.verdict = decide(slot);
-    } else if outcome == counter::NO_SNI {
+    } else if outcome == Outcome::NoSni {
         flow.kind = kind::NO_NAME;
         flow.verdict = decide(0);
     }
@@ -345,27 +352,15 @@ fn resolve(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         let v = unsafe { &mut *v };
         v.client_hellos += 1;
         v.ech += u64::from(ech);
-        v.packets += u64::from(s.pending.segments);
-        v.bytes += s.pending.bytes;
-        match flow.verdict {
-            verdict::DROP => v.dropped += 1,
-            verdict::RATE_LIMITED => v.rate_limited += 1,
-            _ => {}
-        }
+        charge(v, s.pending.segments, s.pending.bytes, flow.verdict);
     }
     let _ = SNI_FLOWS.insert(&seg.key, &flow, 0);
     if debug_enabled() {
-        let label = match outcome {
-            counter::SNI => "sni",
-            counter::NO_SNI => "no_sni",
-            counter::INCOMPLETE => "incomplete",
-            _ => "malformed",
-        };
         let p = &s.pending.parser;
         debug!(
             ctx,
             "ClientHello {} name_len={} ech={} records={} segments={} slot={} verdict={}",
-            label,
+            outcome.as_str(),
             p.host.len,
             ech as u8,
             p.records(),
@@ -391,16 +386,22 @@ fn flow_packet(flow: &Flow, frame_len: u64) -> u32 {
     };
     if let Some(v) = stats {
         // SAFETY: a per-CPU value of this CPU.
-        let v = unsafe { &mut *v };
-        v.packets += 1;
-        v.bytes += frame_len;
-        match flow.verdict {
-            verdict::DROP => v.dropped += 1,
-            verdict::RATE_LIMITED => v.rate_limited += 1,
-            _ => {}
-        }
+        charge(unsafe { &mut *v }, 1, frame_len, flow.verdict);
     }
     verdict_action(flow.verdict)
+}
+
+/// Adds `packets` packets of `bytes` to a host's counters; the last of them (this one) got
+/// `verdict` (earlier segments of a split ClientHello passed before the name was known).
+#[inline(always)]
+fn charge(v: &mut HostStats, packets: u32, bytes: u64, verdict: u8) {
+    v.packets += u64::from(packets);
+    v.bytes += bytes;
+    match verdict {
+        verdict::DROP => v.dropped += 1,
+        verdict::RATE_LIMITED => v.rate_limited += 1,
+        _ => {}
+    }
 }
 
 /// The XDP action of a verdict, counting the drops.

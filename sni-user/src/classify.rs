@@ -25,7 +25,7 @@ use serde::Serialize;
 use sni_common::{
     flow::{place, Pending, Placement},
     hello::starts_client_hello,
-    Parser, Progress,
+    Outcome, Parser,
 };
 
 /// What one flow's ClientHello came to.
@@ -114,23 +114,32 @@ impl Tracker {
         if seg.payload.is_empty() {
             return;
         }
-        let (mut pending, retransmits, skip) = match self.flows.get_mut(&key) {
-            Some(State::Done) => return,
+        let (mut pending, retransmits, skip) = match self.flows.remove(&key) {
+            Some(State::Done) => {
+                self.flows.insert(key, State::Done);
+                return;
+            }
             Some(State::Pending {
                 pending,
                 retransmits,
             }) => match place(pending.next_seq, seg.seq, seg.payload.len() as u32) {
                 Placement::Old => {
-                    *retransmits += 1;
+                    let retransmits = retransmits + 1;
+                    self.flows.insert(
+                        key,
+                        State::Pending {
+                            pending,
+                            retransmits,
+                        },
+                    );
                     return;
                 }
                 Placement::Gap => {
-                    let (p, r) = (pending.clone(), *retransmits);
                     self.flows.insert(key, State::Done);
-                    self.end(key, &p, r, Some("out_of_order"));
+                    self.end(key, &pending, retransmits, Some("out_of_order"));
                     return;
                 }
-                Placement::Next { skip } => (pending.clone(), *retransmits, skip as usize),
+                Placement::Next { skip } => (pending, retransmits, skip as usize),
             },
             None => {
                 if let Some(head) = seg.payload.first_chunk::<6>() {
@@ -138,16 +147,13 @@ impl Tracker {
                         return;
                     }
                 }
-                (
-                    Box::new(Pending {
-                        parser: Parser::NEW,
-                        next_seq: 0,
-                        segments: 0,
-                        bytes: 0,
-                    }),
-                    0,
-                    0,
-                )
+                let pending = Pending {
+                    parser: Parser::NEW,
+                    next_seq: 0,
+                    segments: 0,
+                    bytes: 0,
+                };
+                (Box::new(pending), 0, 0)
             }
         };
         pending
@@ -155,7 +161,7 @@ impl Tracker {
             .feed(seg.payload.get(skip..).unwrap_or_default());
         pending.segments += 1;
         pending.next_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
-        if pending.parser.progress() == Progress::NeedMore && !pending.parser.has_name() {
+        if pending.parser.wants_more() {
             self.flows.insert(
                 key,
                 State::Pending {
@@ -166,9 +172,7 @@ impl Tracker {
             return;
         }
         self.flows.insert(key, State::Done);
-        if pending.parser.is_client_hello() {
-            self.end(key, &pending, retransmits, None);
-        }
+        self.end(key, &pending, retransmits, None);
     }
 
     /// Records the outcome of a ClientHello (`cut`: why it could not be finished).
@@ -183,24 +187,26 @@ impl Tracker {
         if !p.is_client_hello() {
             return;
         }
-        let (outcome, reason) = match (cut, p.progress()) {
-            (Some(why), _) => ("incomplete", Some(why.to_owned())),
-            (None, Progress::Malformed | Progress::NotClientHello) => {
-                ("malformed", Some(p.reason().as_str().to_owned()))
-            }
-            (None, _) if p.has_name() => ("sni", None),
-            (None, Progress::Done) => ("no_sni", None),
-            (None, Progress::NeedMore) => ("incomplete", Some("capture_ended".to_owned())),
+        // The kernel's outcome, unless the flow was cut before it could be read on.
+        let outcome = if cut.is_some() {
+            Outcome::Incomplete
+        } else {
+            p.outcome()
+        };
+        let reason = match (cut, outcome) {
+            (Some(why), _) => Some(why),
+            (None, Outcome::Malformed) => Some(p.reason().as_str()),
+            _ => None,
         };
         self.report.flows.push(FlowReport {
             client,
             server,
-            outcome,
+            outcome: outcome.as_str(),
             sni: p
                 .name()
                 .map(|n| n.as_bytes().escape_ascii().to_string())
-                .filter(|_| outcome == "sni"),
-            reason,
+                .filter(|_| outcome == Outcome::Sni),
+            reason: reason.map(str::to_owned),
             ech: p.has_ech(),
             segments: pending.segments,
             retransmits,

@@ -257,14 +257,7 @@ impl Conn {
             return Ok(());
         }
         self.xdp = Some(flow);
-        // Slots are route indices + 1; a name not configured (or none) is the default's.
-        let route = match flow.kind {
-            kind::CONFIGURED => usize::try_from(flow.slot)
-                .ok()
-                .and_then(|s| s.checked_sub(1)),
-            _ => ctx.routes.resolve(None),
-        };
-        let Some(index) = route else {
+        let Some(index) = flow_route(&flow, ctx.routes) else {
             return Ok(());
         };
         let (Some(route), Some(counters)) =
@@ -288,10 +281,7 @@ impl Conn {
             Some(name) => flow.kind != kind::NO_NAME && flow.name_hash == name.hash64(),
             None => flow.kind == kind::NO_NAME,
         };
-        let same_route = match flow.kind {
-            kind::CONFIGURED => usize::try_from(flow.slot).ok() == Some(route + 1),
-            _ => routes.resolve(None) == Some(route),
-        };
+        let same_route = flow_route(&flow, routes) == Some(route);
         self.hand_off = if same_name && same_route {
             HandOff::Agreed
         } else {
@@ -653,6 +643,15 @@ impl Conn {
             moved = true;
         }
         Ok(moved)
+    }
+}
+
+/// The route of a flow the classifier named: slots are route indices + 1; a name not
+/// configured (or none) goes to the default, if there is one.
+fn flow_route(flow: &Flow, routes: &Routes) -> Option<usize> {
+    match flow.kind {
+        kind::CONFIGURED => usize::try_from(flow.slot).ok()?.checked_sub(1),
+        _ => routes.resolve(None),
     }
 }
 
