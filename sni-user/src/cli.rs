@@ -104,6 +104,17 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Writes a command's output to stdout. A reader that went away (`| head`) is not an error:
+/// `print!` would panic on the broken pipe.
+fn output(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -160,9 +171,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 report.flows.retain(|f| ports.contains(&f.server.port()));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                output(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             } else {
-                print!("{}", crate::classify::table(&report));
+                output(&crate::classify::table(&report))?;
             }
             Ok(())
         }
@@ -181,9 +192,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
             let snapshot = Snapshot::read(&pin_dir, &control)?;
             if json {
-                println!("{}", serde_json::to_string(&snapshot)?);
+                output(&(serde_json::to_string(&snapshot)? + "\n"))?;
             } else {
-                print!("{}", snapshot.table());
+                output(&snapshot.table())?;
             }
             Ok(())
         }

@@ -234,3 +234,28 @@ fn classify_fails_clearly_on_what_is_not_a_capture() {
     assert!(err.contains("not.pcap"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn classify_output_to_a_reader_that_stops_early_is_not_a_crash() {
+    // `sni-user classify big.pcap | head`: far more output than a pipe holds, and the reader
+    // gone after a few bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.pcap");
+    let frames: Vec<Vec<u8>> = (0..100).flat_map(|_| traffic()).collect();
+    write_pcap(&path, &frames);
+    let mut child = Command::new(sni_user_bin())
+        .args(["classify", "--json"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
