@@ -244,18 +244,12 @@ impl Conn {
     /// ClientHello can be read the flow is there (unless the classifier could not read it).
     /// A host found this way gets its backend dialled at once, while the handshake runs.
     fn look_up_flow(&mut self, ctx: &Ctx<'_>) -> Result<(), ()> {
-        let Some(flows) = ctx.flows else {
-            return Ok(());
-        };
         if self.xdp.is_some() {
             return Ok(());
         }
-        let Ok(flow) = flows.get(&flow_key(self.peer, self.local), 0) else {
+        let Some(flow) = classified_flow(ctx, self.peer, self.local) else {
             return Ok(());
         };
-        if flow.kind == kind::UNKNOWN {
-            return Ok(());
-        }
         self.xdp = Some(flow);
         let Some(index) = flow_route(&flow, ctx.routes) else {
             return Ok(());
@@ -335,7 +329,13 @@ impl Conn {
             }
         }
         match parser.progress() {
-            Progress::Done => {}
+            Progress::Done => {
+                // The last segments may have come in while this loop read, after the lookup
+                // above: the kernel has seen them all by now, so its record is complete.
+                if self.xdp.is_none() {
+                    self.xdp = classified_flow(ctx, self.peer, self.local);
+                }
+            }
             // A name already read is enough only once the hello is whole: rustls needs it all.
             _ => {
                 ctx.counters.global.bad_client_hello.fetch_add(1, Relaxed);
@@ -657,6 +657,12 @@ fn flow_route(flow: &Flow, routes: &Routes) -> Option<usize> {
 
 /// A handshake is done (or a passthrough connection routed): counts it with its hand-off
 /// result, so that agreed + disagreed + unknown = handshakes.
+/// The kernel's record of a connection's flow, once the classifier has placed it.
+fn classified_flow(ctx: &Ctx<'_>, peer: SocketAddr, local: SocketAddr) -> Option<Flow> {
+    let flow = ctx.flows?.get(&flow_key(peer, local), 0).ok()?;
+    (flow.kind != kind::UNKNOWN).then_some(flow)
+}
+
 fn handshake_done(ctx: &Ctx<'_>, counters: &crate::counters::HostCounters, hand_off: HandOff) {
     counters.handshakes.fetch_add(1, Relaxed);
     let g = &ctx.counters.global;
