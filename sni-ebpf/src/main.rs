@@ -1,8 +1,8 @@
 //! The XDP program (kernel side): finds TLS ClientHellos in TCP traffic to the watched ports,
 //! reads their server_name with the `sni-common` parser, and counts per host and globally.
 //!
-//! It never drops or rewrites: every packet gets `XDP_PASS`, including on every error (fail
-//! open). Built for `bpfel-unknown-none` by `cargo xtask build-ebpf`; a host build is empty.
+//! It never rewrites. It drops only the flows of hosts whose action is `drop` or that are over
+//! their ClientHello rate; every other packet, and every error, gets `XDP_PASS` (fail open).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Inline assembly for the one atomic compare-and-swap (see `classify::cmpxchg`).

@@ -1,8 +1,10 @@
 //! The bounded byte queue between the two sides of a terminator connection.
 //!
-//! Allocated on first use (a connection that never moves data holds none), filled at the back
-//! straight from the socket or TLS reader, drained from the front without moving the rest, and
-//! compacted only when its back is full.
+//! Holds memory only while bytes are queued: allocated when a fill starts (16 KiB, grown while
+//! the other side is slower, up to the bound), released as soon as the last byte is drained.
+//! An idle connection, the common case at the edge, so holds none. Filled at the back straight
+//! from the socket or TLS reader, drained from the front without moving the rest, and compacted
+//! only when its back is full.
 
 use std::io::{self, Read, Write};
 
@@ -46,13 +48,15 @@ impl Buf {
         self.data.get(self.start..self.end).unwrap_or_default()
     }
 
-    /// Drops the first `n` queued bytes.
+    /// Drops the first `n` queued bytes; the memory goes with the last one.
     pub fn consume(&mut self, n: usize) {
         self.start += n.min(self.len());
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        self.release_if_empty();
+    }
+
+    /// Bytes allocated now.
+    pub fn allocated(&self) -> usize {
+        self.data.capacity()
     }
 
     /// Appends `bytes` whatever the bound (for headers and built-in responses, which are
@@ -91,10 +95,23 @@ impl Buf {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => *eof = true,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.release_if_empty();
+                    return Err(e);
+                }
             }
         }
+        self.release_if_empty();
         Ok(total)
+    }
+
+    /// Gives the memory back when nothing is queued (a fill that found nothing to read).
+    fn release_if_empty(&mut self) {
+        if self.start == self.end && self.data.capacity() > 0 {
+            self.start = 0;
+            self.end = 0;
+            self.data = Vec::new();
+        }
     }
 
     /// Writes to `dst` until it would block or the queue is empty. Returns the bytes written.
@@ -115,19 +132,26 @@ impl Buf {
         Ok(total)
     }
 
-    /// Makes the back writable: allocate up to `cap` on first use, or move the queued bytes
-    /// to the front once the back is reached.
+    /// Makes the back writable: a first block of [`FIRST_BLOCK`] (or `cap`, if smaller), then
+    /// once the back is reached, the queued bytes moved to the front, or if they fill the
+    /// block, a block twice as large, up to `cap`.
     fn make_room(&mut self) {
-        if self.data.len() < self.cap {
-            self.data.resize(self.cap, 0);
+        if self.end < self.data.len() {
+            return;
         }
-        if self.end == self.data.len() && self.start > 0 {
+        if self.start > 0 {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        } else {
+            let size = (self.data.len() * 2).clamp(FIRST_BLOCK.min(self.cap), self.cap);
+            self.data.resize(size, 0);
         }
     }
 }
+
+/// The first allocation of a queue: one TLS record's worth.
+const FIRST_BLOCK: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -202,6 +226,42 @@ mod tests {
         b.flush_to(&mut dst).expect("flush");
         assert_eq!(dst.got, b"abcdefghij");
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn memory_only_while_bytes_are_queued() {
+        let cap = 64 * 1024;
+        let mut b = Buf::new(cap);
+        let mut eof = false;
+        let mut src = Chunks(vec![vec![7u8; 100]], false);
+        b.fill(&mut src, &mut eof).expect("fill");
+        assert_eq!(
+            b.allocated(),
+            FIRST_BLOCK,
+            "a small read takes the first block only"
+        );
+        let mut dst = Slow {
+            got: Vec::new(),
+            per_write: usize::MAX,
+            budget: usize::MAX,
+        };
+        b.flush_to(&mut dst).expect("flush");
+        assert_eq!(b.allocated(), 0, "drained: released");
+        let mut nothing = Chunks(vec![], false);
+        assert_eq!(b.fill(&mut nothing, &mut eof).expect("fill"), 0);
+        assert_eq!(b.allocated(), 0, "a fill that reads nothing keeps nothing");
+        // A slow destination: the queue grows block by block to the bound, no further.
+        let mut src = Chunks(vec![vec![1u8; 200 * 1024]], false);
+        assert_eq!(b.fill(&mut src, &mut eof).expect("fill"), cap);
+        assert_eq!(b.allocated(), cap);
+        assert!(b.is_full());
+        dst.budget = 0;
+        assert_eq!(b.flush_to(&mut dst).expect("flush"), 0);
+        assert_eq!(b.allocated(), cap);
+        dst.budget = usize::MAX;
+        b.flush_to(&mut dst).expect("flush");
+        assert_eq!(b.allocated(), 0);
+        assert_eq!(dst.got.len(), 100 + cap);
     }
 
     #[test]

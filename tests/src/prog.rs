@@ -68,6 +68,11 @@ impl Prog {
 
     /// Runs the program `repeat` times on `frame` (the kernel loop); returns the verdict.
     pub fn run_repeat(&self, frame: &[u8], repeat: u32) -> u32 {
+        self.run_timed(frame, repeat).0
+    }
+
+    /// As [`Prog::run_repeat`], with the kernel's mean time per run.
+    pub fn run_timed(&self, frame: &[u8], repeat: u32) -> (u32, std::time::Duration) {
         let program: &Xdp = self
             .ebpf
             .program(PROGRAM)
@@ -81,8 +86,8 @@ impl Prog {
         };
         program
             .test_run(opts)
+            .map(|r| (r.return_value, r.duration))
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:?}", frame.len()))
-            .return_value
     }
 
     /// Global counters by name, summed over CPUs.

@@ -1,0 +1,119 @@
+//! `sni-bench`: the measurements behind `cargo xtask bench`. Every figure is taken beside its
+//! baseline in the same run on the same machine (a no-op XDP program, the classifier
+//! detached, nginx, 10 hosts), and reported as a ratio. Nothing here asserts a timing.
+//!
+//! Run through `cargo xtask bench [--quick]`, which builds what it needs, installs nginx and
+//! sets the paths below.
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "counts and nanoseconds well inside f64's exact range"
+)]
+
+mod backend;
+mod load;
+mod report;
+mod servers;
+mod tls;
+mod xdp;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "sni-bench",
+    about = "Benchmarks: XDP vs no-op, terminator vs nginx, scale"
+)]
+struct Cli {
+    /// Short runs (a smoke test of the whole bench; figures are noisy).
+    #[arg(long)]
+    quick: bool,
+    /// Only these sections (xdp, live, terminator, scale; or memory: the terminator
+    /// section's idle-memory case alone); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The no-op XDP object (built by `cargo xtask build-ebpf`).
+    #[arg(long, env = "SNI_NOOP_OBJECT")]
+    noop: PathBuf,
+    /// The classifier XDP object.
+    #[arg(long, env = "SNI_EBPF_OBJECT")]
+    object: PathBuf,
+    /// The sni-user binary (a release build).
+    #[arg(long, env = "SNI_USER_BIN")]
+    sni_user: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sni-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let want = |s: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == s);
+    let machine = report::Machine::read();
+    let mut report = report::Report {
+        machine,
+        quick: cli.quick,
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut hello_cost = None;
+    if want("xdp") {
+        eprintln!("sni-bench: XDP per-packet cost (BPF_PROG_TEST_RUN)");
+        let (rows, cost) = xdp::run(&cli.object, &cli.noop, cli.quick).context("xdp")?;
+        print_rows(&rows);
+        report.rows.extend(rows);
+        hello_cost = Some(cost);
+    }
+    let mut env = tls::Env::new(&cli.sni_user, cli.quick)?;
+    env.memory_only = cli.only.iter().any(|o| o == "memory");
+    if want("live") {
+        eprintln!("sni-bench: live cost of XDP (handshakes through a veth, attached/detached)");
+        let rows = tls::live(&env).context("live")?;
+        print_rows(&rows);
+        report.rows.extend(rows);
+    }
+    if want("terminator") || env.memory_only {
+        eprintln!("sni-bench: terminator against nginx");
+        let (rows, notes) = tls::terminator_vs_nginx(&env, hello_cost).context("terminator")?;
+        print_rows(&rows);
+        report.rows.extend(rows);
+        report.notes.extend(notes);
+    }
+    if want("scale") {
+        eprintln!("sni-bench: scale (10, 1,000, 100,000 hosts)");
+        let rows = tls::scale(&env).context("scale")?;
+        print_rows(&rows);
+        report.rows.extend(rows);
+    }
+    let path = report.write(&cli.out)?;
+    println!("{}", report.markdown());
+    eprintln!(
+        "sni-bench: results in {} (and latest.json/latest.md)",
+        path.display()
+    );
+    Ok(())
+}
+
+fn print_rows(rows: &[report::Row]) {
+    for r in rows {
+        eprintln!(
+            "  {:<78} {:>14} vs {:>14}  {}",
+            r.case,
+            report::number(r.value, r.unit),
+            r.baseline
+                .map_or_else(|| "—".into(), |b| report::number(b, r.unit)),
+            r.ratio().map_or_else(String::new, |x| format!("{x:.3}×"))
+        );
+    }
+}
