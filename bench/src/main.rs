@@ -40,9 +40,6 @@ struct Cli {
     /// The no-op XDP object (built by `cargo xtask build-ebpf`).
     #[arg(long, env = "SNI_NOOP_OBJECT")]
     noop: PathBuf,
-    /// The classifier XDP object.
-    #[arg(long, env = "SNI_EBPF_OBJECT")]
-    object: PathBuf,
     /// The sni-user binary (a release build).
     #[arg(long, env = "SNI_USER_BIN")]
     sni_user: PathBuf,
@@ -70,7 +67,7 @@ fn run(cli: Cli) -> Result<()> {
     let mut hello_cost = None;
     if want("xdp") {
         eprintln!("sni-bench: XDP per-packet cost (BPF_PROG_TEST_RUN)");
-        let (rows, cost) = xdp::run(&cli.object, &cli.noop, cli.quick).context("xdp")?;
+        let (rows, cost) = xdp::run(&cli.noop, cli.quick).context("xdp")?;
         print_rows(&rows);
         report.rows.extend(rows);
         hello_cost = Some(cost);

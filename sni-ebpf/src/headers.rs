@@ -5,7 +5,7 @@
 //! needs; wire integers are read as byte arrays and converted with `from_be_bytes`.
 
 use aya_ebpf::programs::XdpContext;
-use sni_common::flow::FlowKey;
+use sni_common::{flow::FlowKey, maps::PortSet};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -80,9 +80,10 @@ fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
     ptr_at::<[u8; 2]>(ctx, off).map(|p| u16::from_be_bytes(unsafe { *p }))
 }
 
-/// Walks the headers of the frame in `ctx`.
+/// Walks the headers of the frame in `ctx`. A TCP segment to a port not in `ports` is
+/// `Other` as soon as its port is read: most packets stop there, before the flow key is built.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Option<Frame> {
+pub fn parse(ctx: &XdpContext, ports: &PortSet) -> Option<Frame> {
     let mut proto = be16_at(ctx, 12)?;
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -93,8 +94,7 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
         proto = be16_at(ctx, off + 2)?;
         off += 4;
     }
-    let mut key = FlowKey::default();
-    let (l4_off, l4_end) = match proto {
+    let (l4_off, l4_end, addr_off, family) = match proto {
         ETH_P_IP => {
             let [ver_ihl, _tos] = pair_at(ctx, off)?;
             let ihl = usize::from(ver_ihl & 0x0f) * 4;
@@ -111,21 +111,11 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
             if frag & 0x3fff != 0 {
                 return Some(Frame::Fragment);
             }
-            // SAFETY: ptr_at checked that the 8 address bytes are inside the frame.
-            let addrs = unsafe { *ptr_at::<[u8; 8]>(ctx, off + 12)? };
-            key.src[..4].copy_from_slice(&addrs[..4]);
-            key.dst[..4].copy_from_slice(&addrs[4..]);
-            key.family = 4;
-            (off + ihl, off + total_len)
+            (off + ihl, off + total_len, off + 12, 4)
         }
         ETH_P_IPV6 => {
             let payload_len = usize::from(be16_at(ctx, off + 4)?);
             let [mut next, _hop_limit] = pair_at(ctx, off + 6)?;
-            // SAFETY: ptr_at checked that the 32 address bytes are inside the frame.
-            let addrs = unsafe { *ptr_at::<[u8; 32]>(ctx, off + 8)? };
-            key.src.copy_from_slice(&addrs[..16]);
-            key.dst.copy_from_slice(&addrs[16..]);
-            key.family = 6;
             let mut h = off + 40;
             let end = h + payload_len;
             for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -150,14 +140,33 @@ pub fn parse(ctx: &XdpContext) -> Option<Frame> {
             if next != IPPROTO_TCP || payload_len == 0 {
                 return Some(Frame::Other);
             }
-            (h, end)
+            (h, end, off + 8, 6)
         }
         _ => return Some(Frame::Other),
     };
     // SAFETY: ptr_at checked that the 8 bytes (ports and sequence number) are in the frame.
     let head = unsafe { *ptr_at::<[u8; 8]>(ctx, l4_off)? };
-    key.src_port = u16::from_be_bytes([head[0], head[1]]);
-    key.dst_port = u16::from_be_bytes([head[2], head[3]]);
+    let dst_port = u16::from_be_bytes([head[2], head[3]]);
+    if !ports.contains(dst_port) {
+        return Some(Frame::Other);
+    }
+    let mut key = FlowKey {
+        src_port: u16::from_be_bytes([head[0], head[1]]),
+        dst_port,
+        family,
+        ..FlowKey::default()
+    };
+    if family == 4 {
+        // SAFETY: ptr_at checked that the 8 address bytes are inside the frame.
+        let addrs = unsafe { *ptr_at::<[u8; 8]>(ctx, addr_off)? };
+        key.src[..4].copy_from_slice(&addrs[..4]);
+        key.dst[..4].copy_from_slice(&addrs[4..]);
+    } else {
+        // SAFETY: ptr_at checked that the 32 address bytes are inside the frame.
+        let addrs = unsafe { *ptr_at::<[u8; 32]>(ctx, addr_off)? };
+        key.src.copy_from_slice(&addrs[..16]);
+        key.dst.copy_from_slice(&addrs[16..]);
+    }
     let seq = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     let [data_offset, flags] = pair_at(ctx, l4_off + 12)?;
     let data_offset = usize::from(data_offset >> 4) * 4;

@@ -4,6 +4,8 @@
 //!   the compiler and bpf-linker are found or installed).
 //! - `run`: builds everything and starts `sni-user run` (through `sudo -E` when not root).
 //! - `test`: installs the test peers, builds, and runs every test as root.
+//! - `bench`: installs nginx, builds in release, runs `sni-bench` (as root), writes
+//!   `bench/results/` and the README's table.
 //! - `deps`: installs the Debian packages the tests and demo use.
 
 mod toolchain;
@@ -17,6 +19,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+/// Debian packages the benchmarks add: the baseline server (nginx with its stream module, for
+/// TLS termination to a TCP backend) and the profilers the README's findings came from.
+const BENCH_PACKAGES: &[&str] = &["nginx", "libnginx-mod-stream", "linux-perf", "valgrind"];
 
 /// Debian packages the tests drive as real peers and tools.
 const TEST_PACKAGES: &[&str] = &[
@@ -56,6 +62,16 @@ enum Task {
     /// Install the test peers, build, and run all tests (needs root: XDP and namespaces).
     Test {
         /// Extra arguments for `cargo test` (e.g. `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks (as root): XDP vs a no-op program, terminator vs nginx, scale.
+    /// Writes bench/results/ and, unless --quick, the README's table.
+    Bench {
+        /// Short runs: a smoke test of every case (noisy figures; the README is left alone).
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for sni-bench (e.g. `--only xdp,terminator`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -136,8 +152,65 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Task::Bench { quick, args } => bench(quick, &args),
         Task::Deps => deps(),
     }
+}
+
+fn bench(quick: bool, args: &[String]) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!(
+            "the benchmarks load XDP programs, create network namespaces and pin servers to \
+             cores: run them as root (sudo -E cargo xtask bench)"
+        );
+    }
+    deps()?;
+    if toolchain::can_apt() {
+        toolchain::apt_install(BENCH_PACKAGES)?;
+    }
+    let object = build_ebpf(true)?;
+    let noop = object.with_file_name("sni-noop");
+    cargo(&["build", "--release", "-p", "sni-user", "-p", "sni-bench"])?;
+    let out = root().join("bench/results");
+    let mut cmd = Command::new(root().join("target/release/sni-bench"));
+    cmd.current_dir(root())
+        .arg("--out")
+        .arg(&out)
+        .args(args)
+        .env("SNI_EBPF_OBJECT", &object)
+        .env("SNI_NOOP_OBJECT", &noop)
+        .env("SNI_USER_BIN", root().join("target/release/sni-user"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("running sni-bench")?;
+    if !status.success() {
+        bail!("sni-bench failed ({status})");
+    }
+    if !quick && args.is_empty() {
+        let table = std::fs::read_to_string(out.join("latest.md"))
+            .context("reading bench/results/latest.md")?;
+        update_readme(&table)?;
+    }
+    Ok(())
+}
+
+/// Puts `table` between the README's bench markers.
+fn update_readme(table: &str) -> Result<()> {
+    const START: &str = "<!-- bench:start (written by cargo xtask bench) -->";
+    const END: &str = "<!-- bench:end -->";
+    let path = root().join("README.md");
+    let text = std::fs::read_to_string(&path).context("reading README.md")?;
+    let (Some(a), Some(b)) = (text.find(START), text.find(END)) else {
+        bail!("README.md has no bench markers ({START} … {END})");
+    };
+    if b < a {
+        bail!("README.md's bench markers are out of order");
+    }
+    let updated = format!("{}{START}\n{table}{}", &text[..a], &text[b..]);
+    std::fs::write(&path, updated).context("writing README.md")?;
+    eprintln!("xtask: README.md's benchmark table updated from bench/results/latest.md");
+    Ok(())
 }
 
 fn deps() -> Result<()> {
