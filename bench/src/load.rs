@@ -136,21 +136,31 @@ pub enum Op {
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
 }
 
-/// A finished handshake: the connection and whether it was resumed.
+/// A finished handshake.
 pub fn handshake(
     config: &Arc<ClientConfig>,
     name: &ServerName<'static>,
     addr: SocketAddr,
 ) -> Result<(ClientConnection, TcpStream)> {
-    let mut stream = connect(addr)?;
+    handshake_within(config, name, addr, IO_TIMEOUT)
+}
+
+/// A finished handshake, giving up on the connect after `connect_timeout`.
+pub fn handshake_within(
+    config: &Arc<ClientConfig>,
+    name: &ServerName<'static>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<(ClientConnection, TcpStream)> {
+    let mut stream = connect(addr, connect_timeout)?;
     let mut conn = ClientConnection::new(config.clone(), name.clone())?;
     while conn.is_handshaking() {
         let (rd, wr) = conn.complete_io(&mut stream)?;

@@ -225,7 +225,15 @@ stream {{
                     if let Some(ns) = &ns_path {
                         crate::load::enter_netns(ns)?;
                     }
-                    crate::load::handshake(&config, &server_name, addr).map(|_| ())
+                    // A short connect timeout: attaching XDP to a veth resets its queues,
+                    // and a SYN lost then would wait out TCP's 1 s and 3 s retransmissions.
+                    crate::load::handshake_within(
+                        &config,
+                        &server_name,
+                        addr,
+                        Duration::from_millis(100),
+                    )
+                    .map(|_| ())
                 })
                 .join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
