@@ -124,6 +124,17 @@ pub struct Target {
     pub cpu: usize,
 }
 
+impl Target {
+    /// Readies the calling client thread: pinned to the load core, in the client namespace.
+    pub fn enter(&self) -> Result<()> {
+        pin_thread(self.cpu);
+        match &self.netns {
+            Some(ns) => enter_netns(ns),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One connection's work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -243,77 +254,57 @@ pub fn closed_loop(
     threads: usize,
     duration: Duration,
 ) -> Result<Tally> {
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let resumed = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let start = Instant::now();
     let deadline = start + duration;
+    let mut tally = Tally::default();
+    let mut first_error = None;
     std::thread::scope(|s| -> Result<()> {
-        for t in 0..threads {
-            let (ok, errors, resumed, first_error) = (
-                ok.clone(),
-                errors.clone(),
-                resumed.clone(),
-                first_error.clone(),
-            );
-            let target = target.clone();
-            s.spawn(move || {
-                pin_thread(target.cpu);
-                let config = match client_config(resume) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        *first_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("{e:#}"));
-                        return;
-                    }
-                };
-                if let Some(ns) = &target.netns {
-                    if let Err(e) = enter_netns(ns) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        *first_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(format!("{e:#}"));
-                        return;
-                    }
-                }
-                let mut i = t;
-                while Instant::now() < deadline {
-                    let name = &target.names[i % target.names.len()];
-                    i += threads;
-                    match one_counted(&config, name, target.addr, op) {
-                        Ok(was_resumed) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            if was_resumed {
-                                resumed.fetch_add(1, Ordering::Relaxed);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || -> Result<(Tally, Option<String>)> {
+                    target.enter()?;
+                    let config = client_config(resume)?;
+                    let mut mine = Tally::default();
+                    let mut first = None;
+                    let mut i = t;
+                    while Instant::now() < deadline {
+                        let name = &target.names[i % target.names.len()];
+                        i += threads;
+                        match one_counted(&config, name, target.addr, op) {
+                            Ok(was_resumed) => {
+                                mine.ok += 1;
+                                mine.resumed += u64::from(was_resumed);
                             }
-                        }
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            let mut f = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            if f.is_none() {
-                                *f = Some(format!("{e:#}"));
+                            Err(e) => {
+                                mine.errors += 1;
+                                first.get_or_insert_with(|| format!("{e:#}"));
                             }
                         }
                     }
-                }
-            });
+                    Ok((mine, first))
+                })
+            })
+            .collect();
+        for h in handles {
+            let (mine, first) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+            tally.ok += mine.ok;
+            tally.errors += mine.errors;
+            tally.resumed += mine.resumed;
+            if first_error.is_none() {
+                first_error = first;
+            }
         }
         Ok(())
     })?;
-    let tally = Tally {
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        resumed: resumed.load(Ordering::Relaxed),
-        elapsed: start.elapsed(),
-    };
-    let err = first_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    tally.elapsed = start.elapsed();
     if tally.ok == 0 || tally.errors * 100 > tally.ok {
         bail!(
             "{} of {} connections failed (first: {})",
             tally.errors,
             tally.ok + tally.errors,
-            err.unwrap_or_default()
+            first_error.unwrap_or_default()
         );
     }
     Ok(tally)
@@ -389,10 +380,7 @@ pub fn bulk(
             let config = config.clone();
             let bytes = &bytes;
             handles.push(s.spawn(move || -> Result<()> {
-                pin_thread(target.cpu);
-                if let Some(ns) = &target.netns {
-                    enter_netns(ns)?;
-                }
+                target.enter()?;
                 let name = &target.names[t % target.names.len()];
                 let (mut conn, mut stream) = handshake(&config, name, target.addr)?;
                 while Instant::now() < deadline {
@@ -439,10 +427,7 @@ pub fn open_loop(
             let config = config.clone();
             let errors = &errors;
             handles.push(s.spawn(move || -> Result<Vec<u64>> {
-                pin_thread(target.cpu);
-                if let Some(ns) = &target.netns {
-                    enter_netns(ns)?;
-                }
+                target.enter()?;
                 let offset = interval.mul_f64(t as f64 / threads as f64);
                 let mut lat = Vec::with_capacity(per_thread as usize);
                 for j in 0..per_thread {
@@ -500,10 +485,7 @@ pub fn idle(
             let count = n / threads + usize::from(t < n % threads);
             handles.push(
                 s.spawn(move || -> Result<Vec<(ClientConnection, TcpStream)>> {
-                    pin_thread(target.cpu);
-                    if let Some(ns) = &target.netns {
-                        enter_netns(ns)?;
-                    }
+                    target.enter()?;
                     let mut mine = Vec::with_capacity(count);
                     for j in 0..count {
                         let name = &target.names[(t + j) % target.names.len()];

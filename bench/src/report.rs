@@ -108,7 +108,12 @@ impl Machine {
             ("aws-lc-rs", locked_version("aws-lc-rs")),
             ("mio", locked_version("mio")),
             ("aya", locked_version("aya")),
-            ("nginx", command_line(&["nginx", "-v"])),
+            (
+                "nginx",
+                command_line(&["nginx", "-v"])
+                    .trim_start_matches("nginx version: ")
+                    .to_owned(),
+            ),
             ("openssl", command_line(&["openssl", "version"])),
             ("rustc (sni-user)", command_line(&["rustc", "--version"])),
         ];

@@ -114,12 +114,14 @@ impl Server {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg("taskset");
                 c
             }
-            None => Command::new("env"),
+            None => Command::new("taskset"),
         };
-        cmd.arg("taskset").arg("-c").arg(cpu.to_string());
+        cmd.arg("-c").arg(cpu.to_string());
         // A profiler to run the terminator under, e.g. "valgrind --tool=dhat".
         if let Ok(wrap) = std::env::var("SNI_BENCH_WRAP") {
             cmd.args(wrap.split_whitespace());

@@ -98,6 +98,11 @@ impl Drop for Env {
     }
 }
 
+/// Which of two things compared goes `k`-th (0 or 1) in `round`: they take turns going first.
+fn turn(round: usize, k: usize) -> usize {
+    (round + k) % 2
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -155,7 +160,7 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
     let (mut attached, mut detached) = (Vec::new(), Vec::new());
     let (mut cpu_att, mut cpu_det) = (Vec::new(), Vec::new());
     for round in 0..env.rounds.max(2) {
-        for with_xdp in [round % 2 == 0, round % 2 != 0] {
+        for with_xdp in [turn(round, 0) == 0, turn(round, 1) == 0] {
             let pins = PinDir::new("snib");
             let server = Server::terminator(
                 &env.sni_user,
@@ -265,7 +270,7 @@ pub fn terminator_vs_nginx(
     let mut resumed_share = [1.0f64, 1.0f64];
     for round in 0..env.rounds {
         for k in 0..2 {
-            let i = if round % 2 == 0 { k } else { 1 - k };
+            let i = turn(round, k);
             let (server, t) = &both[i];
             let (r, c, _) = measure(server, t, false, Op::Handshake, env)?;
             full[i].0.push(r);
@@ -356,7 +361,7 @@ pub fn terminator_vs_nginx(
     let mut bulk = [Vec::new(), Vec::new()];
     for round in 0..env.rounds {
         for k in 0..2 {
-            let i = if round % 2 == 0 { k } else { 1 - k };
+            let i = turn(round, k);
             let config = load::client_config(false)?;
             bulk[i].push(load::bulk(&both[i].1, &config, 4, env.run)? / 1e6);
         }
@@ -377,7 +382,7 @@ pub fn terminator_vs_nginx(
     let mut lat = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     for round in 0..env.rounds {
         for k in 0..2 {
-            let i = if round % 2 == 0 { k } else { 1 - k };
+            let i = turn(round, k);
             let config = load::client_config(false)?;
             let (sorted, errors) = load::open_loop(&both[i].1, &config, rate, 32, env.run)?;
             if errors * 100 > sorted.len() as u64 {
