@@ -13,6 +13,7 @@ pub mod hellos;
 pub mod netns;
 pub mod pki;
 pub mod prog;
+pub mod term;
 
 use std::path::{Path, PathBuf};
 
