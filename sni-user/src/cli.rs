@@ -12,6 +12,7 @@ use crate::{
     config::{Config, Mode, XdpConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR},
     control,
     loader::{error_chain, Classifier, StartOptions},
+    privileges,
     routes::Routes,
     server::Terminator,
     stats::Snapshot,
@@ -208,6 +209,14 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
             config.source.display()
         );
     }
+    privileges::forbid_new_privileges()?;
+    privileges::raise_open_files();
+    // The user to become is checked before anything is attached or bound.
+    let target = config
+        .user
+        .as_deref()
+        .map(privileges::Target::resolve)
+        .transpose()?;
     // Certificates and keys are read once, before anything is attached or bound.
     let routes = if config.listen.is_empty() {
         None
@@ -250,6 +259,12 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
             }
             None => None,
         };
+        if let Some(target) = &target {
+            let mut owned = Vec::new();
+            owned.extend(classifier.iter().flat_map(|c| c.owned_paths()));
+            owned.extend(control.iter().flat_map(|c| c.owned_paths()));
+            target.become_user(&owned)?;
+        }
         let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;

@@ -118,6 +118,10 @@ pub struct Config {
     /// Unix socket on which `run` answers `sni-user stats` with the terminator's counters.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// Unprivileged user to run as once the program is attached and the sockets are bound
+    /// (its primary group too). None: stay as started.
+    #[serde(default)]
+    pub user: Option<String>,
     /// The file this came from (`<defaults>` for the built-in one).
     #[serde(skip)]
     pub source: PathBuf,
@@ -434,6 +438,7 @@ impl Config {
             limits: Limits::default(),
             workers: None,
             control_socket: default_control_socket(),
+            user: None,
             source: PathBuf::from("<defaults>"),
         }
     }

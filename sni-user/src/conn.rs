@@ -184,7 +184,15 @@ impl Conn {
                     .fetch_add(1, Relaxed);
             }
             (Some(r), false) => ctx.counters.hosts[r].fail(Failure::HandshakeTimeout),
-            (Some(r), true) => ctx.counters.hosts[r].fail(Failure::IdleTimeout),
+            (Some(r), true) => {
+                ctx.counters.hosts[r].fail(Failure::IdleTimeout);
+                // An orderly end for the client: close_notify (best effort, never blocks),
+                // then the worker closes the socket.
+                if let Stage::Tls(tls) = &mut self.stage {
+                    tls.send_close_notify();
+                    let _ = tls.write_tls(&mut self.client);
+                }
+            }
         }
     }
 

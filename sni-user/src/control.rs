@@ -24,14 +24,20 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The serving thread; [`Control::stop`] ends it and removes the socket.
 pub struct Control {
     path: PathBuf,
+    /// The socket's directory, when this process made it.
+    made_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Serves `terminator`'s counters on `path` (replacing a stale socket file).
 pub fn serve(path: &Path, terminator: &Terminator) -> Result<Control> {
+    let mut made_dir = None;
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            made_dir = Some(dir.to_owned());
+        }
     }
     if path.exists() {
         // A live owner would answer; a dead one left its file.
@@ -71,19 +77,32 @@ pub fn serve(path: &Path, terminator: &Terminator) -> Result<Control> {
         })?;
     Ok(Control {
         path: path.to_owned(),
+        made_dir,
         stop,
         thread: Some(thread),
     })
 }
 
 impl Control {
+    /// What `stop` removes: the socket, and its directory when this process made it.
+    pub fn owned_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.path.clone()];
+        paths.extend(self.made_dir.clone());
+        paths
+    }
+
     /// Ends the thread and removes the socket file.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = fs::remove_file(&self.path);
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "removing the control socket");
+        }
+        if let Some(dir) = &self.made_dir {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod control;
 pub mod counters;
 pub mod demo;
 pub mod loader;
+pub mod privileges;
 pub mod routes;
 pub mod server;
 pub mod stats;

@@ -138,6 +138,14 @@ impl Classifier {
         &mut self.ebpf
     }
 
+    /// What the process removes at exit: the pin directory's entries, and the directory (so
+    /// that they can be removed once privileges are dropped).
+    pub fn owned_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.pin_dir.clone()];
+        paths.extend(self.pinned.iter().cloned());
+        paths
+    }
+
     /// Detaches from every interface and removes the pins.
     pub fn shutdown(mut self) {
         self.detach_and_unpin();

@@ -41,6 +41,12 @@ impl Edge {
     /// Starts the edge with `hosts` (TOML `[[host]]` blocks; `CERT` and `KEY` stand for the
     /// test certificate, which covers every *.test name).
     fn start(hosts: &str) -> Self {
+        Self::start_as(hosts, None)
+    }
+
+    /// As [`Edge::start`], switching to `user` after start-up; the control socket is then in
+    /// a directory `sni-user` makes (and hands to the user, to remove it at exit).
+    fn start_as(hosts: &str, user: Option<&str>) -> Self {
         let Pair {
             client,
             server,
@@ -61,10 +67,16 @@ impl Edge {
         let cert = pki.path("edge.pem").display().to_string();
         let key = pki.path("edge.key").display().to_string();
         let pin_dir = PinDir::new("sni-steer-");
-        let control = pki.path(&format!("{}.sock", unique("ctl")));
+        let control = match user {
+            None => pki.path(&format!("{}.sock", unique("ctl"))),
+            Some(_) => PathBuf::from("/tmp")
+                .join(unique("sni-run"))
+                .join("ctl.sock"),
+        };
         let config = pki.path("edge.toml");
+        let user_line = user.map(|u| format!("user = {u:?}\n")).unwrap_or_default();
         let text = format!(
-            r#"pin_dir = {pin:?}
+            r#"{user_line}pin_dir = {pin:?}
 control_socket = {control:?}
 workers = 2
 [xdp]
@@ -421,4 +433,78 @@ fn drop_and_rate_limit_are_seen_by_clients_and_counters() {
     );
     let t = &s["terminator"]["global"];
     assert_eq!(t["xdp_agreed"].as_u64().unwrap(), served + 1, "{s}");
+}
+
+/// Fields of /proc/PID/status (or of a thread's).
+fn proc_status(path: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn privileges_are_dropped_once_attached_and_bound() {
+    let uid = String::from_utf8(run(Command::new("id").args(["-u", "nobody"])).stdout).unwrap();
+    let gid = String::from_utf8(run(Command::new("id").args(["-g", "nobody"])).stdout).unwrap();
+    let (uid, gid) = (uid.trim().to_owned(), gid.trim().to_owned());
+    let mut edge = Edge::start_as(
+        "[[host]]\nnames = [\"alpha.test\"]\ncert = CERT\nkey = KEY\nbackend = \"builtin\"\n",
+        Some("nobody"),
+    );
+    let pid = edge.run.as_ref().unwrap().pid();
+    // Every thread (event loops, control, runtime) runs as the user, with no capability.
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() >= 3, "{tasks:?}");
+    for task in tasks {
+        let status = proc_status(&format!("{}/status", task.display()));
+        let field = |k: &str| status.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        let ids = |v: String| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(ids(field("Uid")), vec![uid.clone(); 4], "{task:?}");
+        assert_eq!(ids(field("Gid")), vec![gid.clone(); 4], "{task:?}");
+        assert_eq!(field("Groups"), gid, "{task:?}");
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps} of {task:?}");
+        }
+        assert_eq!(field("NoNewPrivs"), "1", "{task:?}");
+    }
+    // Still classifying, terminating and answering stats.
+    let out = edge.curl("alpha.test", SERVER_V4, 10);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reached host \"alpha.test\""),
+        "{out:?}"
+    );
+    let s = edge.settle();
+    assert_eq!(xdp_host(&s, "alpha.test")["client_hellos"], 1, "{s}");
+    assert_eq!(term_host(&s, "alpha.test")["handshakes"], 1, "{s}");
+    assert_eq!(s["terminator"]["global"]["xdp_agreed"], 1, "{s}");
+    // And it still cleans up after itself: detached, pins and control socket removed.
+    let status = edge
+        .run
+        .take()
+        .unwrap()
+        .signal_and_wait("TERM", Duration::from_secs(10))
+        .expect("stopped");
+    assert!(status.success(), "{status}");
+    let link = run(&mut edge
+        .server
+        .cmd(["ip", "-d", "link", "show", "dev", &edge.server_if]));
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "XDP left attached by the unprivileged process"
+    );
+    let left: Vec<_> = std::fs::read_dir(&*edge.pin_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pins left: {left:?}");
+    assert!(!edge.control.exists(), "control socket left");
+    assert!(
+        !edge.control.parent().unwrap().exists(),
+        "control directory left"
+    );
 }
