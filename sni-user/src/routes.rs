@@ -285,5 +285,8 @@ fn server_config(
     config.session_storage = shared.sessions.clone();
     config.ticketer = shared.ticketer.clone();
     config.send_tls13_tickets = 2;
+    // The server's order of suites (AEADs only, strongest first), not the client's: a
+    // client cannot talk a connection down to the weakest suite both sides allow.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }

@@ -24,7 +24,7 @@ impl Pki {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-days",
-            "2",
+            "90",
             "-subj",
             "/CN=sni-test-ca",
             "-keyout",
@@ -53,7 +53,15 @@ impl Pki {
         let pem = format!("{file}.pem");
         let ext = self.path(&format!("{file}.ext"));
         let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-        std::fs::write(&ext, format!("subjectAltName={}\n", san.join(","))).unwrap();
+        // A CRL location, as a public CA's leaves carry (nothing fetches it).
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={}\ncrlDistributionPoints=URI:http://crl.sni-test.invalid/ca.crl\n",
+                san.join(",")
+            ),
+        )
+        .unwrap();
         self.openssl(&[
             "req",
             "-newkey",
@@ -79,7 +87,7 @@ impl Pki {
             "ca.key",
             "-CAcreateserial",
             "-days",
-            "2",
+            "90",
             "-extfile",
             ext.to_str().unwrap(),
             "-out",

@@ -40,6 +40,11 @@ impl Term {
 
     /// Starts listening on `listen` (port 0: any free port).
     pub fn start_on(pki: &Pki, listen: &str, body: &str) -> Self {
+        Self::start_env(pki, listen, body, &[])
+    }
+
+    /// As [`Term::start_on`], with environment variables for the process (e.g. RUST_LOG).
+    pub fn start_env(pki: &Pki, listen: &str, body: &str, env: &[(&str, &str)]) -> Self {
         let control = pki.path(&format!("{}.sock", unique("ctl")));
         let config = pki.path(&format!("{}.toml", unique("term")));
         std::fs::write(
@@ -53,6 +58,7 @@ impl Term {
         let log = pki.path(&format!("{}.log", unique("run")));
         let mut cmd = Command::new(sni_user_bin());
         cmd.arg("run").arg("--config").arg(&config);
+        cmd.envs(env.iter().copied());
         let child = ChildGuard::spawn_ready(cmd, "sni-user run (terminator)", &log, "ready;");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         // "terminator listening addresses=[127.0.0.1:PORT] …" or "addresses=[[::1]:PORT] …"

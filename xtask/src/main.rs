@@ -36,6 +36,8 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     // Captures of the tests' own traffic, read back by `sni-user classify`.
     "tcpdump",
+    // The terminator's TLS posture, as an operator's audit would see it.
+    "testssl.sh",
 ];
 
 #[derive(Parser)]
