@@ -1,7 +1,12 @@
 //! The command line, and the control plane of `sni-user run` on tokio: signals, forwarding
 //! the kernel's aya-log records, clean detach.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    io::IsTerminal,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{atomic::Ordering::Relaxed, Arc},
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -202,6 +207,68 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// Reads the config file again and, when it is valid and only changes what can change in
+/// place (certificates, keys, backends, ALPN, passthrough), serves new connections with it.
+/// Anything else is refused whole: the running configuration stays.
+fn reload(running: &Config, terminator: Option<&Terminator>) -> Result<Config> {
+    let new = Config::load(&running.source)?;
+    let mut fixed = Vec::new();
+    let same = |a: String, b: String| a == b;
+    if running.pin_dir != new.pin_dir {
+        fixed.push("pin_dir");
+    }
+    if !same(format!("{:?}", running.xdp), format!("{:?}", new.xdp)) {
+        fixed.push("[xdp]");
+    }
+    if !same(format!("{:?}", running.listen), format!("{:?}", new.listen)) {
+        fixed.push("[[listen]]");
+    }
+    if !same(format!("{:?}", running.limits), format!("{:?}", new.limits)) {
+        fixed.push("[limits]");
+    }
+    if running.workers != new.workers {
+        fixed.push("workers");
+    }
+    if running.control_socket != new.control_socket {
+        fixed.push("control_socket");
+    }
+    if running.user != new.user {
+        fixed.push("user");
+    }
+    let host_keys = |c: &Config| -> Vec<String> {
+        c.hosts
+            .iter()
+            .map(|h| format!("{:?} {:?}", h.names, h.actions()))
+            .collect()
+    };
+    if host_keys(running) != host_keys(&new) {
+        fixed.push("host names or actions");
+    }
+    if !same(
+        format!(
+            "{:?} {:?}",
+            running.default.reject,
+            running.default.actions()
+        ),
+        format!("{:?} {:?}", new.default.reject, new.default.actions()),
+    ) {
+        fixed.push("[default] reject or actions");
+    }
+    if !fixed.is_empty() {
+        anyhow::bail!(
+            "{}: {} changed, which needs a restart; nothing was applied",
+            new.source.display(),
+            fixed.join(", ")
+        );
+    }
+    if let Some(t) = terminator {
+        // Certificates and keys are read again here, and only here after start.
+        let routes = Routes::load(&new)?;
+        t.reload(Arc::new(routes))?;
+    }
+    Ok(new)
+}
+
 fn run(config: Config, opts: StartOptions) -> Result<()> {
     if config.xdp.is_none() && config.listen.is_empty() {
         anyhow::bail!(
@@ -268,11 +335,35 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
         let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        info!("ready; stop with SIGINT or SIGTERM");
+        let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut running = config;
+        info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP");
         loop {
             tokio::select! {
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+                _ = sighup.recv() => {
+                    let counters = terminator.as_ref().map(|t| &t.counters.global);
+                    match reload(&running, terminator.as_ref()) {
+                        Ok(new) => {
+                            running = new;
+                            if let Some(g) = counters {
+                                g.reloads.fetch_add(1, Relaxed);
+                            }
+                            info!(config = %running.source.display(), "reloaded");
+                        }
+                        Err(e) => {
+                            if let Some(g) = counters {
+                                g.reload_failures.fetch_add(1, Relaxed);
+                            }
+                            tracing::error!(
+                                config = %running.source.display(),
+                                error = %format!("{e:#}"),
+                                "reload refused; the running configuration stays"
+                            );
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     if let Some(logger) = logger.as_mut() {
                         logger.flush();

@@ -81,6 +81,10 @@ pub struct GlobalCounters {
     pub xdp_disagreed: AtomicU64,
     /// Hand-off: no classifier, or it had no host for the flow.
     pub xdp_unknown: AtomicU64,
+    /// Reloads (SIGHUP) applied.
+    pub reloads: AtomicU64,
+    /// Reloads refused: the running configuration stayed.
+    pub reload_failures: AtomicU64,
 }
 
 /// All counters of a terminator.
@@ -142,6 +146,8 @@ impl Counters {
             "hosts": hosts,
             "global": {
                 "accepted": g.accepted.load(Relaxed),
+                "reloads": g.reloads.load(Relaxed),
+                "reload_failures": g.reload_failures.load(Relaxed),
                 "over_max_connections": g.over_max_connections.load(Relaxed),
                 "over_max_per_ip": g.over_max_per_ip.load(Relaxed),
                 "bad_client_hello": g.bad_client_hello.load(Relaxed),

@@ -10,13 +10,13 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use mio::{net::TcpListener, Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, warn};
@@ -47,11 +47,13 @@ pub struct Terminator {
     pub labels: Vec<String>,
     /// Bound addresses (after port 0 is resolved), for logs and tests.
     pub addresses: Vec<SocketAddr>,
+    shared: Arc<Shared>,
 }
 
 /// What the workers share.
 struct Shared {
-    routes: Arc<Routes>,
+    /// Swapped whole by a reload; each use takes the table of the moment.
+    routes: RwLock<Arc<Routes>>,
     flows: Option<FlowTable>,
     counters: Arc<Counters>,
     limits: Limits,
@@ -60,9 +62,16 @@ struct Shared {
 }
 
 impl Shared {
-    fn ctx(&self) -> Ctx<'_> {
+    fn routes(&self) -> Arc<Routes> {
+        match self.routes.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn ctx<'a>(&'a self, routes: &'a Routes) -> Ctx<'a> {
         Ctx {
-            routes: &self.routes,
+            routes,
             flows: self.flows.as_ref(),
             counters: &self.counters,
             limits: &self.limits,
@@ -91,7 +100,7 @@ impl Terminator {
             }
         }
         let shared = Arc::new(Shared {
-            routes,
+            routes: RwLock::new(routes),
             flows,
             counters: counters.clone(),
             limits: config.limits.clone(),
@@ -148,7 +157,27 @@ impl Terminator {
             counters,
             labels,
             addresses,
+            shared,
         })
+    }
+
+    /// Serves new connections from `routes` (connections already open keep their
+    /// certificate and backend). The hosts must be the same, in the same order: counters and
+    /// the classifier's slots follow them.
+    pub fn reload(&self, routes: Arc<Routes>) -> Result<()> {
+        let labels: Vec<&String> = routes.routes.iter().map(|r| &r.label).collect();
+        if labels != self.labels.iter().collect::<Vec<_>>() {
+            bail!(
+                "the hosts changed ({:?} -> {:?}): that needs a restart",
+                self.labels,
+                labels
+            );
+        }
+        match self.shared.routes.write() {
+            Ok(mut r) => *r = routes,
+            Err(poisoned) => *poisoned.into_inner() = routes,
+        }
+        Ok(())
     }
 
     /// Stops accepting and ends the workers (open connections are closed).
@@ -289,7 +318,8 @@ impl Worker {
 
     fn pump(&mut self, id: usize) {
         let shared = self.shared.clone();
-        let ctx = shared.ctx();
+        let routes = shared.routes();
+        let ctx = shared.ctx(&routes);
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a stray event for a closed connection
         };
@@ -324,7 +354,8 @@ impl Worker {
     fn expire(&mut self) {
         let now = Instant::now();
         let shared = self.shared.clone();
-        let ctx = shared.ctx();
+        let routes = shared.routes();
+        let ctx = shared.ctx(&routes);
         let expired: Vec<usize> = self
             .conns
             .iter_mut()
@@ -345,7 +376,8 @@ impl Worker {
             return;
         };
         let shared = self.shared.clone();
-        conn.finish(&shared.ctx());
+        let routes = shared.routes();
+        conn.finish(&shared.ctx(&routes));
         let _ = self.poll.registry().deregister(&mut conn.client);
         if conn.backend_registered {
             if let Some(source) = conn.backend_source() {

@@ -340,10 +340,38 @@ fn bad_certificates_and_configs_fail_start_with_the_file_and_host() {
             ),
             "host[1] (b.example).backend",
         ),
+        // Not a certificate, not a key.
+        (
+            HOSTS.replace("cert = \"b.pem\"", "cert = \"b.key\""),
+            "b.key",
+        ),
+        (HOSTS.replace("key = \"b.key\"", "key = \"b.pem\""), "b.pem"),
     ];
-    for (body, expect) in cases {
+    std::fs::write(
+        pki.path("garbage.pem"),
+        b"-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    let cases = cases
+        .into_iter()
+        .map(|(b, e)| (String::new(), b, e))
+        .chain([
+            // A truncated PEM.
+            (
+                String::new(),
+                HOSTS.replace("cert = \"b.pem\"", "cert = \"garbage.pem\""),
+                "garbage.pem",
+            ),
+            // A user to switch to that does not exist: refused before anything is bound.
+            (
+                "user = \"no-such-sni-user\"\n".to_owned(),
+                HOSTS.to_owned(),
+                "user \"no-such-sni-user\" (config `user`) does not exist",
+            ),
+        ]);
+    for (top, body, expect) in cases {
         let config = pki.path(&format!("{}.toml", unique("bad")));
-        std::fs::write(&config, format!("control_socket = \"/tmp/unused.sock\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n{body}")).unwrap();
+        std::fs::write(&config, format!("{top}control_socket = \"/tmp/unused.sock\"\n[[listen]]\naddress = \"127.0.0.1:0\"\n{body}")).unwrap();
         let out = Command::new(sni_user_bin())
             .arg("run")
             .arg("--config")
@@ -446,4 +474,79 @@ fn unix_backend_and_half_close_both_ways() {
             .clone();
         u["bytes_to_backend"] == BODY as u64 && u["active"] == 0
     });
+}
+
+/// The SHA-256 fingerprint of the certificate the terminator serves for `name`.
+fn served_fingerprint(term: &Term, name: &str) -> String {
+    let script = format!(
+        "timeout 10 openssl s_client -connect 127.0.0.1:{} -servername {name} </dev/null \
+         2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+        term.port()
+    );
+    let out = run(Command::new("sh").arg("-c").arg(&script));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn file_fingerprint(pem: &std::path::Path) -> String {
+    let out = run(Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(pem));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn hangup(term: &Term) {
+    run(Command::new("kill").args(["-HUP", &term.child.pid().to_string()]));
+}
+
+#[test]
+fn reload_rotates_certificates_and_keeps_the_running_config_on_a_bad_file() {
+    let pki = standard_pki();
+    let term = Term::start(&pki, HOSTS);
+    let first = served_fingerprint(&term, "b.example");
+    assert_eq!(first, file_fingerprint(&pki.path("b.pem")));
+    // A renewed certificate with a new key, then SIGHUP: new connections get it.
+    pki.leaf("b", &["b.example"]);
+    let renewed = file_fingerprint(&pki.path("b.pem"));
+    assert_ne!(first, renewed);
+    hangup(&term);
+    term.wait_stats("reload applied", |s| s["global"]["reloads"] == 1);
+    assert_eq!(served_fingerprint(&term, "b.example"), renewed);
+    let good = std::fs::read_to_string(&term.config).unwrap();
+    let log = || std::fs::read_to_string(&term.log).unwrap();
+    // Each bad file is refused whole, says why, and the running config stays.
+    let bad = [
+        (format!("{good}\n[[host]\n"), "TOML"),
+        (good.replace("\"b.key\"", "\"missing.key\""), "missing.key"),
+        (good.replace("a.pem", "b.pem"), "a.example"),
+        (
+            good.replace("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:1\""),
+            "[[listen]] changed, which needs a restart",
+        ),
+        (
+            good.replace("names = [\"b.example\"]", "names = [\"c.example\"]"),
+            "host names or actions changed",
+        ),
+    ];
+    for (i, (text, why)) in bad.iter().enumerate() {
+        std::fs::write(&term.config, text).unwrap();
+        hangup(&term);
+        term.wait_stats("reload refused", |s| {
+            s["global"]["reload_failures"] == i as u64 + 1
+        });
+        let log = log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("reload refused"))
+            .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+        assert!(
+            line.contains(why) && line.contains(&*term.config.display().to_string()),
+            "{why}: {line}"
+        );
+        assert_eq!(served_fingerprint(&term, "b.example"), renewed, "{why}");
+        assert!(
+            curl(&pki, &term, "b.example", &[]).status.success(),
+            "{why}"
+        );
+    }
+    assert_eq!(term.stats()["global"]["reloads"], 1);
 }
