@@ -153,23 +153,15 @@ fn dispatch(cli: Cli) -> Result<()> {
                     config
                 }
             };
-            if let Some(dir) = pin_dir {
-                config.pin_dir = dir;
-            }
-            if !ifaces.is_empty() || !ports.is_empty() || mode.is_some() {
-                let xdp = config.xdp.get_or_insert_with(XdpConfig::demo);
-                if !ifaces.is_empty() {
-                    xdp.interfaces = ifaces;
-                }
-                if !ports.is_empty() {
-                    xdp.ports = ports;
-                }
-                if let Some(mode) = mode {
-                    xdp.mode = mode;
-                }
-            }
+            let overrides = Overrides {
+                pin_dir,
+                ifaces,
+                ports,
+                mode,
+            };
+            overrides.apply(&mut config);
             config.validate()?;
-            run(config, StartOptions { debug })
+            run(config, &overrides, StartOptions { debug })
         }
         Command::Classify { file, ports, json } => {
             let mut report = crate::classify::classify_file(&file)?;
@@ -207,11 +199,45 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// `run`'s flags that override the file: applied at start and to every reload.
+struct Overrides {
+    pin_dir: Option<PathBuf>,
+    ifaces: Vec<String>,
+    ports: Vec<u16>,
+    mode: Option<Mode>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(dir) = &self.pin_dir {
+            config.pin_dir = dir.clone();
+        }
+        if !self.ifaces.is_empty() || !self.ports.is_empty() || self.mode.is_some() {
+            let xdp = config.xdp.get_or_insert_with(XdpConfig::demo);
+            if !self.ifaces.is_empty() {
+                xdp.interfaces = self.ifaces.clone();
+            }
+            if !self.ports.is_empty() {
+                xdp.ports = self.ports.clone();
+            }
+            if let Some(mode) = self.mode {
+                xdp.mode = mode;
+            }
+        }
+    }
+}
+
 /// Reads the config file again and, when it is valid and only changes what can change in
 /// place (certificates, keys, backends, ALPN, passthrough), serves new connections with it.
 /// Anything else is refused whole: the running configuration stays.
-fn reload(running: &Config, terminator: Option<&Terminator>) -> Result<Config> {
-    let new = Config::load(&running.source)?;
+fn reload(
+    running: &Config,
+    overrides: &Overrides,
+    terminator: Option<&Terminator>,
+) -> Result<Config> {
+    let mut new = Config::load(&running.source)?;
+    overrides.apply(&mut new);
+    new.validate()?;
     let mut fixed = Vec::new();
     let same = |a: String, b: String| a == b;
     if running.pin_dir != new.pin_dir {
@@ -269,7 +295,7 @@ fn reload(running: &Config, terminator: Option<&Terminator>) -> Result<Config> {
     Ok(new)
 }
 
-fn run(config: Config, opts: StartOptions) -> Result<()> {
+fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> {
     if config.xdp.is_none() && config.listen.is_empty() {
         anyhow::bail!(
             "config {}: nothing to run: no [xdp] section and no [[listen]]",
@@ -330,7 +356,24 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
             let mut owned = Vec::new();
             owned.extend(classifier.iter().flat_map(|c| c.owned_paths()));
             owned.extend(control.iter().flat_map(|c| c.owned_paths()));
-            target.become_user(&owned)?;
+            let mut reread = vec![config.source.clone()];
+            for h in &config.hosts {
+                reread.extend(h.cert.iter().chain(h.key.iter()).cloned());
+            }
+            reread.extend(
+                config
+                    .default
+                    .cert
+                    .iter()
+                    .chain(config.default.key.iter())
+                    .cloned(),
+            );
+            if let Err(e) = target.become_user(&owned, &reread) {
+                if let Some(control) = control {
+                    control.stop();
+                }
+                return Err(e);
+            }
         }
         let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -344,7 +387,7 @@ fn run(config: Config, opts: StartOptions) -> Result<()> {
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
                 _ = sighup.recv() => {
                     let counters = terminator.as_ref().map(|t| &t.counters.global);
-                    match reload(&running, terminator.as_ref()) {
+                    match reload(&running, overrides, terminator.as_ref()) {
                         Ok(new) => {
                             running = new;
                             if let Some(g) = counters {

@@ -16,16 +16,17 @@ use std::{
 };
 
 use mio::net::{TcpStream, UnixStream};
-use rustls::server::{Acceptor, ServerConnection};
+use rustls::server::ServerConnection;
 use sni_common::{
     flow::{kind, Flow, FlowKey},
-    HostKey, Parser, Progress,
+    HostKey,
 };
 
 use crate::{
     buf::Buf,
     config::{Backend, HostMode, Limits},
     counters::{Counters, Failure},
+    hello_reader::{self, HelloReader, Refused, Step},
     loader::FlowTable,
     routes::Routes,
 };
@@ -50,7 +51,7 @@ pub enum Pumped {
 /// Where the connection is.
 enum Stage {
     /// Reading the ClientHello with the shared parser; the bytes are kept.
-    Peek { buf: Vec<u8>, parser: Box<Parser> },
+    Peek(HelloReader),
     /// TLS terminated here.
     Tls(Box<ServerConnection>),
     /// Bytes relayed as they are.
@@ -136,10 +137,7 @@ impl Conn {
             client,
             peer,
             local,
-            stage: Stage::Peek {
-                buf: Vec::with_capacity(1024),
-                parser: Box::new(Parser::NEW),
-            },
+            stage: Stage::Peek(HelloReader::new(limits.max_client_hello)),
             route: None,
             sni: None,
             backend: BackendIo::None,
@@ -235,9 +233,9 @@ impl Conn {
     /// One round over every direction; Ok(true) if anything moved.
     fn round(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
         let mut moved = false;
-        if matches!(self.stage, Stage::Peek { .. }) {
+        if matches!(self.stage, Stage::Peek(_)) {
             moved |= self.peek(ctx)?;
-            if matches!(self.stage, Stage::Peek { .. }) {
+            if matches!(self.stage, Stage::Peek(_)) {
                 return Ok(moved);
             }
         }
@@ -295,15 +293,12 @@ impl Conn {
     /// Reads the ClientHello and routes the connection.
     fn peek(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
         self.look_up_flow(ctx)?;
-        let Stage::Peek { buf, parser } = &mut self.stage else {
+        let Stage::Peek(reader) = &mut self.stage else {
             return Ok(false);
         };
         let mut chunk = [0u8; 4096];
         let mut moved = false;
-        loop {
-            if parser.progress() != Progress::NeedMore {
-                break;
-            }
+        while reader.step() == Step::NeedMore {
             match self.client.read(&mut chunk) {
                 Ok(0) => {
                     ctx.counters
@@ -315,9 +310,7 @@ impl Conn {
                 Ok(n) => {
                     moved = true;
                     let bytes = chunk.get(..n).unwrap_or_default();
-                    parser.feed(bytes);
-                    buf.extend_from_slice(bytes);
-                    if buf.len() > ctx.limits.max_client_hello {
+                    if reader.push(bytes) == Step::TooLarge {
                         ctx.counters
                             .global
                             .client_hello_too_large
@@ -336,8 +329,8 @@ impl Conn {
                 }
             }
         }
-        match parser.progress() {
-            Progress::Done => {
+        match reader.step() {
+            Step::Done => {
                 // The last segments may have come in while this loop read, after the lookup
                 // above: the kernel has seen them all by now, so its record is complete.
                 if self.xdp.is_none() {
@@ -350,7 +343,7 @@ impl Conn {
                 return Err(());
             }
         }
-        let Some(route_index) = ctx.routes.resolve(parser.name()) else {
+        let Some(route_index) = ctx.routes.resolve(reader.name()) else {
             ctx.counters
                 .global
                 .rejected_unknown_name
@@ -358,16 +351,16 @@ impl Conn {
             let _ = self.client.write(&ALERT_UNRECOGNIZED_NAME);
             return Err(());
         };
-        let hello = std::mem::take(buf);
-        self.sni = parser
-            .name()
+        let hello = reader.take_bytes();
+        let peeked = reader.name().copied();
+        self.sni = peeked
+            .as_ref()
             .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned());
         self.route = Some(route_index);
         let route = ctx.routes.routes.get(route_index).ok_or(())?;
         let counters = ctx.counters.hosts.get(route_index).ok_or(())?;
         counters.active.fetch_add(1, Relaxed);
         self.counted_active = true;
-        let peeked = parser.name().copied();
         if self.early_route != Some(route_index) {
             // Not dialled yet, or dialled for another host from a record that did not agree
             // (its socket closes as it drops; the PROXY header it queued goes too).
@@ -387,31 +380,18 @@ impl Conn {
             }
             HostMode::Terminate => {
                 let config = route.tls.clone().ok_or(())?;
-                let mut acceptor = Acceptor::default();
-                let mut rd: &[u8] = &hello;
-                while !rd.is_empty() {
-                    if acceptor.read_tls(&mut rd).is_err() {
+                let accepted = match hello_reader::accept(&hello) {
+                    Ok(a) => a,
+                    Err(refused) => {
                         counters.fail(Failure::Tls);
-                        return Err(());
-                    }
-                }
-                let accepted = match acceptor.accept() {
-                    Ok(Some(a)) => a,
-                    Ok(None) => {
-                        counters.fail(Failure::Tls);
-                        return Err(());
-                    }
-                    Err((_, mut alert)) => {
-                        counters.fail(Failure::Tls);
-                        let _ = alert.write_all(&mut self.client);
+                        if let Refused::Alert(_, mut alert) = refused {
+                            let _ = alert.write_all(&mut self.client);
+                        }
                         return Err(());
                     }
                 };
                 // The name as rustls reads it, normalised like the kernel's.
-                let seen = accepted
-                    .client_hello()
-                    .server_name()
-                    .and_then(|n| HostKey::from_name(n.as_bytes()).ok());
+                let seen = hello_reader::rustls_name(&accepted);
                 self.check_hand_off(seen.as_ref(), route_index, ctx.routes);
                 match accepted.into_connection(config) {
                     Ok(mut tls) => {
@@ -464,7 +444,7 @@ impl Conn {
         let counters = ctx.counters.hosts.get(route).ok_or(())?;
         let mut moved = false;
         match &mut self.stage {
-            Stage::Peek { .. } => {}
+            Stage::Peek(_) => {}
             Stage::Tls(tls) => {
                 // Records in.
                 while !self.client_eof && !self.to_backend.is_full() && tls.wants_read() {
@@ -644,7 +624,7 @@ impl Conn {
                     }
                 }
                 Stage::Raw => {}
-                Stage::Peek { .. } => return Ok(moved),
+                Stage::Peek(_) => return Ok(moved),
             }
             let _ = self.client.shutdown(Shutdown::Write);
             self.client_write_shut = true;

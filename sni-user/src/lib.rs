@@ -18,6 +18,7 @@ pub mod conn;
 pub mod control;
 pub mod counters;
 pub mod demo;
+pub mod hello_reader;
 pub mod loader;
 pub mod privileges;
 pub mod routes;

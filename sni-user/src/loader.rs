@@ -44,6 +44,8 @@ pub struct Classifier {
     links: Vec<(String, XdpLinkId)>,
     pin_dir: PathBuf,
     pinned: Vec<PathBuf>,
+    /// Whether this process made `pin_dir` (only then is it handed to an unprivileged user).
+    made_pin_dir: bool,
     /// Held while running: a second `sni-user run` on the same pin_dir is refused.
     _lock: Flock<fs::File>,
 }
@@ -60,6 +62,7 @@ impl Classifier {
     /// `pin_dir` and attaches to every interface of `xdp`.
     pub fn start(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Result<Self> {
         let pin_dir = config.pin_dir.clone();
+        let made_pin_dir = !pin_dir.exists();
         ensure_bpffs(&pin_dir)?;
         let lock = lock_pin_dir(&pin_dir)?;
         remove_stale_pins(&pin_dir)?;
@@ -70,6 +73,7 @@ impl Classifier {
             links: Vec::new(),
             pin_dir,
             pinned: Vec::new(),
+            made_pin_dir,
             _lock: lock,
         };
         for iface in &xdp.interfaces {
@@ -138,10 +142,14 @@ impl Classifier {
         &mut self.ebpf
     }
 
-    /// What the process removes at exit: the pin directory's entries, and the directory (so
-    /// that they can be removed once privileges are dropped).
+    /// What the process removes at exit, to hand to an unprivileged user: the pins, and the
+    /// pin directory when this process made it (a directory that was there stays its owner's;
+    /// if the user cannot write it, the pins stay at exit and the next start removes them).
     pub fn owned_paths(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.pin_dir.clone()];
+        let mut paths = Vec::new();
+        if self.made_pin_dir {
+            paths.push(self.pin_dir.clone());
+        }
         paths.extend(self.pinned.iter().cloned());
         paths
     }

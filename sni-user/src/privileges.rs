@@ -38,6 +38,12 @@ impl Target {
         if user.uid.is_root() {
             bail!("user {name:?} (config `user`) is root: nothing would be dropped");
         }
+        if name == "nobody" {
+            warn!(
+                "user \"nobody\" is shared with other daemons, which could then open the pinned \
+                 maps; a dedicated user is safer"
+            );
+        }
         if !geteuid().is_root() {
             bail!(
                 "config `user = {name:?}` needs sni-user to start as root (it runs as uid {})",
@@ -52,7 +58,9 @@ impl Target {
 
     /// Hands `owned` (paths the process removes at exit) to the user, then becomes it: all
     /// supplementary groups dropped, group and user ids set, capabilities gone with root.
-    pub fn become_user(&self, owned: &[PathBuf]) -> Result<()> {
+    /// `reread` are the files a reload reads again: each one the user cannot read is warned
+    /// about, since reloads would then be refused.
+    pub fn become_user(&self, owned: &[PathBuf], reread: &[PathBuf]) -> Result<()> {
         let (uid, gid) = (self.user.uid, self.user.gid);
         for path in owned {
             chown(path, Some(uid), Some(gid))
@@ -72,6 +80,16 @@ impl Target {
             );
         }
         info!(user = %self.name, uid = %geteuid(), gid = %getegid(), "privileges dropped");
+        for path in reread {
+            if let Err(e) = std::fs::File::open(path) {
+                warn!(
+                    path = %path.display(),
+                    user = %self.name,
+                    error = %e,
+                    "a reload could not read this file as the user (make it group-readable)"
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -279,24 +279,25 @@ impl Worker {
             let g = &self.shared.counters.global;
             g.accepted.fetch_add(1, Relaxed);
             let limits = &self.shared.limits;
-            if self.shared.open.load(Relaxed) >= limits.max_connections {
-                g.over_max_connections.fetch_add(1, Relaxed);
-                drop(stream);
-                continue;
-            }
             {
+                // Both caps are checked and taken under one lock: two workers cannot both
+                // take the last place.
                 let mut per_ip = match self.shared.per_ip.lock() {
                     Ok(m) => m,
                     Err(poisoned) => poisoned.into_inner(),
                 };
+                if self.shared.open.load(Relaxed) >= limits.max_connections {
+                    g.over_max_connections.fetch_add(1, Relaxed);
+                    continue;
+                }
                 let n = per_ip.entry(peer.ip()).or_insert(0);
                 if *n >= limits.max_connections_per_ip {
                     g.over_max_per_ip.fetch_add(1, Relaxed);
                     continue;
                 }
                 *n += 1;
+                self.shared.open.fetch_add(1, Relaxed);
             }
-            self.shared.open.fetch_add(1, Relaxed);
             let _ = stream.set_nodelay(true);
             let entry = self.conns.vacant_entry();
             let id = entry.key();

@@ -484,6 +484,7 @@ fn floods_of_names_and_five_tuples_keep_maps_bounded_and_counters_intact() {
         .position(|w| w == b"flood.example")
         .unwrap();
     let mut keeps = 0u64;
+    let mut finished = 0u64;
     for i in 0..60_000u32 {
         // A random name, on a random 5-tuple: the first segment only (a pending hello, never
         // finished), or the whole hello.
@@ -513,12 +514,21 @@ fn floods_of_names_and_five_tuples_keep_maps_bounded_and_counters_intact() {
             h.pass("keep first segment", &a);
             h.pass("keep second segment", &b);
             keeps += 1;
+            finished += 1;
         }
     }
     let g = h.prog.global();
     eprintln!("{} frames: {g:?}", h.frames);
     assert_eq!(g["packets"], h.frames, "{g:?}");
     assert_eq!(g["errors"], 0, "{g:?}");
+    // Every whole hello and every finished split one read to its name, configured or not.
+    assert_eq!(g["sni"], finished, "{g:?}");
+    assert_eq!(g["client_hellos"], finished, "{g:?}");
+    assert!(
+        h.prog.other_len() > OTHERS as usize / 2,
+        "{}",
+        h.prog.other_len()
+    );
     assert_outcomes_add_up(&g);
     assert!(
         h.prog.flows_len() <= FLOWS as usize,

@@ -20,7 +20,7 @@ fn testssl(term: &Term, ca: &std::path::Path, name: &str, out: &std::path::Path)
             "--warnings",
             "off",
         ])
-        .args(["--openssl-timeout", "10", "--ip", "127.0.0.1", "--add-ca"])
+        .args(["--openssl-timeout", "30", "--ip", "127.0.0.1", "--add-ca"])
         .arg(ca)
         .arg("--jsonfile")
         .arg(out)
@@ -120,6 +120,20 @@ fn keys_are_read_once_never_logged_and_world_readable_ones_warned_about() {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // The keys' DER bytes, as a log line could show them: hex either case, or a Debug list.
+    let mut forms = Vec::new();
+    for k in keys {
+        use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+        let der = PrivateKeyDer::from_pem_file(pki.path(k)).unwrap();
+        let der = der.secret_der();
+        for window in [&der[8..24], &der[der.len() - 16..]] {
+            let hex: String = window.iter().map(|b| format!("{b:02x}")).collect();
+            forms.push(hex.to_uppercase());
+            forms.push(hex);
+            let list: Vec<String> = window[..8].iter().map(u8::to_string).collect();
+            forms.push(list.join(", "));
+        }
+    }
     // Trace logging everywhere, rustls' own included.
     let term = Term::start_env(&pki, "127.0.0.1:0", HOSTS, &[("RUST_LOG", "trace")]);
     // (b.example: a.example offers h2, which the builtin backend does not speak.)

@@ -473,6 +473,12 @@ fn privileges_are_dropped_once_attached_and_bound() {
         }
         assert_eq!(field("NoNewPrivs"), "1", "{task:?}");
     }
+    // The keys are in a root-only directory: the log says a reload could not read them.
+    let log = std::fs::read_to_string(edge.pki.path("run.log")).unwrap();
+    assert!(
+        log.contains("privileges dropped") && log.contains("a reload could not read this file"),
+        "{log}"
+    );
     // Still classifying, terminating and answering stats.
     let out = edge.curl("alpha.test", SERVER_V4, 10);
     assert!(

@@ -7,7 +7,9 @@
 //! - `bench`: installs nginx, builds in release, runs `sni-bench` (as root), writes
 //!   `bench/results/` and the README's table.
 //! - `deps`: installs the Debian packages the tests and demo use.
+//! - `fuzz`: runs the cargo-fuzz targets in `fuzz/` for a bounded time each (see [`fuzz`]).
 
+mod fuzz;
 mod toolchain;
 
 use std::{
@@ -79,6 +81,19 @@ enum Task {
     },
     /// Install the Debian packages used by the tests (as root).
     Deps,
+    /// Run the fuzz targets (installs cargo-fuzz if missing), each for --time seconds, from
+    /// fuzz/seeds and fuzz/corpus; fails on a crash with the input and how to reproduce it.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only this target (hello_chunks, hello_vs_tls_parser, passthrough_hello, config).
+        #[arg(long)]
+        target: Option<String>,
+        /// libFuzzer sanitizer (none, address, …); sanitizers need -Z flags.
+        #[arg(long, default_value = "none")]
+        sanitizer: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -156,6 +171,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench { quick, args } => bench(quick, &args),
         Task::Deps => deps(),
+        Task::Fuzz {
+            time,
+            target,
+            sanitizer,
+        } => fuzz::fuzz(time, target.as_deref(), &sanitizer),
     }
 }
 
