@@ -139,7 +139,13 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&["build", "-p", "sni-user"])?;
             let mut test = Command::new(cargo_bin());
             test.current_dir(root())
-                .args(["test", "--workspace", "--exclude", "sni-ebpf"])
+                .args([
+                    "test",
+                    "--no-fail-fast",
+                    "--workspace",
+                    "--exclude",
+                    "sni-ebpf",
+                ])
                 .args(&args)
                 .env("SNI_EBPF_OBJECT", &object)
                 .env("SNI_USER_BIN", root().join("target/debug/sni-user"))
