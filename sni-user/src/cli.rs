@@ -238,48 +238,7 @@ fn reload(
     let mut new = Config::load(&running.source)?;
     overrides.apply(&mut new);
     new.validate()?;
-    let mut fixed = Vec::new();
-    let same = |a: String, b: String| a == b;
-    if running.pin_dir != new.pin_dir {
-        fixed.push("pin_dir");
-    }
-    if !same(format!("{:?}", running.xdp), format!("{:?}", new.xdp)) {
-        fixed.push("[xdp]");
-    }
-    if !same(format!("{:?}", running.listen), format!("{:?}", new.listen)) {
-        fixed.push("[[listen]]");
-    }
-    if !same(format!("{:?}", running.limits), format!("{:?}", new.limits)) {
-        fixed.push("[limits]");
-    }
-    if running.workers != new.workers {
-        fixed.push("workers");
-    }
-    if running.control_socket != new.control_socket {
-        fixed.push("control_socket");
-    }
-    if running.user != new.user {
-        fixed.push("user");
-    }
-    let host_keys = |c: &Config| -> Vec<String> {
-        c.hosts
-            .iter()
-            .map(|h| format!("{:?} {:?}", h.names, h.actions()))
-            .collect()
-    };
-    if host_keys(running) != host_keys(&new) {
-        fixed.push("host names or actions");
-    }
-    if !same(
-        format!(
-            "{:?} {:?}",
-            running.default.reject,
-            running.default.actions()
-        ),
-        format!("{:?} {:?}", new.default.reject, new.default.actions()),
-    ) {
-        fixed.push("[default] reject or actions");
-    }
+    let fixed = running.needs_restart(&new);
     if !fixed.is_empty() {
         anyhow::bail!(
             "{}: {} changed, which needs a restart; nothing was applied",

@@ -406,6 +406,36 @@ fn default_pending() -> u32 {
 }
 
 impl Config {
+    /// What differs from `other` among the settings a running process cannot take in place
+    /// (sockets bound, program attached, maps sized and filled, privileges dropped): each by
+    /// its name in the file. Empty when `other` changes only certificates, keys, backends,
+    /// ALPN, passthrough or PROXY headers.
+    pub fn needs_restart(&self, other: &Self) -> Vec<&'static str> {
+        let fixed = |c: &Self| -> [(&'static str, String); 9] {
+            let hosts: Vec<_> = c.hosts.iter().map(|h| (&h.names, h.actions())).collect();
+            [
+                ("pin_dir", format!("{:?}", c.pin_dir)),
+                ("[xdp]", format!("{:?}", c.xdp)),
+                ("[[listen]]", format!("{:?}", c.listen)),
+                ("[limits]", format!("{:?}", c.limits)),
+                ("workers", format!("{:?}", c.workers)),
+                ("control_socket", format!("{:?}", c.control_socket)),
+                ("user", format!("{:?}", c.user)),
+                ("host names or actions", format!("{hosts:?}")),
+                (
+                    "[default] reject or actions",
+                    format!("{:?}", (c.default.reject, c.default.actions())),
+                ),
+            ]
+        };
+        fixed(self)
+            .into_iter()
+            .zip(fixed(other))
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0)
+            .collect()
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -9,7 +9,10 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
         Arc, Mutex, RwLock,
     },
     thread::JoinHandle,
@@ -52,8 +55,10 @@ pub struct Terminator {
 
 /// What the workers share.
 struct Shared {
-    /// Swapped whole by a reload; each use takes the table of the moment.
+    /// Swapped whole by a reload. Workers keep their own copy of the `Arc` and take the new
+    /// table when `generation` moves, so the packet path touches no lock and no shared count.
     routes: RwLock<Arc<Routes>>,
+    generation: AtomicU64,
     flows: Option<FlowTable>,
     counters: Arc<Counters>,
     limits: Limits,
@@ -100,7 +105,8 @@ impl Terminator {
             }
         }
         let shared = Arc::new(Shared {
-            routes: RwLock::new(routes),
+            routes: RwLock::new(routes.clone()),
+            generation: AtomicU64::new(0),
             flows,
             counters: counters.clone(),
             limits: config.limits.clone(),
@@ -140,6 +146,8 @@ impl Terminator {
                 conns: Slab::new(),
                 again: VecDeque::new(),
                 shared: shared.clone(),
+                routes: routes.clone(),
+                generation: 0,
                 stop: stop.clone(),
             };
             let handle = std::thread::Builder::new()
@@ -176,6 +184,10 @@ impl Terminator {
         match self.shared.routes.write() {
             Ok(mut r) => *r = routes,
             Err(poisoned) => *poisoned.into_inner() = routes,
+        }
+        self.shared.generation.fetch_add(1, Release);
+        for w in &self.wakers {
+            let _ = w.wake();
         }
         Ok(())
     }
@@ -218,6 +230,9 @@ struct Worker {
     conns: Slab<Conn>,
     again: VecDeque<usize>,
     shared: Arc<Shared>,
+    /// This worker's copy of the route table, as of `generation`.
+    routes: Arc<Routes>,
+    generation: u64,
     stop: Arc<AtomicBool>,
 }
 
@@ -236,6 +251,11 @@ impl Worker {
                     warn!(error = %e, "poll failed");
                 }
                 continue;
+            }
+            let generation = self.shared.generation.load(Acquire);
+            if generation != self.generation {
+                self.routes = self.shared.routes();
+                self.generation = generation;
             }
             for event in &events {
                 match event.token() {
@@ -318,9 +338,7 @@ impl Worker {
     }
 
     fn pump(&mut self, id: usize) {
-        let shared = self.shared.clone();
-        let routes = shared.routes();
-        let ctx = shared.ctx(&routes);
+        let ctx = self.shared.ctx(&self.routes);
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a stray event for a closed connection
         };
@@ -354,9 +372,7 @@ impl Worker {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        let shared = self.shared.clone();
-        let routes = shared.routes();
-        let ctx = shared.ctx(&routes);
+        let ctx = self.shared.ctx(&self.routes);
         let expired: Vec<usize> = self
             .conns
             .iter_mut()
@@ -376,9 +392,7 @@ impl Worker {
         let Some(mut conn) = self.conns.try_remove(id) else {
             return;
         };
-        let shared = self.shared.clone();
-        let routes = shared.routes();
-        conn.finish(&shared.ctx(&routes));
+        conn.finish(&self.shared.ctx(&self.routes));
         let _ = self.poll.registry().deregister(&mut conn.client);
         if conn.backend_registered {
             if let Some(source) = conn.backend_source() {

@@ -26,12 +26,17 @@ pub fn resize_hello(out: &mut [u8], delta: isize, inner: &[usize]) {
     adj16(out, 3); // record length
     let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as isize + delta;
     out[6..9].copy_from_slice(&(hs as u32).to_be_bytes()[1..]);
-    // The extensions length follows version, random, session id, suites and compression.
+    adj16(out, extensions_length_at(out));
+}
+
+/// Where the extensions length of a one-record ClientHello is: after the record and handshake
+/// headers, version, random, session id, cipher suites and compression methods.
+pub fn extensions_length_at(hello: &[u8]) -> usize {
     let mut i = 9 + 2 + 32;
-    i += 1 + usize::from(out[i]);
-    i += 2 + usize::from(u16::from_be_bytes([out[i], out[i + 1]]));
-    i += 1 + usize::from(out[i]);
-    adj16(out, i);
+    i += 1 + usize::from(hello[i]);
+    i += 2 + usize::from(u16::from_be_bytes([hello[i], hello[i + 1]]));
+    i += 1 + usize::from(hello[i]);
+    i
 }
 
 /// `hello` with the `old_len`-byte name at `at` replaced by `name`, lengths fixed up.
@@ -83,11 +88,7 @@ pub fn browser_size_hello(name: &str) -> Vec<u8> {
 
 /// `hello` (one record) with its server_name extension moved to the end.
 pub fn sni_last(hello: &[u8]) -> Vec<u8> {
-    let mut i = 9 + 2 + 32;
-    i += 1 + usize::from(hello[i]);
-    i += 2 + usize::from(u16::from_be_bytes([hello[i], hello[i + 1]]));
-    i += 1 + usize::from(hello[i]);
-    let exts_start = i + 2;
+    let exts_start = extensions_length_at(hello) + 2;
     let mut others = Vec::new();
     let mut sni = Vec::new();
     let mut j = exts_start;

@@ -39,6 +39,49 @@ pub fn sni_user_bin() -> PathBuf {
     path
 }
 
+/// The entry of host `name` in the `hosts` list of `counters` (`stats --json` has one for the
+/// classifier at the top and one under `terminator`), if there is one.
+pub fn find_host<'a>(counters: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    counters["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == name)
+}
+
+/// As [`find_host`], failing the test with the counters when the host is missing.
+pub fn host<'a>(counters: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    find_host(counters, name).unwrap_or_else(|| panic!("{name} missing from {counters}"))
+}
+
+/// xorshift64*: a deterministic source, so every run of a test sees the same inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value; 0 is made odd).
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    /// One byte.
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+    /// `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.byte()).collect()
+    }
+}
+
 /// Fails the test with its reason unless it runs as root (CI does).
 pub fn require_root() {
     let out = std::process::Command::new("id").arg("-u").output().unwrap();

@@ -6,6 +6,7 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use sni_tests::{
+    find_host,
     netns::{run, ChildGuard},
     require_root, sni_user_bin, PinDir,
 };
@@ -44,11 +45,7 @@ fn demo_works_as_printed() {
     // The wildcard host (shop.apps.demo.test was asked for) counts under its first name, as
     // the terminator's does.
     for name in ["alpha.demo.test", "beta.demo.test", "*.apps.demo.test"] {
-        let h = s["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["host"] == name);
+        let h = find_host(&s, name);
         assert_eq!(
             h.map(|h| h["client_hellos"].clone()),
             Some(1.into()),
@@ -56,11 +53,7 @@ fn demo_works_as_printed() {
         );
     }
     for label in ["alpha.demo.test", "beta.demo.test", "*.apps.demo.test"] {
-        let h = s["terminator"]["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["host"] == label);
+        let h = find_host(&s["terminator"], label);
         assert_eq!(
             h.map(|h| h["handshakes"].clone()),
             Some(1.into()),

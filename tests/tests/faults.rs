@@ -17,9 +17,10 @@ use std::{
 use rustls::{pki_types::ServerName, ClientConfig, ClientConnection};
 use serde_json::Value;
 use sni_tests::{
-    fixture,
+    fixture, host,
     pki::rustls_client,
     term::{curl, standard_pki, Term, HOSTS},
+    Rng,
 };
 
 /// Resident memory of a process, in bytes.
@@ -59,15 +60,8 @@ fn global(s: &Value, key: &str) -> u64 {
     s["global"][key].as_u64().unwrap()
 }
 
-fn host_failure(s: &Value, host: &str, key: &str) -> u64 {
-    s["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == host)
-        .unwrap()["failures"][key]
-        .as_u64()
-        .unwrap()
+fn host_failure(s: &Value, name: &str, key: &str) -> u64 {
+    host(s, name)["failures"][key].as_u64().unwrap()
 }
 
 #[test]
@@ -195,15 +189,7 @@ fn connection_caps_hold_under_a_flood_and_memory_stays_bounded() {
 
 /// Bytes `seed` makes: each client's stream is its own and can be checked byte for byte.
 fn stream(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Rng::new(seed).bytes(len)
 }
 
 /// One TLS client over a non-blocking socket: sends `out`, then close_notify and FIN, while

@@ -10,8 +10,11 @@
 use sni_tests::{
     fixture,
     frame::{self, Ext, Seg, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, V4},
-    hellos::{browser_size_hello, named, resize_hello, rustls_hello, with_extension},
+    hellos::{
+        browser_size_hello, extensions_length_at, named, resize_hello, rustls_hello, with_extension,
+    },
     prog::{assert_outcomes_add_up, Prog, XDP_DROP, XDP_PASS},
+    Rng,
 };
 
 const PORT: u16 = 443;
@@ -25,27 +28,6 @@ const OTHERS: u32 = 128;
 const NOISE_SRC: [u8; 4] = [198, 18, 0, 1];
 const KEEP_SRC: [u8; 4] = [198, 18, 7, 7];
 const DROP_SRC: [u8; 4] = [198, 18, 9, 9];
-
-/// xorshift64*: deterministic, so every run sees the same frames.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
 
 /// The program, its expectations, and the count of frames it ran.
 struct Harness {
@@ -225,7 +207,7 @@ fn havoc(h: &mut Harness, rng: &mut Rng, bases: &[(&'static str, Vec<u8>)], roun
         let (name, base) = &bases[rng.below(bases.len())];
         let mut f = base.clone();
         let at = tcp_at(base);
-        let port = rng.next() as u16;
+        let port = rng.next_u64() as u16;
         f[at..at + 2].copy_from_slice(&port.to_be_bytes());
         for _ in 0..1 + rng.below(8) {
             let at = rng.below(f.len() + 1);
@@ -301,7 +283,7 @@ fn nested_vlans(h: &mut Harness, rng: &mut Rng) {
                     } else {
                         ETH_P_8021AD
                     };
-                    (tpid, rng.next() as u16)
+                    (tpid, rng.next_u64() as u16)
                 })
                 .collect();
             let (ty, l3) = if rng.below(2) == 0 {
@@ -374,11 +356,7 @@ fn many_extensions(name: &str, count: usize) -> Vec<u8> {
         block.extend_from_slice(&[0, 0]);
     }
     // Insert them right after the extensions length, before every real extension.
-    let mut i = 9 + 2 + 32;
-    i += 1 + usize::from(hello[i]);
-    i += 2 + usize::from(u16::from_be_bytes([hello[i], hello[i + 1]]));
-    i += 1 + usize::from(hello[i]);
-    let exts_start = i + 2;
+    let exts_start = extensions_length_at(&hello) + 2;
     hello.splice(exts_start..exts_start, block.iter().copied());
     // The record may now exceed the TLS limit: that is part of the test; lengths wrap as u16.
     resize_hello(&mut hello, block.len() as isize, &[]);
@@ -419,7 +397,7 @@ fn keep_hello(h: &mut Harness, port: u16) {
 #[test]
 fn hostile_frames_never_abort_never_drop_unasked_and_are_all_counted() {
     let mut h = Harness::new();
-    let mut rng = Rng(0x5eed_cafe_f00d_0001);
+    let mut rng = Rng::new(0x5eed_cafe_f00d_0001);
     let bases = base_frames();
     let mut keeps = 0u64;
     let mut next_keep_port = 20_000u16;
@@ -477,7 +455,7 @@ fn hostile_frames_never_abort_never_drop_unasked_and_are_all_counted() {
 #[test]
 fn floods_of_names_and_five_tuples_keep_maps_bounded_and_counters_intact() {
     let mut h = Harness::new();
-    let mut rng = Rng(0x5eed_cafe_f00d_0002);
+    let mut rng = Rng::new(0x5eed_cafe_f00d_0002);
     let base = browser_size_hello("flood.example");
     let name_at = base
         .windows(13)
@@ -488,12 +466,12 @@ fn floods_of_names_and_five_tuples_keep_maps_bounded_and_counters_intact() {
     for i in 0..60_000u32 {
         // A random name, on a random 5-tuple: the first segment only (a pending hello, never
         // finished), or the whole hello.
-        let name: Vec<u8> = (0..13).map(|_| b'a' + (rng.next() % 26) as u8).collect();
+        let name: Vec<u8> = (0..13).map(|_| b'a' + (rng.next_u64() % 26) as u8).collect();
         let mut hello = base.clone();
         hello[name_at..name_at + 13].copy_from_slice(&name);
         let src = [10, rng.byte(), rng.byte(), rng.byte().max(1)];
-        let port = 1024 + (rng.next() % 60_000) as u16;
-        let seq = rng.next() as u32;
+        let port = 1024 + (rng.next_u64() % 60_000) as u16;
+        let seq = rng.next_u64() as u32;
         let cut = if i % 2 == 0 { 1400 } else { hello.len() };
         let f = v4_from(src, &hello_seg(port, seq), &hello[..cut]);
         h.pass("flood", &f);

@@ -9,6 +9,7 @@ use std::{path::Path, process::Command, time::Duration};
 use serde_json::Value;
 use sni_common::maps::MAP_GLOBAL;
 use sni_tests::{
+    find_host,
     netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4, SERVER_V6},
     pki::Pki,
     sni_user_bin, PinDir,
@@ -138,14 +139,6 @@ fn stats(pin_dir: &Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn host<'a>(stats: &'a Value, name: &str) -> Option<&'a Value> {
-    stats["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == name)
-}
-
 #[test]
 fn stats_show_exactly_the_client_hellos_sent() {
     let link = Link::new();
@@ -191,7 +184,7 @@ fn stats_show_exactly_the_client_hellos_sent() {
         ("idle.test", 0, true),
     ];
     for (name, hellos, configured) in expect {
-        let h = host(&s, name).unwrap_or_else(|| panic!("{name} missing from {s}"));
+        let h = find_host(&s, name).unwrap_or_else(|| panic!("{name} missing from {s}"));
         assert_eq!(h["client_hellos"], hellos, "{name}: {h}");
         // Every packet of the flows from the ClientHello on: at least the ClientHello and the
         // client's next segment (its Finished, or an ACK).
@@ -256,7 +249,11 @@ fn killed_classifier_leaves_no_program_and_restarts() {
     let mut second = link.start_classifier(&pin_dir, &["alpha.test"]);
     link.s_client(Some("alpha.test"), SERVER_V4);
     let s = stats(&pin_dir);
-    assert_eq!(host(&s, "alpha.test").unwrap()["client_hellos"], 1, "{s}");
+    assert_eq!(
+        find_host(&s, "alpha.test").unwrap()["client_hellos"],
+        1,
+        "{s}"
+    );
     second
         .signal_and_wait("TERM", Duration::from_secs(10))
         .expect("stopped");

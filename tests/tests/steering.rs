@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
+    host,
     netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4, SERVER_V6},
     pki::Pki,
     sni_user_bin, PinDir,
@@ -196,22 +197,14 @@ impl Drop for Edge {
     }
 }
 
+/// A host in the classifier's counters.
 fn xdp_host<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == name)
-        .unwrap_or_else(|| panic!("{name} missing from the XDP counters: {s}"))
+    host(s, name)
 }
 
+/// A host in the terminator's counters.
 fn term_host<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["terminator"]["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["host"] == name)
-        .unwrap_or_else(|| panic!("{name} missing from the terminator counters: {s}"))
+    host(&s["terminator"], name)
 }
 
 const HOSTS: &str = r#"

@@ -13,6 +13,7 @@ use std::{
 };
 
 use sni_tests::{
+    host,
     netns::{run, unique, wait_until, ChildGuard},
     pki::rustls_client,
     sni_user_bin,
@@ -67,16 +68,7 @@ fn each_name_gets_its_certificate_and_its_host() {
     assert!(out.contains("default.example"), "{out}");
     assert!(out.contains("Verify return code: 0"), "{out}");
     term.wait_stats("handshakes counted", |s| {
-        let h = |l: &str| {
-            s["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|h| h["host"] == l)
-                .unwrap()["handshakes"]
-                .as_u64()
-                .unwrap()
-        };
+        let h = |l: &str| host(s, l)["handshakes"].as_u64().unwrap();
         h("a.example") == 1 && h("b.example") == 1 && h("*.wild.example") == 1 && h("default") == 2
     });
 }
@@ -142,13 +134,7 @@ fn tcp_backend_with_proxy_protocol_v2() {
     );
     handle.join().unwrap();
     term.wait_stats("bytes counted", |s| {
-        let p = s["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["host"] == "p.example")
-            .unwrap()
-            .clone();
+        let p = host(s, "p.example");
         p["handshakes"] == 1 && p["bytes_to_client"].as_u64().unwrap() > 0 && p["active"] == 0
     });
 }
@@ -184,16 +170,7 @@ fn refused_and_dying_backends_close_cleanly_and_are_counted() {
     );
     handle.join().unwrap();
     term.wait_stats("backend failures counted", |s| {
-        let f = |l: &str, k: &str| {
-            s["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|h| h["host"] == l)
-                .unwrap()["failures"][k]
-                .as_u64()
-                .unwrap()
-        };
+        let f = |l: &str, k: &str| host(s, l)["failures"][k].as_u64().unwrap();
         f("r.example", "backend_refused") == 1
             && f("d.example", "backend_failed") + f("d.example", "client_gone") >= 1
     });
@@ -239,13 +216,7 @@ fn passthrough_relays_to_the_backend_tls_server() {
     // openssl's -www status page: the backend terminated TLS, with its own certificate.
     assert!(text.contains("s_server"), "{text}");
     term.wait_stats("passthrough counted", |s| {
-        s["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["host"] == "pass.example")
-            .unwrap()["handshakes"]
-            == 1
+        host(s, "pass.example")["handshakes"] == 1
     });
 }
 
@@ -465,13 +436,7 @@ fn unix_backend_and_half_close_both_ways() {
     assert_eq!(answer, format!("got {BODY} bytes"));
     backend.join().unwrap();
     term.wait_stats("bytes counted both ways", |s| {
-        let u = s["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["host"] == "u.example")
-            .unwrap()
-            .clone();
+        let u = host(s, "u.example");
         u["bytes_to_backend"] == BODY as u64 && u["active"] == 0
     });
 }

@@ -77,10 +77,11 @@ pub fn fuzz(seconds: u64, only: Option<&str>, sanitizer: &str) -> Result<()> {
     };
     let object = ebpf_object()?;
     ensure_cargo_fuzz()?;
+    let nightly = crate::toolchain::rustup_nightly().is_some();
     let fuzz_dir = root().join("fuzz");
 
     let started = Instant::now();
-    let mut build = fuzz_cargo(&object);
+    let mut build = fuzz_cargo(&object, nightly);
     build.args(["fuzz", "build", "-s", sanitizer]);
     if let [t] = targets.as_slice() {
         build.arg(t.name);
@@ -95,15 +96,14 @@ pub fn fuzz(seconds: u64, only: Option<&str>, sanitizer: &str) -> Result<()> {
     );
 
     let mut crashes = Vec::new();
-    let mut summary = Vec::new();
     for t in targets {
         let corpus = fuzz_dir.join("corpus").join(t.name);
         let seeds = fuzz_dir.join("seeds").join(t.name);
         fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
         let before = count_files(&corpus);
         let t0 = Instant::now();
-        let report = run_target(&object, t, &corpus, &seeds, seconds, sanitizer)?;
-        let line = format!(
+        let report = run_target(&object, nightly, t, &corpus, &seeds, seconds, sanitizer)?;
+        println!(
             "fuzz {}: {} runs in {:.0} s ({}/s), {} new inputs, {}, corpus {} files \
              (was {before}){}",
             t.name,
@@ -119,20 +119,19 @@ pub fn fuzz(seconds: u64, only: Option<&str>, sanitizer: &str) -> Result<()> {
                 ""
             },
         );
-        println!("{line}");
-        summary.push(line);
         if let Some(artifact) = report.crash {
             crashes.push(format!(
                 "{}: {artifact}\n  reproduce: SNI_EBPF_OBJECT={} {} fuzz run -s {sanitizer} {} {artifact}",
                 t.name,
                 object.display(),
-                toolchain_hint(),
+                if nightly {
+                    "cargo +nightly"
+                } else {
+                    "RUSTC_BOOTSTRAP=1 cargo"
+                },
                 t.name,
             ));
         }
-    }
-    for line in &summary {
-        println!("{line}");
     }
     if !crashes.is_empty() {
         bail!(
@@ -148,13 +147,14 @@ pub fn fuzz(seconds: u64, only: Option<&str>, sanitizer: &str) -> Result<()> {
 /// Runs one target; passes libFuzzer's output through, without its per-input lines.
 fn run_target(
     object: &Path,
+    nightly: bool,
     t: &Target,
     corpus: &Path,
     seeds: &Path,
     seconds: u64,
     sanitizer: &str,
 ) -> Result<Report> {
-    let mut cmd = fuzz_cargo(object);
+    let mut cmd = fuzz_cargo(object, nightly);
     cmd.args(["fuzz", "run", "-s", sanitizer, t.name])
         .arg(corpus)
         .arg(seeds)
@@ -191,11 +191,10 @@ fn run_target(
             if let Some(cov) = coverage(&line) {
                 report.cov = Some(cov);
             }
-            // Per-input progress lines ("#123 NEW cov: …") are noise in a CI log.
-            let progress = line.starts_with('#')
-                && [" NEW ", " REDUCE ", " pulse ", " RELOAD "]
-                    .iter()
-                    .any(|w| line.contains(w));
+            // Per-input progress lines ("#123\tNEW    cov: …") are noise in a CI log; the
+            // start and end ones ("INITED", "DONE") stay.
+            let progress =
+                line.starts_with('#') && !(line.contains("\tINITED") || line.contains("\tDONE"));
             if !progress && !line.starts_with("\tNEW_FUNC") {
                 eprintln!("{line}");
             }
@@ -251,22 +250,9 @@ fn ebpf_object() -> Result<PathBuf> {
     build_ebpf(true)
 }
 
-/// Whether rustup has a nightly toolchain.
-fn has_nightly() -> bool {
-    Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.starts_with("nightly"))
-        })
-        .unwrap_or(false)
-}
-
 /// `cargo` on the chosen toolchain (see the module docs), in the workspace root.
-fn fuzz_cargo(object: &Path) -> Command {
-    let mut cmd = if has_nightly() {
+fn fuzz_cargo(object: &Path, nightly: bool) -> Command {
+    let mut cmd = if nightly {
         let mut c = Command::new("rustup");
         c.args(["run", "nightly", "cargo"]);
         c
@@ -280,15 +266,6 @@ fn fuzz_cargo(object: &Path) -> Command {
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER");
     cmd
-}
-
-/// How to call cargo-fuzz by hand, for the reproduce line.
-fn toolchain_hint() -> &'static str {
-    if has_nightly() {
-        "cargo +nightly"
-    } else {
-        "RUSTC_BOOTSTRAP=1 cargo"
-    }
 }
 
 /// Installs cargo-fuzz if `cargo fuzz` is not there.

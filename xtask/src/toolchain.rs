@@ -90,7 +90,8 @@ fn find_rustc(allow_install: bool) -> Result<(PathBuf, &'static str)> {
     )
 }
 
-fn rustup_nightly() -> Option<PathBuf> {
+/// The rustc of rustup's nightly toolchain, when one is installed.
+pub fn rustup_nightly() -> Option<PathBuf> {
     let out = Command::new("rustup")
         .args(["which", "rustc", "--toolchain", "nightly"])
         .output()
