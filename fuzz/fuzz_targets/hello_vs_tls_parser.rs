@@ -195,9 +195,11 @@ fn both_read_a_hello(
                 Reason::BadHelloVersion => ch.version.0 >> 8 != 3,
                 Reason::BadCipherSuitesLength => ch.ciphers.is_empty(),
                 Reason::BadCompressionLength => ch.comp.is_empty(),
-                // L4.
+                // L4; or a malformed server_name whose fields run past the ClientHello (e.g.
+                // the list length of an empty one at the end): ours reads the bytes after it,
+                // in the same record or the next, and reports the overrun there.
                 Reason::ExtensionsLengthMismatch | Reason::Overrun | Reason::ExtensionOverrun => {
-                    !block_ok
+                    !block_ok || read_on || !sni_ok
                 }
                 // L5.
                 Reason::DuplicateServerName => raw_sni.len() > 1,
