@@ -60,8 +60,20 @@ struct Report {
     crash: Option<String>,
 }
 
-/// Runs every target (or `only`) for `seconds` each.
-pub fn fuzz(seconds: u64, only: Option<&str>, sanitizer: &str) -> Result<()> {
+/// How each target runs.
+pub struct Run<'a> {
+    /// Seconds per target.
+    pub seconds: u64,
+    /// libFuzzer sanitizer (`none`, `address`, …).
+    pub sanitizer: &'a str,
+    /// libFuzzer's random seed: fixed, a run from the same corpus takes the same path (CI);
+    /// None, a new one each run.
+    pub seed: Option<u64>,
+}
+
+/// Runs every target (or `only`) as `run` says.
+pub fn fuzz(run: &Run<'_>, only: Option<&str>) -> Result<()> {
+    let sanitizer = run.sanitizer;
     let targets: Vec<&Target> = match only {
         Some(name) => vec![TARGETS.iter().find(|t| t.name == name).with_context(|| {
             format!(
@@ -102,7 +114,7 @@ pub fn fuzz(seconds: u64, only: Option<&str>, sanitizer: &str) -> Result<()> {
         fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
         let before = count_files(&corpus);
         let t0 = Instant::now();
-        let report = run_target(&object, nightly, t, &corpus, &seeds, seconds, sanitizer)?;
+        let report = run_target(&object, nightly, t, &corpus, &seeds, run)?;
         println!(
             "fuzz {}: {} runs in {:.0} s ({}/s), {} new inputs, {}, corpus {} files \
              (was {before}){}",
@@ -151,19 +163,19 @@ fn run_target(
     t: &Target,
     corpus: &Path,
     seeds: &Path,
-    seconds: u64,
-    sanitizer: &str,
+    run: &Run<'_>,
 ) -> Result<Report> {
     let mut cmd = fuzz_cargo(object, nightly);
-    cmd.args(["fuzz", "run", "-s", sanitizer, t.name])
+    cmd.args(["fuzz", "run", "-s", run.sanitizer, t.name])
         .arg(corpus)
         .arg(seeds)
         .arg("--")
-        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-max_total_time={}", run.seconds))
         .arg(format!("-max_len={}", t.max_len))
         // One input taking seconds is a hang (libFuzzer's default waits 20 minutes).
         .arg("-timeout=10")
         .arg("-print_final_stats=1")
+        .args(run.seed.map(|seed| format!("-seed={seed}")))
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()

@@ -93,6 +93,9 @@ enum Task {
         /// libFuzzer sanitizer (none, address, …); sanitizers need -Z flags.
         #[arg(long, default_value = "none")]
         sanitizer: String,
+        /// libFuzzer's random seed (CI fixes it, so a failure comes back on a rerun).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -181,7 +184,15 @@ fn run(cli: Cli) -> Result<()> {
             time,
             target,
             sanitizer,
-        } => fuzz::fuzz(time, target.as_deref(), &sanitizer),
+            seed,
+        } => fuzz::fuzz(
+            &fuzz::Run {
+                seconds: time,
+                sanitizer: &sanitizer,
+                seed,
+            },
+            target.as_deref(),
+        ),
     }
 }
 
