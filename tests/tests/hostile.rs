@@ -466,7 +466,9 @@ fn floods_of_names_and_five_tuples_keep_maps_bounded_and_counters_intact() {
     for i in 0..60_000u32 {
         // A random name, on a random 5-tuple: the first segment only (a pending hello, never
         // finished), or the whole hello.
-        let name: Vec<u8> = (0..13).map(|_| b'a' + (rng.next_u64() % 26) as u8).collect();
+        let name: Vec<u8> = (0..13)
+            .map(|_| b'a' + (rng.next_u64() % 26) as u8)
+            .collect();
         let mut hello = base.clone();
         hello[name_at..name_at + 13].copy_from_slice(&name);
         let src = [10, rng.byte(), rng.byte(), rng.byte().max(1)];
