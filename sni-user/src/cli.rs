@@ -1,11 +1,14 @@
-//! The command line, and the control plane of `sni-user run` on tokio: signals, forwarding
-//! the kernel's aya-log records, clean detach.
+//! The command line, and the control plane of `sni-user run` on tokio: signals, reloads,
+//! the metrics endpoint, forwarding the kernel's aya-log records, clean detach.
 
 use std::{
     io::IsTerminal,
     path::PathBuf,
     process::ExitCode,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
 };
 
 use anyhow::{Context, Result};
@@ -16,8 +19,9 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, Mode, XdpConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR},
     control,
-    loader::{error_chain, Classifier, StartOptions},
-    privileges,
+    counters::ReloadCounters,
+    loader::{error_chain, Classifier, PinnedMaps, StartOptions},
+    metrics, privileges,
     routes::Routes,
     server::Terminator,
     stats::Snapshot,
@@ -26,12 +30,37 @@ use crate::{
 /// How often the kernel's log records are forwarded.
 const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// XDP TLS SNI classifier: counts TLS ClientHellos per server name in the kernel.
+/// Per-host TLS at the edge: an XDP program counts, drops and rate-limits TLS ClientHellos by
+/// server name in the kernel; a TLS terminator (rustls) serves each name with its
+/// certificate and hands the plaintext to its backend.
+///
+/// Start with `run`; watch with `stats`, `top` or the Prometheus endpoint (`metrics` in the
+/// config); validate a config with `check`; apply a changed config with `reload`.
 #[derive(Debug, Parser)]
-#[command(name = "sni-user", version, about, long_about = None)]
+#[command(name = "sni-user", version, about, long_about)]
 pub struct Cli {
+    /// Log format on stderr: `text` (default) or `json` (one object per line, for journald
+    /// or a log shipper). Also SNI_LOG_FORMAT. Log levels: RUST_LOG (e.g. `info`,
+    /// `sni_user=debug`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SNI_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log records are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per record.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +92,28 @@ enum Command {
         /// Where the demo keeps its CA and certificates (without --config).
         #[arg(long, default_value = crate::demo::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+    },
+    /// Validate a config as `run` would, without running: TOML, every value, certificates
+    /// and keys (readable, matching, covering each name, expiry), duplicate and overlapping
+    /// names, backends, the user and the interfaces. Prints the resolved routing table, or
+    /// each error as FILE:LINE: FIELD: REASON with exit status 1.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make a running `sni-user run` re-read its config and certificates (as SIGHUP does)
+    /// and say whether it took them. The new config is validated whole first; a bad one
+    /// leaves the running one in place and the reason is printed (exit status 1). New
+    /// connections get the new certificates; open ones go on untouched; the kernel's maps
+    /// are updated in place.
+    Reload {
+        /// Control socket of the running process.
+        #[arg(long, conflicts_with = "config")]
+        control: Option<PathBuf>,
+        /// Take the control socket from this configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Show the counters of a running classifier: hosts by ClientHellos, then global counters.
     Stats {
@@ -100,7 +151,10 @@ enum Command {
 /// Runs the command line; the exit code is 1 on any error, after printing it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Run { debug: true, .. }));
+    init_logging(
+        matches!(cli.command, Command::Run { debug: true, .. }),
+        cli.log_format,
+    );
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,16 +175,24 @@ fn output(text: &str) -> Result<()> {
     }
 }
 
-fn init_logging(debug: bool) {
+fn init_logging(debug: bool, format: LogFormat) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Also captures the `log` records aya-log forwards from the kernel.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -162,6 +224,24 @@ fn dispatch(cli: Cli) -> Result<()> {
             overrides.apply(&mut config);
             config.validate()?;
             run(config, &overrides, StartOptions { debug })
+        }
+        Command::Check { config } => {
+            let report = crate::check::check(&config);
+            output(&report.text)?;
+            if report.ok {
+                Ok(())
+            } else {
+                anyhow::bail!("{}: not valid", config.display())
+            }
+        }
+        Command::Reload { control, config } => {
+            let control = match (control, config) {
+                (Some(c), _) => c,
+                (None, Some(path)) => Config::load(&path)?.control_socket,
+                (None, None) => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            };
+            control::reload(&control)?;
+            output("reloaded\n")
         }
         Command::Classify { file, ports, json } => {
             let mut report = crate::classify::classify_file(&file)?;
@@ -227,31 +307,95 @@ impl Overrides {
     }
 }
 
-/// Reads the config file again and, when it is valid and only changes what can change in
-/// place (certificates, keys, backends, ALPN, passthrough), serves new connections with it.
-/// Anything else is refused whole: the running configuration stays.
-fn reload(
-    running: &Config,
-    overrides: &Overrides,
-    terminator: Option<&Terminator>,
-) -> Result<Config> {
-    let mut new = Config::load(&running.source)?;
-    overrides.apply(&mut new);
-    new.validate()?;
-    let fixed = running.needs_restart(&new);
-    if !fixed.is_empty() {
-        anyhow::bail!(
-            "{}: {} changed, which needs a restart; nothing was applied",
-            new.source.display(),
-            fixed.join(", ")
-        );
-    }
-    if let Some(t) = terminator {
+/// What `run` runs, and what a reload changes.
+struct Daemon {
+    config: Config,
+    classifier: Option<Classifier>,
+    terminator: Option<Terminator>,
+    reloads: Arc<ReloadCounters>,
+    metrics_other_hosts: Arc<AtomicUsize>,
+}
+
+impl Daemon {
+    /// Reads the config file again and validates all of it (certificates and keys too, and
+    /// that the hosts fit the kernel's maps) before changing anything; then updates the
+    /// kernel's maps in place and serves new connections with the new routes. Anything that
+    /// cannot change in place is refused whole: the running configuration stays.
+    fn reload(&mut self, overrides: &Overrides) -> Result<()> {
+        let mut new = Config::load(&self.config.source)?;
+        overrides.apply(&mut new);
+        new.validate()?;
+        let fixed = self.config.needs_restart(&new);
+        if !fixed.is_empty() {
+            anyhow::bail!(
+                "{}: {} changed, which needs a restart; nothing was applied",
+                new.source.display(),
+                fixed.join(", ")
+            );
+        }
+        let slots = match &self.classifier {
+            Some(c) => Some(c.plan(&new)?),
+            None => None,
+        };
         // Certificates and keys are read again here, and only here after start.
-        let routes = Routes::load(&new)?;
-        t.reload(Arc::new(routes))?;
+        let routes = match &self.terminator {
+            Some(_) => {
+                let mut routes = Routes::load(&new)?;
+                if let Some(slots) = &slots {
+                    routes.set_slots(slots);
+                }
+                Some(routes)
+            }
+            None => None,
+        };
+        // Everything is valid: apply. The kernel first, so that a flow the terminator looks
+        // up carries a slot the new routes know.
+        if let (Some(c), Some(slots)) = (self.classifier.as_mut(), slots) {
+            c.apply(&self.config, &new, slots)
+                .context("updating the classifier's maps")?;
+        }
+        if let (Some(t), Some(routes)) = (&self.terminator, routes) {
+            t.reload(routes);
+        }
+        self.metrics_other_hosts
+            .store(new.metrics_other_hosts, Relaxed);
+        self.config = new;
+        Ok(())
     }
-    Ok(new)
+
+    /// Reloads, counts and logs the result.
+    fn reload_logged(&mut self, overrides: &Overrides, why: &str) -> Result<(), String> {
+        match self.reload(overrides) {
+            Ok(()) => {
+                self.reloads.reloads.fetch_add(1, Relaxed);
+                self.reloads.last_success.store(unix_now(), Relaxed);
+                info!(
+                    config = %self.config.source.display(),
+                    hosts = self.config.hosts.len(),
+                    trigger = why,
+                    "reloaded"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.reloads.failures.fetch_add(1, Relaxed);
+                let reason = format!("{e:#}");
+                tracing::error!(
+                    config = %self.config.source.display(),
+                    error = %reason,
+                    trigger = why,
+                    "reload refused; the running configuration stays"
+                );
+                Err(reason)
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> {
@@ -270,10 +414,10 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
         .map(privileges::Target::resolve)
         .transpose()?;
     // Certificates and keys are read once, before anything is attached or bound.
-    let routes = if config.listen.is_empty() {
+    let mut routes = if config.listen.is_empty() {
         None
     } else {
-        Some(Arc::new(Routes::load(&config)?))
+        Some(Routes::load(&config)?)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -284,20 +428,43 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
             Some(xdp) => Some(Classifier::start(&config, xdp, opts)?),
             None => None,
         };
-        let terminator = match routes {
-            Some(routes) => {
+        let terminator = match routes.take() {
+            Some(mut routes) => {
                 let flows = match &classifier {
-                    Some(c) => Some(c.flow_table()?),
+                    Some(c) => {
+                        routes.set_slots(c.slots());
+                        Some(c.flow_table()?)
+                    }
                     None => None,
                 };
-                Some(Terminator::start(&config, routes, flows)?)
+                Some(Terminator::start(&config, Arc::new(routes), flows)?)
             }
             None => None,
         };
-        let control = match &terminator {
-            Some(t) => Some(control::serve(&config.control_socket, t)?),
-            None => None,
-        };
+        let reloads = Arc::new(ReloadCounters::default());
+        reloads.last_success.store(unix_now(), Relaxed);
+        let metrics_other_hosts = Arc::new(AtomicUsize::new(config.metrics_other_hosts));
+        if let Some(addr) = config.metrics {
+            let maps = match &classifier {
+                Some(_) => Some(Mutex::new(PinnedMaps::open(&config.pin_dir)?)),
+                None => None,
+            };
+            metrics::serve(
+                addr,
+                metrics::Sources {
+                    maps,
+                    terminator: terminator.as_ref().map(Terminator::view),
+                    reloads: reloads.clone(),
+                    other_hosts: metrics_other_hosts.clone(),
+                },
+            )?;
+        }
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let control = control::serve(
+            &config.control_socket,
+            terminator.as_ref().map(Terminator::view),
+            reload_tx,
+        )?;
         // The kernel's log records (only with --debug) are flushed on a short tick: polling
         // the logger's fd through AsyncFd would need `unsafe` registration here.
         let mut logger = match classifier
@@ -314,7 +481,7 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
         if let Some(target) = &target {
             let mut owned = Vec::new();
             owned.extend(classifier.iter().flat_map(|c| c.owned_paths()));
-            owned.extend(control.iter().flat_map(|c| c.owned_paths()));
+            owned.extend(control.owned_paths());
             let mut reread = vec![config.source.clone()];
             for h in &config.hosts {
                 reread.extend(h.cert.iter().chain(h.key.iter()).cloned());
@@ -328,9 +495,7 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
                     .cloned(),
             );
             if let Err(e) = target.become_user(&owned, &reread) {
-                if let Some(control) = control {
-                    control.stop();
-                }
+                control.stop();
                 return Err(e);
             }
         }
@@ -338,33 +503,24 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        let mut running = config;
-        info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP");
+        let mut daemon = Daemon {
+            config,
+            classifier,
+            terminator,
+            reloads,
+            metrics_other_hosts,
+        };
+        info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP or `sni-user reload`");
         loop {
             tokio::select! {
                 _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
                 _ = sighup.recv() => {
-                    let counters = terminator.as_ref().map(|t| &t.counters.global);
-                    match reload(&running, overrides, terminator.as_ref()) {
-                        Ok(new) => {
-                            running = new;
-                            if let Some(g) = counters {
-                                g.reloads.fetch_add(1, Relaxed);
-                            }
-                            info!(config = %running.source.display(), "reloaded");
-                        }
-                        Err(e) => {
-                            if let Some(g) = counters {
-                                g.reload_failures.fetch_add(1, Relaxed);
-                            }
-                            tracing::error!(
-                                config = %running.source.display(),
-                                error = %format!("{e:#}"),
-                                "reload refused; the running configuration stays"
-                            );
-                        }
-                    }
+                    let _ = daemon.reload_logged(overrides, "SIGHUP");
+                }
+                Some(reply) = reload_rx.recv() => {
+                    let result = daemon.reload_logged(overrides, "control socket");
+                    let _ = reply.send(result);
                 }
                 _ = tick.tick() => {
                     if let Some(logger) = logger.as_mut() {
@@ -374,13 +530,11 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
             }
         }
         drop(logger);
-        if let Some(control) = control {
-            control.stop();
-        }
-        if let Some(t) = terminator {
+        control.stop();
+        if let Some(t) = daemon.terminator {
             t.stop();
         }
-        if let Some(c) = classifier {
+        if let Some(c) = daemon.classifier {
             c.shutdown();
         }
         Ok(())

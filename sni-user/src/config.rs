@@ -55,15 +55,99 @@ pub enum ConfigError {
         message: String,
     },
     /// A value is not acceptable.
-    #[error("config {path}: {field}: {message}")]
+    #[error("config {}: {field}: {message}", at(path, *line))]
     Invalid {
         /// The file (or `<defaults>`).
         path: PathBuf,
+        /// The line of the field (or of the nearest enclosing table) when the text is known.
+        line: Option<usize>,
         /// The field, e.g. `host[2].names[0]`.
         field: String,
         /// What is wrong.
         message: String,
     },
+}
+
+fn at(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+impl ConfigError {
+    /// Adds the line of an invalid field, found in `text`.
+    fn located(self, text: &str) -> Self {
+        match self {
+            Self::Invalid {
+                path,
+                line: None,
+                field,
+                message,
+            } => Self::Invalid {
+                line: locate(text, &field),
+                path,
+                field,
+                message,
+            },
+            e => e,
+        }
+    }
+}
+
+/// The 1-based line of `field` (`host[2].names[0]`, `limits.idle_timeout`, `host[0]
+/// (a.example).backend`) in the TOML `text`: of the deepest part of the path that is
+/// written there (a missing key points at its table).
+pub fn locate(text: &str, field: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
+    let mut value: Option<&toml::Spanned<DeValue<'_>>> = None;
+    // "host[0] (a.example).backend": the label in parentheses is for people.
+    let mut path = String::new();
+    let mut depth = 0usize;
+    for c in field.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ' ' => {}
+            c if depth == 0 => path.push(c),
+            _ => {}
+        }
+    }
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indices) = match part.split_once('[') {
+            Some((k, rest)) => (k, Some(rest)),
+            None => (part, None),
+        };
+        if let Some(v) = value.take() {
+            table = match v.get_ref() {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            };
+        }
+        let Some((_, v)) = table?.iter().find(|(k, _)| k.get_ref() == key) else {
+            break;
+        };
+        span = Some(v.span());
+        value = Some(v);
+        for index in indices.into_iter().flat_map(|r| r.split('[')) {
+            let Ok(i) = index.trim_end_matches(']').parse::<usize>() else {
+                break;
+            };
+            let Some(DeValue::Array(items)) = value.map(toml::Spanned::get_ref) else {
+                break;
+            };
+            let Some(item) = items.get(i) else {
+                break;
+            };
+            span = Some(item.span());
+            value = Some(item);
+        }
+    }
+    let start = span?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
 }
 
 /// XDP attach mode.
@@ -122,6 +206,14 @@ pub struct Config {
     /// (its primary group too). None: stay as started.
     #[serde(default)]
     pub user: Option<String>,
+    /// `IP:PORT` on which Prometheus metrics are served over HTTP (`/metrics`). None: no
+    /// endpoint.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Names not configured that keep their own `host` label in metrics: the most
+    /// ClientHellos first; the rest are summed under `host="other"`.
+    #[serde(default = "default_metrics_other_hosts")]
+    pub metrics_other_hosts: usize,
     /// The file this came from (`<defaults>` for the built-in one).
     #[serde(skip)]
     pub source: PathBuf,
@@ -148,6 +240,10 @@ pub struct XdpConfig {
     /// ClientHellos followed across segments at once (least recently seen are evicted).
     #[serde(default = "default_pending")]
     pub pending_capacity: u32,
+    /// Configured hosts the kernel maps hold: hosts added by a reload must fit (default: the
+    /// hosts configured at start plus a quarter, at least 64 more).
+    #[serde(default)]
+    pub hosts_capacity: Option<u32>,
 }
 
 /// What the classifier does with a host's flows.
@@ -377,6 +473,7 @@ impl XdpConfig {
             other_hosts_capacity: OTHER_HOSTS_DEFAULT_ENTRIES,
             flows_capacity: FLOWS_DEFAULT_ENTRIES,
             pending_capacity: PENDING_DEFAULT_ENTRIES,
+            hosts_capacity: None,
         }
     }
 }
@@ -387,6 +484,10 @@ fn default_pin_dir() -> PathBuf {
 
 fn default_control_socket() -> PathBuf {
     PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+fn default_metrics_other_hosts() -> usize {
+    20
 }
 
 fn default_ports() -> Vec<u16> {
@@ -407,25 +508,27 @@ fn default_pending() -> u32 {
 
 impl Config {
     /// What differs from `other` among the settings a running process cannot take in place
-    /// (sockets bound, program attached, maps sized and filled, privileges dropped): each by
-    /// its name in the file. Empty when `other` changes only certificates, keys, backends,
-    /// ALPN, passthrough or PROXY headers.
+    /// (sockets bound, program attached, maps sized, privileges dropped): each by its name
+    /// in the file. Hosts, names, certificates, keys, backends, actions, rate limits, the
+    /// watched ports and `[default]` all change in place.
     pub fn needs_restart(&self, other: &Self) -> Vec<&'static str> {
-        let fixed = |c: &Self| -> [(&'static str, String); 9] {
-            let hosts: Vec<_> = c.hosts.iter().map(|h| (&h.names, h.actions())).collect();
+        let xdp = |c: &Self| {
+            c.xdp.as_ref().map(|x| {
+                let mut x = x.clone();
+                x.ports.clear();
+                x
+            })
+        };
+        let fixed = |c: &Self| -> [(&'static str, String); 8] {
             [
                 ("pin_dir", format!("{:?}", c.pin_dir)),
-                ("[xdp]", format!("{:?}", c.xdp)),
+                ("[xdp] (other than ports)", format!("{:?}", xdp(c))),
                 ("[[listen]]", format!("{:?}", c.listen)),
                 ("[limits]", format!("{:?}", c.limits)),
                 ("workers", format!("{:?}", c.workers)),
                 ("control_socket", format!("{:?}", c.control_socket)),
                 ("user", format!("{:?}", c.user)),
-                ("host names or actions", format!("{hosts:?}")),
-                (
-                    "[default] reject or actions",
-                    format!("{:?}", (c.default.reject, c.default.actions())),
-                ),
+                ("metrics", format!("{:?}", c.metrics)),
             ]
         };
         fixed(self)
@@ -453,7 +556,7 @@ impl Config {
         })?;
         config.source = path.to_owned();
         config.resolve_paths();
-        config.validate()?;
+        config.validate().map_err(|e| e.located(text))?;
         Ok(config)
     }
 
@@ -469,6 +572,8 @@ impl Config {
             workers: None,
             control_socket: default_control_socket(),
             user: None,
+            metrics: None,
+            metrics_other_hosts: default_metrics_other_hosts(),
             source: PathBuf::from("<defaults>"),
         }
     }
@@ -476,6 +581,7 @@ impl Config {
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.source.clone(),
+            line: None,
             field: field.into(),
             message: message.into(),
         }
@@ -527,6 +633,17 @@ impl Config {
             if let Some(i) = xdp.ports.iter().position(|p| *p == 0) {
                 return Err(self.invalid(format!("xdp.ports[{i}]"), "0 is not a TCP port"));
             }
+            if let Some(cap) = xdp.hosts_capacity {
+                if (cap as usize) < self.hosts.len() || cap > 1 << 24 {
+                    return Err(self.invalid(
+                        "xdp.hosts_capacity",
+                        format!(
+                            "must be between the number of hosts ({}) and 16777216",
+                            self.hosts.len()
+                        ),
+                    ));
+                }
+            }
             for (field, v) in [
                 ("xdp.other_hosts_capacity", xdp.other_hosts_capacity),
                 ("xdp.flows_capacity", xdp.flows_capacity),
@@ -539,6 +656,12 @@ impl Config {
         }
         if !self.listen.is_empty() {
             self.validate_terminator()?;
+        }
+        if self.metrics_other_hosts > 1000 {
+            return Err(self.invalid(
+                "metrics_other_hosts",
+                "at most 1000 (each is a set of series on every scrape)",
+            ));
         }
         if let Err((field, m)) = self.default.actions().check() {
             return Err(self.invalid(format!("default.{field}"), m));
@@ -724,10 +847,18 @@ mod tests {
         let e = parse("[xdp]\ninterfaces = []\n").expect_err("empty");
         assert_eq!(
             e.to_string(),
-            "config test.toml: xdp.interfaces: names no interface"
+            "config test.toml:2: xdp.interfaces: names no interface"
         );
         let e = parse("[xdp]\ninterfaces = [\"lo\"]\nports = [0]\n").expect_err("port 0");
-        assert!(e.to_string().contains("xdp.ports[0]"), "{e}");
+        assert!(e.to_string().contains("test.toml:3: xdp.ports[0]"), "{e}");
+        // A missing key points at its table.
+        let e = parse("[xdp]\ninterfaces = [\"lo\"]\n[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\n[[host]]\nnames = [\"a\"]\ncert = \"c\"\nkey = \"k\"\n")
+            .expect_err("no backend");
+        assert!(
+            e.to_string()
+                .contains("test.toml:7: host[0] (a).backend: missing"),
+            "{e}"
+        );
         let e = parse("[xdp]\ninterfaces = [\"lo\"]\nmode = \"fast\"\n").expect_err("mode");
         assert!(e.to_string().starts_with("config test.toml: "), "{e}");
         assert!(e.to_string().contains("line 3"), "{e}");

@@ -11,7 +11,7 @@
 use std::{
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr},
-    sync::atomic::Ordering::Relaxed,
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::Instant,
 };
 
@@ -25,10 +25,10 @@ use sni_common::{
 use crate::{
     buf::Buf,
     config::{Backend, HostMode, Limits},
-    counters::{Counters, Failure},
+    counters::{Failure, GlobalCounters, HostCounters},
     hello_reader::{self, HelloReader, Refused, Step},
     loader::FlowTable,
-    routes::Routes,
+    routes::{Route, Routes},
 };
 
 /// Rounds of [`Conn::pump`] before yielding to other connections.
@@ -77,8 +77,10 @@ pub struct Conn {
     peer: SocketAddr,
     local: SocketAddr,
     stage: Stage,
-    /// The route index, once known.
-    pub route: Option<usize>,
+    /// The route, once known: kept by the connection across reloads.
+    route: Option<Arc<Route>>,
+    /// When it was accepted (handshake duration).
+    accepted: Instant,
     /// The name the client sent (for the built-in responder and logs).
     sni: Option<String>,
     /// The backend socket, registered by the worker once it exists.
@@ -101,7 +103,7 @@ pub struct Conn {
     xdp: Option<Flow>,
     /// The route whose backend was dialled from the classifier's record, before the
     /// ClientHello was read.
-    early_route: Option<usize>,
+    early_route: Option<Arc<Route>>,
     /// How the classifier's record compared with the TLS stack's name.
     hand_off: HandOff,
 }
@@ -121,8 +123,8 @@ enum HandOff {
 pub struct Ctx<'a> {
     /// The routing table.
     pub routes: &'a Routes,
-    /// Counters.
-    pub counters: &'a Counters,
+    /// Counters not of a host.
+    pub global: &'a GlobalCounters,
     /// Limits.
     pub limits: &'a Limits,
     /// The kernel classifier's flow table, when it runs in this process.
@@ -139,6 +141,7 @@ impl Conn {
             local,
             stage: Stage::Peek(HelloReader::new(limits.max_client_hello)),
             route: None,
+            accepted: Instant::now(),
             sni: None,
             backend: BackendIo::None,
             backend_registered: false,
@@ -174,16 +177,13 @@ impl Conn {
 
     /// The deadline passed: count why, and let the worker close it.
     pub fn expire(&mut self, ctx: &Ctx<'_>) {
-        match (self.route, self.established) {
+        match (&self.route, self.established) {
             (None, _) => {
-                ctx.counters
-                    .global
-                    .client_hello_timeout
-                    .fetch_add(1, Relaxed);
+                ctx.global.client_hello_timeout.fetch_add(1, Relaxed);
             }
-            (Some(r), false) => ctx.counters.hosts[r].fail(Failure::HandshakeTimeout),
+            (Some(r), false) => r.counters.fail(Failure::HandshakeTimeout),
             (Some(r), true) => {
-                ctx.counters.hosts[r].fail(Failure::IdleTimeout);
+                r.counters.fail(Failure::IdleTimeout);
                 // An orderly end for the client: close_notify (best effort, never blocks),
                 // then the worker closes the socket.
                 if let Stage::Tls(tls) = &mut self.stage {
@@ -195,10 +195,10 @@ impl Conn {
     }
 
     /// The connection is being closed: settle its counters.
-    pub fn finish(&mut self, ctx: &Ctx<'_>) {
+    pub fn finish(&mut self) {
         if self.counted_active {
-            if let Some(r) = self.route {
-                ctx.counters.hosts[r].active.fetch_sub(1, Relaxed);
+            if let Some(r) = &self.route {
+                r.counters.active.fetch_sub(1, Relaxed);
             }
             self.counted_active = false;
         }
@@ -240,7 +240,7 @@ impl Conn {
             }
         }
         moved |= self.client_io(ctx)?;
-        moved |= self.backend_io(ctx)?;
+        moved |= self.backend_io()?;
         moved |= self.half_close()?;
         Ok(moved)
     }
@@ -260,13 +260,11 @@ impl Conn {
         let Some(index) = flow_route(&flow, ctx.routes) else {
             return Ok(());
         };
-        let (Some(route), Some(counters)) =
-            (ctx.routes.routes.get(index), ctx.counters.hosts.get(index))
-        else {
+        let Some(route) = ctx.routes.routes.get(index) else {
             return Ok(());
         };
-        self.early_route = Some(index);
-        self.connect_backend(route.backend.clone(), route.proxy_protocol, counters)
+        self.early_route = Some(Arc::clone(route));
+        self.connect_backend(route.backend.clone(), route.proxy_protocol, &route.counters)
     }
 
     /// Hand-off check: the name the TLS stack saw (`seen`, routed to `route`) against the
@@ -301,30 +299,21 @@ impl Conn {
         while reader.step() == Step::NeedMore {
             match self.client.read(&mut chunk) {
                 Ok(0) => {
-                    ctx.counters
-                        .global
-                        .client_gone_before_hello
-                        .fetch_add(1, Relaxed);
+                    ctx.global.client_gone_before_hello.fetch_add(1, Relaxed);
                     return Err(());
                 }
                 Ok(n) => {
                     moved = true;
                     let bytes = chunk.get(..n).unwrap_or_default();
                     if reader.push(bytes) == Step::TooLarge {
-                        ctx.counters
-                            .global
-                            .client_hello_too_large
-                            .fetch_add(1, Relaxed);
+                        ctx.global.client_hello_too_large.fetch_add(1, Relaxed);
                         return Err(());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    ctx.counters
-                        .global
-                        .client_gone_before_hello
-                        .fetch_add(1, Relaxed);
+                    ctx.global.client_gone_before_hello.fetch_add(1, Relaxed);
                     return Err(());
                 }
             }
@@ -339,15 +328,12 @@ impl Conn {
             }
             // A name already read is enough only once the hello is whole: rustls needs it all.
             _ => {
-                ctx.counters.global.bad_client_hello.fetch_add(1, Relaxed);
+                ctx.global.bad_client_hello.fetch_add(1, Relaxed);
                 return Err(());
             }
         }
         let Some(route_index) = ctx.routes.resolve(reader.name()) else {
-            ctx.counters
-                .global
-                .rejected_unknown_name
-                .fetch_add(1, Relaxed);
+            ctx.global.rejected_unknown_name.fetch_add(1, Relaxed);
             let _ = self.client.write(&ALERT_UNRECOGNIZED_NAME);
             return Err(());
         };
@@ -356,12 +342,16 @@ impl Conn {
         self.sni = peeked
             .as_ref()
             .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned());
-        self.route = Some(route_index);
-        let route = ctx.routes.routes.get(route_index).ok_or(())?;
-        let counters = ctx.counters.hosts.get(route_index).ok_or(())?;
+        let route = Arc::clone(ctx.routes.routes.get(route_index).ok_or(())?);
+        self.route = Some(Arc::clone(&route));
+        let counters = &route.counters;
         counters.active.fetch_add(1, Relaxed);
         self.counted_active = true;
-        if self.early_route != Some(route_index) {
+        if !self
+            .early_route
+            .as_ref()
+            .is_some_and(|e| Arc::ptr_eq(e, &route))
+        {
             // Not dialled yet, or dialled for another host from a record that did not agree
             // (its socket closes as it drops; the PROXY header it queued goes too).
             self.backend = BackendIo::None;
@@ -376,7 +366,7 @@ impl Conn {
                 self.to_backend.extend(&hello);
                 self.stage = Stage::Raw;
                 self.established = true;
-                handshake_done(ctx, counters, self.hand_off);
+                handshake_done(ctx.global, counters, self.hand_off, self.accepted, false);
             }
             HostMode::Terminate => {
                 let config = route.tls.clone().ok_or(())?;
@@ -414,7 +404,7 @@ impl Conn {
         &mut self,
         backend: Backend,
         proxy_protocol: bool,
-        counters: &crate::counters::HostCounters,
+        counters: &HostCounters,
     ) -> Result<(), ()> {
         let io = match &backend {
             Backend::Tcp(addr) => TcpStream::connect(*addr).map(BackendIo::Tcp),
@@ -440,8 +430,8 @@ impl Conn {
 
     /// Client side: TLS records or raw bytes in and out.
     fn client_io(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
-        let route = self.route.ok_or(())?;
-        let counters = ctx.counters.hosts.get(route).ok_or(())?;
+        let route = self.route.as_ref().ok_or(())?;
+        let counters = &route.counters;
         let mut moved = false;
         match &mut self.stage {
             Stage::Peek(_) => {}
@@ -479,7 +469,8 @@ impl Conn {
                 }
                 if !self.established && !tls.is_handshaking() {
                     self.established = true;
-                    handshake_done(ctx, counters, self.hand_off);
+                    let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    handshake_done(ctx.global, counters, self.hand_off, self.accepted, resumed);
                     self.deadline = Instant::now() + secs(ctx.limits.idle_timeout);
                 }
                 // Plaintext out of TLS (a close_notify ends the client's stream).
@@ -526,9 +517,9 @@ impl Conn {
     }
 
     /// Backend side: connect completion, bytes in and out.
-    fn backend_io(&mut self, ctx: &Ctx<'_>) -> Result<bool, ()> {
-        let route = self.route.ok_or(())?;
-        let counters = ctx.counters.hosts.get(route).ok_or(())?;
+    fn backend_io(&mut self) -> Result<bool, ()> {
+        let route = self.route.as_ref().ok_or(())?;
+        let counters = &route.counters;
         if !self.backend_registered && !matches!(self.backend, BackendIo::Builtin) {
             return Ok(false);
         }
@@ -562,11 +553,7 @@ impl Conn {
                 &mut self.backend_eof,
             ),
             BackendIo::Builtin => {
-                let label = ctx
-                    .routes
-                    .routes
-                    .get(route)
-                    .map_or("", |r| r.label.as_str());
+                let label = route.label.as_str();
                 Ok(builtin_respond(
                     &mut self.to_backend,
                     &mut self.to_client,
@@ -634,11 +621,11 @@ impl Conn {
     }
 }
 
-/// The route of a flow the classifier named: slots are route indices + 1; a name not
-/// configured (or none) goes to the default, if there is one.
+/// The route of a flow the classifier named, by its host slot; a name not configured (or
+/// none) goes to the default, if there is one.
 fn flow_route(flow: &Flow, routes: &Routes) -> Option<usize> {
     match flow.kind {
-        kind::CONFIGURED => usize::try_from(flow.slot).ok()?.checked_sub(1),
+        kind::CONFIGURED => routes.by_slot(flow.slot),
         _ => routes.resolve(None),
     }
 }
@@ -651,9 +638,18 @@ fn classified_flow(ctx: &Ctx<'_>, peer: SocketAddr, local: SocketAddr) -> Option
     (flow.kind != kind::UNKNOWN).then_some(flow)
 }
 
-fn handshake_done(ctx: &Ctx<'_>, counters: &crate::counters::HostCounters, hand_off: HandOff) {
+fn handshake_done(
+    g: &GlobalCounters,
+    counters: &HostCounters,
+    hand_off: HandOff,
+    accepted: Instant,
+    resumed: bool,
+) {
     counters.handshakes.fetch_add(1, Relaxed);
-    let g = &ctx.counters.global;
+    if resumed {
+        counters.resumed.fetch_add(1, Relaxed);
+    }
+    counters.handshake_seconds.observe(accepted.elapsed());
     match hand_off {
         HandOff::Agreed => g.xdp_agreed.fetch_add(1, Relaxed),
         HandOff::Disagreed => g.xdp_disagreed.fetch_add(1, Relaxed),

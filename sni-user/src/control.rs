@@ -1,5 +1,9 @@
-//! The control socket of `sni-user run`: a Unix stream socket that answers each connection
-//! with the terminator's counters as one JSON document, then closes. `sni-user stats` reads it.
+//! The control socket of `sni-user run`: a Unix stream socket (mode 0600) that reads one
+//! command line and answers it, then closes:
+//! - `stats` (or nothing): the terminator's counters as one JSON document (`null` without a
+//!   terminator); `sni-user stats` and `top` read it;
+//! - `reload`: reloads the configuration as SIGHUP does, and answers `{"ok":true}` or
+//!   `{"ok":false,"error":"…"}` once it is applied or refused; `sni-user reload` sends it.
 
 use std::{
     fs,
@@ -16,10 +20,17 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::server::Terminator;
+use crate::server::Shared;
 
-/// How long a reader may take before the control thread moves on.
+/// How long a client may take to send its command or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `sni-user reload` waits for the answer (certificates of every host are read).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest command line.
+const MAX_COMMAND: u64 = 64;
+
+/// A reload asked for over the socket, with where to send its result.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// The serving thread; [`Control::stop`] ends it and removes the socket.
 pub struct Control {
@@ -30,8 +41,13 @@ pub struct Control {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Serves `terminator`'s counters on `path` (replacing a stale socket file).
-pub fn serve(path: &Path, terminator: &Terminator) -> Result<Control> {
+/// Serves on `path` (replacing a stale socket file): `terminator`'s counters, and reloads
+/// through `reloads` (the control plane's loop answers each).
+pub fn serve(
+    path: &Path,
+    terminator: Option<Arc<Shared>>,
+    reloads: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+) -> Result<Control> {
     let mut made_dir = None;
     if let Some(dir) = path.parent() {
         if !dir.exists() {
@@ -53,8 +69,6 @@ pub fn serve(path: &Path, terminator: &Terminator) -> Result<Control> {
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     listener.set_nonblocking(true)?;
-    let counters = terminator.counters.clone();
-    let labels = terminator.labels.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_thread = stop.clone();
     let thread = std::thread::Builder::new()
@@ -64,8 +78,9 @@ pub fn serve(path: &Path, terminator: &Terminator) -> Result<Control> {
                 match listener.accept() {
                     Ok((mut stream, _)) => {
                         let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
                         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-                        let body = counters.snapshot(&labels).to_string();
+                        let body = answer(read_command(&mut stream), &terminator, &reloads);
                         let _ = stream.write_all(body.as_bytes());
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -106,12 +121,82 @@ impl Control {
     }
 }
 
-/// Reads the counters from a running terminator's control socket.
-pub fn query(path: &Path) -> Result<serde_json::Value> {
-    let mut stream = std::os::unix::net::UnixStream::connect(path)
-        .with_context(|| format!("connecting to {}", path.display()))?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+/// The command a client sent: its first line, up to [`MAX_COMMAND`] bytes (empty when it
+/// sent nothing before closing its side or the timeout).
+fn read_command(stream: &mut std::os::unix::net::UnixStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = (&*stream).take(MAX_COMMAND);
+    while let Ok(1) = reader.read(&mut byte) {
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_owned()
+}
+
+fn answer(
+    command: String,
+    terminator: &Option<Arc<Shared>>,
+    reloads: &tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+) -> String {
+    match command.as_str() {
+        "" | "stats" => match terminator {
+            Some(t) => t.snapshot().to_string(),
+            None => "null".to_owned(),
+        },
+        "reload" => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let result = match reloads.send(tx) {
+                Ok(()) => rx
+                    .blocking_recv()
+                    .unwrap_or_else(|_| Err("the process is stopping".to_owned())),
+                Err(_) => Err("the process is stopping".to_owned()),
+            };
+            match result {
+                Ok(()) => serde_json::json!({ "ok": true }).to_string(),
+                Err(e) => serde_json::json!({ "ok": false, "error": e }).to_string(),
+            }
+        }
+        other => serde_json::json!({
+            "ok": false,
+            "error": format!("unknown command {other:?} (stats, reload)"),
+        })
+        .to_string(),
+    }
+}
+
+fn send(path: &Path, command: &str, timeout: Duration) -> Result<serde_json::Value> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to {} (is `sni-user run` running with this control_socket?)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
     let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(serde_json::from_str(&body)?)
+    stream
+        .read_to_string(&mut body)
+        .with_context(|| format!("reading the answer of {}", path.display()))?;
+    serde_json::from_str(&body).with_context(|| format!("answer of {}", path.display()))
+}
+
+/// Reads the counters from a running terminator's control socket (`null`: no terminator).
+pub fn query(path: &Path) -> Result<serde_json::Value> {
+    send(path, "stats", CLIENT_TIMEOUT)
+}
+
+/// Asks the running process to reload its configuration; Err with its reason when refused.
+pub fn reload(path: &Path) -> Result<()> {
+    let answer = send(path, "reload", RELOAD_TIMEOUT)?;
+    if answer["ok"].as_bool() == Some(true) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "reload refused; the running configuration stays: {}",
+        answer["error"].as_str().unwrap_or("no reason given")
+    )
 }

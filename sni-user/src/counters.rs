@@ -34,11 +34,62 @@ impl Failure {
     ];
 }
 
-/// Counters of one host.
+/// Upper bounds (seconds) of the handshake duration histogram's buckets: from accept to the
+/// handshake's end (terminate) or to routing (passthrough). 100 µs to 10 s.
+pub const HANDSHAKE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+/// A histogram of durations with fixed buckets ([`HANDSHAKE_BUCKETS`]), lock-free: one
+/// relaxed add per bucket hit, sum and count.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is above the largest bound.
+    buckets: [AtomicU64; HANDSHAKE_BUCKETS.len() + 1],
+    /// Sum of observations, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = HANDSHAKE_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(HANDSHAKE_BUCKETS.len());
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Relaxed);
+        }
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// Sum (seconds), count, and `(upper bound, observations in that bucket alone)` pairs,
+    /// `+Inf` last (the encoder makes them cumulative).
+    pub fn parts(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut total = 0u64;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Relaxed);
+            total = total.saturating_add(n);
+            out.push((
+                HANDSHAKE_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                n,
+            ));
+        }
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        (sum, total, out)
+    }
+}
+
+/// Counters of one host. A host keeps its counters across reloads (matched by label).
 #[derive(Debug, Default)]
 pub struct HostCounters {
     /// Finished handshakes (terminate) or relayed connections (passthrough).
     pub handshakes: AtomicU64,
+    /// Of those, TLS handshakes that resumed a session (ticket or cache).
+    pub resumed: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
     /// Plaintext (or passthrough) bytes from clients to the backend.
@@ -47,12 +98,33 @@ pub struct HostCounters {
     pub bytes_to_client: AtomicU64,
     /// Failures by [`Failure`].
     pub failures: [AtomicU64; 6],
+    /// Handshake durations.
+    pub handshake_seconds: Histogram,
 }
 
 impl HostCounters {
     /// Counts one failure.
     pub fn fail(&self, why: Failure) {
         self.failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A JSON-ready copy under `label`.
+    pub fn snapshot(&self, label: &str) -> HostSnapshot {
+        let (sum, count, _) = self.handshake_seconds.parts();
+        HostSnapshot {
+            host: label.to_owned(),
+            handshakes: self.handshakes.load(Relaxed),
+            resumed: self.resumed.load(Relaxed),
+            active: self.active.load(Relaxed),
+            bytes_to_backend: self.bytes_to_backend.load(Relaxed),
+            bytes_to_client: self.bytes_to_client.load(Relaxed),
+            failures: Failure::NAMES
+                .iter()
+                .zip(&self.failures)
+                .map(|(n, v)| ((*n).to_owned(), v.load(Relaxed).into()))
+                .collect(),
+            handshake_seconds_mean: if count > 0 { sum / count as f64 } else { 0.0 },
+        }
     }
 }
 
@@ -81,28 +153,51 @@ pub struct GlobalCounters {
     pub xdp_disagreed: AtomicU64,
     /// Hand-off: no classifier, or it had no host for the flow.
     pub xdp_unknown: AtomicU64,
-    /// Reloads (SIGHUP) applied.
-    pub reloads: AtomicU64,
-    /// Reloads refused: the running configuration stayed.
-    pub reload_failures: AtomicU64,
 }
 
-/// All counters of a terminator.
-#[derive(Debug)]
-pub struct Counters {
-    /// Per route (same indices as `Routes::routes`).
-    pub hosts: Vec<HostCounters>,
-    /// Global.
-    pub global: GlobalCounters,
+impl GlobalCounters {
+    /// Names and values, in a fixed order: the keys of `stats --json`'s terminator `global`.
+    pub fn values(&self) -> [(&'static str, u64); 11] {
+        [
+            ("accepted", self.accepted.load(Relaxed)),
+            (
+                "over_max_connections",
+                self.over_max_connections.load(Relaxed),
+            ),
+            ("over_max_per_ip", self.over_max_per_ip.load(Relaxed)),
+            ("bad_client_hello", self.bad_client_hello.load(Relaxed)),
+            (
+                "client_hello_too_large",
+                self.client_hello_too_large.load(Relaxed),
+            ),
+            (
+                "rejected_unknown_name",
+                self.rejected_unknown_name.load(Relaxed),
+            ),
+            (
+                "client_hello_timeout",
+                self.client_hello_timeout.load(Relaxed),
+            ),
+            (
+                "client_gone_before_hello",
+                self.client_gone_before_hello.load(Relaxed),
+            ),
+            ("xdp_agreed", self.xdp_agreed.load(Relaxed)),
+            ("xdp_disagreed", self.xdp_disagreed.load(Relaxed)),
+            ("xdp_unknown", self.xdp_unknown.load(Relaxed)),
+        ]
+    }
 }
 
 /// One host's counters as shown by `sni-user stats`.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct HostSnapshot {
     /// The host's first name, or `default`.
     pub host: String,
     /// Finished handshakes.
     pub handshakes: u64,
+    /// Of those, resumed.
+    pub resumed: u64,
     /// Open connections.
     pub active: u64,
     /// Bytes client → backend.
@@ -111,54 +206,39 @@ pub struct HostSnapshot {
     pub bytes_to_client: u64,
     /// Failures by reason.
     pub failures: serde_json::Map<String, serde_json::Value>,
+    /// Mean handshake duration, seconds.
+    pub handshake_seconds_mean: f64,
 }
 
-impl Counters {
-    /// Zeroed counters for `n` routes.
-    pub fn new(n: usize) -> Self {
-        Self {
-            hosts: (0..n).map(|_| HostCounters::default()).collect(),
-            global: GlobalCounters::default(),
-        }
-    }
+/// Reloads of the running process (SIGHUP or `sni-user reload`), for stats and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    /// Reloads applied.
+    pub reloads: AtomicU64,
+    /// Reloads refused: the running configuration stayed.
+    pub failures: AtomicU64,
+    /// Unix time (seconds) of the start or the last reload applied.
+    pub last_success: AtomicU64,
+}
 
-    /// A JSON-ready copy: `{"hosts":[…],"global":{…}}`.
-    pub fn snapshot(&self, labels: &[String]) -> serde_json::Value {
-        let hosts: Vec<HostSnapshot> = self
-            .hosts
-            .iter()
-            .zip(labels)
-            .map(|(c, label)| HostSnapshot {
-                host: label.clone(),
-                handshakes: c.handshakes.load(Relaxed),
-                active: c.active.load(Relaxed),
-                bytes_to_backend: c.bytes_to_backend.load(Relaxed),
-                bytes_to_client: c.bytes_to_client.load(Relaxed),
-                failures: Failure::NAMES
-                    .iter()
-                    .zip(&c.failures)
-                    .map(|(n, v)| ((*n).to_owned(), v.load(Relaxed).into()))
-                    .collect(),
-            })
-            .collect();
-        let g = &self.global;
-        serde_json::json!({
-            "hosts": hosts,
-            "global": {
-                "accepted": g.accepted.load(Relaxed),
-                "reloads": g.reloads.load(Relaxed),
-                "reload_failures": g.reload_failures.load(Relaxed),
-                "over_max_connections": g.over_max_connections.load(Relaxed),
-                "over_max_per_ip": g.over_max_per_ip.load(Relaxed),
-                "bad_client_hello": g.bad_client_hello.load(Relaxed),
-                "client_hello_too_large": g.client_hello_too_large.load(Relaxed),
-                "rejected_unknown_name": g.rejected_unknown_name.load(Relaxed),
-                "client_hello_timeout": g.client_hello_timeout.load(Relaxed),
-                "client_gone_before_hello": g.client_gone_before_hello.load(Relaxed),
-                "xdp_agreed": g.xdp_agreed.load(Relaxed),
-                "xdp_disagreed": g.xdp_disagreed.load(Relaxed),
-                "xdp_unknown": g.xdp_unknown.load(Relaxed),
-            }
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_hold_each_observation_once_with_inf_last() {
+        let h = Histogram::default();
+        for ms in [0.05, 0.3, 0.3, 7.0, 20_000.0] {
+            h.observe(std::time::Duration::from_secs_f64(ms / 1000.0));
+        }
+        let (sum, count, buckets) = h.parts();
+        assert_eq!(count, 5);
+        assert!((sum - 20.00765).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets.len(), HANDSHAKE_BUCKETS.len() + 1);
+        assert_eq!(buckets[0], (0.0001, 1));
+        assert_eq!(buckets[2], (0.0005, 2));
+        assert_eq!(buckets[6], (0.01, 1));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 5);
+        assert_eq!(buckets[HANDSHAKE_BUCKETS.len()], (f64::INFINITY, 1));
     }
 }

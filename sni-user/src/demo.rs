@@ -25,6 +25,9 @@ const HOSTS: [(&str, &[&str]); 3] = [
     ("apps", &["*.apps.demo.test"]),
 ];
 
+/// Where the demo serves Prometheus metrics.
+pub const DEMO_METRICS_PORT: u16 = 9100;
+
 /// Makes (or reuses) the demo certificates under `state_dir/demo` and returns the demo
 /// configuration with the lines to print.
 pub fn prepare(state_dir: &Path) -> Result<(Config, String)> {
@@ -70,6 +73,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, String)> {
         })
         .collect();
     config.xdp = Some(XdpConfig::demo());
+    config.metrics = Some(([127, 0, 0, 1], DEMO_METRICS_PORT).into());
     config.validate()?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -85,7 +89,9 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, String)> {
         ));
     }
     text.push_str(&format!(
-        "Watch the counters (another shell, as root):\n  {exe} stats --pin-dir {}\n",
+        "Watch the counters (another shell, as root):\n  {exe} stats --pin-dir {}\n  \
+         {exe} top --pin-dir {}\n  curl http://127.0.0.1:{DEMO_METRICS_PORT}/metrics\n",
+        config.pin_dir.display(),
         config.pin_dir.display()
     ));
     Ok((config, text))

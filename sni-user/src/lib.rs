@@ -11,6 +11,7 @@
 //! - [`cli`]: the commands, and the control plane of `run` (signals, kernel logs).
 
 pub mod buf;
+pub mod check;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -20,7 +21,9 @@ pub mod counters;
 pub mod demo;
 pub mod hello_reader;
 pub mod loader;
+pub mod metrics;
 pub mod privileges;
 pub mod routes;
 pub mod server;
+pub mod slots;
 pub mod stats;

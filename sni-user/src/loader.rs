@@ -18,7 +18,7 @@ use aya::{
 };
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
-    flow::{Flow, FlowKey, Policy},
+    flow::{kind, verdict, Bucket, Flow, FlowKey, Policy},
     maps::{
         HostStats, OtherHost, PortSet, MAP_BUCKETS, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS,
         MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS, MAP_PENDING, MAP_POLICY, MAP_PORTS,
@@ -28,7 +28,10 @@ use sni_common::{
 };
 use tracing::{info, warn};
 
-use crate::config::{Config, Mode, XdpConfig};
+use crate::{
+    config::{Action, Config, Mode, XdpConfig},
+    slots::{self, Slots},
+};
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sni-ebpf.o"));
@@ -46,6 +49,12 @@ pub struct Classifier {
     pinned: Vec<PathBuf>,
     /// Whether this process made `pin_dir` (only then is it handed to an unprivileged user).
     made_pin_dir: bool,
+    /// Each host's slot in the per-host maps.
+    slots: Slots,
+    /// Entries of the name map.
+    names_capacity: u32,
+    /// Whether the program was loaded to look up `*.` patterns.
+    wildcards: bool,
     /// Held while running: a second `sni-user run` on the same pin_dir is refused.
     _lock: Flock<fs::File>,
 }
@@ -74,6 +83,9 @@ impl Classifier {
             pin_dir,
             pinned: Vec::new(),
             made_pin_dir,
+            slots: initial_slots(config, xdp)?,
+            names_capacity: slots::names_capacity(config.host_slots().len()),
+            wildcards: has_wildcards(config),
             _lock: lock,
         };
         for iface in &xdp.interfaces {
@@ -137,6 +149,185 @@ impl Classifier {
         Ok(aya::maps::Map::from_map_data(data)?.try_into()?)
     }
 
+    /// Each host's slot.
+    pub fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    /// Checks that `new` fits the loaded program and its maps, and gives its host slots.
+    /// Nothing changes.
+    pub fn plan(&self, new: &Config) -> Result<Slots> {
+        let slots = self.slots.next(new).map_err(|e| anyhow!(e))?;
+        let names = slots.names(new).len();
+        if names > self.names_capacity as usize {
+            bail!(
+                "{names} host names do not fit the classifier's name map ({} entries, twice \
+                 the names at start): restart to take them",
+                self.names_capacity
+            );
+        }
+        if has_wildcards(new) && !self.wildcards {
+            bail!(
+                "the first wildcard name needs a restart: the classifier was started without \
+                 wildcard lookups"
+            );
+        }
+        Ok(slots)
+    }
+
+    /// Takes `new` (planned by [`Classifier::plan`]) into the running program's maps, in an
+    /// order that never leaves a name pointing at a slot not yet set up: watched ports, each
+    /// host's label, policy (a new host's counters and bucket zeroed first), then new names,
+    /// then old names out. Flows already classified follow a changed action (pass → drop
+    /// drops them from the next packet; drop → pass lets them through); flows of a removed
+    /// host stop counting toward its slot.
+    pub fn apply(&mut self, old: &Config, new: &Config, slots: Slots) -> Result<()> {
+        let xdp = new
+            .xdp
+            .as_ref()
+            .ok_or_else(|| anyhow!("no [xdp] section"))?;
+        let mut ports = Array::<_, PortSet>::try_from(map_mut(&mut self.ebpf, MAP_PORTS)?)?;
+        let mut set = PortSet::EMPTY;
+        for p in &xdp.ports {
+            set.insert(*p);
+        }
+        ports.set(0, set, 0).context("writing the watched ports")?;
+
+        let old_actions: std::collections::HashMap<&str, Action> = old
+            .hosts
+            .iter()
+            .map(|h| (h.names.first().map_or("", String::as_str), h.action))
+            .collect();
+        // Slot → the action it changed to (slot 0: the default's).
+        let mut changed: std::collections::HashMap<u32, Action> = std::collections::HashMap::new();
+        if old.default.action != new.default.action {
+            changed.insert(0, new.default.action);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        for host in &new.hosts {
+            let label = host.names.first().map_or("", String::as_str);
+            let slot = slots
+                .get(label)
+                .ok_or_else(|| anyhow!("no slot planned for {label:?}"))?;
+            if self.slots.get(label).is_none() {
+                let mut stats = PerCpuArray::<_, HostStats>::try_from(map_mut(
+                    &mut self.ebpf,
+                    MAP_HOST_STATS,
+                )?)?;
+                let zeros = aya::maps::PerCpuValues::try_from(vec![HostStats::default(); cpus])?;
+                stats
+                    .set(slot, zeros, 0)
+                    .context("zeroing a host's counters")?;
+                let mut buckets =
+                    Array::<_, Bucket>::try_from(map_mut(&mut self.ebpf, MAP_BUCKETS)?)?;
+                buckets
+                    .set(slot, Bucket::default(), 0)
+                    .context("resetting a host's rate bucket")?;
+            } else if old_actions.get(label).is_some_and(|a| *a != host.action) {
+                changed.insert(slot, host.action);
+            }
+            let key = HostKey::from_name(label.as_bytes()).unwrap_or(HostKey::EMPTY);
+            Array::<_, HostKey>::try_from(map_mut(&mut self.ebpf, MAP_LABELS)?)?
+                .set(slot, key, 0)
+                .context("writing a host label")?;
+            Array::<_, Policy>::try_from(map_mut(&mut self.ebpf, MAP_POLICY)?)?
+                .set(slot, host.actions().policy(), 0)
+                .context("writing a host policy")?;
+        }
+        Array::<_, Policy>::try_from(map_mut(&mut self.ebpf, MAP_POLICY)?)?
+            .set(0, new.default.actions().policy(), 0)
+            .context("writing the default policy")?;
+
+        let new_names = slots.names(new);
+        let old_names = self.slots.names(old);
+        {
+            let mut hosts =
+                HashMap::<_, HostKey, u32>::try_from(map_mut(&mut self.ebpf, MAP_HOSTS)?)?;
+            for (key, slot) in &new_names {
+                hosts
+                    .insert(key, slot, 0)
+                    .with_context(|| format!("adding host name {key:?}"))?;
+            }
+            let keep: std::collections::HashSet<&HostKey> =
+                new_names.iter().map(|(k, _)| k).collect();
+            for (key, _) in &old_names {
+                if !keep.contains(key) {
+                    let _ = hosts.remove(key);
+                }
+            }
+        }
+        // A name now configured counts in its slot; its old row of other names goes.
+        {
+            let was: std::collections::HashSet<&HostKey> =
+                old_names.iter().map(|(k, _)| k).collect();
+            let mut other = PerCpuHashMap::<_, u64, sni_common::maps::OtherHost>::try_from(
+                map_mut(&mut self.ebpf, MAP_OTHER_HOSTS)?,
+            )?;
+            for (key, _) in new_names.iter().filter(|(k, _)| !was.contains(k)) {
+                let _ = other.remove(&key.hash64());
+            }
+        }
+        let removed: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(label, _)| slots.get(label).is_none())
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in &removed {
+            Array::<_, HostKey>::try_from(map_mut(&mut self.ebpf, MAP_LABELS)?)?
+                .set(*slot, HostKey::EMPTY, 0)
+                .context("clearing a host label")?;
+        }
+        if !changed.is_empty() || !removed.is_empty() {
+            self.rewrite_flows(&changed, &removed)?;
+        }
+        self.slots = slots;
+        Ok(())
+    }
+
+    /// Rewrites the verdicts of flows whose host's action changed, and turns flows of removed
+    /// hosts into flows of a name not configured.
+    fn rewrite_flows(
+        &mut self,
+        changed: &std::collections::HashMap<u32, Action>,
+        removed: &[u32],
+    ) -> Result<()> {
+        let mut flows = HashMap::<_, FlowKey, Flow>::try_from(map_mut(&mut self.ebpf, MAP_FLOWS)?)?;
+        // Bounded by the map's capacity; keys that vanish meanwhile (LRU) are skipped.
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        let mut rewritten = 0u64;
+        for key in keys {
+            let Ok(mut flow) = flows.get(&key, 0) else {
+                continue;
+            };
+            let slot = match flow.kind {
+                kind::CONFIGURED => flow.slot,
+                kind::OTHER | kind::NO_NAME => 0,
+                _ => continue,
+            };
+            let before = flow;
+            if flow.kind == kind::CONFIGURED && removed.contains(&slot) {
+                flow.kind = kind::OTHER;
+                flow.slot = 0;
+            }
+            match changed.get(&slot) {
+                Some(Action::Drop) => flow.verdict = verdict::DROP,
+                Some(Action::Pass) if flow.verdict == verdict::DROP => {
+                    flow.verdict = verdict::PASS;
+                }
+                _ => {}
+            }
+            if flow != before {
+                // BPF_EXIST: a flow that ended meanwhile is not brought back.
+                if flows.insert(key, flow, 2).is_ok() {
+                    rewritten += 1;
+                }
+            }
+        }
+        info!(flows = rewritten, "classified flows follow the reload");
+        Ok(())
+    }
+
     /// The loaded object, e.g. for the aya-log logger.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
@@ -194,11 +385,11 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
 /// Nothing is attached.
 pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Result<Ebpf> {
     let names = config.host_slots();
-    let slots = config.hosts.len() as u32 + 1;
-    // Room for names added by a reload; a hash map needs at least one entry.
-    let names_capacity = (names.len() as u32).saturating_mul(2).max(64);
+    // Room for hosts and names added by a reload.
+    let slots = initial_slots(config, xdp)?.capacity();
+    let names_capacity = slots::names_capacity(names.len());
     let debug = u8::from(opts.debug);
-    let wildcards = u8::from(names.iter().any(|(k, _)| k.as_bytes().starts_with(b"*.")));
+    let wildcards = u8::from(has_wildcards(config));
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_HOSTS, names_capacity)
         .map_max_entries(MAP_HOST_STATS, slots)
@@ -250,6 +441,23 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
             .context("writing host policies")?;
     }
     Ok(ebpf)
+}
+
+/// The host slots at start, in maps of `xdp.hosts_capacity` (or the default) hosts.
+fn initial_slots(config: &Config, xdp: &XdpConfig) -> Result<Slots> {
+    let capacity = match xdp.hosts_capacity {
+        Some(hosts) => hosts.saturating_add(1),
+        None => slots::default_capacity(config.hosts.len()),
+    };
+    Slots::initial(config, capacity).map_err(|e| anyhow!(e))
+}
+
+fn has_wildcards(config: &Config) -> bool {
+    config
+        .hosts
+        .iter()
+        .flat_map(|h| &h.names)
+        .any(|n| n.starts_with("*."))
 }
 
 /// Turns a load failure into an error that carries the verifier's log.

@@ -21,7 +21,10 @@ use rustls::{
 
 use sni_common::HostKey;
 
-use crate::config::{Backend, Config, HostMode};
+use crate::{
+    config::{Backend, Config, HostMode},
+    counters::HostCounters,
+};
 
 /// Sessions kept for stateful resumption (TLS 1.2 clients without tickets), all hosts
 /// together.
@@ -47,18 +50,28 @@ pub struct Route {
     pub mode: HostMode,
     /// Whether a PROXY v2 header goes first to the backend.
     pub proxy_protocol: bool,
+    /// The names it answers to, as configured (empty for the default).
+    pub names: Vec<String>,
+    /// Its leaf certificate's validity end, Unix seconds (None for passthrough).
+    pub not_after: Option<i64>,
+    /// Its counters: kept across reloads for a host that keeps its label.
+    pub counters: Arc<HostCounters>,
 }
 
 /// The whole table.
 #[derive(Debug)]
 pub struct Routes {
-    /// Hosts in configuration order; the default, if any, last.
-    pub routes: Vec<Route>,
+    /// Hosts in configuration order; the default, if any, last. A connection holds its
+    /// route's `Arc`, so a reload never changes the host of an open connection.
+    pub routes: Vec<Arc<Route>>,
     /// Exact names (normalised as the kernel does: [`HostKey`]).
     exact: HashMap<HostKey, usize>,
     /// Wildcards, keyed by the name they extend (`*.example.com` → `example.com`).
     wildcard: HashMap<HostKey, usize>,
     default: Option<usize>,
+    /// The classifier's host slots: `by_slot[s]` is the route of slot `s` (a flow's record
+    /// names its host by slot).
+    by_slot: Vec<Option<usize>>,
 }
 
 /// A certificate or key problem, naming the file and the host.
@@ -67,6 +80,8 @@ pub struct Routes {
 pub struct CertError {
     /// The host (its first name, or `default`).
     pub host: String,
+    /// The config field it comes from (`host[2].cert`, `default.key`), for `check`.
+    pub field: String,
     /// The file.
     pub file: String,
     /// What is wrong.
@@ -74,7 +89,8 @@ pub struct CertError {
 }
 
 impl Routes {
-    /// Loads every certificate and key of `config` and builds the table.
+    /// Loads every certificate and key of `config` and builds the table. Host slots are
+    /// the configuration order (slot `i + 1` is `[[host]]` `i`) until [`Routes::set_slots`].
     pub fn load(config: &Config) -> Result<Self, CertError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let shared = Shared {
@@ -82,6 +98,7 @@ impl Routes {
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
             ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| CertError {
                 host: String::new(),
+                field: String::new(),
                 file: String::new(),
                 message: format!("ticketer: {e}"),
             })?,
@@ -89,22 +106,28 @@ impl Routes {
         let mut routes = Vec::new();
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        for host in &config.hosts {
+        for (h, host) in config.hosts.iter().enumerate() {
             let label = host.names.first().cloned().unwrap_or_default();
-            let tls = match host.mode {
+            let at = |f: &str| (label.as_str(), format!("host[{h}].{f}"));
+            let (tls, not_after) = match host.mode {
                 HostMode::Terminate => {
-                    let (cert, key) = cert_and_key(&label, &host.cert, &host.key)?;
-                    let certified = load_certified_key(&provider, &label, cert, key)?;
+                    let (cert, key) = cert_and_key(at("cert"), &host.cert, &host.key)?;
+                    let (certified, not_after) =
+                        load_certified_key(&provider, at("cert"), at("key"), cert, key)?;
                     for name in &host.names {
                         check_name(&certified, name).map_err(|message| CertError {
                             host: label.clone(),
+                            field: format!("host[{h}].names"),
                             file: cert.display().to_string(),
                             message,
                         })?;
                     }
-                    Some(server_config(&shared, certified, &host.alpn)?)
+                    (
+                        Some(server_config(&shared, certified, &host.alpn)?),
+                        Some(not_after),
+                    )
                 }
-                HostMode::Passthrough => None,
+                HostMode::Passthrough => (None, None),
             };
             let index = routes.len();
             for name in &host.names {
@@ -117,35 +140,81 @@ impl Routes {
                     table.insert(key, index);
                 }
             }
-            routes.push(Route {
-                backend: backend(&label, host.backend.as_deref())?,
+            routes.push(Arc::new(Route {
+                backend: backend(at("backend"), host.backend.as_deref())?,
                 label,
                 tls,
                 mode: host.mode,
                 proxy_protocol: host.proxy_protocol,
-            });
+                names: host.names.clone(),
+                not_after,
+                counters: Arc::default(),
+            }));
         }
         let default = if config.default.reject {
             None
         } else {
-            let label = "default".to_owned();
-            let (cert, key) = cert_and_key(&label, &config.default.cert, &config.default.key)?;
-            let certified = load_certified_key(&provider, &label, cert, key)?;
-            routes.push(Route {
-                backend: backend(&label, config.default.backend.as_deref())?,
-                label,
+            let at = |f: &str| ("default", format!("default.{f}"));
+            let (cert, key) = cert_and_key(at("cert"), &config.default.cert, &config.default.key)?;
+            let (certified, not_after) =
+                load_certified_key(&provider, at("cert"), at("key"), cert, key)?;
+            routes.push(Arc::new(Route {
+                backend: backend(at("backend"), config.default.backend.as_deref())?,
+                label: "default".to_owned(),
                 tls: Some(server_config(&shared, certified, &[])?),
                 mode: HostMode::Terminate,
                 proxy_protocol: false,
-            });
+                names: Vec::new(),
+                not_after: Some(not_after),
+                counters: Arc::default(),
+            }));
             Some(routes.len() - 1)
         };
+        let by_slot = std::iter::once(None)
+            .chain((0..config.hosts.len()).map(Some))
+            .collect();
         Ok(Self {
             routes,
             exact,
             wildcard,
             default,
+            by_slot,
         })
+    }
+
+    /// Takes the classifier's slot of each host (by label), for reading flow records.
+    pub fn set_slots(&mut self, slots: &crate::slots::Slots) {
+        let mut by_slot = vec![None; slots.capacity() as usize];
+        for (i, route) in self.routes.iter().enumerate() {
+            if let Some(s) = slots.get(&route.label) {
+                if let Some(entry) = by_slot.get_mut(s as usize) {
+                    *entry = Some(i);
+                }
+            }
+        }
+        self.by_slot = by_slot;
+    }
+
+    /// The route of the classifier's host slot `slot`.
+    pub fn by_slot(&self, slot: u32) -> Option<usize> {
+        self.by_slot.get(slot as usize).copied().flatten()
+    }
+
+    /// Gives each route the counters of the route of the same label in `previous`, so that a
+    /// host's counters go on across a reload.
+    pub fn adopt_counters(&mut self, previous: &Routes) {
+        let old: HashMap<&str, &Arc<HostCounters>> = previous
+            .routes
+            .iter()
+            .map(|r| (r.label.as_str(), &r.counters))
+            .collect();
+        for route in &mut self.routes {
+            if let (Some(counters), Some(route)) =
+                (old.get(route.label.as_str()), Arc::get_mut(route))
+            {
+                route.counters = Arc::clone(counters);
+            }
+        }
     }
 
     /// The route for a ClientHello naming `sni`, as the shared parser normalised it (None:
@@ -170,15 +239,19 @@ impl Routes {
     }
 }
 
+/// Where an error is: the host's label and the config field.
+type At<'a> = (&'a str, String);
+
 fn cert_and_key<'a>(
-    host: &str,
+    at: At<'_>,
     cert: &'a Option<std::path::PathBuf>,
     key: &'a Option<std::path::PathBuf>,
 ) -> Result<(&'a Path, &'a Path), CertError> {
     match (cert, key) {
         (Some(c), Some(k)) => Ok((c, k)),
         _ => Err(CertError {
-            host: host.to_owned(),
+            host: at.0.to_owned(),
+            field: at.1,
             file: String::new(),
             message: "cert and key are both required".into(),
         }),
@@ -186,47 +259,59 @@ fn cert_and_key<'a>(
 }
 
 /// The backend of a host (`builtin` when none is given).
-fn backend(host: &str, spec: Option<&str>) -> Result<Backend, CertError> {
+fn backend(at: At<'_>, spec: Option<&str>) -> Result<Backend, CertError> {
     spec.unwrap_or("builtin")
         .parse()
         .map_err(|message| CertError {
-            host: host.to_owned(),
+            host: at.0.to_owned(),
+            field: at.1,
             file: String::new(),
             message,
         })
 }
 
+/// Reads a certificate chain and its key, checks that they match, and returns them with the
+/// leaf's validity end (Unix seconds).
 fn load_certified_key(
     provider: &CryptoProvider,
-    host: &str,
+    cert_at: At<'_>,
+    key_at: At<'_>,
     cert: &Path,
     key: &Path,
-) -> Result<Arc<CertifiedKey>, CertError> {
-    let err = |file: &Path, message: String| CertError {
-        host: host.to_owned(),
+) -> Result<(Arc<CertifiedKey>, i64), CertError> {
+    let err = |at: &At<'_>, file: &Path, message: String| CertError {
+        host: at.0.to_owned(),
+        field: at.1.clone(),
         file: file.display().to_string(),
         message,
     };
-    let cert_pem = fs::read(cert).map_err(|e| err(cert, format!("cannot read: {e}")))?;
+    let cert_pem = fs::read(cert).map_err(|e| err(&cert_at, cert, format!("cannot read: {e}")))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| err(cert, format!("not a PEM certificate chain: {e}")))?;
-    if chain.is_empty() {
-        return Err(err(cert, "holds no CERTIFICATE block".into()));
-    }
-    let key_pem = fs::read(key).map_err(|e| err(key, format!("cannot read: {e}")))?;
+        .map_err(|e| err(&cert_at, cert, format!("not a PEM certificate chain: {e}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(err(&cert_at, cert, "holds no CERTIFICATE block".into()));
+    };
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, x509)| x509.validity().not_after.timestamp())
+        .map_err(|e| err(&cert_at, cert, format!("unparsable leaf certificate: {e}")))?;
+    let key_pem = fs::read(key).map_err(|e| err(&key_at, key, format!("cannot read: {e}")))?;
     warn_if_world_readable(key);
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| err(key, format!("not a PEM private key: {e}")))?;
+        .map_err(|e| err(&key_at, key, format!("not a PEM private key: {e}")))?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| err(key, format!("unusable private key: {e}")))?;
+        .map_err(|e| err(&key_at, key, format!("unusable private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| err(key, format!("does not match {}: {e}", cert.display())))?;
-    Ok(Arc::new(certified))
+    certified.keys_match().map_err(|e| {
+        err(
+            &key_at,
+            key,
+            format!("does not match {}: {e}", cert.display()),
+        )
+    })?;
+    Ok((Arc::new(certified), not_after))
 }
 
 fn warn_if_world_readable(key: &Path) {
@@ -276,6 +361,7 @@ fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CertError {
             host: String::new(),
+            field: String::new(),
             file: String::new(),
             message: format!("TLS versions: {e}"),
         })?

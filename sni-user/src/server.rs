@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mio::{net::TcpListener, Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, warn};
@@ -27,9 +27,9 @@ use tracing::{debug, warn};
 use crate::{
     config::{Config, Limits},
     conn::{Conn, Ctx, Pumped},
-    counters::Counters,
+    counters::{GlobalCounters, HostSnapshot},
     loader::FlowTable,
-    routes::Routes,
+    routes::{Route, Routes},
 };
 
 const WAKER: Token = Token(usize::MAX);
@@ -44,30 +44,31 @@ pub struct Terminator {
     threads: Vec<JoinHandle<()>>,
     wakers: Vec<Arc<Waker>>,
     stop: Arc<AtomicBool>,
-    /// Counters, shared with the workers.
-    pub counters: Arc<Counters>,
-    /// Route labels, in counter order.
-    pub labels: Vec<String>,
     /// Bound addresses (after port 0 is resolved), for logs and tests.
     pub addresses: Vec<SocketAddr>,
     shared: Arc<Shared>,
 }
 
 /// What the workers share.
-struct Shared {
+pub struct Shared {
     /// Swapped whole by a reload. Workers keep their own copy of the `Arc` and take the new
     /// table when `generation` moves, so the packet path touches no lock and no shared count.
     routes: RwLock<Arc<Routes>>,
     generation: AtomicU64,
     flows: Option<FlowTable>,
-    counters: Arc<Counters>,
+    /// Counters not of a host.
+    pub global: GlobalCounters,
+    /// Routes of hosts removed by a reload while they had open connections: their counters
+    /// are shown until the last one closes.
+    retired: Mutex<Vec<Arc<Route>>>,
     limits: Limits,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Shared {
-    fn routes(&self) -> Arc<Routes> {
+    /// The routing table new connections get.
+    pub fn routes(&self) -> Arc<Routes> {
         match self.routes.read() {
             Ok(r) => r.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -78,7 +79,7 @@ impl Shared {
         Ctx {
             routes,
             flows: self.flows.as_ref(),
-            counters: &self.counters,
+            global: &self.global,
             limits: &self.limits,
         }
     }
@@ -92,8 +93,6 @@ impl Terminator {
         let workers = config
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let counters = Arc::new(Counters::new(routes.routes.len()));
-        let labels = routes.routes.iter().map(|r| r.label.clone()).collect();
         if let (Some(xdp), true) = (&config.xdp, flows.is_some()) {
             for l in &config.listen {
                 if !xdp.ports.contains(&l.address.port()) {
@@ -108,7 +107,8 @@ impl Terminator {
             routes: RwLock::new(routes.clone()),
             generation: AtomicU64::new(0),
             flows,
-            counters: counters.clone(),
+            global: GlobalCounters::default(),
+            retired: Mutex::new(Vec::new()),
             limits: config.limits.clone(),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -162,24 +162,30 @@ impl Terminator {
             threads,
             wakers,
             stop,
-            counters,
-            labels,
             addresses,
             shared,
         })
     }
 
-    /// Serves new connections from `routes` (connections already open keep their
-    /// certificate and backend). The hosts must be the same, in the same order: counters and
-    /// the classifier's slots follow them.
-    pub fn reload(&self, routes: Arc<Routes>) -> Result<()> {
-        let labels: Vec<&String> = routes.routes.iter().map(|r| &r.label).collect();
-        if labels != self.labels.iter().collect::<Vec<_>>() {
-            bail!(
-                "the hosts changed ({:?} -> {:?}): that needs a restart",
-                self.labels,
-                labels
+    /// Serves new connections from `routes`; connections already open keep their route
+    /// (certificate, backend, counters) to their end. A host that keeps its label keeps its
+    /// counters.
+    pub fn reload(&self, mut routes: Routes) {
+        let previous = self.shared.routes();
+        routes.adopt_counters(&previous);
+        let routes = Arc::new(routes);
+        {
+            let kept: std::collections::HashSet<&str> =
+                routes.routes.iter().map(|r| r.label.as_str()).collect();
+            let mut retired = lock(&self.shared.retired);
+            retired.extend(
+                previous
+                    .routes
+                    .iter()
+                    .filter(|r| !kept.contains(r.label.as_str()))
+                    .cloned(),
             );
+            retired.retain(|r| r.counters.active.load(Relaxed) > 0);
         }
         match self.shared.routes.write() {
             Ok(mut r) => *r = routes,
@@ -189,7 +195,11 @@ impl Terminator {
         for w in &self.wakers {
             let _ = w.wake();
         }
-        Ok(())
+    }
+
+    /// What the control socket and the metrics endpoint read.
+    pub fn view(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Stops accepting and ends the workers (open connections are closed).
@@ -205,7 +215,42 @@ impl Terminator {
 
     /// Counters as JSON (`{"hosts":[…],"global":{…}}`).
     pub fn snapshot(&self) -> serde_json::Value {
-        self.counters.snapshot(&self.labels)
+        self.shared.snapshot()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Shared {
+    /// Every route with counters to show: the current ones, then removed hosts that still
+    /// have open connections.
+    pub fn counted_routes(&self) -> Vec<Arc<Route>> {
+        let mut all: Vec<Arc<Route>> = self.routes().routes.clone();
+        let mut retired = lock(&self.retired);
+        retired.retain(|r| r.counters.active.load(Relaxed) > 0);
+        all.extend(retired.iter().cloned());
+        all
+    }
+
+    /// Counters as JSON (`{"hosts":[…],"global":{…}}`).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let hosts: Vec<HostSnapshot> = self
+            .counted_routes()
+            .iter()
+            .map(|r| r.counters.snapshot(&r.label))
+            .collect();
+        let global: serde_json::Map<String, serde_json::Value> = self
+            .global
+            .values()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        serde_json::json!({ "hosts": hosts, "global": global })
     }
 }
 
@@ -296,7 +341,7 @@ impl Worker {
                     return;
                 }
             };
-            let g = &self.shared.counters.global;
+            let g = &self.shared.global;
             g.accepted.fetch_add(1, Relaxed);
             let limits = &self.shared.limits;
             {
@@ -392,7 +437,7 @@ impl Worker {
         let Some(mut conn) = self.conns.try_remove(id) else {
             return;
         };
-        conn.finish(&self.shared.ctx(&self.routes));
+        conn.finish();
         let _ = self.poll.registry().deregister(&mut conn.client);
         if conn.backend_registered {
             if let Some(source) = conn.backend_source() {

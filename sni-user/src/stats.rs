@@ -48,7 +48,7 @@ impl Snapshot {
     /// Reads the classifier's counters from the maps pinned under `pin_dir` and the
     /// terminator's from `control`; either may be absent (not running), not both.
     pub fn read(pin_dir: &Path, control: &Path) -> Result<Self> {
-        let terminator = crate::control::query(control).ok();
+        let terminator = crate::control::query(control).ok().filter(|t| !t.is_null());
         let maps = match PinnedMaps::open(pin_dir) {
             Ok(maps) => maps,
             Err(e) if terminator.is_some() => {
@@ -61,6 +61,11 @@ impl Snapshot {
             }
             Err(e) => return Err(e),
         };
+        Self::from_maps(&maps, terminator)
+    }
+
+    /// Reads the classifier's counters from its open maps.
+    pub fn from_maps(maps: &PinnedMaps, terminator: Option<serde_json::Value>) -> Result<Self> {
         let mut hosts = Vec::new();
         let row = |name: &HostKey, s: HostStats, configured: bool| HostRow {
             host: name.as_bytes().escape_ascii().to_string(),
@@ -75,6 +80,9 @@ impl Snapshot {
         // Slot 0 is the default's; configured hosts from 1.
         for slot in 1..maps.labels.len() {
             let label = maps.labels.get(&slot, 0).context("reading a host label")?;
+            if label.len == 0 {
+                continue; // a free slot (room for hosts added by a reload)
+            }
             let values = maps
                 .host_stats
                 .get(&slot, 0)

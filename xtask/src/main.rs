@@ -40,6 +40,12 @@ const TEST_PACKAGES: &[&str] = &[
     "tcpdump",
     // The terminator's TLS posture, as an operator's audit would see it.
     "testssl.sh",
+    // Operations: a real Prometheus scrapes the metrics endpoint (promtool checks the
+    // exposition, the scrape config and the alert rules); `top` is driven in tmux;
+    // systemd-analyze verifies the unit.
+    "prometheus",
+    "tmux",
+    "systemd",
 ];
 
 #[derive(Parser)]
