@@ -449,7 +449,7 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
                 Some(_) => Some(Mutex::new(PinnedMaps::open(&config.pin_dir)?)),
                 None => None,
             };
-            metrics::serve(
+            let served = metrics::serve(
                 addr,
                 metrics::Sources {
                     maps,
@@ -457,12 +457,19 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
                     reloads: reloads.clone(),
                     other_hosts: metrics_other_hosts.clone(),
                 },
-            )?;
+            );
+            match served {
+                Ok(_) => {}
+                // The demo goes on without its endpoint (the port may be node_exporter's).
+                Err(e) if config.is_demo() => warn!(error = %format!("{e:#}"), "no metrics"),
+                Err(e) => return Err(e),
+            }
         }
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
         let control = control::serve(
             &config.control_socket,
             terminator.as_ref().map(Terminator::view),
+            reloads.clone(),
             reload_tx,
         )?;
         // The kernel's log records (only with --debug) are flushed on a short tick: polling

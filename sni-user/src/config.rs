@@ -560,6 +560,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether this is the built-in demo's configuration (no file).
+    pub fn is_demo(&self) -> bool {
+        self.source.as_os_str() == "<defaults>"
+    }
+
     /// The configuration used without a file: watch the demo port on loopback, generic mode.
     pub fn demo() -> Self {
         Self {

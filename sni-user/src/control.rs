@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::server::Shared;
+use crate::{counters::ReloadCounters, server::Shared};
 
 /// How long a client may take to send its command or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,6 +46,7 @@ pub struct Control {
 pub fn serve(
     path: &Path,
     terminator: Option<Arc<Shared>>,
+    reload_counters: Arc<ReloadCounters>,
     reloads: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
 ) -> Result<Control> {
     let mut made_dir = None;
@@ -80,7 +81,12 @@ pub fn serve(
                         let _ = stream.set_nonblocking(false);
                         let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
                         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-                        let body = answer(read_command(&mut stream), &terminator, &reloads);
+                        let body = answer(
+                            read_command(&mut stream),
+                            &terminator,
+                            &reload_counters,
+                            &reloads,
+                        );
                         let _ = stream.write_all(body.as_bytes());
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -139,11 +145,22 @@ fn read_command(stream: &mut std::os::unix::net::UnixStream) -> String {
 fn answer(
     command: String,
     terminator: &Option<Arc<Shared>>,
+    counters: &ReloadCounters,
     reloads: &tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
 ) -> String {
     match command.as_str() {
         "" | "stats" => match terminator {
-            Some(t) => t.snapshot().to_string(),
+            Some(t) => {
+                let mut snapshot = t.snapshot();
+                if let Some(global) = snapshot["global"].as_object_mut() {
+                    global.insert("reloads".into(), counters.reloads.load(Relaxed).into());
+                    global.insert(
+                        "reload_failures".into(),
+                        counters.failures.load(Relaxed).into(),
+                    );
+                }
+                snapshot.to_string()
+            }
             None => "null".to_owned(),
         },
         "reload" => {

@@ -75,9 +75,14 @@ impl Link {
         std::fs::write(
             &config,
             format!(
-                "pin_dir = {:?}\n[xdp]\ninterfaces = [{:?}]\nmode = \"auto\"\nports = [{PORT}]\n\
-                 {hosts}",
+                "pin_dir = {:?}\ncontrol_socket = {:?}\n[xdp]\ninterfaces = [{:?}]\n\
+                 mode = \"auto\"\nports = [{PORT}]\n{hosts}",
                 pin_dir.display().to_string(),
+                self.dir
+                    .path()
+                    .join(format!("{}.sock", unique("ctl")))
+                    .display()
+                    .to_string(),
                 self.server_if,
             ),
         )

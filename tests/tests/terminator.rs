@@ -488,8 +488,8 @@ fn reload_rotates_certificates_and_keeps_the_running_config_on_a_bad_file() {
             "[[listen]] changed, which needs a restart",
         ),
         (
-            good.replace("names = [\"b.example\"]", "names = [\"c.example\"]"),
-            "host names or actions changed",
+            good.replace("workers = 2", "workers = 3"),
+            "workers changed, which needs a restart",
         ),
     ];
     for (i, (text, why)) in bad.iter().enumerate() {
