@@ -230,7 +230,10 @@ fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'stati
 }
 
 /// The samples of an exposition: `name{labels}` → value.
-fn samples(text: &str) -> Vec<(String, BTreeSet<(String, String)>, f64)> {
+/// One sample: metric name, labels, value.
+type Sample = (String, BTreeSet<(String, String)>, f64);
+
+fn samples(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text
         .lines()
@@ -492,13 +495,10 @@ fn metrics_agree_with_stats_and_a_prometheus_server_scrapes_them() {
         value(&query("sum(sni_xdp_host_client_hellos_total)")),
         Some(stats["global"]["sni"].as_u64().unwrap() as f64)
     );
-    assert_eq!(
-        value(&query(
-            "histogram_quantile(1, sum by (le) (sni_tls_handshake_duration_seconds_bucket{host=\"alpha.test\"})) > 0"
-        ))
-        .is_some(),
-        true
-    );
+    let p100 = value(&query(
+        "histogram_quantile(1, sum by (le) (sni_tls_handshake_duration_seconds_bucket{host=\"alpha.test\"}))",
+    ));
+    assert!(p100.is_some_and(|v| v > 0.0 && v <= 10.0), "{p100:?}");
 
     // The Grafana dashboard and the alert rules use only metrics that exist.
     let served: BTreeSet<String> = samples(&text)
@@ -553,13 +553,7 @@ fn metrics_agree_with_stats_and_a_prometheus_server_scrapes_them() {
 #[test]
 fn metrics_labels_stay_bounded_under_a_scan_of_random_names() {
     const SCAN: usize = 3_000;
-    let body = format!(
-        "metrics_other_hosts = 5\n{}",
-        HOSTS.replace(
-            "[[host]]\nnames = [\"alpha.test\"]",
-            "[[host]]\nnames = [\"alpha.test\"]"
-        )
-    );
+    let body = format!("metrics_other_hosts = 5\n{HOSTS}");
     let site = Site::start(&body, &[]);
     // The map of other names is smaller than the scan: it evicts, the kernel keeps counting.
     // A hot name not configured is among the top N.
