@@ -339,8 +339,8 @@ impl Daemon {
         };
         // Certificates and keys are read again here, and only here after start.
         let routes = match &self.terminator {
-            Some(_) => {
-                let mut routes = Routes::load(&new)?;
+            Some(t) => {
+                let mut routes = Routes::reload(&new, &t.view().routes())?;
                 if let Some(slots) = &slots {
                     routes.set_slots(slots);
                 }
@@ -355,6 +355,9 @@ impl Daemon {
                 .context("updating the classifier's maps")?;
         }
         if let (Some(t), Some(routes)) = (&self.terminator, routes) {
+            if !routes.kept_sessions() {
+                info!("a certificate changed: new session ticket key, earlier sessions resume no more");
+            }
             t.reload(routes);
         }
         self.metrics_other_hosts

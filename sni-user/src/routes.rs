@@ -30,7 +30,9 @@ use crate::{
 /// together.
 const SESSION_CACHE: usize = 32_768;
 
-/// What every host's `ServerConfig` shares.
+/// What every host's `ServerConfig` shares; kept across reloads, so that sessions made before
+/// a reload still resume after it.
+#[derive(Clone)]
 struct Shared {
     provider: Arc<CryptoProvider>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
@@ -54,6 +56,8 @@ pub struct Route {
     pub names: Vec<String>,
     /// Its leaf certificate's validity end, Unix seconds (None for passthrough).
     pub not_after: Option<i64>,
+    /// A hash of its leaf certificate (None for passthrough): a reload compares them.
+    cert_id: Option<u64>,
     /// Its counters: kept across reloads for a host that keeps its label.
     pub counters: Arc<HostCounters>,
 }
@@ -72,6 +76,16 @@ pub struct Routes {
     /// The classifier's host slots: `by_slot[s]` is the route of slot `s` (a flow's record
     /// names its host by slot).
     by_slot: Vec<Option<usize>>,
+    /// The session cache and ticket key every host's config uses.
+    shared: Shared,
+    /// Whether `shared` came from the table this one was reloaded from.
+    kept_sessions: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared { .. }")
+    }
 }
 
 /// A certificate or key problem, naming the file and the host.
@@ -92,24 +106,37 @@ impl Routes {
     /// Loads every certificate and key of `config` and builds the table. Host slots are
     /// the configuration order (slot `i + 1` is `[[host]]` `i`) until [`Routes::set_slots`].
     pub fn load(config: &Config) -> Result<Self, CertError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let shared = Shared {
-            provider: provider.clone(),
-            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| CertError {
-                host: String::new(),
-                field: String::new(),
-                file: String::new(),
-                message: format!("ticketer: {e}"),
-            })?,
-        };
+        Self::load_with(config, None)
+    }
+
+    /// As [`Routes::load`], for a reload from `previous`. When no certificate of a host
+    /// that stays changed, the session cache and ticket key go on, so clients resume across
+    /// the reload. A changed certificate (a rotation, perhaps after a key compromise) starts
+    /// a new ticket key and cache: no session made under the old certificate resumes.
+    pub fn reload(config: &Config, previous: &Routes) -> Result<Self, CertError> {
+        Self::load_with(config, Some(previous))
+    }
+
+    /// Whether this table resumes the sessions of the one it was reloaded from.
+    pub fn kept_sessions(&self) -> bool {
+        self.kept_sessions
+    }
+
+    fn load_with(config: &Config, previous: Option<&Routes>) -> Result<Self, CertError> {
+        let provider = previous.map_or_else(
+            || Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            |p| p.shared.provider.clone(),
+        );
         let mut routes = Vec::new();
+        // Routes that terminate TLS: their index, key and ALPN; configs are made once the
+        // ticket key is chosen.
+        let mut keys = Vec::new();
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (h, host) in config.hosts.iter().enumerate() {
             let label = host.names.first().cloned().unwrap_or_default();
             let at = |f: &str| (label.as_str(), format!("host[{h}].{f}"));
-            let (tls, not_after) = match host.mode {
+            let (cert_id, not_after) = match host.mode {
                 HostMode::Terminate => {
                     let (cert, key) = cert_and_key(at("cert"), &host.cert, &host.key)?;
                     let (certified, not_after) =
@@ -122,10 +149,9 @@ impl Routes {
                             message,
                         })?;
                     }
-                    (
-                        Some(server_config(&shared, certified, &host.alpn)?),
-                        Some(not_after),
-                    )
+                    let id = cert_id(&certified);
+                    keys.push((routes.len(), certified, host.alpn.clone()));
+                    (Some(id), Some(not_after))
                 }
                 HostMode::Passthrough => (None, None),
             };
@@ -140,16 +166,17 @@ impl Routes {
                     table.insert(key, index);
                 }
             }
-            routes.push(Arc::new(Route {
+            routes.push(Route {
                 backend: backend(at("backend"), host.backend.as_deref())?,
                 label,
-                tls,
+                tls: None,
                 mode: host.mode,
                 proxy_protocol: host.proxy_protocol,
                 names: host.names.clone(),
                 not_after,
+                cert_id,
                 counters: Arc::default(),
-            }));
+            });
         }
         let default = if config.default.reject {
             None
@@ -158,27 +185,62 @@ impl Routes {
             let (cert, key) = cert_and_key(at("cert"), &config.default.cert, &config.default.key)?;
             let (certified, not_after) =
                 load_certified_key(&provider, at("cert"), at("key"), cert, key)?;
-            routes.push(Arc::new(Route {
+            let id = cert_id(&certified);
+            keys.push((routes.len(), certified, Vec::new()));
+            routes.push(Route {
                 backend: backend(at("backend"), config.default.backend.as_deref())?,
                 label: "default".to_owned(),
-                tls: Some(server_config(&shared, certified, &[])?),
+                tls: None,
                 mode: HostMode::Terminate,
                 proxy_protocol: false,
                 names: Vec::new(),
                 not_after: Some(not_after),
+                cert_id: Some(id),
                 counters: Arc::default(),
-            }));
+            });
             Some(routes.len() - 1)
         };
+        let rotated = |p: &Routes| {
+            routes.iter().any(|r| {
+                p.routes
+                    .iter()
+                    .any(|q| q.label == r.label && q.cert_id.is_some() && q.cert_id != r.cert_id)
+            })
+        };
+        let (shared, kept_sessions) = match previous {
+            Some(p) if !rotated(p) => (p.shared.clone(), true),
+            _ => (
+                Shared {
+                    provider,
+                    sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+                    ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+                        CertError {
+                            host: String::new(),
+                            field: String::new(),
+                            file: String::new(),
+                            message: format!("ticketer: {e}"),
+                        }
+                    })?,
+                },
+                false,
+            ),
+        };
+        for (i, certified, alpn) in keys {
+            if let Some(route) = routes.get_mut(i) {
+                route.tls = Some(server_config(&shared, certified, &alpn)?);
+            }
+        }
         let by_slot = std::iter::once(None)
             .chain((0..config.hosts.len()).map(Some))
             .collect();
         Ok(Self {
-            routes,
+            routes: routes.into_iter().map(Arc::new).collect(),
             exact,
             wildcard,
             default,
             by_slot,
+            shared,
+            kept_sessions,
         })
     }
 
@@ -237,6 +299,16 @@ impl Routes {
         }
         self.default
     }
+}
+
+/// FNV-1a of the leaf certificate's DER.
+fn cert_id(certified: &CertifiedKey) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in certified.cert.first().map_or(&[][..], |c| c.as_ref()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// Where an error is: the host's label and the config field.

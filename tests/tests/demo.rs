@@ -28,7 +28,7 @@ fn demo_works_as_printed() {
     let curls: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("curl "))
+        .filter(|l| l.starts_with("curl --cacert "))
         .collect();
     assert_eq!(curls.len(), 3, "{text}");
     for line in &curls {
@@ -62,6 +62,21 @@ fn demo_works_as_printed() {
     }
     // The terminator took each connection's host from the kernel and agreed.
     assert_eq!(s["terminator"]["global"]["xdp_agreed"], 3, "{s}");
+    // The metrics line works as printed too.
+    let metrics = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl http://"))
+        .unwrap_or_else(|| panic!("no metrics line: {text}"));
+    let words: Vec<&str> = metrics.split_whitespace().collect();
+    let out = run(Command::new(words[0]).args(&words[1..]).arg("-sS"));
+    let body = String::from_utf8_lossy(&out.stdout);
+    for series in [
+        "sni_xdp_host_client_hellos_total{host=\"alpha.demo.test\",configured=\"true\"} 1",
+        "sni_tls_handshakes_total{host=\"*.apps.demo.test\"} 1",
+    ] {
+        assert!(body.contains(series), "{series}: {body}");
+    }
     assert!(demo
         .signal_and_wait("TERM", Duration::from_secs(10))
         .is_some_and(|s| s.success()));

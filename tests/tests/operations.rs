@@ -741,8 +741,16 @@ fn tls_connect(
     Ok(rustls::StreamOwned::new(conn, sock))
 }
 
-/// One request on a new connection; the served leaf's fingerprint prefix.
+/// One request on a new connection; the served leaf's fingerprint.
 fn request(config: &Arc<rustls::ClientConfig>, name: &str) -> Result<String, String> {
+    request_kind(config, name).map(|(cert, _)| cert)
+}
+
+/// As [`request`], with whether the handshake resumed a session.
+fn request_kind(
+    config: &Arc<rustls::ClientConfig>,
+    name: &str,
+) -> Result<(String, bool), String> {
     let mut tls = tls_connect(config, name)?;
     tls.write_all(format!("GET / HTTP/1.1\r\nhost: {name}\r\n\r\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
@@ -763,7 +771,8 @@ fn request(config: &Arc<rustls::ClientConfig>, name: &str) -> Result<String, Str
         .and_then(|c| c.first())
         .ok_or("no certificate")?;
     let digest = aws_lc_rs_digest(leaf.as_ref());
-    Ok(digest)
+    let resumed = tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    Ok((digest, resumed))
 }
 
 /// A short fingerprint of a certificate (FNV-1a 64; enough to tell two test leaves apart).
@@ -860,6 +869,15 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
     };
     progress("before the reloads", 0);
 
+    // Clients holding sessions from before a reload: one per reload below.
+    let before_rotation = rustls_client(&site.pki);
+    let before_hosts = rustls_client(&site.pki);
+    let resumes = |config: &Arc<rustls::ClientConfig>| {
+        let config = config.clone();
+        in_netns(&site.pair.client, move || request_kind(&config, "alpha.test")).unwrap()
+    };
+    assert!(!resumes(&before_rotation).1, "a first connection is a full handshake");
+
     // 1. Certificate rotation: a new leaf for alpha.test, in new files.
     site.pki.leaf("rotated", &["alpha.test"]);
     let rotated = HOSTS.replacen(
@@ -882,6 +900,9 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "reloaded\n");
     progress("after the rotation", load.ok.load(Relaxed));
+    // A session made under the old certificate does not resume under the new one.
+    assert_eq!(resumes(&before_rotation), (second_leaf.clone(), false));
+    assert!(!resumes(&before_hosts).1);
 
     // 2. A host added (a new kernel slot), one removed, beta.test now dropped in XDP.
     let gamma =
@@ -898,6 +919,8 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
         String::from_utf8_lossy(&out.stderr)
     );
     progress("after the host changes", load.ok.load(Relaxed));
+    // No certificate changed: sessions from before this reload resume after it.
+    assert_eq!(resumes(&before_hosts), (second_leaf.clone(), true));
 
     // 3. A broken file is refused whole and reported; service goes on.
     std::fs::write(&site.config, "[[host]\nnames = 1\n").unwrap();
