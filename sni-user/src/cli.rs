@@ -130,6 +130,27 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
     },
+    /// Watch a running classifier live: hosts ranked by ClientHellos per second, with drops,
+    /// rate limits, handshake failures and a sparkline of the last minute.
+    ///
+    /// Keys: q, Esc or Ctrl-C quit; sort by h hellos/s (default), d drops/s, r rate-limited/s,
+    /// f handshake failures, n name, t total hellos; / filter by name (Enter keeps it, Esc
+    /// clears it); o shows or hides hosts that are not configured; up, down, PgUp, PgDn
+    /// scroll.
+    Top {
+        /// Pin directory of the running classifier.
+        #[arg(long, conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+        /// Take the pin directory from this configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Control socket of the running terminator (its counters are shown too).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Seconds between reads (more than 0, at most 60).
+        #[arg(long, default_value = "1.0", value_parser = crate::top::parse_interval)]
+        interval: std::time::Duration,
+    },
     /// Read a pcap or pcapng capture with the classifier's own state machine: one line per
     /// ClientHello with client, server, SNI (or why there is none), ECH, segments used.
     ///
@@ -254,6 +275,26 @@ fn dispatch(cli: Cli) -> Result<()> {
                 output(&crate::classify::table(&report))?;
             }
             Ok(())
+        }
+        Command::Top {
+            pin_dir,
+            config,
+            control,
+            interval,
+        } => {
+            // As for `stats`.
+            let loaded = config.as_deref().map(Config::load).transpose()?;
+            let pin_dir = pin_dir
+                .or_else(|| loaded.as_ref().map(|c| c.pin_dir.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+            let control = control
+                .or_else(|| loaded.as_ref().map(|c| c.control_socket.clone()))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+            crate::top::run(crate::top::Options {
+                pin_dir,
+                control,
+                interval,
+            })
         }
         Command::Stats {
             pin_dir,

@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`loader`]: loading, map setup, pinning, attaching; [`loader::PinnedMaps`] for readers.
 //! - [`stats`]: counters read from the pinned maps, as a table or JSON.
+//! - [`top`]: a live terminal view of those counters, as rates.
 //! - [`routes`], [`server`], [`conn`], [`counters`]: the TLS terminator (mio + rustls):
 //!   certificate per SNI, per-host backends, passthrough, limits.
 //! - [`classify`]: the classifier's per-flow state machine over pcap/pcapng captures.
@@ -27,3 +28,4 @@ pub mod routes;
 pub mod server;
 pub mod slots;
 pub mod stats;
+pub mod top;

@@ -1,0 +1,433 @@
+//! `sni-user top` on a real edge: two network namespaces joined by a veth pair, `sni-user run`
+//! with the classifier on the server side's veth and the terminator behind it, curl sending
+//! ClientHellos for two configured hosts and two other names from the client side. `top` runs
+//! in a detached tmux session of fixed size; its screen, captured with `tmux capture-pane`,
+//! must show what `sni-user stats --json` says, follow the sort and filter keys, say so when
+//! the edge stops, and give the terminal back (normal screen, cooked mode) when it quits.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use sni_tests::{
+    host,
+    netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4},
+    pki::Pki,
+    sni_user_bin, PinDir,
+};
+
+const PORT: u16 = 8443;
+const WIDTH: u16 = 160;
+const HEIGHT: u16 = 40;
+
+/// The namespaces, `sni-user run` and its files; stopped or removed on drop (fields drop in
+/// order: the server process before its namespace).
+struct Edge {
+    /// Taken when the test stops it.
+    run: Option<ChildGuard>,
+    pin_dir: PinDir,
+    control: PathBuf,
+    client: Netns,
+    _server: Netns,
+    _pki: Pki,
+}
+
+impl Edge {
+    fn start() -> Self {
+        let Pair {
+            client,
+            server,
+            server_if,
+        } = Pair::new();
+        let pki = Pki::new();
+        pki.leaf("edge", &["alpha.test", "beta.test", "*.other.test"]);
+        let cert = pki.path("edge.pem").display().to_string();
+        let key = pki.path("edge.key").display().to_string();
+        let pin_dir = PinDir::new("sni-top-");
+        let control = pki.path(&format!("{}.sock", unique("ctl")));
+        let config = pki.path("edge.toml");
+        let text = format!(
+            r#"pin_dir = {pin:?}
+control_socket = {control:?}
+workers = 2
+[xdp]
+interfaces = [{server_if:?}]
+mode = "auto"
+ports = [{PORT}]
+[[listen]]
+address = "{SERVER_V4}:{PORT}"
+[[host]]
+names = ["alpha.test"]
+cert = {cert:?}
+key = {key:?}
+backend = "builtin"
+[[host]]
+names = ["beta.test"]
+cert = {cert:?}
+key = {key:?}
+backend = "builtin"
+[default]
+cert = {cert:?}
+key = {key:?}
+backend = "builtin"
+"#,
+            pin = pin_dir.display().to_string(),
+            control = control.display().to_string(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = pki.path("run.log");
+        let mut cmd = server.cmd_net_only([sni_user_bin()]);
+        cmd.arg("run").arg("--config").arg(&config);
+        let run = ChildGuard::spawn_ready(cmd, "sni-user run", &log, "ready;");
+        Self {
+            run: Some(run),
+            pin_dir,
+            control,
+            client,
+            _server: server,
+            _pki: pki,
+        }
+    }
+
+    /// `sni-user stats --json`, classifier and terminator.
+    fn stats(&self) -> Value {
+        let out = run(Command::new(sni_user_bin())
+            .args(["stats", "--json", "--pin-dir"])
+            .arg(&*self.pin_dir)
+            .arg("--control")
+            .arg(&self.control));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// One connection with curl from the client side: one ClientHello naming `name`.
+    fn curl(&self, name: &str) {
+        let resolve = format!("{name}:{PORT}:{SERVER_V4}");
+        let url = format!("https://{name}:{PORT}/");
+        let out = run(&mut self.client.cmd([
+            "curl",
+            "-sS",
+            "-k",
+            "--max-time",
+            "10",
+            "--resolve",
+            &resolve,
+            &url,
+        ]));
+        let page = String::from_utf8_lossy(&out.stdout);
+        assert!(page.contains("reached host"), "{name}: {page}");
+    }
+
+    /// The counters once every connection has closed.
+    fn settled(&self) -> Value {
+        let mut s = self.stats();
+        let idle = wait_until(Duration::from_secs(10), || {
+            s = self.stats();
+            s["terminator"]["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["active"] == 0)
+        });
+        assert!(idle, "connections still open: {s}");
+        s
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut run) = self.run.take() {
+            let _ = run.signal_and_wait("TERM", Duration::from_secs(10));
+        }
+    }
+}
+
+/// A tmux server of its own (`-L`, no user config) with one detached session of fixed size;
+/// the session and the server are killed on drop, whatever the test did.
+struct Tmux {
+    socket: String,
+    session: String,
+    /// The server's socket file (kill-server leaves it behind).
+    socket_path: Option<PathBuf>,
+}
+
+impl Tmux {
+    /// Runs `command` (a shell command line) in a new detached session.
+    fn start(command: &str) -> Self {
+        let version = Command::new("tmux").arg("-V").output();
+        assert!(
+            version.as_ref().is_ok_and(|o| o.status.success()),
+            "tmux is missing ({version:?}): this test drives `sni-user top` in a tmux session; \
+             install it (apt-get install tmux)"
+        );
+        let mut tmux = Self {
+            socket: unique("snitop"),
+            session: unique("top"),
+            socket_path: None,
+        };
+        run(tmux
+            .cmd()
+            .args(["-f", "/dev/null", "new-session", "-d", "-s", &tmux.session])
+            .args(["-x", &WIDTH.to_string(), "-y", &HEIGHT.to_string()])
+            .arg(command)
+            // The pane inherits the server's environment: UTF-8 for the sparklines.
+            .env("LANG", "C.UTF-8")
+            .env("TERM", "xterm-256color"));
+        tmux.socket_path = Some(PathBuf::from(tmux.display("#{socket_path}")));
+        tmux
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]).stdin(Stdio::null());
+        c
+    }
+
+    /// The visible screen of the pane, one line per row.
+    fn capture(&self) -> String {
+        let out = run(self.cmd().args(["capture-pane", "-p", "-t", &self.session]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends keys (tmux key names, or literal text with `-l`).
+    fn send(&self, keys: &[&str]) {
+        run(self
+            .cmd()
+            .args(["send-keys", "-t", &self.session])
+            .args(keys));
+    }
+
+    /// A tmux format of the pane (`#{alternate_on}`, …).
+    fn display(&self, format: &str) -> String {
+        let out = run(self
+            .cmd()
+            .args(["display-message", "-p", "-t", &self.session, format]));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Waits (10 s at most) until `check` holds on the screen; panics with the screen.
+    fn wait_screen(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let mut screen = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            screen = self.capture();
+            check(&screen)
+        });
+        assert!(ok, "{what}; the screen:\n{screen}");
+        screen
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd()
+            .args(["kill-session", "-t", &self.session])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The table rows of a screen, in order: the columns of each line whose first word is a host
+/// (HOST KIND HELLOS/S HELLOS DROPS/S RATELIM/S HS-FAIL FAIL/S ACTIVE, then the sparkline).
+fn rows(screen: &str) -> Vec<Vec<&str>> {
+    screen
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| {
+            w.len() >= 9
+                && (w[0].ends_with(".test") || w[0] == "default")
+                && ["config", "other", "default"].contains(&w[1])
+        })
+        .collect()
+}
+
+fn row<'a>(screen: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    rows(screen).into_iter().find(|w| w[0] == name)
+}
+
+fn names(screen: &str) -> Vec<&str> {
+    rows(screen).into_iter().map(|w| w[0]).collect()
+}
+
+/// Whether the screen's totals for the classifier's hosts and the terminator's are those of
+/// `stats` (`stats --json`), or why not.
+fn agrees(screen: &str, stats: &Value) -> Result<(), String> {
+    for h in stats["hosts"].as_array().unwrap() {
+        let name = h["host"].as_str().unwrap();
+        let w = row(screen, name).ok_or(format!("no row for {name}"))?;
+        let kind = if h["configured"] == true {
+            "config"
+        } else {
+            "other"
+        };
+        if w[1] != kind || w[3].parse().ok() != h["client_hellos"].as_u64() {
+            return Err(format!("{name}: {w:?} against {h}"));
+        }
+    }
+    for h in stats["terminator"]["hosts"].as_array().unwrap() {
+        let name = h["host"].as_str().unwrap();
+        let w = row(screen, name).ok_or(format!("no row for {name}"))?;
+        let failures: u64 = h["failures"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        if w[6].parse() != Ok(failures) || w[8].parse().ok() != h["active"].as_u64() {
+            return Err(format!("{name}: {w:?} against {h}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
+    let mut edge = Edge::start();
+    for (name, n) in [
+        ("alpha.test", 5),
+        ("beta.test", 3),
+        ("one.other.test", 2),
+        ("two.other.test", 1),
+    ] {
+        for _ in 0..n {
+            edge.curl(name);
+        }
+    }
+    let s = edge.settled();
+    assert_eq!(host(&s, "alpha.test")["client_hellos"], 5, "{s}");
+    assert_eq!(host(&s, "two.other.test")["client_hellos"], 1, "{s}");
+    assert_eq!(host(&s, "two.other.test")["configured"], false, "{s}");
+
+    let command = format!(
+        "'{bin}' top --pin-dir '{pin}' --control '{control}' --interval 0.5; \
+         echo TOP-EXITED=$?; stty -a; echo STTY-DONE; exec sleep 300",
+        bin = sni_user_bin().display(),
+        pin = edge.pin_dir.display(),
+        control = edge.control.display(),
+    );
+    let tmux = Tmux::start(&command);
+
+    // The hosts, busiest first (no traffic now: by total), and the same totals as `stats`.
+    let screen = tmux.wait_screen("top did not show the hosts", |s| {
+        agrees(s, &edge.stats()).is_ok()
+    });
+    eprintln!("top, first screen:\n{screen}");
+    assert!(screen.contains("ClientHellos/s"), "{screen}");
+    assert_eq!(
+        names(&screen),
+        [
+            "alpha.test",
+            "beta.test",
+            "one.other.test",
+            "two.other.test",
+            "default"
+        ],
+        "{screen}"
+    );
+    let alpha = row(&screen, "alpha.test").unwrap();
+    assert_eq!(alpha[1..4], ["config", "0.0", "5"], "{screen}");
+    let default = row(&screen, "default").unwrap();
+    assert_eq!(default[1..4], ["default", "-", "-"], "{screen}");
+
+    // Traffic while it watches: beta's ClientHellos/s rises, and its sparkline with it.
+    let mut screen = String::new();
+    let busy = wait_until(Duration::from_secs(30), || {
+        edge.curl("beta.test");
+        edge.curl("beta.test");
+        screen = tmux.capture();
+        // A rate above 0, and a sparkline after the columns.
+        row(&screen, "beta.test")
+            .is_some_and(|w| w[2].parse::<f64>().is_ok_and(|r| r > 0.0) && w.len() > 9)
+    });
+    assert!(busy, "no ClientHellos/s for beta.test:\n{screen}");
+    eprintln!("top, while curl runs:\n{screen}");
+    let beta = screen.lines().find(|l| l.starts_with("beta.test")).unwrap();
+    assert!(
+        beta.chars().any(|c| ('▁'..='█').contains(&c)),
+        "no sparkline: {beta}"
+    );
+    // Once the connections are closed, totals are still those of `stats`.
+    let s = edge.settled();
+    tmux.wait_screen("top's totals differ from stats", |screen| {
+        agrees(screen, &s).is_ok()
+    });
+
+    // n: by name.
+    tmux.send(&["n"]);
+    let screen = tmux.wait_screen("n did not sort by name", |s| {
+        s.contains("sort: name")
+            && names(s)
+                == [
+                    "alpha.test",
+                    "beta.test",
+                    "default",
+                    "one.other.test",
+                    "two.other.test",
+                ]
+    });
+    eprintln!("top, by name:\n{screen}");
+
+    // o: other hosts hidden, then shown again.
+    tmux.send(&["o"]);
+    tmux.wait_screen("o did not hide the other hosts", |s| {
+        names(s) == ["alpha.test", "beta.test", "default"]
+    });
+    tmux.send(&["o"]);
+    tmux.wait_screen("o did not show the other hosts again", |s| {
+        names(s).len() == 5
+    });
+
+    // A filter: typed after /, kept with Enter.
+    tmux.send(&["/"]);
+    tmux.send(&["-l", "one"]);
+    tmux.send(&["Enter"]);
+    let screen = tmux.wait_screen("the filter did not apply", |s| {
+        // The footer is the keys again: Enter ended the typing.
+        names(s) == ["one.other.test"] && s.contains("filter: \"one\"") && !s.contains("Enter keep")
+    });
+    assert!(agrees(&screen, &s).is_err(), "other rows still there");
+    eprintln!("top, filtered:\n{screen}");
+
+    // The edge stops: top says so and keeps the last read on screen, retrying.
+    let status = edge
+        .run
+        .take()
+        .unwrap()
+        .signal_and_wait("TERM", Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "sni-user run: {status:?}"
+    );
+    let screen = tmux.wait_screen("no read error shown", |s| {
+        s.contains("read failed, retrying")
+            && s.contains("cannot open")
+            && names(s) == ["one.other.test"]
+    });
+    eprintln!("top, the edge stopped:\n{screen}");
+
+    // q: it exits with 0 and gives the terminal back.
+    tmux.send(&["q"]);
+    let screen = tmux.wait_screen("top did not exit on q", |s| s.contains("STTY-DONE"));
+    assert!(screen.contains("TOP-EXITED=0"), "{screen}");
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "still on the alternate screen:\n{screen}"
+    );
+    assert!(!screen.contains("HELLOS/S"), "the table stayed:\n{screen}");
+    // `stty -a` after it: canonical mode and echo are back.
+    let words: Vec<&str> = screen.split_whitespace().collect();
+    for flag in ["icanon", "echo", "isig"] {
+        assert!(
+            words.contains(&flag) && !words.contains(&format!("-{flag}").as_str()),
+            "terminal not restored ({flag}):\n{screen}"
+        );
+    }
+}
