@@ -67,9 +67,12 @@ enum LogFormat {
 enum Command {
     /// Run the classifier (XDP) and the terminator (TLS) of a config until SIGINT or SIGTERM.
     ///
+    /// SIGHUP (or `sni-user reload`) applies a changed config without dropping connections.
+    /// Counters: `stats`, `top`, and the Prometheus endpoint when the config has `metrics`.
+    ///
     /// Without --config: a ready demo. A local CA and demo certificates are made under
     /// --state-dir, TLS is served on 127.0.0.1:8443 by a built-in backend, XDP counts on `lo`,
-    /// and the curl commands to try are printed.
+    /// metrics are on 127.0.0.1:9100, and the commands to try are printed.
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -93,20 +96,23 @@ enum Command {
         #[arg(long, default_value = crate::demo::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// Validate a config as `run` would, without running: TOML, every value, certificates
-    /// and keys (readable, matching, covering each name, expiry), duplicate and overlapping
-    /// names, backends, the user and the interfaces. Prints the resolved routing table, or
-    /// each error as FILE:LINE: FIELD: REASON with exit status 1.
+    /// Validate a config as `run` would, and print its routing table.
+    ///
+    /// Checks the TOML, every value, certificates and keys (readable, matching, covering each
+    /// name, expiry), duplicate and overlapping names, backends, the user and the
+    /// interfaces, without attaching or binding anything. Prints the resolved routing table,
+    /// or each error as FILE:LINE: FIELD: REASON with exit status 1.
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Make a running `sni-user run` re-read its config and certificates (as SIGHUP does)
-    /// and say whether it took them. The new config is validated whole first; a bad one
-    /// leaves the running one in place and the reason is printed (exit status 1). New
-    /// connections get the new certificates; open ones go on untouched; the kernel's maps
-    /// are updated in place.
+    /// Make a running `sni-user run` apply its changed config, and say whether it did.
+    ///
+    /// As SIGHUP does: the config and certificates are read again and validated whole
+    /// first; a bad one leaves the running one in place and the reason is printed (exit
+    /// status 1). New connections get the new certificates and hosts; open ones go on
+    /// untouched; the kernel's maps are updated in place.
     Reload {
         /// Control socket of the running process.
         #[arg(long, conflicts_with = "config")]
