@@ -351,10 +351,15 @@ impl Classifier {
     }
 
     fn detach_and_unpin(&mut self) {
+        let unpinned = !self.pinned.is_empty();
         for path in self.pinned.drain(..) {
             if let Err(e) = fs::remove_file(&path) {
                 warn!(path = %path.display(), error = %e, "removing pin");
             }
+        }
+        if unpinned && self.made_pin_dir {
+            // Only if empty: a directory this process made, holding nothing else now.
+            let _ = fs::remove_dir(&self.pin_dir);
         }
         if let Some(program) = self.ebpf.program_mut(PROGRAM) {
             if let Ok(program) = <&mut Xdp>::try_from(program) {

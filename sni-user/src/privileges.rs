@@ -62,7 +62,11 @@ impl Target {
     /// about, since reloads would then be refused.
     pub fn become_user(&self, owned: &[PathBuf], reread: &[PathBuf]) -> Result<()> {
         let (uid, gid) = (self.user.uid, self.user.gid);
-        for path in owned {
+        // Deepest first: once a 0700 directory is the user's, root without CAP_DAC_OVERRIDE
+        // (as under the systemd unit's bounding set) can no longer reach inside it.
+        let mut owned = owned.to_vec();
+        owned.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for path in &owned {
             chown(path, Some(uid), Some(gid))
                 .with_context(|| format!("handing {} to user {}", path.display(), self.name))?;
         }

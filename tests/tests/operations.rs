@@ -747,10 +747,7 @@ fn request(config: &Arc<rustls::ClientConfig>, name: &str) -> Result<String, Str
 }
 
 /// As [`request`], with whether the handshake resumed a session.
-fn request_kind(
-    config: &Arc<rustls::ClientConfig>,
-    name: &str,
-) -> Result<(String, bool), String> {
+fn request_kind(config: &Arc<rustls::ClientConfig>, name: &str) -> Result<(String, bool), String> {
     let mut tls = tls_connect(config, name)?;
     tls.write_all(format!("GET / HTTP/1.1\r\nhost: {name}\r\n\r\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
@@ -874,9 +871,15 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
     let before_hosts = rustls_client(&site.pki);
     let resumes = |config: &Arc<rustls::ClientConfig>| {
         let config = config.clone();
-        in_netns(&site.pair.client, move || request_kind(&config, "alpha.test")).unwrap()
+        in_netns(&site.pair.client, move || {
+            request_kind(&config, "alpha.test")
+        })
+        .unwrap()
     };
-    assert!(!resumes(&before_rotation).1, "a first connection is a full handshake");
+    assert!(
+        !resumes(&before_rotation).1,
+        "a first connection is a full handshake"
+    );
 
     // 1. Certificate rotation: a new leaf for alpha.test, in new files.
     site.pki.leaf("rotated", &["alpha.test"]);
