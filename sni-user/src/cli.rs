@@ -262,11 +262,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Reload { control, config } => {
-            let control = match (control, config) {
-                (Some(c), _) => c,
-                (None, Some(path)) => Config::load(&path)?.control_socket,
-                (None, None) => PathBuf::from(DEFAULT_CONTROL_SOCKET),
-            };
+            let (_, control) = running(None, config, control)?;
             control::reload(&control)?;
             output("reloaded\n")
         }
@@ -288,14 +284,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             control,
             interval,
         } => {
-            // As for `stats`.
-            let loaded = config.as_deref().map(Config::load).transpose()?;
-            let pin_dir = pin_dir
-                .or_else(|| loaded.as_ref().map(|c| c.pin_dir.clone()))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
-            let control = control
-                .or_else(|| loaded.as_ref().map(|c| c.control_socket.clone()))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+            let (pin_dir, control) = running(pin_dir, config, control)?;
             crate::top::run(crate::top::Options {
                 pin_dir,
                 control,
@@ -308,13 +297,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
             control,
         } => {
-            let loaded = config.as_deref().map(Config::load).transpose()?;
-            let pin_dir = pin_dir
-                .or_else(|| loaded.as_ref().map(|c| c.pin_dir.clone()))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
-            let control = control
-                .or_else(|| loaded.as_ref().map(|c| c.control_socket.clone()))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+            let (pin_dir, control) = running(pin_dir, config, control)?;
             let snapshot = Snapshot::read(&pin_dir, &control)?;
             if json {
                 output(&(serde_json::to_string(&snapshot)? + "\n"))?;
@@ -324,6 +307,23 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The pin directory and control socket of a running `sni-user run`: as given, else from its
+/// config file, else the defaults.
+fn running(
+    pin_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    control: Option<PathBuf>,
+) -> Result<(PathBuf, PathBuf)> {
+    let loaded = config.as_deref().map(Config::load).transpose()?;
+    let pin_dir = pin_dir
+        .or_else(|| loaded.as_ref().map(|c| c.pin_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    let control = control
+        .or_else(|| loaded.as_ref().map(|c| c.control_socket.clone()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    Ok((pin_dir, control))
 }
 
 /// `run`'s flags that override the file: applied at start and to every reload.
