@@ -14,12 +14,12 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering::SeqCst},
-        Once,
+        Arc, Once,
     },
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use crossterm::{
     cursor,
     event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
@@ -33,6 +33,7 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row, Table},
     Frame, Terminal,
 };
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
 use crate::stats::Snapshot;
 
@@ -48,6 +49,8 @@ pub const FORGET_AFTER: u64 = 60;
 const MAX_FILTER: usize = 253;
 /// Bounds of `--interval`, in seconds.
 const MAX_INTERVAL_SECS: f64 = 60.0;
+/// How long a signal may wait before the view ends on it.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
 /// Where to read and how often.
 #[derive(Clone, Debug)]
@@ -84,9 +87,16 @@ pub fn run(opts: Options) -> Result<()> {
     let first = Snapshot::read(&opts.pin_dir, &opts.control)?;
     let mut app = App::new(&opts, Instant::now());
     app.update(Instant::now(), &first);
+    // SIGTERM, SIGHUP (the terminal went away) and SIGQUIT end the view like `q`, so the
+    // terminal is given back; in raw mode Ctrl-C arrives as a key, not as SIGINT.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGHUP, SIGQUIT, SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .with_context(|| format!("signal {sig} handler"))?;
+    }
     let guard = TerminalGuard::enter()?;
     let mut term = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
-    let result = event_loop(&mut term, &mut app, &opts);
+    let result = event_loop(&mut term, &mut app, &opts, &stop);
     drop(term);
     drop(guard);
     result
@@ -96,13 +106,25 @@ fn event_loop(
     term: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
     opts: &Options,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let mut next_read = Instant::now() + opts.interval;
     loop {
+        if stop.load(SeqCst) {
+            return Ok(());
+        }
         term.draw(|frame| app.render(frame))?;
-        // Bounded by the interval (at most 60 s), and woken at once by a key.
-        let wait = next_read.saturating_duration_since(Instant::now());
-        if event::poll(wait)? {
+        // Bounded by the interval (at most 60 s) and by the signal check, woken at once by a
+        // key. A signal may also interrupt the wait itself.
+        let wait = next_read
+            .saturating_duration_since(Instant::now())
+            .min(SIGNAL_CHECK);
+        let ready = match event::poll(wait) {
+            Ok(ready) => ready,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+            Err(e) => return Err(e.into()),
+        };
+        if ready {
             if let Event::Key(key) = event::read()? {
                 if app.on_key(key) == Action::Quit {
                     return Ok(());

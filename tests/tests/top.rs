@@ -305,12 +305,20 @@ fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
     assert_eq!(host(&s, "two.other.test")["client_hellos"], 1, "{s}");
     assert_eq!(host(&s, "two.other.test")["configured"], false, "{s}");
 
-    let command = format!(
-        "'{bin}' top --pin-dir '{pin}' --control '{control}' --interval 0.5; \
-         echo TOP-EXITED=$?; stty -a; echo STTY-DONE; exec sleep 300",
+    // Two runs of top, one after the other: the first (its PID in a file) is ended by
+    // SIGTERM, the second quits on q; after each, the shell shows the terminal's modes.
+    let pid_file = edge.control.with_extension("top.pid");
+    let top = format!(
+        "'{bin}' top --pin-dir '{pin}' --control '{control}' --interval 0.5",
         bin = sni_user_bin().display(),
         pin = edge.pin_dir.display(),
         control = edge.control.display(),
+    );
+    let command = format!(
+        "sh -c 'echo $$ > {pid_file}; exec \"$@\"' sh {top}; \
+         echo TOP1-EXITED=$?; stty -a; echo STTY1-DONE; read -r _; \
+         {top}; echo TOP2-EXITED=$?; stty -a; echo STTY2-DONE; exec sleep 300",
+        pid_file = pid_file.display(),
     );
     let tmux = Tmux::start(&command);
 
@@ -395,6 +403,28 @@ fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
     assert!(agrees(&screen, &s).is_err(), "other rows still there");
     eprintln!("top, filtered:\n{screen}");
 
+    // SIGTERM (as from `kill` or a closing session manager): it exits with 0 and gives the
+    // terminal back, as on q.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let screen = tmux.wait_screen("top did not exit on SIGTERM", |s| s.contains("STTY1-DONE"));
+    assert!(screen.contains("TOP1-EXITED=0"), "{screen}");
+    assert_restored(&tmux, &screen, "TOP1-EXITED", "STTY1-DONE");
+
+    // The second top, on the same edge.
+    tmux.send(&["Enter"]);
+    tmux.wait_screen("the second top did not show the hosts", |s| {
+        agrees(s, &edge.stats()).is_ok()
+    });
+
     // The edge stops: top says so and keeps the last read on screen, retrying.
     let status = edge
         .run
@@ -406,24 +436,29 @@ fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
         "sni-user run: {status:?}"
     );
     let screen = tmux.wait_screen("no read error shown", |s| {
-        s.contains("read failed, retrying")
-            && s.contains("cannot open")
-            && names(s) == ["one.other.test"]
+        s.contains("read failed, retrying") && s.contains("cannot open") && names(s).len() == 5
     });
     eprintln!("top, the edge stopped:\n{screen}");
 
     // q: it exits with 0 and gives the terminal back.
     tmux.send(&["q"]);
-    let screen = tmux.wait_screen("top did not exit on q", |s| s.contains("STTY-DONE"));
-    assert!(screen.contains("TOP-EXITED=0"), "{screen}");
+    let screen = tmux.wait_screen("top did not exit on q", |s| s.contains("STTY2-DONE"));
+    assert!(screen.contains("TOP2-EXITED=0"), "{screen}");
+    assert_restored(&tmux, &screen, "TOP2-EXITED", "STTY2-DONE");
+}
+
+/// After top exited: the normal screen, no table left on it, and `stty -a` (printed between
+/// `from` and `to`) shows canonical mode, echo and signals back on.
+fn assert_restored(tmux: &Tmux, screen: &str, from: &str, to: &str) {
     assert_eq!(
         tmux.display("#{alternate_on}"),
         "0",
         "still on the alternate screen:\n{screen}"
     );
     assert!(!screen.contains("HELLOS/S"), "the table stayed:\n{screen}");
-    // `stty -a` after it: canonical mode and echo are back.
-    let words: Vec<&str> = screen.split_whitespace().collect();
+    let start = screen.find(from).unwrap();
+    let end = screen.find(to).unwrap();
+    let words: Vec<&str> = screen[start..end].split_whitespace().collect();
     for flag in ["icanon", "echo", "isig"] {
         assert!(
             words.contains(&flag) && !words.contains(&format!("-{flag}").as_str()),
