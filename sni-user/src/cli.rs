@@ -2,8 +2,9 @@
 //! the metrics endpoint, forwarding the kernel's aya-log records, clean detach.
 
 use std::{
+    fmt::Write as _,
     io::IsTerminal,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -17,7 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, Mode, XdpConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR},
+    config::{Config, Endpoints, Mode, XdpConfig, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR},
     control,
     counters::ReloadCounters,
     loader::{error_chain, Classifier, PinnedMaps, StartOptions},
@@ -262,9 +263,26 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Reload { control, config } => {
-            let (_, control) = running(None, config, control)?;
-            control::reload(&control)?;
-            output("reloaded\n")
+            let (_, socket) = running(None, config.clone(), control)?;
+            let done = control::reload(&socket)?;
+            // The process reads its own file: say which, and whether it is the one named here.
+            let mut text = format!(
+                "reloaded {} ({} hosts)\n",
+                done.config.display(),
+                done.hosts
+            );
+            if let Some(given) = &config {
+                let same = |p: &Path| std::fs::canonicalize(p).ok();
+                if same(given) != same(&done.config) {
+                    let _ = writeln!(
+                        text,
+                        "note: the running process reads {}, not {}",
+                        done.config.display(),
+                        given.display()
+                    );
+                }
+            }
+            output(&text)
         }
         Command::Classify { file, ports, json } => {
             let mut report = crate::classify::classify_file(&file)?;
@@ -316,12 +334,22 @@ fn running(
     config: Option<PathBuf>,
     control: Option<PathBuf>,
 ) -> Result<(PathBuf, PathBuf)> {
-    let loaded = config.as_deref().map(Config::load).transpose()?;
+    // Only the two keys: a file being edited, or one a reload will refuse, must still lead to
+    // the running process (which then says what is wrong with it).
+    let found = config.as_deref().map(Endpoints::read).transpose()?;
+    if let (Some(found), Some(path)) = (&found, &config) {
+        if !found.parsed {
+            warn!(
+                config = %path.display(),
+                "the file is not valid TOML; its pin_dir and control_socket lines were read one by one"
+            );
+        }
+    }
     let pin_dir = pin_dir
-        .or_else(|| loaded.as_ref().map(|c| c.pin_dir.clone()))
+        .or_else(|| found.as_ref().map(|f| f.pin_dir.clone()))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     let control = control
-        .or_else(|| loaded.as_ref().map(|c| c.control_socket.clone()))
+        .or_else(|| found.as_ref().map(|f| f.control_socket.clone()))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
     Ok((pin_dir, control))
 }
@@ -414,7 +442,11 @@ impl Daemon {
     }
 
     /// Reloads, counts and logs the result.
-    fn reload_logged(&mut self, overrides: &Overrides, why: &str) -> Result<(), String> {
+    fn reload_logged(
+        &mut self,
+        overrides: &Overrides,
+        why: &str,
+    ) -> Result<control::Reloaded, String> {
         match self.reload(overrides) {
             Ok(()) => {
                 self.reloads.reloads.fetch_add(1, Relaxed);
@@ -425,7 +457,10 @@ impl Daemon {
                     trigger = why,
                     "reloaded"
                 );
-                Ok(())
+                Ok(control::Reloaded {
+                    config: self.config.source.clone(),
+                    hosts: self.config.hosts.len(),
+                })
             }
             Err(e) => {
                 self.reloads.failures.fetch_add(1, Relaxed);

@@ -478,6 +478,62 @@ impl XdpConfig {
     }
 }
 
+/// Where a `sni-user run` started with a config file can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Its `pin_dir`.
+    pub pin_dir: PathBuf,
+    /// Its `control_socket`.
+    pub control_socket: PathBuf,
+    /// Whether the whole file parsed as TOML (if not, the two keys were read line by line).
+    pub parsed: bool,
+}
+
+impl Endpoints {
+    /// Reads `pin_dir` and `control_socket` from `path` without validating anything else, so
+    /// that a file being edited, or one a reload is about to refuse, still leads `stats`,
+    /// `top` and `reload` to the running process. When the TOML does not parse, each line
+    /// before the first table header is tried on its own. Absent keys take their defaults.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::from_text(&text))
+    }
+
+    fn from_text(text: &str) -> Self {
+        let mut found = Self {
+            pin_dir: default_pin_dir(),
+            control_socket: default_control_socket(),
+            parsed: true,
+        };
+        let mut take = |table: &toml::Table| {
+            if let Some(v) = table.get("pin_dir").and_then(toml::Value::as_str) {
+                found.pin_dir = PathBuf::from(v);
+            }
+            if let Some(v) = table.get("control_socket").and_then(toml::Value::as_str) {
+                found.control_socket = PathBuf::from(v);
+            }
+        };
+        match text.parse::<toml::Table>() {
+            Ok(table) => take(&table),
+            Err(_) => {
+                for line in text.lines() {
+                    if line.trim_start().starts_with('[') {
+                        break;
+                    }
+                    if let Ok(table) = line.parse::<toml::Table>() {
+                        take(&table);
+                    }
+                }
+                found.parsed = false;
+            }
+        }
+        found
+    }
+}
+
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
@@ -890,6 +946,31 @@ mod tests {
         assert_eq!(c.default.action, Action::Drop);
         let e = parse("pin_dir = \"relative\"\n").expect_err("relative");
         assert!(e.to_string().contains("pin_dir"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_are_read_from_a_file_that_does_not_validate_or_parse() {
+        // Valid TOML, invalid config (no names): the two keys are read.
+        let e = Endpoints::from_text(
+            "pin_dir = \"/sys/fs/bpf/e\"\ncontrol_socket = \"/run/e.sock\"\n[[host]]\nnames = []\n",
+        );
+        assert_eq!(e.pin_dir, Path::new("/sys/fs/bpf/e"));
+        assert_eq!(e.control_socket, Path::new("/run/e.sock"));
+        assert!(e.parsed);
+        // A TOML error further down: the top-level lines still give them.
+        let e = Endpoints::from_text(
+            "# comment\ncontrol_socket = \"/run/e.sock\"  # here\nworkers = \n[[host]]\nnames = [\n",
+        );
+        assert_eq!(e.control_socket, Path::new("/run/e.sock"));
+        assert_eq!(e.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert!(!e.parsed);
+        // A key inside a table is not a top-level one.
+        let e = Endpoints::from_text("x = [\n[xdp]\ncontrol_socket = \"/run/no.sock\"\n");
+        assert_eq!(e.control_socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        // Nothing at all: the defaults.
+        let e = Endpoints::from_text("\u{0}");
+        assert_eq!(e.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert!(!e.parsed);
     }
 
     #[test]

@@ -30,7 +30,17 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_COMMAND: u64 = 64;
 
 /// A reload asked for over the socket, with where to send its result.
-pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// A success names the file read and its number of hosts.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<Reloaded, String>>;
+
+/// What a successful reload read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The config file the running process read (its own `--config`).
+    pub config: PathBuf,
+    /// Its `[[host]]` blocks.
+    pub hosts: usize,
+}
 
 /// The serving thread; [`Control::stop`] ends it and removes the socket.
 pub struct Control {
@@ -172,7 +182,12 @@ fn answer(
                 Err(_) => Err("the process is stopping".to_owned()),
             };
             match result {
-                Ok(()) => serde_json::json!({ "ok": true }).to_string(),
+                Ok(r) => serde_json::json!({
+                    "ok": true,
+                    "config": r.config.display().to_string(),
+                    "hosts": r.hosts,
+                })
+                .to_string(),
                 Err(e) => serde_json::json!({ "ok": false, "error": e }).to_string(),
             }
         }
@@ -207,10 +222,16 @@ pub fn query(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// Asks the running process to reload its configuration; Err with its reason when refused.
-pub fn reload(path: &Path) -> Result<()> {
+pub fn reload(path: &Path) -> Result<Reloaded> {
     let answer = send(path, "reload", RELOAD_TIMEOUT)?;
     if answer["ok"].as_bool() == Some(true) {
-        return Ok(());
+        return Ok(Reloaded {
+            config: PathBuf::from(answer["config"].as_str().unwrap_or_default()),
+            hosts: answer["hosts"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or_default(),
+        });
     }
     anyhow::bail!(
         "reload refused; the running configuration stays: {}",

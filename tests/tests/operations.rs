@@ -146,6 +146,15 @@ impl Site {
             .unwrap()
     }
 
+    /// `sni-user reload --config FILE`: the socket is found through the config file.
+    fn reload_by_config(&self) -> Output {
+        Command::new(sni_user_bin())
+            .args(["reload", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
     fn stats(&self) -> Value {
         let out = run(Command::new(sni_user_bin())
             .args(["stats", "--json", "--pin-dir"])
@@ -906,7 +915,11 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "reloaded\n");
+    // The process says which file it read (its own: the same one here, so no note).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("reloaded {} (4 hosts)\n", site.config.display())
+    );
     progress("after the rotation", load.ok.load(Relaxed));
     // A session made under the old certificate does not resume under the new one.
     assert_eq!(resumes(&before_rotation), (second_leaf.clone(), false));
@@ -930,13 +943,18 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
     // No certificate changed: sessions from before this reload resume after it.
     assert_eq!(resumes(&before_hosts), (second_leaf.clone(), true));
 
-    // 3. A broken file is refused whole and reported; service goes on.
-    std::fs::write(&site.config, "[[host]\nnames = 1\n").unwrap();
-    let out = site.reload();
+    // 3. A broken file is refused whole and reported; service goes on. The TOML error is
+    // below the top-level keys, so `reload --config` still finds the socket and the running
+    // process is the one that refuses (and counts it).
+    let good = std::fs::read_to_string(&site.config).unwrap();
+    std::fs::write(&site.config, format!("{good}[[host]\nnames = 1\n")).unwrap();
+    let out = site.reload_by_config();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("reload refused") && err.contains("site.toml"),
+        err.contains("reload refused")
+            && err.contains("site.toml")
+            && err.contains("not valid TOML"),
         "{err}"
     );
     progress("after a refused reload", load.ok.load(Relaxed));
