@@ -8,6 +8,7 @@
     reason = "test helpers panic with context on purpose"
 )]
 
+pub mod edge;
 pub mod frame;
 pub mod hellos;
 pub mod netns;
@@ -37,6 +38,21 @@ pub fn sni_user_bin() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// `sni-user check --config path`: whether it passed, and its stdout then stderr.
+pub fn check_config(path: &Path) -> (bool, String) {
+    let out = std::process::Command::new(sni_user_bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
 }
 
 /// The entry of host `name` in the `hosts` list of `counters` (`stats --json` has one for the

@@ -22,72 +22,22 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
-    find_host, hellos, host,
-    netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4},
+    edge::{Edge, Setup, PORT},
+    check_config, find_host, hellos, host,
+    netns::{wait_until, ChildGuard, Netns, SERVER_V4},
     pki::{rustls_client, Pki},
-    sni_user_bin, PinDir, Rng,
+    sni_user_bin, Rng,
 };
 
-const PORT: u16 = 8443;
 const METRICS_PORT: u16 = 9100;
 
-/// A classifier + terminator + metrics endpoint in a server namespace, clients in another.
-struct Site {
-    run: Option<ChildGuard>,
-    pin_dir: PinDir,
-    control: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    pki: Pki,
-    pair: Pair,
-}
-
-/// The config around `body` (`[[host]]` blocks and extra keys; CERT and KEY stand for the
-/// test certificate, which covers every *.test name).
-fn config_text(site_pin: &Path, control: &Path, server_if: &str, pki: &Pki, body: &str) -> String {
-    // Top-level keys of `body` (before its first table) go first.
-    let split = body
-        .find("\n[")
-        .map_or(0, |i| i + 1)
-        .min(if body.trim_start().starts_with('[') {
-            0
-        } else {
-            body.len()
-        });
-    let (top, body) = body.split_at(split);
-    let cert = format!("{:?}", pki.path("edge.pem").display().to_string());
-    let key = format!("{:?}", pki.path("edge.key").display().to_string());
-    format!(
-        r#"{top}
-pin_dir = {pin:?}
-control_socket = {control:?}
-workers = 2
-metrics = "{SERVER_V4}:{METRICS_PORT}"
-[xdp]
-interfaces = [{server_if:?}]
-mode = "auto"
-ports = [{PORT}]
-[[listen]]
-address = "{SERVER_V4}:{PORT}"
-[default]
-cert = {cert}
-key = {key}
-backend = "builtin"
-{body}
-"#,
-        pin = site_pin.display().to_string(),
-        control = control.display().to_string(),
-        body = body.replace("CERT", &cert).replace("KEY", &key),
-    )
-}
-
-impl Site {
-    fn start(body: &str, env: &[(&str, &str)]) -> Self {
-        let pair = Pair::new();
-        let pki = Pki::new();
-        pki.leaf(
-            "edge",
-            &[
+/// A classifier + terminator + metrics endpoint in a server namespace, clients in another;
+/// `body` as for [`Edge::start`].
+fn site(body: &str, env: &[(&'static str, &'static str)]) -> Edge {
+    Edge::start(
+        Setup {
+            pin_prefix: "sni-ops-",
+            names: vec![
                 "alpha.test",
                 "beta.test",
                 "gamma.test",
@@ -97,133 +47,43 @@ impl Site {
                 "default.test",
                 "*.apps.test",
             ],
-        );
-        let pin_dir = PinDir::new("sni-ops-");
-        let control = pki.path(&format!("{}.sock", unique("ctl")));
-        let config = pki.path("site.toml");
-        std::fs::write(
-            &config,
-            config_text(&pin_dir, &control, &pair.server_if, &pki, body),
-        )
-        .unwrap();
-        let log = pki.path("run.log");
-        let mut cmd = pair.server.cmd_net_only([sni_user_bin()]);
-        cmd.arg("run").arg("--config").arg(&config);
-        cmd.envs(env.iter().copied());
-        let run = ChildGuard::spawn_ready(cmd, "sni-user run", &log, "ready;");
-        Self {
-            run: Some(run),
-            pin_dir,
-            control,
-            config,
-            log,
-            pki,
-            pair,
-        }
-    }
-
-    /// Rewrites the config file with `body` (not applied until a reload).
-    fn rewrite(&self, body: &str) {
-        std::fs::write(
-            &self.config,
-            config_text(
-                &self.pin_dir,
-                &self.control,
-                &self.pair.server_if,
-                &self.pki,
-                body,
-            ),
-        )
-        .unwrap();
-    }
-
-    /// `sni-user reload` against the running process.
-    fn reload(&self) -> Output {
-        Command::new(sni_user_bin())
-            .args(["reload", "--control"])
-            .arg(&self.control)
-            .output()
-            .unwrap()
-    }
-
-    /// `sni-user reload --config FILE`: the socket is found through the config file.
-    fn reload_by_config(&self) -> Output {
-        Command::new(sni_user_bin())
-            .args(["reload", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap()
-    }
-
-    fn stats(&self) -> Value {
-        let out = run(Command::new(sni_user_bin())
-            .args(["stats", "--json", "--pin-dir"])
-            .arg(&*self.pin_dir)
-            .arg("--control")
-            .arg(&self.control));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// GET /metrics from the client namespace.
-    fn scrape(&self) -> String {
-        let out = self
-            .pair
-            .client
-            .cmd(["curl", "-sS", "--max-time", "10", "-D", "/dev/stderr"])
-            .arg(format!("http://{SERVER_V4}:{METRICS_PORT}/metrics"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scrape: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let headers = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
-        assert!(
-            headers.contains("content-type: application/openmetrics-text"),
-            "{headers}"
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn curl(&self, name: &str) -> Output {
-        self.pair
-            .client
-            .cmd(["curl", "-sS", "--max-time", "5", "--cacert"])
-            .arg(self.pki.path("ca.pem"))
-            .args(["--resolve", &format!("{name}:{PORT}:{SERVER_V4}")])
-            .arg(format!("https://{name}:{PORT}/"))
-            .output()
-            .unwrap()
-    }
-
-    /// Waits until no connection is open (counters settle after clients close).
-    fn settle(&self) -> Value {
-        let mut s = self.stats();
-        wait_until(Duration::from_secs(10), || {
-            s = self.stats();
-            s["terminator"]["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|h| h["active"] == 0)
-        });
-        // The last FIN/ACKs have passed the classifier by now.
-        thread::sleep(Duration::from_millis(300));
-        self.stats()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+            metrics_port: Some(METRICS_PORT),
+            env: env.to_vec(),
+            ..Setup::default()
+        },
+        body,
+    )
 }
 
-impl Drop for Site {
-    fn drop(&mut self) {
-        if let Some(mut run) = self.run.take() {
-            let _ = run.signal_and_wait("TERM", Duration::from_secs(10));
-        }
-    }
+/// `sni-user reload --config FILE`: the socket is found through the config file.
+fn reload_by_config(site: &Edge) -> Output {
+    Command::new(sni_user_bin())
+        .args(["reload", "--config"])
+        .arg(&site.config)
+        .output()
+        .unwrap()
+}
+
+/// GET /metrics from the client namespace.
+fn scrape(site: &Edge) -> String {
+    let out = site
+        .pair
+        .client
+        .cmd(["curl", "-sS", "--max-time", "10", "-D", "/dev/stderr"])
+        .arg(format!("http://{SERVER_V4}:{METRICS_PORT}/metrics"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scrape: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let headers = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    assert!(
+        headers.contains("content-type: application/openmetrics-text"),
+        "{headers}"
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs `f` on a thread inside `ns`'s network stack.
@@ -299,7 +159,7 @@ backend = "builtin"
 
 #[test]
 fn metrics_agree_with_stats_and_a_prometheus_server_scrapes_them() {
-    let site = Site::start(HOSTS, &[("SNI_LOG_FORMAT", "json")]);
+    let site = site(HOSTS, &[("SNI_LOG_FORMAT", "json")]);
     for name in [
         "alpha.test",
         "alpha.test",
@@ -315,8 +175,8 @@ fn metrics_agree_with_stats_and_a_prometheus_server_scrapes_them() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let stats = site.settle();
-    let text = site.scrape();
+    let stats = site.settle().0;
+    let text = scrape(&site);
 
     // The classifier, host by host and globally.
     for row in stats["hosts"].as_array().unwrap() {
@@ -563,7 +423,7 @@ fn metrics_agree_with_stats_and_a_prometheus_server_scrapes_them() {
 fn metrics_labels_stay_bounded_under_a_scan_of_random_names() {
     const SCAN: usize = 3_000;
     let body = format!("metrics_other_hosts = 5\n{HOSTS}");
-    let site = Site::start(&body, &[]);
+    let site = site(&body, &[]);
     // The map of other names is smaller than the scan: it evicts, the kernel keeps counting.
     // A hot name not configured is among the top N.
     in_netns(&site.pair.client, move || {
@@ -590,8 +450,8 @@ fn metrics_labels_stay_bounded_under_a_scan_of_random_names() {
             send(&format!("{label}.scan.example"));
         }
     });
-    let stats = site.settle();
-    let text = site.scrape();
+    let stats = site.settle().0;
+    let text = scrape(&site);
     let hosts: BTreeSet<String> = samples(&text)
         .into_iter()
         .filter(|(n, _, _)| n == "sni_xdp_host_client_hellos_total")
@@ -652,7 +512,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(site: &Site, threads: usize) -> Self {
+    fn start(site: &Edge, threads: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let echoes = Arc::new(AtomicU64::new(0));
@@ -817,7 +677,7 @@ fn long_connection(
 }
 
 /// An echo server in the server namespace; its port.
-fn echo_backend(site: &Site) -> u16 {
+fn echo_backend(site: &Edge) -> u16 {
     let ns = format!("/run/netns/{}", site.pair.server.name);
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
@@ -845,7 +705,7 @@ fn echo_backend(site: &Site) -> u16 {
 #[test]
 fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
     // Starts with a placeholder echo port; the real one is known once the namespace exists.
-    let site = Site::start(HOSTS, &[]);
+    let site = site(HOSTS, &[]);
     let echo_port = echo_backend(&site);
     let echo_host = format!(
         "[[host]]\nnames = [\"echo.test\"]\ncert = CERT\nkey = KEY\nbackend = \"127.0.0.1:{echo_port}\"\n"
@@ -948,12 +808,12 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
     // process is the one that refuses (and counts it).
     let good = std::fs::read_to_string(&site.config).unwrap();
     std::fs::write(&site.config, format!("{good}[[host]\nnames = 1\n")).unwrap();
-    let out = site.reload_by_config();
+    let out = reload_by_config(&site);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("reload refused")
-            && err.contains("site.toml")
+            && err.contains("edge.toml")
             && err.contains("not valid TOML"),
         "{err}"
     );
@@ -992,7 +852,7 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
         "a removed host's name goes to the default"
     );
     assert!(String::from_utf8_lossy(&delta.stdout).contains("host \"default\""));
-    let stats = site.settle();
+    let stats = site.settle().0;
     let gamma_row = find_host(&stats, "gamma.test").expect("gamma.test has its own row");
     assert_eq!(gamma_row["configured"], true);
     assert_eq!(gamma_row["client_hellos"], 1);
@@ -1009,7 +869,7 @@ fn reloads_under_load_lose_no_request_and_update_the_kernel_in_place() {
         .unwrap();
     assert_eq!(alpha, alpha_term);
     assert!(alpha > ok, "{alpha} vs {ok}");
-    let text = site.scrape();
+    let text = scrape(&site);
     assert_eq!(metric(&text, "sni_config_reloads_total", &[]), 3.0);
     assert_eq!(metric(&text, "sni_config_reload_failures_total", &[]), 1.0);
     let log = site.log_text();
@@ -1027,20 +887,8 @@ fn pem_der(path: &Path) -> Vec<u8> {
 fn check(pki: &Pki, name: &str, text: &str) -> (bool, String, PathBuf) {
     let path = pki.path(name);
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(sni_user_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        path,
-    )
+    let (ok, report) = check_config(&path);
+    (ok, report, path)
 }
 
 #[test]

@@ -17,7 +17,7 @@ use serde_json::Value;
 use sni_tests::{
     netns::{unique, wait_until, ChildGuard, Pair, SERVER_V4},
     pki::Pki,
-    require_root, sni_user_bin, PinDir,
+    check_config, require_root, sni_user_bin, PinDir,
 };
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -261,17 +261,8 @@ fn check_example(pki: &Pki, text: &str) -> String {
         .replace("user = \"sni\"", "user = \"nobody\"");
     let path = pki.path(&format!("{}.toml", unique("example")));
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(sni_user_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
+    let (ok, report) = check_config(&path);
+    assert!(ok, "{report}");
     report
 }
 

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
-    path::PathBuf,
     process::{Command, Output, Stdio},
     thread,
     time::Duration,
@@ -14,49 +13,23 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
+    edge::{Edge, Setup, PORT},
     host,
-    netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4, SERVER_V6},
-    pki::Pki,
-    sni_user_bin, PinDir,
+    netns::{run, wait_until, ChildGuard, SERVER_V4, SERVER_V6},
+    sni_user_bin,
 };
 
-const PORT: u16 = 8443;
 /// Chromium runs per test: each is a new browser with a new profile, so a new connection
 /// with a full handshake. Chrome puts server_name in the second segment on about half of
 /// them; 16 runs all missing it happen once in 65,536.
 const CHROMIUM_RUNS: usize = 16;
 
-/// The namespaces, the veth, `sni-user run` and its files; all removed or stopped on drop
-/// (fields drop in order: the server process before its namespace).
-struct Edge {
-    run: Option<ChildGuard>,
-    pin_dir: PinDir,
-    control: PathBuf,
-    server_if: String,
-    client: Netns,
-    server: Netns,
-    pki: Pki,
-}
-
-impl Edge {
-    /// Starts the edge with `hosts` (TOML `[[host]]` blocks; `CERT` and `KEY` stand for the
-    /// test certificate, which covers every *.test name).
-    fn start(hosts: &str) -> Self {
-        Self::start_as(hosts, None)
-    }
-
-    /// As [`Edge::start`], switching to `user` after start-up; the control socket is then in
-    /// a directory `sni-user` makes (and hands to the user, to remove it at exit).
-    fn start_as(hosts: &str, user: Option<&str>) -> Self {
-        let Pair {
-            client,
-            server,
-            server_if,
-        } = Pair::new();
-        let pki = Pki::new();
-        pki.leaf(
-            "edge",
-            &[
+/// The edge of these tests: IPv4 and IPv6 listeners, the hosts of [`HOSTS`] (or others).
+fn edge(hosts: &str, user: Option<&'static str>) -> Edge {
+    Edge::start(
+        Setup {
+            pin_prefix: "sni-steer-",
+            names: vec![
                 "alpha.test",
                 "beta.test",
                 "drop.test",
@@ -64,137 +37,58 @@ impl Edge {
                 "*.apps.test",
                 "default.test",
             ],
-        );
-        let cert = pki.path("edge.pem").display().to_string();
-        let key = pki.path("edge.key").display().to_string();
-        let pin_dir = PinDir::new("sni-steer-");
-        let control = match user {
-            None => pki.path(&format!("{}.sock", unique("ctl"))),
-            Some(_) => PathBuf::from("/tmp")
-                .join(unique("sni-run"))
-                .join("ctl.sock"),
-        };
-        let config = pki.path("edge.toml");
-        let user_line = user.map(|u| format!("user = {u:?}\n")).unwrap_or_default();
-        let text = format!(
-            r#"{user_line}pin_dir = {pin:?}
-control_socket = {control:?}
-workers = 2
-[xdp]
-interfaces = [{server_if:?}]
-mode = "auto"
-ports = [{PORT}]
-[[listen]]
-address = "{SERVER_V4}:{PORT}"
-[[listen]]
-address = "[{SERVER_V6}]:{PORT}"
-{hosts}
-[default]
-cert = {cert:?}
-key = {key:?}
-backend = "builtin"
-"#,
-            pin = pin_dir.display().to_string(),
-            control = control.display().to_string(),
-            hosts = hosts
-                .replace("CERT", &format!("{cert:?}"))
-                .replace("KEY", &format!("{key:?}")),
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = pki.path("run.log");
-        let mut cmd = server.cmd_net_only([sni_user_bin()]);
-        cmd.arg("run").arg("--config").arg(&config);
-        let run = ChildGuard::spawn_ready(cmd, "sni-user run", &log, "ready;");
-        Self {
-            run: Some(run),
-            pin_dir,
-            control,
-            server_if,
-            client,
-            server,
-            pki,
-        }
-    }
-
-    /// `sni-user stats --json`, classifier and terminator.
-    fn stats(&self) -> Value {
-        let out = run(Command::new(sni_user_bin())
-            .args(["stats", "--json", "--pin-dir"])
-            .arg(&*self.pin_dir)
-            .arg("--control")
-            .arg(&self.control));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Headless Chromium in the client namespace loading `https://{name}:8443/`; the page.
-    fn chromium(&self, name: &str) -> String {
-        let profile = tempfile::tempdir().unwrap();
-        let url = format!("https://{name}:{PORT}/");
-        let out = self
-            .client
-            .cmd(["timeout", "60", "chromium"])
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-features=OptimizationHints,MediaRouter",
-                "--ignore-certificate-errors",
-            ])
-            .arg(format!("--host-resolver-rules=MAP *.test {SERVER_V4}"))
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(["--dump-dom", &url])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let page = String::from_utf8_lossy(&out.stdout).into_owned();
-        if page.is_empty() {
-            // Its own diagnostics (dbus complaints of a machine without a session bus left
-            // out), for the failure message.
-            let err = String::from_utf8_lossy(&out.stderr);
-            let err: Vec<&str> = err.lines().filter(|l| !l.contains("dbus")).collect();
-            return format!("(no page; {}; stderr:\n{})", out.status, err.join("\n"));
-        }
-        page
-    }
-
-    /// curl in the client namespace; its output, whatever the exit status.
-    fn curl(&self, name: &str, addr: &str, max_time: u32) -> Output {
-        let resolve = format!("{name}:{PORT}:{addr}");
-        let url = format!("https://{name}:{PORT}/");
-        self.client
-            .cmd(["curl", "-sS", "-k", "--max-time", &max_time.to_string()])
-            .args(["--resolve", &resolve, &url])
-            .output()
-            .unwrap()
-    }
-
-    /// Waits until the terminator has no open connection left (Chromium may close after it
-    /// printed the page).
-    fn settle(&self) -> Value {
-        let mut s = self.stats();
-        wait_until(Duration::from_secs(10), || {
-            s = self.stats();
-            s["terminator"]["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|h| h["active"] == 0)
-        });
-        s
-    }
+            listen_v6: true,
+            user,
+            ..Setup::default()
+        },
+        hosts,
+    )
 }
 
-impl Drop for Edge {
-    fn drop(&mut self) {
-        if let Some(mut run) = self.run.take() {
-            let _ = run.signal_and_wait("TERM", Duration::from_secs(10));
-        }
+/// Headless Chromium in the client namespace loading `https://{name}:8443/`; the page.
+fn chromium(edge: &Edge, name: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("https://{name}:{PORT}/");
+    let out = edge
+        .pair
+        .client
+        .cmd(["timeout", "60", "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-features=OptimizationHints,MediaRouter",
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--host-resolver-rules=MAP *.test {SERVER_V4}"))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout).into_owned();
+    if page.is_empty() {
+        // Its own diagnostics (dbus complaints of a machine without a session bus left
+        // out), for the failure message.
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err: Vec<&str> = err.lines().filter(|l| !l.contains("dbus")).collect();
+        return format!("(no page; {}; stderr:\n{})", out.status, err.join("\n"));
     }
+    page
+}
+
+/// curl in the client namespace (certificate not checked); its output, whatever the exit
+/// status.
+fn curl(edge: &Edge, name: &str, addr: &str, max_time: u32) -> Output {
+    edge.curl_cmd(name, addr)
+        .args(["-k", "--max-time", &max_time.to_string()])
+        .output()
+        .unwrap()
 }
 
 /// A host in the classifier's counters.
@@ -237,15 +131,15 @@ hello_burst = 2
 
 #[test]
 fn chromium_over_mtu_1500_is_attributed_on_every_connection() {
-    let edge = Edge::start(HOSTS);
+    let edge = edge(HOSTS, None);
     // Capture the server side of the veth while Chromium runs, for `classify` below.
     let capture = edge.pki.path("edge.pcap");
     let mut tcpdump = ChildGuard::spawn(
         {
-            let mut c = edge.server.cmd([
+            let mut c = edge.pair.server.cmd([
                 "tcpdump",
                 "-i",
-                &edge.server_if,
+                &edge.pair.server_if,
                 "--immediate-mode",
                 "-U",
                 "-s",
@@ -268,7 +162,7 @@ fn chromium_over_mtu_1500_is_attributed_on_every_connection() {
     let names = ["alpha.test", "beta.test", "x1.apps.test", "unknown.test"];
     for i in 0..CHROMIUM_RUNS {
         let name = names[i % names.len()];
-        let page = edge.chromium(name);
+        let page = chromium(&edge, name);
         let expect = match name {
             "x1.apps.test" => "beta.test",
             "unknown.test" => "default",
@@ -279,7 +173,7 @@ fn chromium_over_mtu_1500_is_attributed_on_every_connection() {
             "Chromium run {i} for {name}: {page}"
         );
     }
-    let s = edge.settle();
+    let s = edge.settle().0;
     // tcpdump writes each packet as it comes (-U, --immediate-mode); give the last ones time
     // to reach the file before it stops.
     thread::sleep(Duration::from_secs(1));
@@ -370,12 +264,12 @@ fn chromium_over_mtu_1500_is_attributed_on_every_connection() {
 
 #[test]
 fn drop_and_rate_limit_are_seen_by_clients_and_counters() {
-    let edge = Edge::start(HOSTS);
+    let edge = edge(HOSTS, None);
     // Dropped in XDP at the ClientHello: the client never gets a ServerHello.
-    let out = edge.curl("drop.test", SERVER_V4, 2);
+    let out = curl(&edge, "drop.test", SERVER_V4, 2);
     assert!(!out.status.success(), "a dropped host answered");
     // Another host on the same edge is served.
-    let out = edge.curl("alpha.test", &format!("[{SERVER_V6}]"), 10);
+    let out = curl(&edge, "alpha.test", &format!("[{SERVER_V6}]"), 10);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("reached host \"alpha.test\""),
         "{out:?}"
@@ -384,7 +278,8 @@ fn drop_and_rate_limit_are_seen_by_clients_and_counters() {
     // Six ClientHellos at once for a host limited to a burst of 2 at 1 per second.
     let clients: Vec<_> = (0..6)
         .map(|_| {
-            edge.client
+            edge.pair
+                .client
                 .cmd(["curl", "-sS", "-k", "--max-time", "3"])
                 .args(["--resolve", &format!("rate.test:{PORT}:{SERVER_V4}")])
                 .arg(format!("https://rate.test:{PORT}/"))
@@ -402,7 +297,7 @@ fn drop_and_rate_limit_are_seen_by_clients_and_counters() {
     // The burst passes; a third may pass if a second went by while they started.
     assert!((2..=3).contains(&served), "{served} of 6 served");
 
-    let s = edge.settle();
+    let s = edge.settle().0;
     let drop = xdp_host(&s, "drop.test");
     assert_eq!(drop["client_hellos"], 1, "{s}");
     // The ClientHello and its retransmissions, all dropped.
@@ -443,11 +338,11 @@ fn privileges_are_dropped_once_attached_and_bound() {
     let uid = String::from_utf8(run(Command::new("id").args(["-u", "nobody"])).stdout).unwrap();
     let gid = String::from_utf8(run(Command::new("id").args(["-g", "nobody"])).stdout).unwrap();
     let (uid, gid) = (uid.trim().to_owned(), gid.trim().to_owned());
-    let mut edge = Edge::start_as(
+    let mut edge = edge(
         "[[host]]\nnames = [\"alpha.test\"]\ncert = CERT\nkey = KEY\nbackend = \"builtin\"\n",
         Some("nobody"),
     );
-    let pid = edge.run.as_ref().unwrap().pid();
+    let pid = edge.pid();
     // Every thread (event loops, control, runtime) runs as the user, with no capability.
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -467,32 +362,29 @@ fn privileges_are_dropped_once_attached_and_bound() {
         assert_eq!(field("NoNewPrivs"), "1", "{task:?}");
     }
     // The keys are in a root-only directory: the log says a reload could not read them.
-    let log = std::fs::read_to_string(edge.pki.path("run.log")).unwrap();
+    let log = edge.log_text();
     assert!(
         log.contains("privileges dropped") && log.contains("a reload could not read this file"),
         "{log}"
     );
     // Still classifying, terminating and answering stats.
-    let out = edge.curl("alpha.test", SERVER_V4, 10);
+    let out = curl(&edge, "alpha.test", SERVER_V4, 10);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("reached host \"alpha.test\""),
         "{out:?}"
     );
-    let s = edge.settle();
+    let s = edge.settle().0;
     assert_eq!(xdp_host(&s, "alpha.test")["client_hellos"], 1, "{s}");
     assert_eq!(term_host(&s, "alpha.test")["handshakes"], 1, "{s}");
     assert_eq!(s["terminator"]["global"]["xdp_agreed"], 1, "{s}");
     // And it still cleans up after itself: detached, pins and control socket removed.
-    let status = edge
-        .run
-        .take()
-        .unwrap()
-        .signal_and_wait("TERM", Duration::from_secs(10))
-        .expect("stopped");
+    let status = edge.stop().expect("stopped");
     assert!(status.success(), "{status}");
-    let link = run(&mut edge
-        .server
-        .cmd(["ip", "-d", "link", "show", "dev", &edge.server_if]));
+    let link =
+        run(&mut edge
+            .pair
+            .server
+            .cmd(["ip", "-d", "link", "show", "dev", &edge.pair.server_if]));
     assert!(
         !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
         "XDP left attached by the unprivileged process"

@@ -14,135 +14,33 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
+    edge::{Edge, Setup},
     host,
-    netns::{run, unique, wait_until, ChildGuard, Netns, Pair, SERVER_V4},
-    pki::Pki,
-    sni_user_bin, PinDir,
+    netns::{run, unique, wait_until},
+    sni_user_bin,
 };
 
-const PORT: u16 = 8443;
 const WIDTH: u16 = 160;
 const HEIGHT: u16 = 40;
 
-/// The namespaces, `sni-user run` and its files; stopped or removed on drop (fields drop in
-/// order: the server process before its namespace).
-struct Edge {
-    /// Taken when the test stops it.
-    run: Option<ChildGuard>,
-    pin_dir: PinDir,
-    control: PathBuf,
-    client: Netns,
-    _server: Netns,
-    _pki: Pki,
+/// The edge: two hosts, two other names under a wildcard the certificate covers.
+fn edge() -> Edge {
+    Edge::start(
+        Setup {
+            pin_prefix: "sni-top-",
+            names: vec!["alpha.test", "beta.test", "*.other.test"],
+            ..Setup::default()
+        },
+        "[[host]]\nnames = [\"alpha.test\"]\ncert = CERT\nkey = KEY\nbackend = \"builtin\"\n\
+         [[host]]\nnames = [\"beta.test\"]\ncert = CERT\nkey = KEY\nbackend = \"builtin\"\n",
+    )
 }
 
-impl Edge {
-    fn start() -> Self {
-        let Pair {
-            client,
-            server,
-            server_if,
-        } = Pair::new();
-        let pki = Pki::new();
-        pki.leaf("edge", &["alpha.test", "beta.test", "*.other.test"]);
-        let cert = pki.path("edge.pem").display().to_string();
-        let key = pki.path("edge.key").display().to_string();
-        let pin_dir = PinDir::new("sni-top-");
-        let control = pki.path(&format!("{}.sock", unique("ctl")));
-        let config = pki.path("edge.toml");
-        let text = format!(
-            r#"pin_dir = {pin:?}
-control_socket = {control:?}
-workers = 2
-[xdp]
-interfaces = [{server_if:?}]
-mode = "auto"
-ports = [{PORT}]
-[[listen]]
-address = "{SERVER_V4}:{PORT}"
-[[host]]
-names = ["alpha.test"]
-cert = {cert:?}
-key = {key:?}
-backend = "builtin"
-[[host]]
-names = ["beta.test"]
-cert = {cert:?}
-key = {key:?}
-backend = "builtin"
-[default]
-cert = {cert:?}
-key = {key:?}
-backend = "builtin"
-"#,
-            pin = pin_dir.display().to_string(),
-            control = control.display().to_string(),
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = pki.path("run.log");
-        let mut cmd = server.cmd_net_only([sni_user_bin()]);
-        cmd.arg("run").arg("--config").arg(&config);
-        let run = ChildGuard::spawn_ready(cmd, "sni-user run", &log, "ready;");
-        Self {
-            run: Some(run),
-            pin_dir,
-            control,
-            client,
-            _server: server,
-            _pki: pki,
-        }
-    }
-
-    /// `sni-user stats --json`, classifier and terminator.
-    fn stats(&self) -> Value {
-        let out = run(Command::new(sni_user_bin())
-            .args(["stats", "--json", "--pin-dir"])
-            .arg(&*self.pin_dir)
-            .arg("--control")
-            .arg(&self.control));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// One connection with curl from the client side: one ClientHello naming `name`.
-    fn curl(&self, name: &str) {
-        let resolve = format!("{name}:{PORT}:{SERVER_V4}");
-        let url = format!("https://{name}:{PORT}/");
-        let out = run(&mut self.client.cmd([
-            "curl",
-            "-sS",
-            "-k",
-            "--max-time",
-            "10",
-            "--resolve",
-            &resolve,
-            &url,
-        ]));
-        let page = String::from_utf8_lossy(&out.stdout);
-        assert!(page.contains("reached host"), "{name}: {page}");
-    }
-
-    /// The counters once every connection has closed.
-    fn settled(&self) -> Value {
-        let mut s = self.stats();
-        let idle = wait_until(Duration::from_secs(10), || {
-            s = self.stats();
-            s["terminator"]["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|h| h["active"] == 0)
-        });
-        assert!(idle, "connections still open: {s}");
-        s
-    }
-}
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        if let Some(mut run) = self.run.take() {
-            let _ = run.signal_and_wait("TERM", Duration::from_secs(10));
-        }
-    }
+/// One connection with curl from the client side: one ClientHello naming `name`.
+fn curl(edge: &Edge, name: &str) {
+    let out = edge.curl(name);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains("reached host"), "{name}: {page} {out:?}");
 }
 
 /// A tmux server of its own (`-L`, no user config) with one detached session of fixed size;
@@ -289,7 +187,7 @@ fn agrees(screen: &str, stats: &Value) -> Result<(), String> {
 
 #[test]
 fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
-    let mut edge = Edge::start();
+    let mut edge = edge();
     for (name, n) in [
         ("alpha.test", 5),
         ("beta.test", 3),
@@ -297,7 +195,7 @@ fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
         ("two.other.test", 1),
     ] {
         for _ in 0..n {
-            edge.curl(name);
+            curl(&edge, name);
         }
     }
     let s = edge.settled();
@@ -347,8 +245,8 @@ fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
     // Traffic while it watches: beta's ClientHellos/s rises, and its sparkline with it.
     let mut screen = String::new();
     let busy = wait_until(Duration::from_secs(30), || {
-        edge.curl("beta.test");
-        edge.curl("beta.test");
+        curl(&edge, "beta.test");
+        curl(&edge, "beta.test");
         screen = tmux.capture();
         // A rate above 0, and a sparkline after the columns.
         row(&screen, "beta.test")
@@ -426,11 +324,7 @@ fn top_shows_the_counters_sorts_filters_and_restores_the_terminal() {
     });
 
     // The edge stops: top says so and keeps the last read on screen, retrying.
-    let status = edge
-        .run
-        .take()
-        .unwrap()
-        .signal_and_wait("TERM", Duration::from_secs(10));
+    let status = edge.stop();
     assert!(
         status.is_some_and(|s| s.success()),
         "sni-user run: {status:?}"
