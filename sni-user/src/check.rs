@@ -151,7 +151,7 @@ fn config_error(display: &str, e: &ConfigError) -> String {
             Some(l) => format!("{display}:{l}: {field}: {message}"),
             None => format!("{display}: {field}: {message}"),
         },
-        ConfigError::Read { source, .. } => format!("{display}: cannot read: {source}"),
+        ConfigError::Read { error, .. } => format!("{display}: cannot read: {error}"),
     }
 }
 

@@ -234,6 +234,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             debug,
             state_dir,
         } => {
+            let demo_state = config.is_none().then(|| state_dir.clone());
             let mut config = match &config {
                 Some(path) => Config::load(path)?,
                 None => {
@@ -251,7 +252,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             overrides.apply(&mut config);
             config.validate()?;
-            run(config, &overrides, StartOptions { debug })
+            run(config, &overrides, StartOptions { debug }, demo_state)
         }
         Command::Check { config } => {
             let report = crate::check::check(&config);
@@ -385,6 +386,9 @@ impl Overrides {
 /// What `run` runs, and what a reload changes.
 struct Daemon {
     config: Config,
+    /// The demo's state directory when running the demo (it has no file: a reload makes the
+    /// demo's configuration again, reading its certificates anew).
+    demo_state: Option<PathBuf>,
     classifier: Option<Classifier>,
     terminator: Option<Terminator>,
     reloads: Arc<ReloadCounters>,
@@ -397,7 +401,10 @@ impl Daemon {
     /// kernel's maps in place and serves new connections with the new routes. Anything that
     /// cannot change in place is refused whole: the running configuration stays.
     fn reload(&mut self, overrides: &Overrides) -> Result<()> {
-        let mut new = Config::load(&self.config.source)?;
+        let mut new = match &self.demo_state {
+            Some(dir) => crate::demo::prepare(dir)?.0,
+            None => Config::load(&self.config.source)?,
+        };
         overrides.apply(&mut new);
         new.validate()?;
         let fixed = self.config.needs_restart(&new);
@@ -458,7 +465,10 @@ impl Daemon {
                     "reloaded"
                 );
                 Ok(control::Reloaded {
-                    config: self.config.source.clone(),
+                    config: match &self.demo_state {
+                        Some(dir) => dir.join("demo"),
+                        None => self.config.source.clone(),
+                    },
                     hosts: self.config.hosts.len(),
                 })
             }
@@ -483,7 +493,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> {
+fn run(
+    config: Config,
+    overrides: &Overrides,
+    opts: StartOptions,
+    demo_state: Option<PathBuf>,
+) -> Result<()> {
     if config.xdp.is_none() && config.listen.is_empty() {
         anyhow::bail!(
             "config {}: nothing to run: no [xdp] section and no [[listen]]",
@@ -597,6 +612,7 @@ fn run(config: Config, overrides: &Overrides, opts: StartOptions) -> Result<()> 
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut daemon = Daemon {
             config,
+            demo_state,
             classifier,
             terminator,
             reloads,

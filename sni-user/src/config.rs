@@ -39,12 +39,12 @@ pub const DEMO_PORT: u16 = 8443;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("config {path}: cannot read: {source}")]
+    #[error("config {path}: cannot read: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a `source`: a chain would say it twice).
+        error: std::io::Error,
     },
     /// The file is not valid TOML or has unknown or mistyped keys.
     #[error("config {path}: {message}")]
@@ -495,9 +495,9 @@ impl Endpoints {
     /// `top` and `reload` to the running process. When the TOML does not parse, each line
     /// before the first table header is tried on its own. Absent keys take their defaults.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Ok(Self::from_text(&text))
     }
@@ -597,9 +597,9 @@ impl Config {
 
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }

@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 use serde_json::Value;
 use sni_tests::{
     find_host,
-    netns::{run, ChildGuard},
+    netns::{run, wait_until, ChildGuard},
     require_root, sni_user_bin, PinDir,
 };
 
@@ -77,6 +77,34 @@ fn demo_works_as_printed() {
     ] {
         assert!(body.contains(series), "{series}: {body}");
     }
+    // It reloads (its certificates are read again), by SIGHUP and by `sni-user reload`, and
+    // still serves the printed commands afterwards.
+    run(Command::new("kill").args(["-HUP", &demo.pid().to_string()]));
+    let out = run(Command::new(sni_user_bin()).arg("reload"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "reloaded {} (3 hosts)\n",
+            state.path().join("demo").display()
+        )
+    );
+    let words: Vec<&str> = curls[0].split_whitespace().collect();
+    let out = run(Command::new(words[0]).args(&words[1..]).arg("-sS"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("you reached host"));
+    // Both reloads counted (the SIGHUP may be handled after the socket's one), none refused.
+    let stats = || -> Value {
+        let out = run(Command::new(sni_user_bin())
+            .args(["stats", "--json", "--pin-dir"])
+            .arg(&*pin_dir));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut s = stats();
+    wait_until(Duration::from_secs(10), || {
+        s = stats();
+        s["terminator"]["global"]["reloads"] == 2
+    });
+    assert_eq!(s["terminator"]["global"]["reloads"], 2, "{s}");
+    assert_eq!(s["terminator"]["global"]["reload_failures"], 0, "{s}");
     assert!(demo
         .signal_and_wait("TERM", Duration::from_secs(10))
         .is_some_and(|s| s.success()));

@@ -22,8 +22,9 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
+    check_config,
     edge::{Edge, Setup, PORT},
-    check_config, find_host, hellos, host,
+    find_host, hellos, host,
     netns::{wait_until, ChildGuard, Netns, SERVER_V4},
     pki::{rustls_client, Pki},
     sni_user_bin, Rng,

@@ -15,9 +15,10 @@ use std::{
 
 use serde_json::Value;
 use sni_tests::{
+    check_config,
     netns::{unique, wait_until, ChildGuard, Pair, SERVER_V4},
     pki::Pki,
-    check_config, require_root, sni_user_bin, PinDir,
+    require_root, sni_user_bin, PinDir,
 };
 use yaml_rust2::{Yaml, YamlLoader};
 

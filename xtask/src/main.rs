@@ -130,11 +130,10 @@ fn run(cli: Cli) -> Result<()> {
                 c
             };
             cmd.arg("run").args(&args);
-            let status = cmd.status().context("starting sni-user")?;
-            if !status.success() {
-                bail!("sni-user exited with {status}");
-            }
-            Ok(())
+            // This process becomes sni-user (cargo itself execs into xtask), so the PID of
+            // `cargo xtask run` is the one SIGTERM or SIGHUP must reach. Returns only on failure.
+            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+            Err(err).context("starting sni-user")
         }
         Task::Test { args } => {
             if !toolchain::is_root() {
