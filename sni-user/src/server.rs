@@ -120,6 +120,9 @@ impl Terminator {
         // The first worker binds the configured addresses; later ones bind what it got, so a
         // port 0 in the config means the same ephemeral port for all.
         let mut bound: Vec<SocketAddr> = config.listen.iter().map(|l| l.address).collect();
+        for addr in &bound {
+            probe_free(*addr)?;
+        }
         for w in 0..workers {
             let poll = Poll::new().context("creating a poll")?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating a waker")?);
@@ -251,6 +254,33 @@ impl Shared {
             .map(|(k, v)| (k.to_owned(), v.into()))
             .collect();
         serde_json::json!({ "hosts": hosts, "global": global })
+    }
+}
+
+/// Fails when another socket listens on `addr` (or on its port at the wildcard address).
+/// The workers' listeners use `SO_REUSEPORT`, which would otherwise let a second `sni-user`
+/// (same user) bind beside a running one and silently take a share of its connections. The
+/// probe binds without `SO_REUSEPORT`, so any listener there conflicts; with `SO_REUSEADDR`,
+/// so connections in TIME_WAIT from an earlier run do not. Port 0 needs no probe.
+fn probe_free(addr: SocketAddr) -> Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .with_context(|| format!("listening on {addr}"))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    match socket.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
+            "listening on {addr}: {e}: another process listens there (`ss -ltnp 'sport = :{}'` \
+             names it); a second sni-user would share its connections",
+            addr.port()
+        )),
+        Err(e) => Err(e).with_context(|| format!("listening on {addr}")),
     }
 }
 

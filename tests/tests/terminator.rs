@@ -356,6 +356,51 @@ fn bad_certificates_and_configs_fail_start_with_the_file_and_host() {
 }
 
 #[test]
+fn a_second_instance_on_a_listening_address_is_refused() {
+    let pki = standard_pki();
+    let first = Term::start(&pki, HOSTS);
+    // The same address, and the wildcard address of the same port: both refused at start,
+    // though SO_REUSEPORT would let them bind and take a share of the first one's clients.
+    for listen in [first.addr.to_string(), format!("0.0.0.0:{}", first.port())] {
+        let config = pki.path(&format!("{}.toml", unique("second")));
+        let control = pki.path(&format!("{}.sock", unique("ctl2")));
+        std::fs::write(
+            &config,
+            format!(
+                "control_socket = {:?}\n[[listen]]\naddress = {listen:?}\n{HOSTS}",
+                control.display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(sni_user_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{listen}: {err}");
+        assert!(
+            err.contains(&format!("listening on {listen}"))
+                && err.contains("another process listens there"),
+            "{listen}: {err}"
+        );
+    }
+    // Every request still reaches the first one.
+    for _ in 0..10 {
+        let out = curl(&pki, &first, "b.example", &[]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("reached host \"b.example\""),
+            "{out:?}"
+        );
+    }
+    first.wait_stats("all ten on the first", |t| {
+        host(t, "b.example")["handshakes"] == 10
+    });
+}
+
+#[test]
 fn ipv6_listener_python_ssl_and_post_quantum_key_exchange() {
     let pki = standard_pki();
     let term = Term::start_on(&pki, "[::1]:0", HOSTS);
