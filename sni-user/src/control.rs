@@ -128,8 +128,19 @@ impl Control {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Err(e) = fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "removing the control socket");
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            // After the switch to `user`, in a directory only root may write (as systemd's
+            // RuntimeDirectory, which systemd removes itself): harmless, the next start
+            // replaces the socket, and nothing answers on it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => tracing::info!(
+                path = %self.path.display(),
+                "the control socket stays: its directory is not writable after the switch to \
+                 `user`; the next start replaces it"
+            ),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "removing the control socket");
+            }
         }
         if let Some(dir) = &self.made_dir {
             let _ = fs::remove_dir(dir);

@@ -47,7 +47,9 @@ pub struct Classifier {
     links: Vec<(String, XdpLinkId)>,
     pin_dir: PathBuf,
     pinned: Vec<PathBuf>,
-    /// Whether this process made `pin_dir` (only then is it handed to an unprivileged user).
+    /// Whether `pin_dir` is this run's: made by it, or found empty (left by a run that
+    /// failed or was killed). Only then is it handed to an unprivileged user and removed at
+    /// exit.
     made_pin_dir: bool,
     /// Each host's slot in the per-host maps.
     slots: Slots,
@@ -71,12 +73,24 @@ impl Classifier {
     /// `pin_dir` and attaches to every interface of `xdp`.
     pub fn start(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Result<Self> {
         let pin_dir = config.pin_dir.clone();
-        let made_pin_dir = !pin_dir.exists();
+        let made = !pin_dir.exists();
         ensure_bpffs(&pin_dir)?;
-        let lock = lock_pin_dir(&pin_dir)?;
-        remove_stale_pins(&pin_dir)?;
+        // From here a failure removes the directory again if this run made it (a root-owned
+        // leftover would keep the next run, as another user, from removing its pins).
+        let undo = |e: anyhow::Error| {
+            if made {
+                let _ = fs::remove_dir(&pin_dir);
+            }
+            e
+        };
+        let lock = lock_pin_dir(&pin_dir).map_err(undo)?;
+        remove_stale_pins(&pin_dir).map_err(undo)?;
+        // A directory that is empty now is this run's too (not the bpffs root itself).
+        let made_pin_dir = made
+            || (pin_dir != Path::new(BPFFS_ROOT)
+                && fs::read_dir(&pin_dir).is_ok_and(|mut d| d.next().is_none()));
 
-        let ebpf = load_program(config, xdp, opts)?;
+        let ebpf = load_program(config, xdp, opts).map_err(undo)?;
         let mut classifier = Self {
             ebpf,
             links: Vec::new(),
@@ -351,14 +365,14 @@ impl Classifier {
     }
 
     fn detach_and_unpin(&mut self) {
-        let unpinned = !self.pinned.is_empty();
         for path in self.pinned.drain(..) {
             if let Err(e) = fs::remove_file(&path) {
                 warn!(path = %path.display(), error = %e, "removing pin");
             }
         }
-        if unpinned && self.made_pin_dir {
-            // Only if empty: a directory this process made, holding nothing else now.
+        if self.made_pin_dir {
+            // Only if empty: this run's directory, holding nothing else now (also after a
+            // start that failed before pinning).
             let _ = fs::remove_dir(&self.pin_dir);
         }
         if let Some(program) = self.ebpf.program_mut(PROGRAM) {
@@ -536,17 +550,40 @@ fn is_bpffs(path: &Path) -> Result<bool> {
 }
 
 fn lock_pin_dir(pin_dir: &Path) -> Result<Flock<fs::File>> {
-    let dir = fs::File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
-    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        if errno == nix::errno::Errno::EWOULDBLOCK {
-            anyhow!(
-                "another sni-user is running with pin_dir {}; stop it or choose another pin_dir",
-                pin_dir.display()
-            )
-        } else {
-            anyhow!("locking {}: {errno}", pin_dir.display())
+    let mut dir =
+        fs::File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
+    // A few tries: `stats` and `top` take a shared lock for an instant (see [`pins_are_held`]).
+    for _ in 0..LOCK_TRIES {
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                dir = file;
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err((_, errno)) => bail!("locking {}: {errno}", pin_dir.display()),
         }
-    })
+    }
+    bail!(
+        "another sni-user is running with pin_dir {}; stop it or choose another pin_dir",
+        pin_dir.display()
+    )
+}
+
+/// Tries of [`lock_pin_dir`], [`LOCK_RETRY`] apart.
+const LOCK_TRIES: u32 = 10;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether a running `sni-user run` holds `pin_dir` (it locks it for its whole life): `false`
+/// means pins found there are stale, left by a run that was killed. `None` when the directory
+/// cannot be opened to tell.
+pub fn pins_are_held(pin_dir: &Path) -> Option<bool> {
+    let dir = fs::File::open(pin_dir).ok()?;
+    match Flock::lock(dir, FlockArg::LockSharedNonblock) {
+        // Nobody holds it; the shared lock goes with the file, at once.
+        Ok(_) => Some(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(true),
+        Err(_) => None,
+    }
 }
 
 /// Pins left by a process that was killed: nobody holds the lock, so they are stale.

@@ -49,7 +49,17 @@ impl Snapshot {
     /// terminator's from `control`; either may be absent (not running), not both.
     pub fn read(pin_dir: &Path, control: &Path) -> Result<Self> {
         let terminator = crate::control::query(control).ok().filter(|t| !t.is_null());
-        let maps = match PinnedMaps::open(pin_dir) {
+        let maps = match PinnedMaps::open(pin_dir).and_then(|maps| {
+            if crate::loader::pins_are_held(pin_dir) == Some(false) {
+                anyhow::bail!(
+                    "the maps pinned under {} are left from a sni-user run that is no longer \
+                     running (it was killed); their counters are not live. The next start \
+                     removes them",
+                    pin_dir.display()
+                );
+            }
+            Ok(maps)
+        }) {
             Ok(maps) => maps,
             Err(e) if terminator.is_some() => {
                 tracing::debug!(error = %e, "no classifier");

@@ -236,6 +236,25 @@ fn stats_show_exactly_the_client_hellos_sent() {
 }
 
 #[test]
+fn a_failed_start_leaves_no_pin_directory() {
+    let link = Link::new();
+    let pin_dir = link.pin_dir();
+    // The pin directory is made, then attaching fails: it is removed again, so that a later
+    // run (as another user) does not find a root-owned directory it cannot clean.
+    let out = link
+        .server
+        .cmd_net_only([sni_user_bin()])
+        .arg("run")
+        .args(["--iface", "nosuchif0", "--pin-dir"])
+        .arg(&*pin_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nosuchif0"), "{err}");
+    assert!(!pin_dir.exists(), "pin directory left after a failed start");
+}
+
+#[test]
 fn killed_classifier_leaves_no_program_and_restarts() {
     let link = Link::new();
     let pin_dir = link.pin_dir();
@@ -249,8 +268,19 @@ fn killed_classifier_leaves_no_program_and_restarts() {
         wait_until(Duration::from_secs(5), || !link.xdp_attached()),
         "XDP program left attached after SIGKILL"
     );
-    // Its pins are stale; a new start replaces them and counts from zero.
+    // Its pins are stale: `stats` says so rather than show counters that no longer move.
     assert!(pin_dir.join(MAP_GLOBAL).exists());
+    let out = Command::new(sni_user_bin())
+        .args(["stats", "--pin-dir"])
+        .arg(&*pin_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no longer running"),
+        "{err}"
+    );
+    // A new start replaces them and counts from zero.
     let mut second = link.start_classifier(&pin_dir, &["alpha.test"]);
     link.s_client(Some("alpha.test"), SERVER_V4);
     let s = stats(&pin_dir);
