@@ -136,6 +136,7 @@ impl Classifier {
                 Err(ProgramError::UnknownInterface { name }) => {
                     bail!("no interface named {name:?}")
                 }
+                Err(e) if hook_taken(&error_chain(&e)) => (Err(e), "native"),
                 Err(e) => {
                     warn!(
                         iface,
@@ -148,6 +149,12 @@ impl Classifier {
         };
         let link = link.map_err(|e| match e {
             ProgramError::UnknownInterface { name } => anyhow!("no interface named {name:?}"),
+            e if hook_taken(&error_chain(&e)) => anyhow!(
+                "attaching to {iface} in {mode} mode: {}: another XDP program is attached to \
+                 {iface} (`ip -d link show dev {iface}` names it; another sni-user, or a tool \
+                 such as xdp-loader or Cilium); detach it or attach this one elsewhere",
+                error_chain(&e)
+            ),
             e => anyhow!("attaching to {iface} in {mode} mode: {}", error_chain(&e)),
         })?;
         info!(iface, mode = used, "attached");
@@ -567,6 +574,12 @@ fn lock_pin_dir(pin_dir: &Path) -> Result<Flock<fs::File>> {
         "another sni-user is running with pin_dir {}; stop it or choose another pin_dir",
         pin_dir.display()
     )
+}
+
+/// Whether an attach error says that the interface's XDP hook already has a program: the
+/// kernel answers EEXIST (a program attached without a link) or EBUSY (through a link).
+fn hook_taken(chain: &str) -> bool {
+    chain.contains("os error 17") || chain.contains("os error 16")
 }
 
 /// Tries of [`lock_pin_dir`], [`LOCK_RETRY`] apart.
