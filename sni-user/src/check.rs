@@ -58,6 +58,11 @@ pub fn check(path: &Path) -> Report {
             errors.push(format!("{}: user: {e:#}", line_of("user")));
         }
     }
+    if config.xdp.is_some() {
+        if let Some(reason) = crate::loader::pin_dir_unusable(&config.pin_dir) {
+            errors.push(format!("{}: pin_dir: {reason}", line_of("pin_dir")));
+        }
+    }
     if let Some(xdp) = &config.xdp {
         for (i, iface) in xdp.interfaces.iter().enumerate() {
             if !Path::new("/sys/class/net").join(iface).exists() {
@@ -96,7 +101,7 @@ pub fn check(path: &Path) -> Report {
         }
         return Report { ok: false, text };
     }
-    for w in overlaps(&config) {
+    for w in overlaps(&config).into_iter().chain(http1_only(&config)) {
         let _ = writeln!(text, "{}: warning: {w}", line_of(&w.field));
     }
     let now = std::time::SystemTime::now()
@@ -168,6 +173,25 @@ impl std::fmt::Display for Overlap {
     }
 }
 
+/// Hosts offering "h2" in front of the built-in backend, which answers HTTP/1.1 only: a
+/// client that picks h2 (curl and browsers do) gets no answer.
+fn http1_only(config: &Config) -> Vec<Overlap> {
+    config
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            h.backend.as_deref() == Some("builtin") && h.alpn.iter().any(|p| p == "h2")
+        })
+        .map(|(i, _)| Overlap {
+            field: format!("host[{i}].alpn"),
+            message: "offers \"h2\", but the builtin backend answers HTTP/1.1 only; clients \
+                      that choose h2 get no answer"
+                .to_owned(),
+        })
+        .collect()
+}
+
 /// Names that another name also covers: an exact name under a wildcard of another host (the
 /// exact name wins, so the wildcard's host never sees it), or of the same host (redundant).
 /// Duplicates are errors already (`Config::validate`).
@@ -237,9 +261,11 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
     let names: usize = config.hosts.iter().map(|h| h.names.len()).sum();
     let _ = writeln!(
         out,
-        "{}: OK: {} hosts, {names} names",
+        "{}: OK: {} host{}, {names} name{}",
         config.source.display(),
-        config.hosts.len()
+        config.hosts.len(),
+        if config.hosts.len() == 1 { "" } else { "s" },
+        if names == 1 { "" } else { "s" },
     );
     if let Some(xdp) = &config.xdp {
         let _ = writeln!(

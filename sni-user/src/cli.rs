@@ -102,7 +102,8 @@ enum Command {
     /// Checks the TOML, every value, certificates and keys (readable, matching, covering each
     /// name, expiry), duplicate and overlapping names, backends, the user and the
     /// interfaces, without attaching or binding anything. Prints the resolved routing table,
-    /// or each error as FILE:LINE: FIELD: REASON with exit status 1.
+    /// or each error as FILE:LINE: FIELD: REASON with exit status 1 (what the TOML parser
+    /// rejects: FILE:LINE: and its message).
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -127,7 +128,7 @@ enum Command {
         /// Pin directory of the running classifier.
         #[arg(long, conflicts_with = "config")]
         pin_dir: Option<PathBuf>,
-        /// Take the pin directory from this configuration file.
+        /// Take the pin directory and control socket from this configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// One JSON object: {"hosts":[…],"global":{…},"terminator":{…}}.
@@ -148,7 +149,7 @@ enum Command {
         /// Pin directory of the running classifier.
         #[arg(long, conflicts_with = "config")]
         pin_dir: Option<PathBuf>,
-        /// Take the pin directory from this configuration file.
+        /// Take the pin directory and control socket from this configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Control socket of the running terminator (its counters are shown too).

@@ -550,6 +550,28 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Why `run` could not use `pin_dir`, as far as can be told without changing anything: below
+/// /sys/fs/bpf it mounts bpffs itself if needed; elsewhere the nearest existing directory must
+/// be on bpffs already.
+pub fn pin_dir_unusable(pin_dir: &Path) -> Option<String> {
+    if pin_dir.starts_with(BPFFS_ROOT) {
+        return None;
+    }
+    let mut anchor = pin_dir;
+    while !anchor.exists() {
+        anchor = anchor.parent()?;
+    }
+    match is_bpffs(anchor) {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "{} is not on a bpf filesystem: choose a pin_dir below {BPFFS_ROOT}, or mount bpffs \
+             there (mount -t bpf bpf DIR)",
+            pin_dir.display()
+        )),
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
 fn is_bpffs(path: &Path) -> Result<bool> {
     let st =
         nix::sys::statfs::statfs(path).with_context(|| format!("statfs {}", path.display()))?;

@@ -377,10 +377,16 @@ fn load_certified_key(
         .map_err(|e| err(&key_at, key, format!("unusable private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "it is the key of another certificate".to_owned()
+            }
+            other => other.to_string(),
+        };
         err(
             &key_at,
             key,
-            format!("does not match {}: {e}", cert.display()),
+            format!("does not match {}: {why}", cert.display()),
         )
     })?;
     Ok((Arc::new(certified), not_after))

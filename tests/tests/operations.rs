@@ -989,6 +989,10 @@ reject = true
             format!("user = \"no-such-user-here\"\n{good}"),
             ":1: user: ".into(),
         ),
+        (
+            format!("pin_dir = \"/tmp/sni-not-bpffs/pins\"\n{good}"),
+            ":1: pin_dir: /tmp/sni-not-bpffs/pins is not on a bpf filesystem".into(),
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let (ok, out, path) = check(&pki, &format!("bad{i}.toml"), text);
@@ -1002,5 +1006,22 @@ reject = true
     }
     // The key mismatch says so.
     let (_, out, _) = check(&pki, "bad5.toml", &cases[5].0);
-    assert!(out.contains("does not match"), "{out}");
+    assert!(
+        out.contains("does not match") && out.contains("it is the key of another certificate"),
+        "{out}"
+    );
+    // h2 offered in front of the HTTP/1.1-only builtin backend: valid, with a warning.
+    let h2 = good.replace(
+        "backend = \"127.0.0.1:8080\"",
+        "backend = \"builtin\"\nalpn = [\"h2\", \"http/1.1\"]",
+    );
+    let (ok, out, path) = check(&pki, "h2.toml", &h2);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:12: warning: host[0].alpn: offers \"h2\", but the builtin backend",
+            path.display()
+        )),
+        "{out}"
+    );
 }

@@ -333,7 +333,7 @@ fn the_example_configs_pass_check() {
         .expect("a ConfigMap");
     let text = config_map["data"]["sni.toml"].as_str().unwrap();
     let report = check_example(&pki, text);
-    assert!(report.contains("OK: 1 hosts, 2 names"), "{report}");
+    assert!(report.contains("OK: 1 host, 2 names"), "{report}");
 }
 
 #[test]
