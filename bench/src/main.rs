@@ -61,6 +61,7 @@ fn run(cli: Cli) -> Result<()> {
     let mut report = report::Report {
         machine,
         quick: cli.quick,
+        only: cli.only.clone(),
         rows: Vec::new(),
         notes: Vec::new(),
     };
@@ -68,7 +69,6 @@ fn run(cli: Cli) -> Result<()> {
     if want("xdp") {
         eprintln!("sni-bench: XDP per-packet cost (BPF_PROG_TEST_RUN)");
         let (rows, cost) = xdp::run(&cli.noop, cli.quick).context("xdp")?;
-        print_rows(&rows);
         report.rows.extend(rows);
         hello_cost = Some(cost);
     }
@@ -96,8 +96,13 @@ fn run(cli: Cli) -> Result<()> {
     let path = report.write(&cli.out)?;
     println!("{}", report.markdown());
     eprintln!(
-        "sni-bench: results in {} (and latest.json/latest.md)",
-        path.display()
+        "sni-bench: results in {}{}",
+        path.display(),
+        if report.is_full() {
+            " (and latest.json/latest.md)"
+        } else {
+            " (a partial run: latest.* left as they were)"
+        }
     );
     Ok(())
 }

@@ -15,6 +15,63 @@ pub enum Better {
     Lower,
 }
 
+/// What a row aims at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Goal {
+    /// A bound on `value / baseline` (a minimum or a maximum, by [`Better`]).
+    Ratio(f64),
+    /// A maximum of `value - baseline`, in the row's unit (the XDP cases: ns above the
+    /// no-op, which moves a lot between machines while the difference does not).
+    Above(f64),
+}
+
+/// The median and interquartile range of per-round figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// Median.
+    pub median: f64,
+    /// First quartile.
+    pub q1: f64,
+    /// Third quartile.
+    pub q3: f64,
+}
+
+impl Spread {
+    /// Of `values` (empty: all zero). Quartiles by linear interpolation between ranks.
+    pub fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let pos = q * (v.len() - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = pos.ceil() as usize;
+            let (a, b) = (v[lo], v[hi.min(v.len() - 1)]);
+            a + (b - a) * (pos - lo as f64)
+        };
+        Self {
+            median: at(0.5),
+            q1: at(0.25),
+            q3: at(0.75),
+        }
+    }
+
+    fn text(&self, unit: &str) -> String {
+        format!(
+            "{} (IQR {}–{})",
+            signed(self.median, unit),
+            short(self.q1),
+            short(self.q3)
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({ "median": self.median, "q1": self.q1, "q3": self.q3 })
+    }
+}
+
 /// One measurement beside its baseline from the same run.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -32,8 +89,13 @@ pub struct Row {
     pub baseline: Option<f64>,
     /// Which way is better.
     pub better: Better,
-    /// The goal for `value / baseline`, if the issue sets one.
-    pub goal: Option<f64>,
+    /// The goal, if the issue sets one.
+    pub goal: Option<Goal>,
+    /// The spread of `value` over its rounds, where it was taken in rounds.
+    pub spread: Option<Spread>,
+    /// `value - baseline`, paired round by round (each round measures both), where the
+    /// difference is the figure that matters.
+    pub above: Option<Spread>,
     /// How it was measured, and anything a reader needs to weigh it.
     pub note: String,
 }
@@ -45,20 +107,26 @@ impl Row {
         (b > 0.0).then(|| self.value / b)
     }
 
-    /// Whether the goal is met (None without a goal or a ratio).
+    /// `value - baseline`, the median of the paired per-round differences (rows measured in
+    /// rounds that pair with their baseline's).
+    pub fn difference(&self) -> Option<f64> {
+        self.above.map(|a| a.median)
+    }
+
+    /// Whether the goal is met (None without a goal, or without the figure it bounds).
     pub fn met(&self) -> Option<bool> {
-        let goal = self.goal?;
-        let ratio = self.ratio()?;
-        Some(match self.better {
-            Better::Higher => ratio >= goal,
-            Better::Lower => ratio <= goal,
+        Some(match (self.goal?, self.better) {
+            (Goal::Ratio(g), Better::Higher) => self.ratio()? >= g,
+            (Goal::Ratio(g), Better::Lower) => self.ratio()? <= g,
+            (Goal::Above(g), _) => self.difference()? <= g,
         })
     }
 
     fn goal_text(&self) -> String {
         match (self.goal, self.better) {
-            (Some(g), Better::Higher) => format!("≥ {g}×"),
-            (Some(g), Better::Lower) => format!("≤ {g}×"),
+            (Some(Goal::Ratio(g)), Better::Higher) => format!("≥ {g}×"),
+            (Some(Goal::Ratio(g)), Better::Lower) => format!("≤ {g}×"),
+            (Some(Goal::Above(g)), _) => format!("≤ +{} {}", short(g), self.unit),
             (None, _) => String::new(),
         }
     }
@@ -73,7 +141,13 @@ impl Row {
             "baseline": self.baseline,
             "ratio": self.ratio(),
             "better": match self.better { Better::Higher => "higher", Better::Lower => "lower" },
-            "goal": self.goal,
+            "goal": self.goal.map(|g| match g {
+                Goal::Ratio(r) => json!({ "ratio": r }),
+                Goal::Above(d) => json!({ "above": d }),
+            }),
+            "spread": self.spread.map(|s| s.json()),
+            "above": self.above.map(|s| s.json()),
+            "difference": self.difference(),
             "met": self.met(),
             "note": self.note,
         })
@@ -84,6 +158,10 @@ impl Row {
 #[derive(Clone, Debug)]
 pub struct Machine {
     pub date: String,
+    /// The commit the binaries were built from (`git rev-parse HEAD` at the run).
+    pub commit: String,
+    /// Whether the work tree differed from that commit (results files aside).
+    pub dirty: bool,
     pub kernel: String,
     pub cpu: String,
     pub cores: usize,
@@ -117,8 +195,14 @@ impl Machine {
             ("openssl", command_line(&["openssl", "version"])),
             ("rustc (sni-user)", command_line(&["rustc", "--version"])),
         ];
+        let dirty = Command::new("git")
+            .args(["status", "--porcelain", "--", ".", ":!bench/results"])
+            .output()
+            .map_or(true, |o| !o.status.success() || !o.stdout.is_empty());
         Self {
             date: command_line(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+            commit: command_line(&["git", "rev-parse", "HEAD"]),
+            dirty,
             kernel: command_line(&["uname", "-r"]),
             cpu,
             cores,
@@ -168,6 +252,8 @@ pub fn command_line(argv: &[&str]) -> String {
 pub struct Report {
     pub machine: Machine,
     pub quick: bool,
+    /// The sections run, when not all of them (`--only`).
+    pub only: Vec<String>,
     pub rows: Vec<Row>,
     /// Findings that are not a row (profiles, notes on a case that could not run).
     pub notes: Vec<String>,
@@ -177,6 +263,9 @@ impl Report {
     pub fn json(&self) -> Value {
         json!({
             "date": self.machine.date,
+            "commit": self.machine.commit,
+            "dirty": self.machine.dirty,
+            "only": self.only,
             "kernel": self.machine.kernel,
             "cpu": self.machine.cpu,
             "cores": self.machine.cores,
@@ -193,10 +282,21 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "Run {}{} on Linux {}, {} ({} cores).",
+            "Run {}{}{} of commit {}{} on Linux {}, {} ({} cores).",
             m.date,
             if self.quick {
                 " (--quick: short runs, noisy)"
+            } else {
+                ""
+            },
+            if self.only.is_empty() {
+                String::new()
+            } else {
+                format!(" (sections: {})", self.only.join(", "))
+            },
+            m.commit,
+            if m.dirty {
+                " with uncommitted changes"
             } else {
                 ""
             },
@@ -209,22 +309,33 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| section | case | sni | baseline | ratio | goal | met | how |"
+            "| section | case | sni | baseline | ratio | sni − baseline | goal | met | how |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|---|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|---|---|");
         for r in &self.rows {
             let baseline = r.baseline.map_or_else(
                 || "—".to_owned(),
                 |b| format!("{} ({})", number(b, r.unit), r.baseline_name),
             );
+            let value = match r.spread {
+                Some(sp) => format!(
+                    "{} (IQR {}–{})",
+                    number(r.value, r.unit),
+                    short(sp.q1),
+                    short(sp.q3)
+                ),
+                None => number(r.value, r.unit),
+            };
+            let above = r.above.map_or_else(|| "—".into(), |a| a.text(r.unit));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.section,
                 r.case,
-                number(r.value, r.unit),
+                value,
                 baseline,
                 r.ratio().map_or_else(|| "—".into(), |x| format!("{x:.3}×")),
+                above,
                 r.goal_text(),
                 match r.met() {
                     Some(true) => "yes",
@@ -243,23 +354,38 @@ impl Report {
         s
     }
 
-    /// Writes `<stem>.json` and `<stem>.md` in `dir` and `latest.json`/`latest.md` beside
-    /// them; returns the Markdown path.
+    /// Whether this is a full run: every section, full length. Only a full run may stand
+    /// for the project as a whole (`latest.*`, the README's table).
+    pub fn is_full(&self) -> bool {
+        !self.quick && self.only.is_empty()
+    }
+
+    /// Writes `<date>-<commit>[-dirty][-quick][-<sections>].{json,md}` in `dir`, and, for a
+    /// full run only, `latest.json`/`latest.md` beside them (a partial run never replaces the
+    /// full run's); returns the Markdown path.
     pub fn write(&self, dir: &Path) -> Result<std::path::PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let m = &self.machine;
         let stem = format!(
-            "{}{}",
-            self.machine.date.replace(':', "-"),
-            if self.quick { "-quick" } else { "" }
+            "{}-{}{}{}{}",
+            m.date.replace(':', "-"),
+            m.commit.get(..10).unwrap_or(&m.commit),
+            if m.dirty { "-dirty" } else { "" },
+            if self.quick { "-quick" } else { "" },
+            if self.only.is_empty() {
+                String::new()
+            } else {
+                format!("-{}", self.only.join("-"))
+            },
         );
         let json = serde_json::to_string_pretty(&self.json())?;
         let md = self.markdown();
-        for (name, text) in [
-            (format!("{stem}.json"), &json),
-            (format!("{stem}.md"), &md),
-            ("latest.json".to_owned(), &json),
-            ("latest.md".to_owned(), &md),
-        ] {
+        let mut files = vec![(format!("{stem}.json"), &json), (format!("{stem}.md"), &md)];
+        if self.is_full() {
+            files.push(("latest.json".to_owned(), &json));
+            files.push(("latest.md".to_owned(), &md));
+        }
+        for (name, text) in files {
             let path = dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -267,8 +393,8 @@ impl Report {
     }
 }
 
-/// A figure with its unit, rounded for reading.
-pub fn number(v: f64, unit: &str) -> String {
+/// A figure without its unit, rounded for reading.
+fn short(v: f64) -> String {
     let digits = if v.abs() >= 100.0 {
         0
     } else if v.abs() >= 10.0 {
@@ -276,5 +402,15 @@ pub fn number(v: f64, unit: &str) -> String {
     } else {
         2
     };
-    format!("{v:.digits$} {unit}")
+    format!("{v:.digits$}")
+}
+
+/// A difference with its sign and unit.
+fn signed(v: f64, unit: &str) -> String {
+    format!("{}{} {unit}", if v >= 0.0 { "+" } else { "" }, short(v))
+}
+
+/// A figure with its unit, rounded for reading.
+pub fn number(v: f64, unit: &str) -> String {
+    format!("{} {unit}", short(v))
 }

@@ -16,7 +16,7 @@ use sni_tests::{netns::Pair, PinDir};
 use crate::{
     backend::Backend,
     load::{self, Op, Target},
-    report::{Better, Row},
+    report::{Better, Goal, Row},
     servers::{self, HostCert, Server, Xdp},
 };
 
@@ -196,7 +196,9 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             baseline_name: "detached",
             baseline: Some(median(detached)),
             better: Better::Higher,
-            goal: Some(0.97),
+            goal: Some(Goal::Ratio(0.97)),
+            spread: None,
+            above: None,
             note: format!(
                 "{n} alternating runs of {} s each, {} clients, median",
                 env.run.as_secs(),
@@ -212,6 +214,8 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             baseline: Some(median(cpu_det)),
             better: Better::Higher,
             goal: None,
+            spread: None,
+            above: None,
             note: "XDP runs in softirq, partly charged to whatever runs on the core".into(),
         },
     ])
@@ -297,7 +301,7 @@ pub fn terminator_vs_nginx(
     let (nginx_rate, nginx_cpu) = (median(f1.0), median(f1.1));
     let [r0, r1] = resumed;
     let [q0, q1] = requests;
-    let row = |case: &str, unit, value, baseline, better, goal, note: &str| Row {
+    let row = |case: &str, unit, value, baseline, better, goal: Option<f64>, note: &str| Row {
         section: "terminator",
         case: case.to_owned(),
         unit,
@@ -305,7 +309,9 @@ pub fn terminator_vs_nginx(
         baseline_name: "nginx",
         baseline: Some(baseline),
         better,
-        goal,
+        goal: goal.map(Goal::Ratio),
+        spread: None,
+        above: None,
         note: note.to_owned(),
     };
     rows.push(row(
@@ -428,7 +434,9 @@ pub fn terminator_vs_nginx(
             baseline_name: "terminator",
             baseline: Some(per_handshake_ns),
             better: Better::Lower,
-            goal: Some(0.01),
+            goal: Some(Goal::Ratio(0.01)),
+            spread: None,
+            above: None,
             note: "the larger of the one-segment and split (both segments) ClientHello costs above the no-op".into(),
         });
     }
@@ -508,7 +516,9 @@ pub fn scale(env: &Env) -> Result<Vec<Row>> {
             baseline_name: "10 hosts",
             baseline: Some(rate10),
             better: Better::Higher,
-            goal: (n >= 100_000).then_some(0.95),
+            goal: (n >= 100_000).then_some(Goal::Ratio(0.95)),
+            spread: None,
+            above: None,
             note: format!(
                 "names round-robin over {spread} of the hosts, spread evenly; {} runs of {} s, median",
                 env.rounds,
@@ -524,6 +534,8 @@ pub fn scale(env: &Env) -> Result<Vec<Row>> {
             baseline: Some(start10.as_secs_f64()),
             better: Better::Lower,
             goal: None,
+            spread: None,
+            above: None,
             note: format!("{:.1} µs per host", startup.as_secs_f64() * 1e6 / n as f64),
         });
         rows.push(Row {
@@ -535,6 +547,8 @@ pub fn scale(env: &Env) -> Result<Vec<Row>> {
             baseline: Some(rss10 as f64 / 1048576.0),
             better: Better::Lower,
             goal: None,
+            spread: None,
+            above: None,
             note: format!("{:.1} KiB per host", rss as f64 / 1024.0 / n as f64),
         });
     }
@@ -572,7 +586,9 @@ fn idle_memory(env: &Env, both: &[(&Server, Target); 2], notes: &mut Vec<String>
         baseline_name: "nginx",
         baseline: Some(per_conn[1]),
         better: Better::Lower,
-        goal: Some(0.5),
+        goal: Some(Goal::Ratio(0.5)),
+            spread: None,
+            above: None,
         note: "server RSS (all its processes) with the connections open minus before, / n; each connection after one request".into(),
     })
 }

@@ -33,6 +33,14 @@ pub const MAP_OTHER_HOSTS: &str = "SNI_OTHER";
 /// Flows whose ClientHello was read: `LruHashMap<FlowKey, Flow>`. The kernel writes, the
 /// terminator reads (hand-off).
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
+/// In front of [`MAP_FLOWS`], per CPU: `PerCpuArray<CachedFlow>` indexed by
+/// [`crate::flow::FlowKey::cache_index`], a power-of-two number of entries. The kernel copies
+/// a flow's table entry here on its first packet on a CPU and reads it on the next; kernel only.
+pub const MAP_FLOW_CACHE: &str = "SNI_FLOW_CACHE";
+/// The flow cache's epoch: `Array<u64>` with one entry, starting at 1. Userspace increments it
+/// after it rewrites flows (a reload that changes an action or removes a host), which
+/// invalidates every cached copy at once.
+pub const MAP_EPOCH: &str = "SNI_EPOCH";
 /// ClientHellos waiting for their next segment: `LruHashMap<FlowKey, Pending>`. Kernel only.
 pub const MAP_PENDING: &str = "SNI_PENDING";
 /// Watched TCP destination ports: `Array<PortSet>` with one entry, written by userspace.
@@ -57,6 +65,22 @@ pub const PINNED_MAPS: [&str; 8] = [
 pub const OTHER_HOSTS_DEFAULT_ENTRIES: u32 = 16 * 1024;
 /// Default capacity of [`MAP_FLOWS`]: 128 Ki flows × ~120 bytes.
 pub const FLOWS_DEFAULT_ENTRIES: u32 = 128 * 1024;
+/// Flow cache entries per CPU, at the fewest and at the most (see [`flow_cache_entries`]).
+pub const FLOW_CACHE_MIN_ENTRIES: u32 = 1024;
+/// See [`FLOW_CACHE_MIN_ENTRIES`]: 64 Ki entries of 64 bytes is 4 MiB per CPU.
+pub const FLOW_CACHE_MAX_ENTRIES: u32 = 64 * 1024;
+
+/// Entries per CPU of [`MAP_FLOW_CACHE`] for a flow table of `flows` entries on `cpus` CPUs:
+/// the table's share of one CPU (RSS spreads flows over the CPUs), rounded up to a power of
+/// two and kept within [`FLOW_CACHE_MIN_ENTRIES`]..=[`FLOW_CACHE_MAX_ENTRIES`]. The cache's
+/// memory is then about the flow table's size whatever the number of CPUs.
+pub fn flow_cache_entries(flows: u32, cpus: u32) -> u32 {
+    let share = flows / cpus.max(1);
+    share
+        .clamp(FLOW_CACHE_MIN_ENTRIES, FLOW_CACHE_MAX_ENTRIES)
+        .next_power_of_two()
+}
+
 /// Default capacity of [`MAP_PENDING`]: ClientHellos in flight across segments at once.
 pub const PENDING_DEFAULT_ENTRIES: u32 = 8 * 1024;
 
@@ -269,5 +293,21 @@ impl crate::hello::Input for Chunk<'_> {
     #[inline(always)]
     fn byte(&self, i: usize) -> u8 {
         self.buf[i & (SCRATCH_LEN - 1)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_cache_is_the_tables_share_of_a_cpu_in_a_power_of_two() {
+        // The default table on this project's 2-core machines, and on a 64-core edge.
+        assert_eq!(flow_cache_entries(FLOWS_DEFAULT_ENTRIES, 2), 64 * 1024);
+        assert_eq!(flow_cache_entries(FLOWS_DEFAULT_ENTRIES, 64), 2048);
+        assert_eq!(flow_cache_entries(100_000, 3), 64 * 1024);
+        assert_eq!(flow_cache_entries(10, 1), FLOW_CACHE_MIN_ENTRIES);
+        assert_eq!(flow_cache_entries(u32::MAX, 1), FLOW_CACHE_MAX_ENTRIES);
+        assert_eq!(flow_cache_entries(1 << 20, 0), FLOW_CACHE_MAX_ENTRIES);
     }
 }

@@ -4,7 +4,7 @@
 //! and has no padding (each has a compile-time size check next to its definition).
 
 use crate::{
-    flow::{Bucket, Flow, FlowKey, Pending, Policy},
+    flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
     hello::Parser,
     host::HostKey,
     maps::{HostStats, OtherHost, PortSet},
@@ -20,3 +20,4 @@ unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for Pending {}
 unsafe impl aya::Pod for Policy {}
 unsafe impl aya::Pod for Bucket {}
+unsafe impl aya::Pod for CachedFlow {}

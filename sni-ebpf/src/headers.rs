@@ -1,8 +1,10 @@
 //! Walking the headers in front of the TCP payload: Ethernet, 802.1Q/802.1ad tags, IPv4 with
 //! options, IPv6 with extension headers, TCP with options.
 //!
-//! Every read goes through [`ptr_at`], the one bounds check against `data_end` the verifier
-//! needs; wire integers are read as byte arrays and converted with `from_be_bytes`.
+//! Stage 1 of the packet path. Every read goes through [`ptr_at`], the one bounds check
+//! against `data_end` the verifier needs; wire integers are read as byte arrays and converted
+//! with `from_be_bytes`. The flow key is built as the five words it is hashed and compared as
+//! ([`Key`]), straight from the packet's bytes.
 
 use aya_ebpf::programs::XdpContext;
 use sni_common::{flow::FlowKey, maps::PortSet};
@@ -30,10 +32,33 @@ pub const TCP_SYN: u8 = 0x02;
 /// TCP flag ACK.
 pub const TCP_ACK: u8 = 0x10;
 
+/// A flow key as five aligned words, in the layout of [`FlowKey`] (addresses, then ports and
+/// family; see `FlowKey::words`), so that the flow stage hashes and compares words, not bytes.
+#[repr(C, align(8))]
+pub struct Key {
+    /// The words.
+    pub words: [u64; 5],
+}
+const _: () = assert!(
+    core::mem::size_of::<Key>() == core::mem::size_of::<FlowKey>()
+        && core::mem::align_of::<Key>() == core::mem::align_of::<FlowKey>()
+);
+
+impl Key {
+    /// The key as the maps take it.
+    #[inline(always)]
+    pub fn flow_key(&self) -> &FlowKey {
+        // SAFETY: `Key` and `FlowKey` are both `repr(C)`, 40 bytes, aligned to 8 (checked
+        // above), and every byte pattern is a valid `FlowKey` (integers and byte arrays only);
+        // the words were written in `FlowKey`'s field order.
+        unsafe { &*(&raw const self.words).cast::<FlowKey>() }
+    }
+}
+
 /// A TCP segment: its flow, sequence number and flags, and where its payload sits.
 pub struct Segment {
     /// The flow, client to server as this packet travels.
-    pub key: FlowKey,
+    pub key: Key,
     /// Sequence number of the first payload byte.
     pub seq: u32,
     /// TCP flags (`TCP_*`).
@@ -111,7 +136,7 @@ pub fn parse(ctx: &XdpContext, ports: &PortSet) -> Option<Frame> {
             if frag & 0x3fff != 0 {
                 return Some(Frame::Fragment);
             }
-            (off + ihl, off + total_len, off + 12, 4)
+            (off + ihl, off + total_len, off + 12, 4u8)
         }
         ETH_P_IPV6 => {
             let payload_len = usize::from(be16_at(ctx, off + 4)?);
@@ -140,7 +165,7 @@ pub fn parse(ctx: &XdpContext, ports: &PortSet) -> Option<Frame> {
             if next != IPPROTO_TCP || payload_len == 0 {
                 return Some(Frame::Other);
             }
-            (h, end, off + 8, 6)
+            (h, end, off + 8, 6u8)
         }
         _ => return Some(Frame::Other),
     };
@@ -150,23 +175,34 @@ pub fn parse(ctx: &XdpContext, ports: &PortSet) -> Option<Frame> {
     if !ports.contains(dst_port) {
         return Some(Frame::Other);
     }
-    let mut key = FlowKey {
-        src_port: u16::from_be_bytes([head[0], head[1]]),
-        dst_port,
-        family,
-        ..FlowKey::default()
-    };
-    if family == 4 {
+    // The ports, as `FlowKey` stores them (host order), and the family: the last word.
+    let ports = u64::from(u16::from_be_bytes([head[0], head[1]]))
+        | u64::from(dst_port) << 16
+        | u64::from(family) << 32;
+    let words = if family == 4 {
         // SAFETY: ptr_at checked that the 8 address bytes are inside the frame.
-        let addrs = unsafe { *ptr_at::<[u8; 8]>(ctx, addr_off)? };
-        key.src[..4].copy_from_slice(&addrs[..4]);
-        key.dst[..4].copy_from_slice(&addrs[4..]);
+        let a = unsafe { *ptr_at::<[u8; 8]>(ctx, addr_off)? };
+        // An IPv4 address in the first 4 bytes of its 16, the rest zero.
+        let src = u64::from(u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
+        let dst = u64::from(u32::from_ne_bytes([a[4], a[5], a[6], a[7]]));
+        [src, 0, dst, 0, ports]
     } else {
         // SAFETY: ptr_at checked that the 32 address bytes are inside the frame.
-        let addrs = unsafe { *ptr_at::<[u8; 32]>(ctx, addr_off)? };
-        key.src.copy_from_slice(&addrs[..16]);
-        key.dst.copy_from_slice(&addrs[16..]);
-    }
+        let a = unsafe { *ptr_at::<[u8; 32]>(ctx, addr_off)? };
+        let w = |i: usize| {
+            u64::from_ne_bytes([
+                a[i],
+                a[i + 1],
+                a[i + 2],
+                a[i + 3],
+                a[i + 4],
+                a[i + 5],
+                a[i + 6],
+                a[i + 7],
+            ])
+        };
+        [w(0), w(8), w(16), w(24), ports]
+    };
     let seq = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     let [data_offset, flags] = pair_at(ctx, l4_off + 12)?;
     let data_offset = usize::from(data_offset >> 4) * 4;
@@ -182,7 +218,7 @@ pub fn parse(ctx: &XdpContext, ports: &PortSet) -> Option<Frame> {
     };
     let payload_len = end.saturating_sub(payload_off);
     Some(Frame::Tcp(Segment {
-        key,
+        key: Key { words },
         seq,
         flags,
         payload_off,

@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    io::ErrorKind,
+    io::{ErrorKind, Read as _},
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
@@ -20,9 +20,9 @@ use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
     flow::{kind, verdict, Bucket, Flow, FlowKey, Policy},
     maps::{
-        HostStats, OtherHost, PortSet, MAP_BUCKETS, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS,
-        MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS, MAP_PENDING, MAP_POLICY, MAP_PORTS,
-        PINNED_MAPS, PROGRAM,
+        flow_cache_entries, HostStats, OtherHost, PortSet, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS,
+        MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS,
+        MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -300,52 +300,10 @@ impl Classifier {
                 .context("clearing a host label")?;
         }
         if !changed.is_empty() || !removed.is_empty() {
-            self.rewrite_flows(&changed, &removed)?;
+            let rewritten = rewrite_flows(&mut self.ebpf, &changed, &removed)?;
+            info!(flows = rewritten, "classified flows follow the reload");
         }
         self.slots = slots;
-        Ok(())
-    }
-
-    /// Rewrites the verdicts of flows whose host's action changed, and turns flows of removed
-    /// hosts into flows of a name not configured.
-    fn rewrite_flows(
-        &mut self,
-        changed: &std::collections::HashMap<u32, Action>,
-        removed: &[u32],
-    ) -> Result<()> {
-        let mut flows = HashMap::<_, FlowKey, Flow>::try_from(map_mut(&mut self.ebpf, MAP_FLOWS)?)?;
-        // Bounded by the map's capacity; keys that vanish meanwhile (LRU) are skipped.
-        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-        let mut rewritten = 0u64;
-        for key in keys {
-            let Ok(mut flow) = flows.get(&key, 0) else {
-                continue;
-            };
-            let slot = match flow.kind {
-                kind::CONFIGURED => flow.slot,
-                kind::OTHER | kind::NO_NAME => 0,
-                _ => continue,
-            };
-            let before = flow;
-            if flow.kind == kind::CONFIGURED && removed.contains(&slot) {
-                flow.kind = kind::OTHER;
-                flow.slot = 0;
-            }
-            match changed.get(&slot) {
-                Some(Action::Drop) => flow.verdict = verdict::DROP,
-                Some(Action::Pass) if flow.verdict == verdict::DROP => {
-                    flow.verdict = verdict::PASS;
-                }
-                _ => {}
-            }
-            if flow != before {
-                // BPF_EXIST: a flow that ended meanwhile is not brought back.
-                if flows.insert(key, flow, 2).is_ok() {
-                    rewritten += 1;
-                }
-            }
-        }
-        info!(flows = rewritten, "classified flows follow the reload");
         Ok(())
     }
 
@@ -401,6 +359,63 @@ impl Drop for Classifier {
     }
 }
 
+/// Rewrites the verdicts of flows whose host's action changed (by slot; slot 0 is the
+/// default's), and turns flows of removed hosts' slots into flows of a name not configured;
+/// then moves the flow cache's epoch, so that no CPU goes on with a copy made before. Returns
+/// how many flows changed. Part of [`Classifier::apply`].
+pub fn rewrite_flows(
+    ebpf: &mut Ebpf,
+    changed: &std::collections::HashMap<u32, Action>,
+    removed: &[u32],
+) -> Result<u64> {
+    let mut flows = HashMap::<_, FlowKey, Flow>::try_from(map_mut(ebpf, MAP_FLOWS)?)?;
+    // Bounded by the map's capacity; keys that vanish meanwhile (LRU) are skipped.
+    let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+    let mut rewritten = 0u64;
+    for key in keys {
+        let Ok(mut flow) = flows.get(&key, 0) else {
+            continue;
+        };
+        let slot = match flow.kind {
+            kind::CONFIGURED => flow.slot,
+            kind::OTHER | kind::NO_NAME => 0,
+            _ => continue,
+        };
+        let before = flow;
+        if flow.kind == kind::CONFIGURED && removed.contains(&slot) {
+            flow.kind = kind::OTHER;
+            flow.slot = 0;
+        }
+        match changed.get(&slot) {
+            Some(Action::Drop) => flow.verdict = verdict::DROP,
+            Some(Action::Pass) if flow.verdict == verdict::DROP => {
+                flow.verdict = verdict::PASS;
+            }
+            _ => {}
+        }
+        if flow != before {
+            // BPF_EXIST: a flow that ended meanwhile is not brought back.
+            if flows.insert(key, flow, 2).is_ok() {
+                rewritten += 1;
+            }
+        }
+    }
+    // Every CPU's cached copies of flows are stale now.
+    let mut epoch = Array::<_, u64>::try_from(map_mut(ebpf, MAP_EPOCH)?)?;
+    let next = epoch.get(&0, 0).context("reading the flow cache epoch")? + 1;
+    epoch
+        .set(0, next, 0)
+        .context("writing the flow cache epoch")?;
+    Ok(rewritten)
+}
+
+/// Eight random bytes from the kernel.
+fn random_u64() -> std::io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
@@ -416,6 +431,11 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
     let names_capacity = slots::names_capacity(names.len());
     let debug = u8::from(opts.debug);
     let wildcards = u8::from(has_wildcards(config));
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+    let cache_entries =
+        flow_cache_entries(xdp.flows_capacity, u32::try_from(cpus).unwrap_or(u32::MAX));
+    let cache_mask = cache_entries - 1;
+    let cache_seed = random_u64().context("a seed for the flow cache")?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_HOSTS, names_capacity)
         .map_max_entries(MAP_HOST_STATS, slots)
@@ -425,8 +445,11 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
         .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
+        .map_max_entries(MAP_FLOW_CACHE, cache_entries)
         .override_global("SNI_DEBUG", &debug, true)
         .override_global("SNI_WILDCARDS", &wildcards, true)
+        .override_global("SNI_CACHE_MASK", &cache_mask, true)
+        .override_global("SNI_CACHE_SEED", &cache_seed, true)
         .load(OBJECT)
         .context("loading the XDP object")?;
     {
@@ -444,6 +467,10 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         set.insert(*p);
     }
     ports.set(0, set, 0).context("writing the watched ports")?;
+    // Epoch 0 marks an empty cache entry; the first live one is 1.
+    Array::<_, u64>::try_from(map_mut(&mut ebpf, MAP_EPOCH)?)?
+        .set(0, 1, 0)
+        .context("writing the flow cache epoch")?;
 
     let mut hosts = HashMap::<_, HostKey, u32>::try_from(map_mut(&mut ebpf, MAP_HOSTS)?)?;
     for (key, slot) in &names {

@@ -157,6 +157,11 @@ impl Prog {
         flows.keys().count()
     }
 
+    /// The loaded object, for the loader's own functions (e.g. what a reload does to flows).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// ClientHellos pending across segments.
     pub fn pending_len(&self) -> usize {
         let pending: BpfHashMap<_, FlowKey, sni_common::flow::Pending> =

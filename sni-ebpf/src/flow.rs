@@ -1,0 +1,185 @@
+//! Stage 2, the flow: a packet of a flow whose ClientHello was already read counts toward its
+//! host and gets its verdict here, without parsing. A SYN forgets what the 5-tuple's previous
+//! connection left.
+//!
+//! The flow table (`SNI_FLOWS`, an LRU hash shared by every CPU, read by the terminator too) is
+//! the record. In front of it, each CPU keeps a direct-mapped cache (`SNI_FLOW_CACHE`): the
+//! entry at the flow's `cache_index`, tagged with its key and the epoch it was copied in. A hit
+//! costs an array index and a compare of five words instead of hashing 40 bytes and walking a
+//! bucket; a miss falls back to the table and fills the entry. Only flows that pass are cached,
+//! so a stale copy can at worst count a packet toward the host of the 5-tuple's previous
+//! connection, never drop one. Copies go stale when:
+//! - userspace rewrites flows (a reload that changes an action or removes a host): it bumps
+//!   `SNI_EPOCH`, and every copy of an older epoch is a miss;
+//! - a SYN reuses the 5-tuple: its CPU clears its own entry, and when the table knew the flow,
+//!   every other CPU's entry for it too (`bpf_map_lookup_percpu_elem`, kernel 5.19).
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::{bpf_loop, bpf_map_lookup_percpu_elem};
+use sni_common::{
+    flow::{cache_index, kind, verdict::PASS, CachedFlow, Flow},
+    maps::counter,
+};
+
+use crate::{
+    counters::{self, charge},
+    headers::Key,
+    hello,
+    maps::{
+        cache_mask, cache_seed, SNI_EPOCH, SNI_FLOWS, SNI_FLOW_CACHE, SNI_HOST_STATS, SNI_OTHER,
+    },
+    verdict,
+};
+
+/// CPUs whose cache entries a SYN clears at most: the kernel's largest `NR_CPUS` (8192).
+/// `bpf_map_lookup_percpu_elem` answers NULL past the last possible CPU, which ends the loop
+/// far earlier.
+const MAX_CPUS: u32 = 8192;
+
+/// A packet of a flow whose ClientHello was read: counts it toward the flow's host and sets
+/// `action` to the flow's verdict. False, and nothing done, when the flow is not classified.
+///
+/// The flow is found in this CPU's cache, else in the flow table (then cached). Values are
+/// read in place: a copy of a map value goes through the stack byte by byte here.
+#[inline(always)]
+pub fn packet(key: &Key, frame_len: u64, action: &mut u32) -> bool {
+    // Epoch 0 (never live) if the map could not be read: the cache is then only bypassed.
+    let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
+    let cached = SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask()));
+    if let Some(c) = cached {
+        // SAFETY: a per-CPU value of this CPU; this program is its only writer on this CPU.
+        let c = unsafe { &*c };
+        if epoch != 0 && c.holds(&key.words, epoch) {
+            *action = count(&c.flow, frame_len);
+            return true;
+        }
+    }
+    let Some(flow) = SNI_FLOWS.get_ptr(key.flow_key()) else {
+        return false;
+    };
+    // SAFETY: a map value, read field by field (another CPU may replace it meanwhile: then
+    // this packet is counted by the old or the new entry, both of this flow).
+    let flow = unsafe { &*flow };
+    if let (Some(c), true) = (cached, epoch != 0) {
+        fill(c, &key.words, flow, epoch);
+    }
+    *action = count(flow, frame_len);
+    true
+}
+
+/// Remembers the flow of a ClientHello read to its outcome (or given up), so that its later
+/// packets are not parsed: in the table, and in this CPU's cache.
+#[inline(always)]
+pub fn remember(key: &Key, flow: &Flow) {
+    let _ = SNI_FLOWS.insert(key.flow_key(), flow, 0);
+    let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
+    if let (Some(c), true) = (
+        SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask())),
+        epoch != 0,
+    ) {
+        fill(c, &key.words, flow, epoch);
+    }
+}
+
+/// A SYN: forgets the 5-tuple's previous connection, pending ClientHello, flow and cached
+/// copies.
+#[inline(always)]
+pub fn forget(key: &Key) {
+    hello::forget(key.flow_key());
+    let index = cache_index(&key.words, cache_seed(), cache_mask());
+    if let Some(c) = SNI_FLOW_CACHE.get_ptr_mut(index) {
+        // SAFETY: a per-CPU value of this CPU.
+        unsafe { (*c).epoch = 0 };
+    }
+    // Looked up first: a SYN of a new 5-tuple (most SYNs, and every one of a flood) then
+    // costs no bucket lock.
+    if SNI_FLOWS.get_ptr(key.flow_key()).is_none() {
+        return;
+    }
+    let _ = SNI_FLOWS.remove(key.flow_key());
+    let mut sweep = Sweep {
+        words: key.words,
+        index,
+    };
+    // SAFETY: `clear_on_cpu` has the callback signature bpf_loop expects; its context is
+    // `sweep`, on this stack for the whole call.
+    unsafe {
+        bpf_loop(
+            MAX_CPUS,
+            clear_on_cpu as *mut c_void,
+            (&raw mut sweep).cast(),
+            0,
+        );
+    }
+}
+
+/// Counts a packet of `flow` toward its host; its XDP action.
+#[inline(always)]
+fn count(flow: &Flow, frame_len: u64) -> u32 {
+    counters::count(counter::FLOW_PACKETS);
+    let stats = match flow.kind {
+        kind::CONFIGURED => SNI_HOST_STATS.get_ptr_mut(flow.slot),
+        // SAFETY: a per-CPU value of this CPU; only the address of a field is taken.
+        kind::OTHER => SNI_OTHER
+            .get_ptr_mut(&flow.name_hash)
+            .map(|v| unsafe { &raw mut (*v).stats }),
+        _ => None,
+    };
+    if let Some(v) = stats {
+        // SAFETY: a per-CPU value of this CPU.
+        charge(unsafe { &mut *v }, 1, frame_len, flow.verdict);
+    }
+    verdict::action(flow.verdict)
+}
+
+/// A flow cache entry copied from `flow` if it passes (see the module docs); otherwise the
+/// entry is emptied, so that it cannot outlive a verdict that changed to drop.
+#[inline(always)]
+fn fill(c: *mut CachedFlow, words: &[u64; 5], flow: &Flow, epoch: u64) {
+    // SAFETY: a per-CPU value of this CPU.
+    let c = unsafe { &mut *c };
+    if flow.verdict == PASS {
+        c.key = *words;
+        c.flow = *flow;
+        c.epoch = epoch;
+    } else {
+        c.epoch = 0;
+    }
+}
+
+/// What `clear_on_cpu` clears: the entry at `index` on every CPU, if it holds `words`.
+#[repr(C)]
+struct Sweep {
+    words: [u64; 5],
+    index: u32,
+}
+
+/// `bpf_loop` step for CPU `cpu`: empties its cache entry if it is the swept flow's; stops
+/// past the last CPU.
+extern "C" fn clear_on_cpu(cpu: u64, ctx: *mut c_void) -> i64 {
+    let sweep = ctx.cast::<Sweep>();
+    // SAFETY: `ctx` is the `Sweep` that `forget` passed; the map pointer is the map's
+    // definition, as aya's own lookups pass it.
+    let entry = unsafe {
+        bpf_map_lookup_percpu_elem(
+            (&raw const SNI_FLOW_CACHE).cast_mut().cast(),
+            (&raw const (*sweep).index).cast(),
+            cpu as u32,
+        )
+    }
+    .cast::<CachedFlow>();
+    if entry.is_null() {
+        return 1;
+    }
+    // SAFETY: the helper returned CPU `cpu`'s value of a live entry. Only `epoch` is written:
+    // a CPU filling the entry at the same moment writes a consistent copy of its own, and a
+    // cleared epoch is only ever a miss.
+    unsafe {
+        let epoch = (*entry).epoch;
+        if (*entry).holds(&(*sweep).words, epoch) {
+            (*entry).epoch = 0;
+        }
+    }
+    0
+}

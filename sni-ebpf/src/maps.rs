@@ -1,0 +1,121 @@
+//! Every map of the XDP program, and the constants the loader sets before loading. Names,
+//! key and value types come from `sni_common::maps`, where each map is described once (who
+//! writes it, who reads it); aya names a map after its static, so the statics carry exactly
+//! those names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+};
+use sni_common::{
+    flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
+    maps::{
+        counter, HostStats, OtherHost, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
+        FLOW_CACHE_MIN_ENTRIES, OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES,
+    },
+    HostKey,
+};
+
+/// Global counters, indexed by `sni_common::maps::counter`.
+#[map]
+pub static SNI_GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Configured names and `*.` patterns → host slot (sized by the loader).
+#[map]
+pub static SNI_HOSTS: HashMap<HostKey, u32> = HashMap::with_max_entries(1, 0);
+
+/// Counters of the configured hosts by slot (sized by the loader, so never evicted).
+#[map]
+pub static SNI_HOST_STATS: PerCpuArray<HostStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Labels by host slot, for userspace readers (the program never reads it).
+#[map]
+pub static SNI_LABELS: Array<HostKey> = Array::with_max_entries(1, 0);
+
+/// Actions by host slot; slot 0 is `[default]`.
+#[map]
+pub static SNI_POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+
+/// Rate-limit state by host slot, shared by every CPU (compare-and-swap).
+#[map]
+pub static SNI_BUCKETS: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Counters of every other name by name hash; least recently used go first.
+#[map]
+pub static SNI_OTHER: LruPerCpuHashMap<u64, OtherHost> =
+    LruPerCpuHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
+
+/// Flows whose ClientHello was read: their host and verdict (the terminator reads it too).
+#[map]
+pub static SNI_FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
+
+/// This CPU's copies of flow table entries, by `FlowKey::cache_index` (sized by the loader to
+/// a power of two; `SNI_CACHE_MASK` is that size less one).
+#[map]
+pub static SNI_FLOW_CACHE: PerCpuArray<CachedFlow> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_MIN_ENTRIES, 0);
+
+/// The flow cache's epoch (one entry): a cached copy is valid only in the epoch it was made.
+#[map]
+pub static SNI_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// ClientHellos waiting for their next segment.
+#[map]
+pub static SNI_PENDING: LruHashMap<FlowKey, Pending> =
+    LruHashMap::with_max_entries(PENDING_DEFAULT_ENTRIES, 0);
+
+/// Watched TCP destination ports (one entry).
+#[map]
+pub static SNI_PORTS: Array<PortSet> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch: a chunk of payload, the ClientHello being read, large values.
+#[map]
+pub static SNI_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1 when the loader was asked (`--debug`) to log every ClientHello; off the per-packet path
+/// otherwise.
+#[no_mangle]
+static SNI_DEBUG: u8 = 0;
+
+/// 1 when some configured name is a `*.` pattern: only then does a name that is not
+/// configured cost a second lookup.
+#[no_mangle]
+static SNI_WILDCARDS: u8 = 0;
+
+/// Entries of `SNI_FLOW_CACHE` less one (the loader sets both).
+#[no_mangle]
+static SNI_CACHE_MASK: u32 = FLOW_CACHE_MIN_ENTRIES - 1;
+
+/// Random seed of the flow cache's index, picked by the loader at each start.
+#[no_mangle]
+static SNI_CACHE_SEED: u64 = 0;
+
+/// Whether the loader turned the ClientHello log on.
+#[inline(always)]
+pub fn debug_enabled() -> bool {
+    // SAFETY: a plain read of a constant the loader may patch; volatile so that the compiler
+    // does not fold the default.
+    unsafe { core::ptr::read_volatile(&SNI_DEBUG) != 0 }
+}
+
+/// Whether any configured name is a wildcard pattern.
+#[inline(always)]
+pub fn wildcards_enabled() -> bool {
+    // SAFETY: as in `debug_enabled`.
+    unsafe { core::ptr::read_volatile(&SNI_WILDCARDS) != 0 }
+}
+
+/// The flow cache's index mask.
+#[inline(always)]
+pub fn cache_mask() -> u32 {
+    // SAFETY: as in `debug_enabled`.
+    unsafe { core::ptr::read_volatile(&SNI_CACHE_MASK) }
+}
+
+/// The flow cache's seed.
+#[inline(always)]
+pub fn cache_seed() -> u64 {
+    // SAFETY: as in `debug_enabled`.
+    unsafe { core::ptr::read_volatile(&SNI_CACHE_SEED) }
+}

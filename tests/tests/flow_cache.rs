@@ -1,0 +1,153 @@
+//! The per-CPU flow cache in front of the flow table (`BPF_PROG_TEST_RUN` on each core in
+//! turn): a cached copy never outlives a reload that changes its flow, nor a new connection
+//! on the same 5-tuple, on whichever core the copy was made.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::HashMap;
+
+use sni_tests::{
+    frame::{self, Seg, PSH_ACK, SYN},
+    hellos::rustls_hello,
+    prog::{Prog, XDP_DROP, XDP_PASS},
+};
+use sni_user::{config::Action, loader::rewrite_flows};
+
+const PORT: u16 = 443;
+const ISN: u32 = 1000;
+
+/// Runs the rest of the calling test on `cpu` (the program runs on the caller's core, and so
+/// uses that core's cache).
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("pinning to core {cpu}: {e} (these tests need 2 cores)"));
+}
+
+fn hello_frame(port: u16, name: &str) -> (Vec<u8>, u32) {
+    let hello = rustls_hello(name);
+    let f = frame::v4_segment(
+        &Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq: ISN,
+            flags: PSH_ACK,
+        },
+        &hello,
+    );
+    (f, ISN + hello.len() as u32)
+}
+
+fn data_frame(port: u16, seq: u32) -> Vec<u8> {
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    record.resize(5 + 0x20, 0xab);
+    frame::v4_segment(
+        &Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq,
+            flags: PSH_ACK,
+        },
+        &record,
+    )
+}
+
+/// A classified flow on `cpu`, its copy cached there by its second packet; the data frame.
+fn classified_on(prog: &Prog, cpu: usize, name: &str) -> Vec<u8> {
+    pin(cpu);
+    let port = frame::next_port();
+    let (hello, next) = hello_frame(port, name);
+    assert_eq!(prog.run(&hello), XDP_PASS);
+    let data = data_frame(port, next);
+    assert_eq!(
+        prog.run(&data),
+        XDP_PASS,
+        "first data packet: from the table"
+    );
+    assert_eq!(prog.run(&data), XDP_PASS, "second: from this core's cache");
+    data
+}
+
+#[test]
+fn a_reload_that_drops_a_host_drops_its_cached_flows_on_every_core() {
+    let mut prog = Prog::load(&[PORT], &["keep.example.org", "gone.example.org"], 1024);
+    let gone: Vec<(usize, Vec<u8>)> = [0, 1]
+        .into_iter()
+        .map(|cpu| (cpu, classified_on(&prog, cpu, "gone.example.org")))
+        .collect();
+    let kept = classified_on(&prog, 0, "keep.example.org");
+    let before = prog.host("gone.example.org").unwrap().0;
+    assert_eq!((before.client_hellos, before.packets), (2, 6));
+
+    // What `sni-user reload` does to classified flows when gone.example.org (slot 2) turns
+    // to `action = "drop"`.
+    let changed = HashMap::from([(2u32, Action::Drop)]);
+    let rewritten = rewrite_flows(prog.ebpf_mut(), &changed, &[]).unwrap();
+    assert_eq!(rewritten, 2);
+
+    for (cpu, data) in &gone {
+        pin(*cpu);
+        assert_eq!(
+            prog.run(data),
+            XDP_DROP,
+            "core {cpu}'s copy was made before the reload"
+        );
+    }
+    pin(0);
+    assert_eq!(
+        prog.run(&kept),
+        XDP_PASS,
+        "another host's flow is untouched"
+    );
+    let after = prog.host("gone.example.org").unwrap().0;
+    assert_eq!((after.packets, after.dropped), (8, 2));
+    assert_eq!(prog.global()["dropped"], 2);
+
+    // And back to pass: the flows pass again, the next packet cached again.
+    let changed = HashMap::from([(2u32, Action::Pass)]);
+    assert_eq!(rewrite_flows(prog.ebpf_mut(), &changed, &[]).unwrap(), 2);
+    for (cpu, data) in &gone {
+        pin(*cpu);
+        assert_eq!(prog.run(data), XDP_PASS);
+        assert_eq!(prog.run(data), XDP_PASS);
+    }
+    assert_eq!(prog.host("gone.example.org").unwrap().0.packets, 12);
+}
+
+#[test]
+fn a_syn_on_another_core_forgets_every_core_s_copy() {
+    let prog = Prog::load(&[PORT], &["first.example.org", "second.example.org"], 1024);
+    pin(0);
+    let port = frame::next_port();
+    let (hello, next) = hello_frame(port, "first.example.org");
+    assert_eq!(prog.run(&hello), XDP_PASS);
+    let data = data_frame(port, next);
+    assert_eq!(prog.run(&data), XDP_PASS);
+    assert_eq!(prog.run(&data), XDP_PASS);
+
+    // The 5-tuple's next connection starts on the other core...
+    pin(1);
+    let syn = frame::v4_segment(
+        &Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq: ISN - 1,
+            flags: SYN,
+        },
+        &[],
+    );
+    assert_eq!(prog.run(&syn), XDP_PASS);
+
+    // ...and goes on on the first one, whose copy of the old flow must be gone: its
+    // ClientHello is read (not counted as a packet of the old flow), and its data counts
+    // toward its own host.
+    pin(0);
+    let (hello, next) = hello_frame(port, "second.example.org");
+    assert_eq!(prog.run(&hello), XDP_PASS);
+    assert_eq!(prog.run(&data_frame(port, next)), XDP_PASS);
+    let first = prog.host("first.example.org").unwrap().0;
+    let second = prog.host("second.example.org").unwrap().0;
+    assert_eq!((first.client_hellos, first.packets), (1, 3));
+    assert_eq!((second.client_hellos, second.packets), (1, 2));
+    assert_eq!(prog.global()["sni"], 2);
+}
