@@ -10,6 +10,7 @@
 )]
 
 mod backend;
+mod kernel_memory;
 mod load;
 mod report;
 mod servers;
@@ -30,8 +31,8 @@ struct Cli {
     /// Short runs (a smoke test of the whole bench; figures are noisy).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (xdp, live, terminator, scale; or memory: the terminator
-    /// section's idle-memory case alone); all by default.
+    /// Only these sections (xdp, kernel-memory, live, terminator, scale; or memory: the
+    /// terminator section's idle-memory case alone); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the results go.
@@ -72,6 +73,19 @@ fn run(cli: Cli) -> Result<()> {
         report.rows.extend(rows);
         hello_cost = Some(cost);
     }
+    if want("kernel-memory") {
+        eprintln!("sni-bench: kernel memory of the maps (10 and 100,000 hosts)");
+        let (rows, notes) = kernel_memory::run().context("kernel memory")?;
+        report.rows.extend(rows);
+        report.notes.extend(notes);
+    }
+    if !(want("live")
+        || want("terminator")
+        || want("scale")
+        || cli.only.iter().any(|o| o == "memory"))
+    {
+        return finish(&report, &cli);
+    }
     let mut env = tls::Env::new(&cli.sni_user, cli.quick)?;
     env.memory_only = cli.only.iter().any(|o| o == "memory");
     if want("live") {
@@ -93,6 +107,11 @@ fn run(cli: Cli) -> Result<()> {
         print_rows(&rows);
         report.rows.extend(rows);
     }
+    finish(&report, &cli)
+}
+
+/// Writes the results and prints the table.
+fn finish(report: &report::Report, cli: &Cli) -> Result<()> {
     let path = report.write(&cli.out)?;
     println!("{}", report.markdown());
     eprintln!(

@@ -23,6 +23,8 @@ pub enum Goal {
     /// A maximum of `value - baseline`, in the row's unit (the XDP cases: ns above the
     /// no-op, which moves a lot between machines while the difference does not).
     Above(f64),
+    /// A maximum of `value` itself (a budget, such as kernel memory).
+    Most(f64),
 }
 
 /// The median and interquartile range of per-round figures.
@@ -119,6 +121,7 @@ impl Row {
             (Goal::Ratio(g), Better::Higher) => self.ratio()? >= g,
             (Goal::Ratio(g), Better::Lower) => self.ratio()? <= g,
             (Goal::Above(g), _) => self.difference()? <= g,
+            (Goal::Most(g), _) => self.value <= g,
         })
     }
 
@@ -127,6 +130,7 @@ impl Row {
             (Some(Goal::Ratio(g)), Better::Higher) => format!("≥ {g}×"),
             (Some(Goal::Ratio(g)), Better::Lower) => format!("≤ {g}×"),
             (Some(Goal::Above(g)), _) => format!("≤ +{} {}", short(g), self.unit),
+            (Some(Goal::Most(g)), _) => format!("≤ {} {}", short(g), self.unit),
             (None, _) => String::new(),
         }
     }
@@ -144,6 +148,7 @@ impl Row {
             "goal": self.goal.map(|g| match g {
                 Goal::Ratio(r) => json!({ "ratio": r }),
                 Goal::Above(d) => json!({ "above": d }),
+                Goal::Most(m) => json!({ "most": m }),
             }),
             "spread": self.spread.map(|s| s.json()),
             "above": self.above.map(|s| s.json()),

@@ -402,6 +402,31 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
             print_row(&r);
             rows.push(r);
         }
+        // The harness checked against a measurement it has no part in: bpftool's own
+        // BPF_PROG_TEST_RUN of the same no-op object on the same frame.
+        let frame = seg(40_001, 80, 1, PSH_ACK, &[0x42; 100]);
+        let independent = bpftool_noop(noop_object, &frame, reps)?;
+        let harness = rows
+            .get(1)
+            .and_then(|r| r.baseline)
+            .context("the loop cases' no-op")?;
+        let r = Row {
+            section: "xdp",
+            case: "check: the no-op timed by `bpftool prog run` (not this harness)".to_owned(),
+            unit: "ns/packet",
+            value: Spread::of(&independent).median,
+            baseline_name: "no-op in this harness",
+            baseline: Some(harness),
+            better: Better::Lower,
+            goal: None,
+            spread: Some(Spread::of(&independent)),
+            above: None,
+            note: format!(
+                "bpftool prog run … repeat {reps}, {ROUNDS} rounds, the unwatched-port frame"
+            ),
+        };
+        print_row(&r);
+        rows.push(r);
         // The same hot flow, one call per packet: what the per-call method itself adds (a
         // cold start each call), to read the busy table's figure against.
         let hot_calls = Busy {
@@ -611,13 +636,70 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
 
 fn print_row(r: &Row) {
     eprintln!(
-        "  {:<90} {:>16} vs {:>16}  {:+.1} above",
+        "  {:<90} {:>16} vs {:>16}  {}",
         r.case,
         crate::report::number(r.value, r.unit),
         r.baseline
             .map_or_else(|| "—".into(), |b| crate::report::number(b, r.unit)),
-        r.difference().unwrap_or(0.0)
+        r.difference()
+            .map_or_else(String::new, |d| format!("{d:+.1} above"))
     );
+}
+
+/// `bpftool prog run` of the no-op object, `ROUNDS` times: its ns per run.
+fn bpftool_noop(object: &Path, frame: &[u8], reps: u32) -> Result<Vec<f64>> {
+    let dir = sni_tests::PinDir::new("sni-bench-noop");
+    sni_user::loader::ensure_bpffs(&dir)?;
+    let pin = dir.join("prog");
+    let frame_file = std::env::temp_dir().join(format!("sni-bench-frame-{}", std::process::id()));
+    std::fs::write(&frame_file, frame)?;
+    let bpftool = |args: &[&std::ffi::OsStr]| -> Result<String> {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .context("running bpftool (cargo xtask bench installs it)")?;
+        if !out.status.success() {
+            bail!(
+                "bpftool {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let os = std::ffi::OsStr::new;
+    let result = (|| {
+        bpftool(&[
+            os("prog"),
+            os("load"),
+            object.as_os_str(),
+            pin.as_os_str(),
+            os("type"),
+            os("xdp"),
+        ])?;
+        let mut ns = Vec::new();
+        for _ in 0..ROUNDS {
+            let text = bpftool(&[
+                os("prog"),
+                os("run"),
+                os("pinned"),
+                pin.as_os_str(),
+                os("data_in"),
+                frame_file.as_os_str(),
+                os("repeat"),
+                os(&reps.to_string()),
+            ])?;
+            // "Return value: 2, duration (average): 6ns"
+            let v = text
+                .split("duration (average):")
+                .nth(1)
+                .and_then(|t| t.trim().trim_end_matches("ns").trim().parse::<f64>().ok())
+                .with_context(|| format!("no duration in bpftool's answer: {text}"))?;
+            ns.push(v);
+        }
+        Ok(ns)
+    })();
+    let _ = std::fs::remove_file(&frame_file);
+    result
 }
 
 /// This thread, pinned to one core until dropped (then free to run anywhere it could).

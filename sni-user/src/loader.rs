@@ -538,7 +538,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Makes sure `pin_dir` exists on a bpf filesystem, mounting bpffs on /sys/fs/bpf if that is
 /// where it belongs and nothing is mounted there yet.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let mut anchor = pin_dir;
     while !anchor.exists() {
         anchor = anchor

@@ -1,10 +1,14 @@
 //! The XDP program loaded in the kernel (not attached anywhere), driven by
 //! `BPF_PROG_TEST_RUN`, with its maps read back.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -162,12 +166,63 @@ impl Prog {
         &mut self.ebpf
     }
 
+    /// Every map of the loaded program: sizes from the kernel and the memory it charges
+    /// (`memlock` in the map's fdinfo).
+    pub fn map_memory(&self) -> Vec<MapMemory> {
+        self.ebpf
+            .maps()
+            .filter_map(|(name, map)| {
+                let (data, per_cpu) = match map {
+                    Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => (d, false),
+                    Map::PerCpuArray(d) | Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => {
+                        (d, true)
+                    }
+                    _ => return None,
+                };
+                let info = data.info().expect("map info");
+                let fd = data.fd().as_fd().as_raw_fd();
+                let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                    .expect("the map's fdinfo");
+                let memlock = fdinfo
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("memlock in the map's fdinfo");
+                Some(MapMemory {
+                    name: name.to_owned(),
+                    per_cpu,
+                    key_size: info.key_size(),
+                    value_size: info.value_size(),
+                    max_entries: info.max_entries(),
+                    memlock,
+                })
+            })
+            .collect()
+    }
+
     /// ClientHellos pending across segments.
     pub fn pending_len(&self) -> usize {
         let pending: BpfHashMap<_, FlowKey, sni_common::flow::Pending> =
             BpfHashMap::try_from(self.ebpf.map(MAP_PENDING).expect("pending")).expect("hash");
         pending.keys().count()
     }
+}
+
+/// One map's size, as loaded.
+#[derive(Clone, Debug)]
+pub struct MapMemory {
+    /// Its name.
+    pub name: String,
+    /// Whether each CPU has its own copy of every value.
+    pub per_cpu: bool,
+    /// Key bytes.
+    pub key_size: u32,
+    /// Value bytes.
+    pub value_size: u32,
+    /// Entries.
+    pub max_entries: u32,
+    /// Bytes the kernel charges for it.
+    pub memlock: u64,
 }
 
 /// The flow key of a frame built by `frame::v4_segment` with client port `src_port`.

@@ -24,7 +24,14 @@ use clap::{Parser, Subcommand};
 
 /// Debian packages the benchmarks add: the baseline server (nginx with its stream module, for
 /// TLS termination to a TCP backend) and the profilers the README's findings came from.
-const BENCH_PACKAGES: &[&str] = &["nginx", "libnginx-mod-stream", "linux-perf", "valgrind"];
+const BENCH_PACKAGES: &[&str] = &[
+    "nginx",
+    "libnginx-mod-stream",
+    "linux-perf",
+    "valgrind",
+    // `bpftool prog run` times the no-op program independently of the bench's own harness.
+    "bpftool",
+];
 
 /// Debian packages the tests drive as real peers and tools.
 const TEST_PACKAGES: &[&str] = &[
