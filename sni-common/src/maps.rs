@@ -26,10 +26,15 @@ pub const MAP_LABELS: &str = "SNI_LABELS";
 pub const MAP_POLICY: &str = "SNI_POLICY";
 /// Per-host rate-limit state: `Array<Bucket>` indexed by host slot, shared by all CPUs.
 pub const MAP_BUCKETS: &str = "SNI_BUCKETS";
-/// Per-host counters for every other name seen: `LruPerCpuHashMap<u64, OtherHost>` keyed by
+/// Per-host counters for every other name seen: `LruPerCpuHashMap<u64, HostStats>` keyed by
 /// [`crate::HostKey::hash64`], inserted by the kernel; under a flood of random names the least
 /// recently seen go first.
 pub const MAP_OTHER_HOSTS: &str = "SNI_OTHER";
+/// The names of [`MAP_OTHER_HOSTS`]' keys: `LruHashMap<u64, HostKey>`, one copy for every CPU
+/// (the counters are per CPU; a 256-byte name need not be). The kernel writes a name when it
+/// first sees it and looks it up at each of its ClientHellos, so that it stays in the LRU as
+/// long as its counters do; readers take a missing name as evicted.
+pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
 /// Flows whose ClientHello was read: `LruHashMap<FlowKey, Flow>`. The kernel writes, the
 /// terminator reads (hand-off).
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
@@ -49,19 +54,20 @@ pub const MAP_PORTS: &str = "SNI_PORTS";
 pub const MAP_SCRATCH: &str = "SNI_SCRATCH";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     MAP_GLOBAL,
     MAP_HOSTS,
     MAP_HOST_STATS,
     MAP_LABELS,
     MAP_POLICY,
     MAP_OTHER_HOSTS,
+    MAP_OTHER_NAMES,
     MAP_FLOWS,
     MAP_PORTS,
 ];
 
-/// Default capacity of [`MAP_OTHER_HOSTS`]. 16 Ki names × (256-byte name + counters) per CPU
-/// stays within tens of MiB on a many-core host.
+/// Default capacity of [`MAP_OTHER_HOSTS`] and [`MAP_OTHER_NAMES`]: 16 Ki names; 48 bytes of
+/// counters per CPU and one 256-byte name each.
 pub const OTHER_HOSTS_DEFAULT_ENTRIES: u32 = 16 * 1024;
 /// Default capacity of [`MAP_FLOWS`]: 128 Ki flows × ~120 bytes.
 pub const FLOWS_DEFAULT_ENTRIES: u32 = 128 * 1024;
@@ -186,18 +192,6 @@ impl HostStats {
     }
 }
 
-/// A name not configured, with its counters: the value of [`MAP_OTHER_HOSTS`]. The name is
-/// written on the CPU that first saw it; other CPUs' copies may carry an empty name.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OtherHost {
-    /// Counters.
-    pub stats: HostStats,
-    /// The name.
-    pub name: HostKey,
-}
-const _: () = assert!(core::mem::size_of::<OtherHost>() == 48 + 256);
-
 /// The set of watched TCP destination ports, one bit per port.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -255,16 +249,13 @@ pub struct Scratch {
     pub pos: u32,
     /// The wildcard pattern of the name being looked up.
     pub wildcard: HostKey,
-    /// A new entry of the map of other names.
-    pub other: OtherHost,
     /// Position of the first dot of the name being looked up (`MAX_NAME_LEN` while none).
     pub dot: u32,
     /// Zero.
     pub _pad: u32,
 }
 const _: () = assert!(
-    core::mem::size_of::<Scratch>()
-        == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8 + 256 + 304 + 8
+    core::mem::size_of::<Scratch>() == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8 + 256 + 8
 );
 
 /// The kernel's view of the scratch buffer as parser input: reads are masked into the buffer,

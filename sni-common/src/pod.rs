@@ -7,14 +7,13 @@ use crate::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
     hello::Parser,
     host::HostKey,
-    maps::{HostStats, OtherHost, PortSet},
+    maps::{HostStats, PortSet},
 };
 
 unsafe impl aya::Pod for HostKey {}
 unsafe impl aya::Pod for HostStats {}
 unsafe impl aya::Pod for PortSet {}
 unsafe impl aya::Pod for Parser {}
-unsafe impl aya::Pod for OtherHost {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for Pending {}

@@ -120,10 +120,7 @@ fn count(flow: &Flow, frame_len: u64) -> u32 {
     counters::count(counter::FLOW_PACKETS);
     let stats = match flow.kind {
         kind::CONFIGURED => SNI_HOST_STATS.get_ptr_mut(flow.slot),
-        // SAFETY: a per-CPU value of this CPU; only the address of a field is taken.
-        kind::OTHER => SNI_OTHER
-            .get_ptr_mut(&flow.name_hash)
-            .map(|v| unsafe { &raw mut (*v).stats }),
+        kind::OTHER => SNI_OTHER.get_ptr_mut(&flow.name_hash),
         _ => None,
     };
     if let Some(v) = stats {

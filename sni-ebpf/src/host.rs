@@ -17,7 +17,10 @@ use crate::{
     counters::{charge, count},
     flow,
     headers::Segment,
-    maps::{debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_HOST_STATS, SNI_OTHER, SNI_SCRATCH},
+    maps::{
+        debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_HOST_STATS, SNI_OTHER, SNI_OTHER_NAMES,
+        SNI_SCRATCH,
+    },
     verdict,
 };
 
@@ -181,30 +184,24 @@ extern "C" fn copy_wildcard(i: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The counters of a name that is not configured, created on first sight.
+/// The counters of a name that is not configured, created on first sight; its name kept
+/// beside them.
 #[inline(always)]
 fn other_stats(hash: u64, scratch: *mut Scratch) -> Option<*mut HostStats> {
-    // SAFETY: this CPU's scratch; no callback runs while this reference lives.
-    let s = unsafe { &mut *scratch };
+    // Looked up at each ClientHello, so that the name leaves the LRU no sooner than its
+    // counters; written again if it left anyway.
+    if SNI_OTHER_NAMES.get_ptr(&hash).is_none() {
+        // SAFETY: this CPU's scratch; the helper copies the name.
+        let _ = SNI_OTHER_NAMES.insert(&hash, unsafe { &(*scratch).pending.parser.host }, 0);
+    }
     if let Some(v) = SNI_OTHER.get_ptr_mut(&hash) {
-        // SAFETY: a per-CPU value of this CPU.
-        let v = unsafe { &mut *v };
-        if v.name.len == 0 {
-            // Created by another CPU: this CPU's copy starts without the name.
-            v.name = s.pending.parser.host;
-        }
-        return Some(&raw mut v.stats);
+        return Some(v);
     }
-    s.other.stats = HostStats::default();
-    s.other.name = s.pending.parser.host;
     // NOEXIST: if another CPU creates it in between, that one stays.
-    let _ = SNI_OTHER.insert(&hash, &s.other, u64::from(BPF_NOEXIST));
-    match SNI_OTHER.get_ptr_mut(&hash) {
-        // SAFETY: as above; only the address of a field is taken.
-        Some(v) => Some(unsafe { &raw mut (*v).stats }),
-        None => {
-            count(counter::HOST_UNTRACKED);
-            None
-        }
+    let _ = SNI_OTHER.insert(&hash, &HostStats::default(), u64::from(BPF_NOEXIST));
+    let v = SNI_OTHER.get_ptr_mut(&hash);
+    if v.is_none() {
+        count(counter::HOST_UNTRACKED);
     }
+    v
 }

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use sni_common::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
     maps::{
-        counter, HostStats, OtherHost, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
-        FLOW_CACHE_MIN_ENTRIES, OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES,
+        counter, HostStats, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES, FLOW_CACHE_MIN_ENTRIES,
+        OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES,
     },
     HostKey,
 };
@@ -42,8 +42,13 @@ pub static SNI_BUCKETS: Array<Bucket> = Array::with_max_entries(1, 0);
 
 /// Counters of every other name by name hash; least recently used go first.
 #[map]
-pub static SNI_OTHER: LruPerCpuHashMap<u64, OtherHost> =
+pub static SNI_OTHER: LruPerCpuHashMap<u64, HostStats> =
     LruPerCpuHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
+
+/// The names of `SNI_OTHER`'s keys, one copy for every CPU.
+#[map]
+pub static SNI_OTHER_NAMES: LruHashMap<u64, HostKey> =
+    LruHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
 
 /// Flows whose ClientHello was read: their host and verdict (the terminator reads it too).
 #[map]

@@ -20,8 +20,8 @@ use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
     flow::{kind, verdict, Bucket, Flow, FlowKey, Policy},
     maps::{
-        flow_cache_entries, HostStats, OtherHost, PortSet, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS,
-        MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS,
+        flow_cache_entries, HostStats, PortSet, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE,
+        MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS, MAP_OTHER_NAMES,
         MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
@@ -281,11 +281,22 @@ impl Classifier {
         {
             let was: std::collections::HashSet<&HostKey> =
                 old_names.iter().map(|(k, _)| k).collect();
-            let mut other = PerCpuHashMap::<_, u64, sni_common::maps::OtherHost>::try_from(
-                map_mut(&mut self.ebpf, MAP_OTHER_HOSTS)?,
-            )?;
-            for (key, _) in new_names.iter().filter(|(k, _)| !was.contains(k)) {
-                let _ = other.remove(&key.hash64());
+            let now: Vec<u64> = new_names
+                .iter()
+                .filter(|(k, _)| !was.contains(k))
+                .map(|(k, _)| k.hash64())
+                .collect();
+            let mut other = PerCpuHashMap::<_, u64, HostStats>::try_from(map_mut(
+                &mut self.ebpf,
+                MAP_OTHER_HOSTS,
+            )?)?;
+            for hash in &now {
+                let _ = other.remove(hash);
+            }
+            let mut names =
+                HashMap::<_, u64, HostKey>::try_from(map_mut(&mut self.ebpf, MAP_OTHER_NAMES)?)?;
+            for hash in &now {
+                let _ = names.remove(hash);
             }
         }
         let removed: Vec<u32> = self
@@ -443,6 +454,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_POLICY, slots)
         .map_max_entries(MAP_BUCKETS, slots)
         .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
+        .map_max_entries(MAP_OTHER_NAMES, xdp.other_hosts_capacity)
         .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
         .map_max_entries(MAP_FLOW_CACHE, cache_entries)
@@ -669,8 +681,10 @@ pub struct PinnedMaps {
     pub labels: Array<MapData, HostKey>,
     /// Configured hosts' counters by slot.
     pub host_stats: PerCpuArray<MapData, HostStats>,
-    /// Other hosts by name hash.
-    pub other: PerCpuHashMap<MapData, u64, OtherHost>,
+    /// Other hosts' counters by name hash.
+    pub other: PerCpuHashMap<MapData, u64, HostStats>,
+    /// Other hosts' names by name hash.
+    pub other_names: HashMap<MapData, u64, HostKey>,
 }
 
 /// The kernel's flow table, as the terminator reads it (hand-off).
@@ -696,6 +710,7 @@ impl PinnedMaps {
             labels: open(MAP_LABELS)?.try_into()?,
             host_stats: open(MAP_HOST_STATS)?.try_into()?,
             other: open(MAP_OTHER_HOSTS)?.try_into()?,
+            other_names: open(MAP_OTHER_NAMES)?.try_into()?,
         })
     }
 }

@@ -100,14 +100,11 @@ impl Snapshot {
             hosts.push(row(&label, sum(values.iter()), true));
         }
         for entry in maps.other.iter() {
-            let (_, values) = entry.context("reading a host entry")?;
-            // The CPU that created the entry wrote the name; the others may not have.
-            let name = values
-                .iter()
-                .map(|v| v.name)
-                .find(|n| n.len > 0)
-                .unwrap_or(HostKey::EMPTY);
-            hosts.push(row(&name, sum(values.iter().map(|v| &v.stats)), false));
+            let (hash, values) = entry.context("reading a host entry")?;
+            // A name evicted from its LRU before its counters (rare: the kernel refreshes it
+            // at each ClientHello) is shown empty, as before it was kept apart.
+            let name = maps.other_names.get(&hash, 0).unwrap_or(HostKey::EMPTY);
+            hosts.push(row(&name, sum(values.iter()), false));
         }
         hosts.sort_by(|a, b| {
             b.client_hellos

@@ -15,8 +15,8 @@ use aya::{
 use sni_common::{
     flow::{Flow, FlowKey},
     maps::{
-        counter, HostStats, OtherHost, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS,
-        MAP_OTHER_HOSTS, MAP_PENDING, PROGRAM,
+        counter, HostStats, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_OTHER_HOSTS,
+        MAP_OTHER_NAMES, MAP_PENDING, PROGRAM,
     },
     HostKey,
 };
@@ -128,17 +128,16 @@ impl Prog {
         let values = self.other().get(&key.hash64(), 0).ok()?;
         let mut total = HostStats::default();
         for v in values.iter() {
-            total.add(&v.stats);
+            total.add(v);
         }
-        let named = values
-            .iter()
-            .find(|v| v.name.len > 0)
-            .expect("a CPU wrote the name");
-        assert_eq!(named.name, key, "the entry of this hash carries the name");
+        let names: BpfHashMap<_, u64, HostKey> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_OTHER_NAMES).expect("names")).expect("hash");
+        let name = names.get(&key.hash64(), 0).expect("the name is kept");
+        assert_eq!(name, key, "the entry of this hash carries the name");
         Some((total, false))
     }
 
-    fn other(&self) -> PerCpuHashMap<&aya::maps::MapData, u64, OtherHost> {
+    fn other(&self) -> PerCpuHashMap<&aya::maps::MapData, u64, HostStats> {
         PerCpuHashMap::try_from(self.ebpf.map(MAP_OTHER_HOSTS).expect("map")).expect("hash")
     }
 
