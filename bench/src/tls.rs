@@ -434,7 +434,7 @@ pub fn terminator_vs_nginx(
             baseline_name: "terminator",
             baseline: Some(per_handshake_ns),
             better: Better::Lower,
-            goal: Some(Goal::Ratio(0.01)),
+            goal: Some(Goal::Ratio(0.005)),
             spread: None,
             above: None,
             note: "the larger of the one-segment and split (both segments) ClientHello costs above the no-op".into(),

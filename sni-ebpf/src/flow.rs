@@ -16,7 +16,10 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_loop, bpf_map_lookup_percpu_elem};
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_map_lookup_percpu_elem},
+    programs::XdpContext,
+};
 use sni_common::{
     flow::{cache_index, kind, verdict::PASS, CachedFlow, Flow},
     maps::counter,
@@ -24,7 +27,7 @@ use sni_common::{
 
 use crate::{
     counters::{self, charge},
-    headers::Key,
+    headers::{Key, Segment},
     hello,
     maps::{
         cache_mask, cache_seed, SNI_EPOCH, SNI_FLOWS, SNI_FLOW_CACHE, SNI_HOST_STATS, SNI_OTHER,
@@ -40,17 +43,21 @@ const MAX_CPUS: u32 = 8192;
 /// A packet of a flow whose ClientHello was read: counts it toward the flow's host and sets
 /// `action` to the flow's verdict. False, and nothing done, when the flow is not classified.
 ///
-/// The flow is found in this CPU's cache, else in the flow table (then cached). Values are
+/// The flow is found in this CPU's cache, else in the flow table (then cached). A cached
+/// copy is not trusted with a segment that starts a ClientHello: that is the table's to say
+/// (a retransmitted ClientHello of this flow), or a new connection on the 5-tuple whose SYN
+/// another core saw after the table had evicted the old flow, which must be read. Values are
 /// read in place: a copy of a map value goes through the stack byte by byte here.
 #[inline(always)]
-pub fn packet(key: &Key, frame_len: u64, action: &mut u32) -> bool {
+pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32) -> bool {
+    let key = &seg.key;
     // Epoch 0 (never live) if the map could not be read: the cache is then only bypassed.
     let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
     let cached = SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask()));
     if let Some(c) = cached {
         // SAFETY: a per-CPU value of this CPU; this program is its only writer on this CPU.
         let c = unsafe { &*c };
-        if epoch != 0 && c.holds(&key.words, epoch) {
+        if epoch != 0 && c.holds(&key.words, epoch) && !hello::starts(ctx, seg) {
             *action = count(&c.flow, frame_len);
             return true;
         }

@@ -86,11 +86,8 @@ pub fn read(
         None => {
             // Cheap test before the parser; shorter payloads (a ClientHello cut very early)
             // go to the parser, which answers from what is there.
-            if let Some(head) = ptr_at::<[u8; 6]>(ctx, seg.payload_off) {
-                // SAFETY: ptr_at checked the six bytes are inside the frame.
-                if !starts_client_hello(unsafe { *head }) {
-                    return Ok(None);
-                }
+            if seg.payload_len >= 6 && !starts(ctx, seg) {
+                return Ok(None);
             }
             // SAFETY: this CPU's scratch.
             unsafe {
@@ -123,6 +120,20 @@ pub fn read(
         let _ = SNI_PENDING.remove(seg.key.flow_key());
     }
     Ok(Some(scratch))
+}
+
+/// Whether the segment's payload starts like a ClientHello (six bytes: a handshake record
+/// whose first message is a ClientHello). False for a shorter payload.
+#[inline(always)]
+pub fn starts(ctx: &XdpContext, seg: &Segment) -> bool {
+    if seg.payload_len < 6 {
+        return false;
+    }
+    match ptr_at::<[u8; 6]>(ctx, seg.payload_off) {
+        // SAFETY: ptr_at checked the six bytes are inside the frame.
+        Some(head) => starts_client_hello(unsafe { *head }),
+        None => false,
+    }
 }
 
 /// A SYN: a ClientHello pending on the 5-tuple's previous connection is given up.

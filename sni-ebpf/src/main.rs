@@ -99,7 +99,7 @@ mod entry {
             flow::forget(&seg.key);
             return Ok(());
         }
-        if flow::packet(&seg.key, frame_len, action) {
+        if flow::packet(ctx, &seg, frame_len, action) {
             return Ok(());
         }
         if seg.payload_len == 0 {

@@ -5,10 +5,15 @@
 
 use std::collections::HashMap;
 
+use aya::maps::HashMap as BpfHashMap;
+use sni_common::{
+    flow::{Flow, FlowKey},
+    maps::MAP_FLOWS,
+};
 use sni_tests::{
     frame::{self, Seg, PSH_ACK, SYN},
     hellos::rustls_hello,
-    prog::{Prog, XDP_DROP, XDP_PASS},
+    prog::{v4_key, Prog, XDP_DROP, XDP_PASS},
 };
 use sni_user::{config::Action, loader::rewrite_flows};
 
@@ -150,4 +155,42 @@ fn a_syn_on_another_core_forgets_every_core_s_copy() {
     assert_eq!((first.client_hellos, first.packets), (1, 3));
     assert_eq!((second.client_hellos, second.packets), (1, 2));
     assert_eq!(prog.global()["sni"], 2);
+}
+
+#[test]
+fn a_new_connection_is_read_even_where_a_copy_outlived_its_flow_in_the_table() {
+    let mut prog = Prog::load(&[PORT], &["first.example.org", "second.example.org"], 1024);
+    pin(0);
+    let port = frame::next_port();
+    let (hello, next) = hello_frame(port, "first.example.org");
+    assert_eq!(prog.run(&hello), XDP_PASS);
+    let data = data_frame(port, next);
+    assert_eq!(prog.run(&data), XDP_PASS);
+    assert_eq!(prog.run(&data), XDP_PASS, "cached on core 0");
+
+    // The table forgets the flow (as its LRU does when full) while core 0 keeps its copy.
+    let mut flows: BpfHashMap<_, FlowKey, Flow> =
+        BpfHashMap::try_from(prog.ebpf_mut().map_mut(MAP_FLOWS).unwrap()).unwrap();
+    flows.remove(&v4_key(port, PORT)).unwrap();
+    // The next connection on the 5-tuple: its SYN on core 1 finds nothing in the table, so it
+    // clears no other core's copy...
+    pin(1);
+    let syn = frame::v4_segment(
+        &Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq: ISN - 1,
+            flags: SYN,
+        },
+        &[],
+    );
+    assert_eq!(prog.run(&syn), XDP_PASS);
+    // ...and the copy on core 0 must not swallow the new ClientHello there.
+    pin(0);
+    let (hello, next) = hello_frame(port, "second.example.org");
+    assert_eq!(prog.run(&hello), XDP_PASS);
+    assert_eq!(prog.run(&data_frame(port, next)), XDP_PASS);
+    let second = prog.host("second.example.org").unwrap().0;
+    assert_eq!((second.client_hellos, second.packets), (1, 2));
+    assert_eq!(prog.host("first.example.org").unwrap().0.packets, 3);
 }
