@@ -65,6 +65,49 @@ impl HostKey {
         &self.name[..len]
     }
 
+    /// The host table's hashes of this name (a configured name, or a `*.` pattern as
+    /// written). Written as a loop over the fixed array so the kernel can run it as is.
+    #[inline(always)]
+    pub fn keyed(&self, keys: &NameKeys) -> NameHash {
+        let len = usize::from(self.len);
+        let mut h = NameHash::new(keys);
+        for i in 0..MAX_NAME_LEN {
+            if i >= len {
+                break;
+            }
+            h.push(self.name[i]);
+        }
+        h
+    }
+
+    /// Byte `i` of this name into `scan` (bytes are fed in order from 0; past the name,
+    /// nothing). The kernel feeds a ClientHello's name from `bpf_loop`, a few bytes a call:
+    /// a loop over the name inline is past the verifier's budget here.
+    #[inline(always)]
+    pub fn scan_step(&self, scan: &mut NameScan, i: usize) {
+        if i >= usize::from(self.len) || i >= MAX_NAME_LEN {
+            return;
+        }
+        let b = self.name[i];
+        scan.hash64 = fnv_step(scan.hash64, b);
+        scan.exact.push(b);
+        if scan.dot < MAX_NAME_LEN as u64 {
+            scan.wildcard.push(b);
+        } else if b == b'.' {
+            scan.dot = i as u64;
+            scan.wildcard.push(b);
+        }
+    }
+
+    /// [`HostKey::scan_step`] over the whole name.
+    pub fn scan(&self, keys: &NameKeys) -> NameScan {
+        let mut scan = NameScan::new(keys);
+        for i in 0..usize::from(self.len) {
+            self.scan_step(&mut scan, i);
+        }
+        scan
+    }
+
     /// 64-bit FNV-1a of the name: the key of the kernel's map of names not configured, so
     /// that a flow can point at its host with 8 bytes instead of 256. Written as a loop over
     /// the fixed array so the kernel can run it as is.
@@ -76,8 +119,7 @@ impl HostKey {
             if i >= len {
                 break;
             }
-            h ^= u64::from(self.name[i]);
-            h = h.wrapping_mul(FNV_PRIME);
+            h = fnv_step(h, self.name[i]);
         }
         h
     }
@@ -141,6 +183,106 @@ impl HostKey {
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// The check hash's multiplier: odd, and unrelated to FNV's prime, so that the two hashes of
+/// a name do not collide together.
+const CHECK_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One FNV-1a step.
+#[inline(always)]
+const fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// Everything the kernel needs of a name read from a ClientHello, in one pass over it
+/// ([`HostKey::scan_step`]): [`HostKey::hash64`], the host table's hashes of the name
+/// ([`HostKey::keyed`]) and of the wildcard pattern that covers it one label up (the same as
+/// `keyed` of the pattern as an operator writes it, `*.example.com`, without building it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameScan {
+    /// [`HostKey::hash64`].
+    pub hash64: u64,
+    /// The host table's hashes of the name.
+    pub exact: NameHash,
+    /// The host table's hashes of the wildcard pattern; meaningful only if
+    /// [`HostKey::wildcard_ok`] with `dot`.
+    pub wildcard: NameHash,
+    /// The first dot (`MAX_NAME_LEN` while none).
+    pub dot: u64,
+}
+
+impl NameScan {
+    /// Before the first byte (the pattern's `*` taken).
+    #[inline(always)]
+    pub fn new(keys: &NameKeys) -> Self {
+        let mut wildcard = NameHash::new(keys);
+        wildcard.push(b'*');
+        Self {
+            hash64: FNV_OFFSET,
+            exact: NameHash::new(keys),
+            wildcard,
+            dot: MAX_NAME_LEN as u64,
+        }
+    }
+}
+
+/// The random keys of the host table's two name hashes (`maps::MAP_NAME_KEYS`), picked by the
+/// loader at each start. A configured name is found by one 64-bit hash and confirmed by a
+/// second, independently keyed one: 128 bits that nobody outside the host can aim at, in
+/// place of a 256-byte key hashed and compared whole for every ClientHello.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameKeys {
+    /// Key of the lookup hash.
+    pub lookup: u64,
+    /// Key of the check hash.
+    pub check: u64,
+}
+const _: () = assert!(core::mem::size_of::<NameKeys>() == 16);
+
+/// A configured name (or `*.` pattern) in the host table: the value of `maps::MAP_HOSTS`,
+/// keyed by the name's [`NameHash::lookup`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameEntry {
+    /// The name's [`NameHash::check`]: a lookup hit counts only if this matches too.
+    pub check: u64,
+    /// The host slot.
+    pub slot: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NameEntry>() == 16);
+
+/// The two keyed hashes of a name (FNV-1a steps, seeded by [`NameKeys`]), fed a byte at a time
+/// so that the kernel can hash a name in the pass that also finds its first dot, and go on
+/// from a `*` to hash the wildcard pattern that covers it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameHash {
+    /// The host table's key.
+    pub lookup: u64,
+    /// The entry's check.
+    pub check: u64,
+}
+
+impl NameHash {
+    /// The hashes of no bytes yet.
+    #[inline(always)]
+    pub const fn new(keys: &NameKeys) -> Self {
+        Self {
+            lookup: FNV_OFFSET ^ keys.lookup,
+            check: FNV_OFFSET ^ keys.check,
+        }
+    }
+
+    /// Takes the next byte.
+    #[inline(always)]
+    pub fn push(&mut self, b: u8) {
+        self.lookup = (self.lookup ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        self.check = (self.check ^ u64::from(b)).wrapping_mul(CHECK_MULTIPLIER);
+    }
+}
 
 impl Default for HostKey {
     fn default() -> Self {
@@ -214,6 +356,45 @@ mod tests {
         assert!(key.wildcard_into(&mut out));
         assert_eq!(usize::from(out.len), MAX_NAME_LEN - 1);
         assert_eq!(&out.as_bytes()[..2], b"*.");
+    }
+
+    #[test]
+    fn a_wildcard_hash_is_the_hash_of_the_pattern_as_written() {
+        let keys = NameKeys {
+            lookup: 0x0123_4567_89ab_cdef,
+            check: 0xfedc_ba98_7654_3210,
+        };
+        let name = HostKey::from_name(b"A.Example.com").expect("valid");
+        let scan = name.scan(&keys);
+        assert_eq!(scan.exact, name.keyed(&keys));
+        assert_eq!(scan.hash64, name.hash64());
+        assert_eq!(scan.dot, 1);
+        assert!(HostKey::wildcard_ok(name.len, 1));
+        let pattern = HostKey::from_name(b"*.example.com").expect("valid");
+        assert_eq!(scan.wildcard, pattern.keyed(&keys));
+        assert_ne!(scan.exact, pattern.keyed(&keys));
+        // Keyed: other keys, other hashes, for both halves.
+        let other = NameKeys {
+            lookup: 1,
+            check: 2,
+        };
+        let (a, b) = (name.keyed(&keys), name.keyed(&other));
+        assert_ne!(a.lookup, b.lookup);
+        assert_ne!(a.check, b.check);
+        assert_eq!(
+            HostKey::from_name(b"localhost")
+                .expect("valid")
+                .scan(&keys)
+                .dot,
+            MAX_NAME_LEN as u64
+        );
+        // The pattern the wildcard rules make, for a long name too.
+        let mut long = [b'a'; MAX_NAME_LEN];
+        long[2] = b'.';
+        let name = HostKey::from_name(&long).expect("valid");
+        let mut pattern = HostKey::EMPTY;
+        assert!(name.wildcard_into(&mut pattern));
+        assert_eq!(name.scan(&keys).wildcard, pattern.keyed(&keys));
     }
 
     #[test]

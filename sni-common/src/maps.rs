@@ -5,7 +5,7 @@
 //! Value types are `#[repr(C)]` with explicit padding and a compile-time size check, so both
 //! sides agree on the layout byte for byte.
 
-use crate::{flow::Pending, HostKey};
+use crate::flow::Pending;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM: &str = "sni_classify";
@@ -13,9 +13,14 @@ pub const PROGRAM: &str = "sni_classify";
 /// Global counters: `PerCpuArray<u64>`, one slot per [`counter`] index. Written by the XDP
 /// program, summed over CPUs by userspace.
 pub const MAP_GLOBAL: &str = "SNI_GLOBAL";
-/// Configured names: `HashMap<HostKey, u32>`, from a name (or a `*.example.com` pattern) to
-/// its host slot, the 1-based index of its `[[host]]`. Written by userspace.
+/// Configured names: `HashMap<u64, NameEntry>`, from a name's (or a `*.example.com`
+/// pattern's) [`crate::host::NameHash::lookup`] to its check hash and host slot, the 1-based
+/// index of its `[[host]]`. Written by userspace.
 pub const MAP_HOSTS: &str = "SNI_HOSTS";
+/// The keys of the host table's name hashes: `Array<NameKeys>` with one entry, random at each
+/// start. Written by the loader before the names, read by the kernel at each ClientHello and
+/// by whoever looks a name up.
+pub const MAP_NAME_KEYS: &str = "SNI_NAME_KEYS";
 /// Per-host counters of the configured hosts: `PerCpuArray<HostStats>` indexed by host slot
 /// (slot 0 unused). Fixed entries, so no flood of other names can evict them.
 pub const MAP_HOST_STATS: &str = "SNI_HOST_STATS";
@@ -247,16 +252,9 @@ pub struct Scratch {
     pub len: u32,
     /// Next byte of `buf` the parser reads.
     pub pos: u32,
-    /// The wildcard pattern of the name being looked up.
-    pub wildcard: HostKey,
-    /// Position of the first dot of the name being looked up (`MAX_NAME_LEN` while none).
-    pub dot: u32,
-    /// Zero.
-    pub _pad: u32,
 }
-const _: () = assert!(
-    core::mem::size_of::<Scratch>() == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8 + 256 + 8
-);
+const _: () =
+    assert!(core::mem::size_of::<Scratch>() == SCRATCH_LEN + core::mem::size_of::<Pending>() + 8);
 
 /// The kernel's view of the scratch buffer as parser input: reads are masked into the buffer,
 /// so the verifier sees every access in bounds whatever it knows about `len`.

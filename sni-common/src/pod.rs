@@ -6,11 +6,13 @@
 use crate::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
     hello::Parser,
-    host::HostKey,
+    host::{HostKey, NameEntry, NameKeys},
     maps::{HostStats, PortSet},
 };
 
 unsafe impl aya::Pod for HostKey {}
+unsafe impl aya::Pod for NameKeys {}
+unsafe impl aya::Pod for NameEntry {}
 unsafe impl aya::Pod for HostStats {}
 unsafe impl aya::Pod for PortSet {}
 unsafe impl aya::Pod for Parser {}

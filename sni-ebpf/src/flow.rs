@@ -51,13 +51,18 @@ const MAX_CPUS: u32 = 8192;
 #[inline(always)]
 pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32) -> bool {
     let key = &seg.key;
-    // Epoch 0 (never live) if the map could not be read: the cache is then only bypassed.
-    let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
+    // Epoch 0 (never live) if the map could not be read, or for a segment that starts a
+    // ClientHello: the cache is then only bypassed.
+    let epoch = if hello::starts(ctx, seg) {
+        0
+    } else {
+        SNI_EPOCH.get(0).copied().unwrap_or(0)
+    };
     let cached = SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask()));
     if let Some(c) = cached {
         // SAFETY: a per-CPU value of this CPU; this program is its only writer on this CPU.
         let c = unsafe { &*c };
-        if epoch != 0 && c.holds(&key.words, epoch) && !hello::starts(ctx, seg) {
+        if epoch != 0 && c.holds(&key.words, epoch) {
             *action = count(&c.flow, frame_len);
             return true;
         }

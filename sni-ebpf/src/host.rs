@@ -8,7 +8,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop, programs::Xd
 use aya_log_ebpf::debug;
 use sni_common::{
     flow::{kind, Flow},
-    host::MAX_NAME_LEN,
+    host::{NameHash, NameScan, MAX_NAME_LEN},
     maps::{counter, HostStats, Scratch},
     HostKey, Outcome,
 };
@@ -18,8 +18,8 @@ use crate::{
     flow,
     headers::Segment,
     maps::{
-        debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_HOST_STATS, SNI_OTHER, SNI_OTHER_NAMES,
-        SNI_SCRATCH,
+        debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_HOST_STATS, SNI_NAME_KEYS, SNI_OTHER,
+        SNI_OTHER_NAMES, SNI_SCRATCH,
     },
     verdict,
 };
@@ -28,20 +28,14 @@ use crate::{
 /// verdict, remembers the flow. Returns the XDP action for this packet.
 #[inline(always)]
 pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
-    // Scalars out of this CPU's scratch first: the wildcard search below runs callbacks that
-    // write the scratch, so no reference into it may live across it.
-    // SAFETY: this CPU's scratch, between callbacks.
-    let (hello, ech, outcome, name_len, records) = unsafe {
-        let p = &(*scratch).pending.parser;
-        (
-            p.is_client_hello(),
-            p.has_ech(),
-            p.outcome(),
-            p.host.len,
-            p.records(),
-        )
-    };
-    if !hello {
+    // SAFETY: this CPU's scratch; the parser's callbacks are done with it, and nothing below
+    // writes it.
+    let pending = unsafe { &(*scratch).pending };
+    let p = &pending.parser;
+    let ech = p.has_ech();
+    let outcome = p.outcome();
+    let (name_len, records) = (p.host.len, p.records());
+    if !p.is_client_hello() {
         // Not TLS after all: nothing to remember.
         return verdict::action(sni_common::flow::verdict::PASS);
     }
@@ -58,24 +52,22 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     let mut flow = Flow::default();
     let mut stats = None;
     if outcome == Outcome::Sni {
-        // SAFETY: as above.
-        flow.name_hash = unsafe { (*scratch).pending.parser.host.hash64() };
-        let slot = slot(scratch);
+        let (slot, name_hash) = slot(&p.host);
+        flow.name_hash = name_hash;
         if slot != 0 {
             flow.kind = kind::CONFIGURED;
             flow.slot = slot;
             stats = SNI_HOST_STATS.get_ptr_mut(slot);
         } else {
             flow.kind = kind::OTHER;
-            stats = other_stats(flow.name_hash, scratch);
+            stats = other_stats(flow.name_hash, &p.host);
         }
         flow.verdict = verdict::decide(slot);
     } else if outcome == Outcome::NoSni {
         flow.kind = kind::NO_NAME;
         flow.verdict = verdict::decide(0);
     }
-    // SAFETY: this CPU's scratch, read after the last callback.
-    let (segments, bytes) = unsafe { ((*scratch).pending.segments, (*scratch).pending.bytes) };
+    let (segments, bytes) = (pending.segments, pending.bytes);
     if let Some(v) = stats {
         // SAFETY: a per-CPU value of this CPU.
         let v = unsafe { &mut *v };
@@ -100,99 +92,77 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     verdict::action(flow.verdict)
 }
 
-/// The slot of the configured host the parser's name belongs to (exactly, or by a `*.`
-/// pattern one label up); 0 when it is not configured.
+/// The slot of the configured host a name belongs to (exactly, or by a `*.` pattern one
+/// label up; 0 when it is not configured), and the name's `hash64`. A name is found by its
+/// lookup hash and counts only if its check hash matches too (`sni_common::host::NameKeys`).
 #[inline(always)]
-fn slot(scratch: *mut Scratch) -> u32 {
-    // SAFETY: the key is read by the helper from this CPU's scratch; values are integers.
-    if let Some(slot) = unsafe { SNI_HOSTS.get(&(*scratch).pending.parser.host) } {
-        return *slot;
+fn slot(host: &HostKey) -> (u32, u64) {
+    // Never missing (one entry, written by the loader); without it, no host and no hash.
+    let Some(keys) = SNI_NAME_KEYS.get(0) else {
+        return (0, 0);
+    };
+    let mut scan = NameScan::new(keys);
+    // SAFETY: `scan_step` has the callback signature bpf_loop expects; its context is `scan`,
+    // on this stack for the whole call.
+    unsafe {
+        bpf_loop(
+            u32::from(host.len).div_ceil(SCAN_BYTES_PER_CALL as u32),
+            scan_step as *mut c_void,
+            (&raw mut scan).cast(),
+            0,
+        );
     }
-    if wildcards_enabled() && wildcard_pattern(scratch) {
-        // SAFETY: as above.
-        if let Some(slot) = unsafe { SNI_HOSTS.get(&(*scratch).wildcard) } {
-            return *slot;
+    if let Some(slot) = lookup(&scan.exact) {
+        return (slot, scan.hash64);
+    }
+    let dot = scan.dot as usize;
+    if wildcards_enabled() && dot < MAX_NAME_LEN && HostKey::wildcard_ok(host.len, dot) {
+        if let Some(slot) = lookup(&scan.wildcard) {
+            return (slot, scan.hash64);
+        }
+    }
+    (0, scan.hash64)
+}
+
+/// Name bytes hashed per `bpf_loop` call: a call costs more than a byte's hashing, and a
+/// loop over the whole name inline is past the verifier's budget.
+const SCAN_BYTES_PER_CALL: usize = 4;
+
+/// `bpf_loop` step `i`: bytes `4i..4i+4` of the name in this CPU's scratch into the scan.
+extern "C" fn scan_step(i: u64, ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SNI_SCRATCH.get_ptr(0) else {
+        return 1;
+    };
+    let first = i as usize * SCAN_BYTES_PER_CALL;
+    // SAFETY: `ctx` is the `NameScan` that `slot` passed; the scratch is this CPU's, only read
+    // (its name is the one `slot` was given).
+    unsafe {
+        let host = &(*scratch).pending.parser.host;
+        let scan = &mut *ctx.cast::<NameScan>();
+        for k in 0..SCAN_BYTES_PER_CALL {
+            host.scan_step(scan, first + k);
         }
     }
     0
 }
 
-/// Builds the wildcard pattern of the parser's name into the scratch's `wildcard` (the
-/// shared `HostKey::wildcard_*` rules, one byte per `bpf_loop` step); whether there is one.
+/// The slot of the name whose hashes are `h`, if configured.
 #[inline(always)]
-fn wildcard_pattern(scratch: *mut Scratch) -> bool {
-    // SAFETY: this CPU's scratch, written by the callbacks in between, so only read through
-    // the raw pointer. The callbacks have the signature bpf_loop expects and find their state
-    // in the scratch.
-    unsafe {
-        (*scratch).dot = MAX_NAME_LEN as u32;
-        bpf_loop(
-            MAX_NAME_LEN as u32,
-            find_dot as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-        let dot = (*scratch).dot as usize;
-        let len = (*scratch).pending.parser.host.len;
-        if dot >= MAX_NAME_LEN || !HostKey::wildcard_ok(len, dot) {
-            return false;
-        }
-        bpf_loop(
-            MAX_NAME_LEN as u32,
-            copy_wildcard as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-        (*scratch).wildcard.len = HostKey::wildcard_len(len, dot);
-    }
-    true
-}
-
-/// `bpf_loop` step `i` of the search for the first dot; stops at it.
-extern "C" fn find_dot(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(scratch) = SNI_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch; the caller holds no reference to it across bpf_loop, and
-    // this one lives only for the test.
-    if unsafe { (*scratch).pending.parser.host.is_first_dot(i as usize) } {
-        // SAFETY: as above.
-        unsafe { (*scratch).dot = i as u32 };
-        return 1;
-    }
-    0
-}
-
-/// `bpf_loop` step `i` of the copy of the wildcard pattern.
-extern "C" fn copy_wildcard(i: u64, _ctx: *mut c_void) -> i64 {
-    let Some(scratch) = SNI_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    let i = i as usize;
-    if i >= MAX_NAME_LEN {
-        return 1;
-    }
-    // SAFETY: as in `find_dot`: one field read, then one written.
-    unsafe {
-        let b = (*scratch)
-            .pending
-            .parser
-            .host
-            .wildcard_byte((*scratch).dot as usize, i);
-        (*scratch).wildcard.name[i] = b;
-    }
-    0
+fn lookup(h: &NameHash) -> Option<u32> {
+    let entry = SNI_HOSTS.get_ptr(&h.lookup)?;
+    // SAFETY: a map value of integers, read at once.
+    let entry = unsafe { &*entry };
+    (entry.check == h.check).then_some(entry.slot)
 }
 
 /// The counters of a name that is not configured, created on first sight; its name kept
 /// beside them.
 #[inline(always)]
-fn other_stats(hash: u64, scratch: *mut Scratch) -> Option<*mut HostStats> {
+fn other_stats(hash: u64, name: &HostKey) -> Option<*mut HostStats> {
     // Looked up at each ClientHello, so that the name leaves the LRU no sooner than its
     // counters; written again if it left anyway.
     if SNI_OTHER_NAMES.get_ptr(&hash).is_none() {
-        // SAFETY: this CPU's scratch; the helper copies the name.
-        let _ = SNI_OTHER_NAMES.insert(&hash, unsafe { &(*scratch).pending.parser.host }, 0);
+        let _ = SNI_OTHER_NAMES.insert(&hash, name, 0);
     }
     if let Some(v) = SNI_OTHER.get_ptr_mut(&hash) {
         return Some(v);

@@ -9,6 +9,7 @@ use aya_ebpf::{
 };
 use sni_common::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
+    host::{NameEntry, NameKeys},
     maps::{
         counter, HostStats, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES, FLOW_CACHE_MIN_ENTRIES,
         OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES,
@@ -20,9 +21,14 @@ use sni_common::{
 #[map]
 pub static SNI_GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Configured names and `*.` patterns → host slot (sized by the loader).
+/// Configured names and `*.` patterns by lookup hash → check hash and host slot (sized by the
+/// loader).
 #[map]
-pub static SNI_HOSTS: HashMap<HostKey, u32> = HashMap::with_max_entries(1, 0);
+pub static SNI_HOSTS: HashMap<u64, NameEntry> = HashMap::with_max_entries(1, 0);
+
+/// The keys of the name hashes (one entry, written by the loader).
+#[map]
+pub static SNI_NAME_KEYS: Array<NameKeys> = Array::with_max_entries(1, 0);
 
 /// Counters of the configured hosts by slot (sized by the loader, so never evicted).
 #[map]

@@ -19,10 +19,11 @@ use aya::{
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
     flow::{kind, verdict, Bucket, Flow, FlowKey, Policy},
+    host::{NameEntry, NameKeys},
     maps::{
         flow_cache_entries, HostStats, PortSet, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE,
-        MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_LABELS, MAP_OTHER_HOSTS, MAP_OTHER_NAMES,
-        MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
+        MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS,
+        MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -262,20 +263,14 @@ impl Classifier {
         let new_names = slots.names(new);
         let old_names = self.slots.names(old);
         {
-            let mut hosts =
-                HashMap::<_, HostKey, u32>::try_from(map_mut(&mut self.ebpf, MAP_HOSTS)?)?;
-            for (key, slot) in &new_names {
-                hosts
-                    .insert(key, slot, 0)
-                    .with_context(|| format!("adding host name {key:?}"))?;
-            }
             let keep: std::collections::HashSet<&HostKey> =
                 new_names.iter().map(|(k, _)| k).collect();
-            for (key, _) in &old_names {
-                if !keep.contains(key) {
-                    let _ = hosts.remove(key);
-                }
-            }
+            let gone: Vec<HostKey> = old_names
+                .iter()
+                .filter(|(k, _)| !keep.contains(k))
+                .map(|(k, _)| *k)
+                .collect();
+            write_names(&mut self.ebpf, &new_names, &gone)?;
         }
         // A name now configured counts in its slot; its old row of other names goes.
         {
@@ -420,6 +415,42 @@ pub fn rewrite_flows(
     Ok(rewritten)
 }
 
+/// Puts `add` (names and patterns with their slots) into the kernel's host table and takes
+/// `remove` out, by their keyed hashes (`NameKeys`, read from the map).
+fn write_names(ebpf: &mut Ebpf, add: &[(HostKey, u32)], remove: &[HostKey]) -> Result<()> {
+    let keys = Array::<_, NameKeys>::try_from(map_mut(ebpf, MAP_NAME_KEYS)?)?
+        .get(&0, 0)
+        .context("reading the name hash keys")?;
+    let mut hosts = HashMap::<_, u64, NameEntry>::try_from(map_mut(ebpf, MAP_HOSTS)?)?;
+    for (key, slot) in add {
+        let h = key.keyed(&keys);
+        if let Ok(there) = hosts.get(&h.lookup, 0) {
+            if there.check != h.check {
+                // 2^-64 for any two names: keys are drawn again at the next start.
+                bail!(
+                    "host name {key:?} shares its lookup hash with another configured name; \
+                     restart sni-user (it draws new hash keys at each start)"
+                );
+            }
+        }
+        let entry = NameEntry {
+            check: h.check,
+            slot: *slot,
+            _pad: 0,
+        };
+        hosts
+            .insert(h.lookup, entry, 0)
+            .with_context(|| format!("adding host name {key:?}"))?;
+    }
+    for key in remove {
+        let h = key.keyed(&keys);
+        if hosts.get(&h.lookup, 0).is_ok_and(|e| e.check == h.check) {
+            let _ = hosts.remove(&h.lookup);
+        }
+    }
+    Ok(())
+}
+
 /// Eight random bytes from the kernel.
 fn random_u64() -> std::io::Result<u64> {
     let mut bytes = [0u8; 8];
@@ -484,12 +515,14 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .set(0, 1, 0)
         .context("writing the flow cache epoch")?;
 
-    let mut hosts = HashMap::<_, HostKey, u32>::try_from(map_mut(&mut ebpf, MAP_HOSTS)?)?;
-    for (key, slot) in &names {
-        hosts
-            .insert(key, slot, 0)
-            .with_context(|| format!("adding host name {key:?}"))?;
-    }
+    let keys = NameKeys {
+        lookup: random_u64().context("keys for the name hashes")?,
+        check: random_u64().context("keys for the name hashes")?,
+    };
+    Array::<_, NameKeys>::try_from(map_mut(&mut ebpf, MAP_NAME_KEYS)?)?
+        .set(0, keys, 0)
+        .context("writing the name hash keys")?;
+    write_names(&mut ebpf, &names, &[])?;
     let mut labels = Array::<_, HostKey>::try_from(map_mut(&mut ebpf, MAP_LABELS)?)?;
     for (host, slot) in config.hosts.iter().zip(1u32..) {
         let first = host.names.first().map_or("", String::as_str);
