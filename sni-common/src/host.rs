@@ -4,7 +4,9 @@
 //! HostName carries no trailing dot, but clients and fuzzers send one anyway). The kernel
 //! normalises byte by byte while it copies the name out of the packet; userspace calls
 //! [`HostKey::from_name`]. Both end in the same 256 bytes, so a configured name and a name seen
-//! on the wire meet in the same map slot.
+//! on the wire hash alike: the kernel's host table is keyed by [`HostKey::keyed`], which the
+//! loader computes for each configured name and the kernel for each name read
+//! ([`HostKey::scan_step`], the wildcard pattern's hash in the same pass).
 
 /// Longest host name kept, in bytes. A DNS name is at most 253 bytes (RFC 1035 §2.3.4, written
 /// without the trailing dot); 255 leaves room for the dot and fits the length in one byte.
@@ -138,8 +140,7 @@ impl HostKey {
         true
     }
 
-    /// Whether byte `i` of the name is the dot that ends its first label. The kernel calls
-    /// it for i = 0, 1, … from `bpf_loop` (a loop of 255 would cost the verifier too much).
+    /// Whether byte `i` of the name is the dot that ends its first label.
     #[inline(always)]
     pub fn is_first_dot(&self, i: usize) -> bool {
         i < usize::from(self.len) && i < MAX_NAME_LEN && self.name[i] == b'.'
@@ -256,7 +257,7 @@ const _: () = assert!(core::mem::size_of::<NameEntry>() == 16);
 
 /// The two keyed hashes of a name (FNV-1a steps, seeded by [`NameKeys`]), fed a byte at a time
 /// so that the kernel can hash a name in the pass that also finds its first dot, and go on
-/// from a `*` to hash the wildcard pattern that covers it.
+/// from a `*` to hash the wildcard pattern that covers it ([`NameScan`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NameHash {

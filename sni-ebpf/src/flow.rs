@@ -12,7 +12,9 @@
 //! - userspace rewrites flows (a reload that changes an action or removes a host): it bumps
 //!   `SNI_EPOCH`, and every copy of an older epoch is a miss;
 //! - a SYN reuses the 5-tuple: its CPU clears its own entry, and when the table knew the flow,
-//!   every other CPU's entry for it too (`bpf_map_lookup_percpu_elem`, kernel 5.19).
+//!   every other CPU's entry for it too (`bpf_map_lookup_percpu_elem`, kernel 5.19);
+//! - the table evicted the flow and the 5-tuple came back with its SYN on another CPU: a
+//!   segment that starts a ClientHello never takes a cached copy, so the new one is read.
 
 use core::ffi::c_void;
 

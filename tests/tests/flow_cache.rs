@@ -59,18 +59,35 @@ fn data_frame(port: u16, seq: u32) -> Vec<u8> {
 
 /// A classified flow on `cpu`, its copy cached there by its second packet; the data frame.
 fn classified_on(prog: &Prog, cpu: usize, name: &str) -> Vec<u8> {
+    connection(prog, cpu, frame::next_port(), name, 2)
+}
+
+/// On `cpu`, a connection from client port `port` to `name`: its ClientHello, then `packets`
+/// data packets (from the second on, from this core's cache); the data frame.
+fn connection(prog: &Prog, cpu: usize, port: u16, name: &str, packets: usize) -> Vec<u8> {
     pin(cpu);
-    let port = frame::next_port();
     let (hello, next) = hello_frame(port, name);
     assert_eq!(prog.run(&hello), XDP_PASS);
     let data = data_frame(port, next);
-    assert_eq!(
-        prog.run(&data),
-        XDP_PASS,
-        "first data packet: from the table"
-    );
-    assert_eq!(prog.run(&data), XDP_PASS, "second: from this core's cache");
+    for _ in 0..packets {
+        assert_eq!(prog.run(&data), XDP_PASS);
+    }
     data
+}
+
+/// On `cpu`, the SYN of the next connection from client port `port`.
+fn syn_on(prog: &Prog, cpu: usize, port: u16) {
+    pin(cpu);
+    let syn = frame::v4_segment(
+        &Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq: ISN - 1,
+            flags: SYN,
+        },
+        &[],
+    );
+    assert_eq!(prog.run(&syn), XDP_PASS);
 }
 
 #[test]
@@ -122,34 +139,14 @@ fn a_reload_that_drops_a_host_drops_its_cached_flows_on_every_core() {
 #[test]
 fn a_syn_on_another_core_forgets_every_core_s_copy() {
     let prog = Prog::load(&[PORT], &["first.example.org", "second.example.org"], 1024);
-    pin(0);
     let port = frame::next_port();
-    let (hello, next) = hello_frame(port, "first.example.org");
-    assert_eq!(prog.run(&hello), XDP_PASS);
-    let data = data_frame(port, next);
-    assert_eq!(prog.run(&data), XDP_PASS);
-    assert_eq!(prog.run(&data), XDP_PASS);
-
+    connection(&prog, 0, port, "first.example.org", 2);
     // The 5-tuple's next connection starts on the other core...
-    pin(1);
-    let syn = frame::v4_segment(
-        &Seg {
-            src_port: port,
-            dst_port: PORT,
-            seq: ISN - 1,
-            flags: SYN,
-        },
-        &[],
-    );
-    assert_eq!(prog.run(&syn), XDP_PASS);
-
+    syn_on(&prog, 1, port);
     // ...and goes on on the first one, whose copy of the old flow must be gone: its
     // ClientHello is read (not counted as a packet of the old flow), and its data counts
     // toward its own host.
-    pin(0);
-    let (hello, next) = hello_frame(port, "second.example.org");
-    assert_eq!(prog.run(&hello), XDP_PASS);
-    assert_eq!(prog.run(&data_frame(port, next)), XDP_PASS);
+    connection(&prog, 0, port, "second.example.org", 1);
     let first = prog.host("first.example.org").unwrap().0;
     let second = prog.host("second.example.org").unwrap().0;
     assert_eq!((first.client_hellos, first.packets), (1, 3));
@@ -160,36 +157,17 @@ fn a_syn_on_another_core_forgets_every_core_s_copy() {
 #[test]
 fn a_new_connection_is_read_even_where_a_copy_outlived_its_flow_in_the_table() {
     let mut prog = Prog::load(&[PORT], &["first.example.org", "second.example.org"], 1024);
-    pin(0);
     let port = frame::next_port();
-    let (hello, next) = hello_frame(port, "first.example.org");
-    assert_eq!(prog.run(&hello), XDP_PASS);
-    let data = data_frame(port, next);
-    assert_eq!(prog.run(&data), XDP_PASS);
-    assert_eq!(prog.run(&data), XDP_PASS, "cached on core 0");
-
+    connection(&prog, 0, port, "first.example.org", 2);
     // The table forgets the flow (as its LRU does when full) while core 0 keeps its copy.
     let mut flows: BpfHashMap<_, FlowKey, Flow> =
         BpfHashMap::try_from(prog.ebpf_mut().map_mut(MAP_FLOWS).unwrap()).unwrap();
     flows.remove(&v4_key(port, PORT)).unwrap();
     // The next connection on the 5-tuple: its SYN on core 1 finds nothing in the table, so it
-    // clears no other core's copy...
-    pin(1);
-    let syn = frame::v4_segment(
-        &Seg {
-            src_port: port,
-            dst_port: PORT,
-            seq: ISN - 1,
-            flags: SYN,
-        },
-        &[],
-    );
-    assert_eq!(prog.run(&syn), XDP_PASS);
-    // ...and the copy on core 0 must not swallow the new ClientHello there.
-    pin(0);
-    let (hello, next) = hello_frame(port, "second.example.org");
-    assert_eq!(prog.run(&hello), XDP_PASS);
-    assert_eq!(prog.run(&data_frame(port, next)), XDP_PASS);
+    // clears no other core's copy, and the copy on core 0 must not swallow the new
+    // ClientHello there.
+    syn_on(&prog, 1, port);
+    connection(&prog, 0, port, "second.example.org", 1);
     let second = prog.host("second.example.org").unwrap().0;
     assert_eq!((second.client_hellos, second.packets), (1, 2));
     assert_eq!(prog.host("first.example.org").unwrap().0.packets, 3);
