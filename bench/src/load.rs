@@ -44,6 +44,16 @@ pub fn enter_netns(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// CPU seconds (user + system) this process has used so far: the load generator's threads
+/// and the in-process backend.
+pub fn own_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
 /// Raises this process's open-file limit to its hard limit (children inherit it); returns
 /// the limit. (Raising the hard limit needs CAP_SYS_RESOURCE, which this machine kind's root
 /// does not have: its hard limit is 20,000.)

@@ -199,6 +199,55 @@ stream {{
         Self::start("nginx", cmd, dir, listen, &host.name, None)
     }
 
+    /// Debian's HAProxy terminating TLS in `mode tcp` to `backend`: one thread on `cpu`,
+    /// TLS 1.3 with X25519 only (as the terminator and nginx here), tickets on (HAProxy's
+    /// default), no logging.
+    pub fn haproxy(
+        dir: &Path,
+        listen: SocketAddr,
+        host: &HostCert,
+        backend: SocketAddr,
+        cpu: usize,
+        nofile: u64,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        // HAProxy takes the chain and the key in one file.
+        let pem = dir.join("haproxy.pem");
+        let mut both = std::fs::read(&host.cert)?;
+        both.extend_from_slice(&std::fs::read(&host.key)?);
+        std::fs::write(&pem, both)?;
+        // Two descriptors a connection (client and backend), within the open-file limit,
+        // which HAProxy otherwise tries to raise and refuses to start when it cannot.
+        let maxconn = nofile.saturating_sub(100) / 2;
+        let text = format!(
+            "global
+    nbthread 1
+    maxconn {maxconn}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend tls
+    bind {listen} ssl crt {pem} ssl-min-ver TLSv1.3 curves X25519
+    default_backend plain
+backend plain
+    server backend {backend}
+",
+            pem = pem.display(),
+        );
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(&config, text)?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c")
+            .arg(cpu.to_string())
+            .arg("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config);
+        Self::start("haproxy", cmd, dir, listen, &host.name, None)
+    }
+
     fn start(
         name: &'static str,
         cmd: Command,

@@ -16,7 +16,7 @@ use sni_tests::{netns::Pair, PinDir};
 use crate::{
     backend::Backend,
     load::{self, Op, Target},
-    report::{Better, Goal, Row},
+    report::{Better, Goal, Row, Spread},
     servers::{self, HostCert, Server, Xdp},
 };
 
@@ -83,8 +83,10 @@ impl Env {
             sni_user: sni_user.to_path_buf(),
             quick,
             dir,
-            run: Duration::from_secs(if quick { 1 } else { 5 }),
-            rounds: if quick { 1 } else { 3 },
+            // At least 10 rounds a comparison (servers in turn), each short: a median over
+            // many short runs shows the spread that three long ones hid.
+            run: Duration::from_secs(if quick { 1 } else { 2 }),
+            rounds: if quick { 2 } else { 10 },
             threads: 24,
             nofile,
             memory_only: false,
@@ -187,6 +189,7 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
         }
     }
     let n = attached.len();
+    let (spread_rate, spread_cpu) = (Spread::of(&attached), Spread::of(&cpu_att));
     Ok(vec![
         Row {
             section: "live",
@@ -197,7 +200,7 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             baseline: Some(median(detached)),
             better: Better::Higher,
             goal: Some(Goal::Ratio(0.97)),
-            spread: None,
+            spread: Some(spread_rate),
             above: None,
             note: format!(
                 "{n} alternating runs of {} s each, {} clients, median",
@@ -214,14 +217,30 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             baseline: Some(median(cpu_det)),
             better: Better::Higher,
             goal: None,
-            spread: None,
+            spread: Some(spread_cpu),
             above: None,
             note: "XDP runs in softirq, partly charged to whatever runs on the core".into(),
         },
     ])
 }
 
-/// The terminator against nginx (issue item 3).
+/// One server's figures in the terminator section, a value per round.
+#[derive(Default)]
+struct Figures {
+    full: (Vec<f64>, Vec<f64>),
+    resumed: (Vec<f64>, Vec<f64>),
+    resumed_share: Vec<f64>,
+    requests: (Vec<f64>, Vec<f64>),
+    /// Load generator and backend CPU-seconds (this process) per request.
+    client_cpu: Vec<f64>,
+    bulk: (Vec<f64>, Vec<f64>),
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+/// The terminator against nginx's stream module and HAProxy (`mode tcp` with `ssl`), each
+/// on the same core with one worker, in turns: each round runs every case on each server, the
+/// servers taking turns to go first.
 pub fn terminator_vs_nginx(
     env: &Env,
     hello_cost_ns: Option<f64>,
@@ -229,8 +248,9 @@ pub fn terminator_vs_nginx(
     let hosts = servers::make_certs(&env.dir.join("vs-certs"), &["bench.test".to_owned()])?;
     let host = hosts.first().context("a certificate")?;
     let backend = Backend::start(None, LOAD_CPU)?;
-    let ours_addr: SocketAddr = format!("127.0.0.1:{}", servers::free_port()?).parse()?;
-    let nginx_addr: SocketAddr = format!("127.0.0.1:{}", servers::free_port()?).parse()?;
+    let addr =
+        || -> Result<SocketAddr> { Ok(format!("127.0.0.1:{}", servers::free_port()?).parse()?) };
+    let (ours_addr, nginx_addr, haproxy_addr) = (addr()?, addr()?, addr()?);
     let ours = Server::terminator(
         &env.sni_user,
         &env.dir.join("ours"),
@@ -249,183 +269,231 @@ pub fn terminator_vs_nginx(
         SERVER_CPU,
         env.nofile,
     )?;
+    let haproxy = Server::haproxy(
+        &env.dir.join("haproxy"),
+        haproxy_addr,
+        host,
+        backend.addr,
+        SERVER_CPU,
+        env.nofile,
+    )?;
     let target = |addr| Target {
         addr,
         names: names(&[host]),
         netns: None,
         cpu: LOAD_CPU,
     };
-    let both = [(&ours, target(ours_addr)), (&nginx, target(nginx_addr))];
-    let mut rows = Vec::new();
+    let servers = [
+        (&ours, target(ours_addr)),
+        (&nginx, target(nginx_addr)),
+        (&haproxy, target(haproxy_addr)),
+    ];
     let mut notes = Vec::new();
-    let secs = env.run.as_secs();
+    if env.memory_only {
+        return idle_memory(env, &servers, &mut notes).map(|r| (r, notes));
+    }
+    let secs = env.run.as_secs_f64();
     let how = format!(
-        "{} alternating runs of {secs} s, {} clients, median",
+        "{} rounds of {secs} s, servers in turn, {} clients; median (IQR)",
         env.rounds, env.threads
     );
 
-    if env.memory_only {
-        return idle_memory(env, &both, &mut notes).map(|r| (vec![r], notes));
-    }
-    // Closed-loop cases, alternating servers each round.
-    let mut full = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
-    let mut resumed = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
-    let mut requests = [Vec::new(), Vec::new()];
-    let mut resumed_share = [1.0f64, 1.0f64];
+    // The closed-loop cases, then bulk, each round.
+    let mut figs: Vec<Figures> = servers.iter().map(|_| Figures::default()).collect();
     for round in 0..env.rounds {
-        for k in 0..2 {
-            let i = turn(round, k);
-            let (server, t) = &both[i];
+        for k in 0..servers.len() {
+            let i = (round + k) % servers.len();
+            let (server, t) = &servers[i];
+            let f = &mut figs[i];
             let (r, c, _) = measure(server, t, false, Op::Handshake, env)?;
-            full[i].0.push(r);
-            full[i].1.push(c);
+            f.full.0.push(r);
+            f.full.1.push(c);
             let (r, c, share) = measure(server, t, true, Op::Handshake, env)?;
-            resumed[i].0.push(r);
-            resumed[i].1.push(c);
-            resumed_share[i] = resumed_share[i].min(share);
-            let (r, _, _) = measure(server, t, false, Op::Request, env)?;
-            requests[i].push(r);
+            f.resumed.0.push(r);
+            f.resumed.1.push(c);
+            f.resumed_share.push(share);
+            let me0 = load::own_cpu_seconds();
+            let cpu0 = server.cpu_seconds();
+            let tally = load::closed_loop(t, false, Op::Request, env.threads, env.run)
+                .with_context(|| format!("{}: requests", server.name))?;
+            let (cpu, me) = (server.cpu_seconds() - cpu0, load::own_cpu_seconds() - me0);
+            f.requests.0.push(tally.rate());
+            f.requests.1.push(tally.ok as f64 / cpu.max(1e-9));
+            f.client_cpu.push(me / tally.ok.max(1) as f64 * 1e6);
+            let config = load::client_config(false)?;
+            let cpu0 = server.cpu_seconds();
+            let bytes_per_s = load::bulk(t, &config, 4, env.run)?;
+            let cpu = server.cpu_seconds() - cpu0;
+            f.bulk.0.push(bytes_per_s / 1e6);
+            f.bulk.1.push(bytes_per_s * secs / 1e6 / cpu.max(1e-9));
         }
     }
-    for (i, s) in resumed_share.iter().enumerate() {
-        if *s < 0.9 {
+    for (i, f) in figs.iter().enumerate() {
+        let least = f.resumed_share.iter().copied().fold(1.0, f64::min);
+        if least < 0.9 {
             bail!(
                 "{}: only {:.0}% of the resumed-case handshakes resumed",
-                both[i].0.name,
-                s * 100.0
+                servers[i].0.name,
+                least * 100.0
             );
         }
     }
-    let [f0, f1] = full;
-    let (ours_rate, ours_cpu) = (median(f0.0), median(f0.1));
-    let (nginx_rate, nginx_cpu) = (median(f1.0), median(f1.1));
-    let [r0, r1] = resumed;
-    let [q0, q1] = requests;
-    let row = |case: &str, unit, value, baseline, better, goal: Option<f64>, note: &str| Row {
-        section: "terminator",
-        case: case.to_owned(),
-        unit,
-        value,
-        baseline_name: "nginx",
-        baseline: Some(baseline),
-        better,
-        goal: goal.map(Goal::Ratio),
-        spread: None,
-        above: None,
-        note: note.to_owned(),
-    };
-    rows.push(row(
-        "full handshakes per second",
-        "handshakes/s",
-        ours_rate,
-        nginx_rate,
-        Better::Higher,
-        None,
-        &how,
-    ));
-    rows.push(row(
-        "full handshakes per server CPU-second",
-        "handshakes/CPU-s",
-        ours_cpu,
-        nginx_cpu,
-        Better::Higher,
-        Some(1.3),
-        &how,
-    ));
-    rows.push(row(
-        "resumed handshakes per second",
-        "handshakes/s",
-        median(r0.0),
-        median(r1.0),
-        Better::Higher,
-        None,
-        &how,
-    ));
-    rows.push(row(
-        "resumed handshakes per server CPU-second",
-        "handshakes/CPU-s",
-        median(r0.1),
-        median(r1.1),
-        Better::Higher,
-        Some(1.3),
-        &format!(
-            "{how}; ≥ {:.0}% resumed",
-            resumed_share.iter().copied().fold(1.0, f64::min) * 100.0
-        ),
-    ));
-    rows.push(row(
-        "new connection per small HTTP request, to the backend and back",
-        "requests/s",
-        median(q0),
-        median(q1),
-        Better::Higher,
-        Some(1.0),
-        &how,
-    ));
-
-    // Bulk, kept alive.
-    let mut bulk = [Vec::new(), Vec::new()];
+    // Latency at half the slowest server's peak: the same offered load for all.
+    let rate = 0.5
+        * figs
+            .iter()
+            .map(|f| median(f.full.0.clone()))
+            .fold(f64::INFINITY, f64::min);
     for round in 0..env.rounds {
-        for k in 0..2 {
-            let i = turn(round, k);
+        for k in 0..servers.len() {
+            let i = (round + k) % servers.len();
             let config = load::client_config(false)?;
-            bulk[i].push(load::bulk(&both[i].1, &config, 4, env.run)? / 1e6);
-        }
-    }
-    let [b0, b1] = bulk;
-    rows.push(row(
-        "kept-alive bulk download (16 MiB answers, 4 connections)",
-        "MB/s",
-        median(b0),
-        median(b1),
-        Better::Higher,
-        Some(1.0),
-        &format!("{} alternating runs of {secs} s, median", env.rounds),
-    ));
-
-    // Latency at half the slower server's peak, the same offered load for both.
-    let rate = 0.5 * ours_rate.min(nginx_rate);
-    let mut lat = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
-    for round in 0..env.rounds {
-        for k in 0..2 {
-            let i = turn(round, k);
-            let config = load::client_config(false)?;
-            let (sorted, errors) = load::open_loop(&both[i].1, &config, rate, 32, env.run)?;
+            let (sorted, errors) = load::open_loop(&servers[i].1, &config, rate, 32, env.run)?;
             if errors * 100 > sorted.len() as u64 {
                 bail!(
                     "{}: {errors} failed handshakes at {rate:.0}/s",
-                    both[i].0.name
+                    servers[i].0.name
                 );
             }
-            lat[i].0.push(load::percentile(&sorted, 50.0) / 1000.0);
-            lat[i].1.push(load::percentile(&sorted, 99.0) / 1000.0);
+            figs[i].p50.push(load::percentile(&sorted, 50.0) / 1000.0);
+            figs[i].p99.push(load::percentile(&sorted, 99.0) / 1000.0);
         }
     }
-    let [l0, l1] = lat;
-    let lhow = format!("open loop at {rate:.0} handshakes/s (half the slower peak), from the scheduled start; {} runs of {secs} s, median", env.rounds);
-    rows.push(row(
-        "handshake latency p50",
-        "ms",
-        median(l0.0),
-        median(l1.0),
-        Better::Lower,
-        None,
-        &lhow,
-    ));
-    rows.push(row(
-        "handshake latency p99",
-        "ms",
-        median(l0.1),
-        median(l1.1),
-        Better::Lower,
-        Some(1.0),
-        &lhow,
-    ));
 
-    rows.push(idle_memory(env, &both, &mut notes)?);
+    let lhow = format!(
+        "open loop at {rate:.0} handshakes/s (half the slowest peak), from the scheduled start; {} rounds of {secs} s; median (IQR)",
+        env.rounds
+    );
+    let ours_figs = &figs[0];
+    let mut rows = Vec::new();
+    for (b, base) in figs.iter().enumerate().skip(1) {
+        let name = servers[b].0.name;
+        let row = |case: &str,
+                   unit: &'static str,
+                   ours: &[f64],
+                   theirs: &[f64],
+                   better: Better,
+                   goal: Option<f64>,
+                   note: &str| Row {
+            section: "terminator",
+            case: case.to_owned(),
+            unit,
+            value: median(ours.to_vec()),
+            baseline_name: name,
+            baseline: Some(median(theirs.to_vec())),
+            better,
+            goal: goal.map(Goal::Ratio),
+            spread: Some(Spread::of(ours)),
+            above: None,
+            note: note.to_owned(),
+        };
+        let o = ours_figs;
+        rows.extend([
+            row(
+                "full handshakes per second",
+                "handshakes/s",
+                &o.full.0,
+                &base.full.0,
+                Better::Higher,
+                None,
+                &how,
+            ),
+            row(
+                "full handshakes per server CPU-second",
+                "handshakes/CPU-s",
+                &o.full.1,
+                &base.full.1,
+                Better::Higher,
+                Some(1.3),
+                &how,
+            ),
+            row(
+                "resumed handshakes per second",
+                "handshakes/s",
+                &o.resumed.0,
+                &base.resumed.0,
+                Better::Higher,
+                None,
+                &how,
+            ),
+            row(
+                "resumed handshakes per server CPU-second",
+                "handshakes/CPU-s",
+                &o.resumed.1,
+                &base.resumed.1,
+                Better::Higher,
+                Some(1.3),
+                &how,
+            ),
+            row(
+                "new connection per small HTTP request, to the backend and back, per second",
+                "requests/s",
+                &o.requests.0,
+                &base.requests.0,
+                Better::Higher,
+                None,
+                &how,
+            ),
+            row(
+                "the same, per server CPU-second",
+                "requests/CPU-s",
+                &o.requests.1,
+                &base.requests.1,
+                Better::Higher,
+                Some(1.0),
+                &how,
+            ),
+            row(
+                "the same, load generator and backend CPU per request (this process, core 1)",
+                "µs/request",
+                &o.client_cpu,
+                &base.client_cpu,
+                Better::Lower,
+                None,
+                &format!("{how}; what the server's way of answering costs the other side"),
+            ),
+            row(
+                "kept-alive bulk download (16 MiB answers, 4 connections), per second",
+                "MB/s",
+                &o.bulk.0,
+                &base.bulk.0,
+                Better::Higher,
+                Some(1.0),
+                &how,
+            ),
+            row(
+                "the same, per server CPU-second",
+                "MB/CPU-s",
+                &o.bulk.1,
+                &base.bulk.1,
+                Better::Higher,
+                None,
+                &how,
+            ),
+            row(
+                "handshake latency p50",
+                "ms",
+                &o.p50,
+                &base.p50,
+                Better::Lower,
+                None,
+                &lhow,
+            ),
+            row(
+                "handshake latency p99",
+                "ms",
+                &o.p99,
+                &base.p99,
+                Better::Lower,
+                Some(1.0),
+                &lhow,
+            ),
+        ]);
+    }
+    rows.extend(idle_memory(env, &servers, &mut notes)?);
 
     if let Some(cost) = hello_cost_ns {
-        let per_handshake_ns = 1e9 / ours_cpu.max(1e-9);
+        let per_handshake_ns = 1e9 / median(ours_figs.full.1.clone()).max(1e-9);
         rows.push(Row {
             section: "terminator",
             case: "XDP cost of a ClientHello vs terminator CPU per full handshake".into(),
@@ -441,8 +509,12 @@ pub fn terminator_vs_nginx(
         });
     }
     notes.push(format!(
-        "terminator vs nginx: both pinned to core {SERVER_CPU} with one worker, TLS 1.3, X25519, TLS_AES_128_GCM_SHA256 (the client offers only these), the same ECDSA P-256 certificate, logging off, the same backend; nginx {} with the stream module (TLS termination to a TCP backend, as the terminator does). The load generator (rustls client, no certificate check) and the backend run on core {LOAD_CPU}.",
-        crate::report::command_line(&["nginx", "-v"]).trim_start_matches("nginx version: ")
+        "terminator vs nginx and HAProxy: all pinned to core {SERVER_CPU} with one worker or thread, TLS 1.3 with X25519 (the client offers only TLS_AES_128_GCM_SHA256), the same ECDSA P-256 certificate, logging off, the same backend; nginx {} with the stream module and {} in `mode tcp` with `ssl` (TLS termination to a TCP backend, as the terminator does). The load generator (rustls client, no certificate check) and the backend run on core {LOAD_CPU}. Per-second figures on 2 cores are often bound by the client's core: read them beside the per-CPU-second ones.",
+        crate::report::command_line(&["nginx", "-v"]).trim_start_matches("nginx version: "),
+        crate::report::command_line(&["haproxy", "-v"])
+            .split(" - ")
+            .next()
+            .unwrap_or("HAProxy")
     ));
     Ok((rows, notes))
 }
@@ -556,7 +628,11 @@ pub fn scale(env: &Env) -> Result<Vec<Row>> {
 }
 
 /// Resident memory per idle connection, one server at a time holding them.
-fn idle_memory(env: &Env, both: &[(&Server, Target); 2], notes: &mut Vec<String>) -> Result<Row> {
+fn idle_memory(
+    env: &Env,
+    servers: &[(&Server, Target)],
+    notes: &mut Vec<String>,
+) -> Result<Vec<Row>> {
     // Each connection is two sockets in the server (client and backend) and two here (client
     // and backend): the open-file limit caps n, which only ever lowers it a little.
     let cap = usize::try_from(env.nofile.saturating_sub(200) / 2).unwrap_or(usize::MAX);
@@ -567,28 +643,33 @@ fn idle_memory(env: &Env, both: &[(&Server, Target); 2], notes: &mut Vec<String>
             env.nofile
         ));
     }
-    let mut per_conn = [0.0f64; 2];
-    for (i, (server, t)) in both.iter().enumerate() {
+    let mut per_conn = Vec::new();
+    for (server, t) in servers {
         let config = load::client_config(false)?;
         let before = server.rss_bytes();
         let held = load::idle(t, &config, n, 8)?;
         std::thread::sleep(Duration::from_millis(500));
         let after = server.rss_bytes();
-        per_conn[i] = after.saturating_sub(before) as f64 / n as f64;
+        per_conn.push(after.saturating_sub(before) as f64 / n as f64);
         drop(held);
         std::thread::sleep(Duration::from_millis(500));
     }
-    Ok(Row {
-        section: "terminator",
-        case: format!("resident memory per idle TLS connection ({n} connections)"),
-        unit: "bytes",
-        value: per_conn[0],
-        baseline_name: "nginx",
-        baseline: Some(per_conn[1]),
-        better: Better::Lower,
-        goal: Some(Goal::Ratio(0.5)),
+    Ok(servers
+        .iter()
+        .zip(&per_conn)
+        .skip(1)
+        .map(|((server, _), theirs)| Row {
+            section: "terminator",
+            case: format!("resident memory per idle TLS connection ({n} connections)"),
+            unit: "bytes",
+            value: per_conn[0],
+            baseline_name: server.name,
+            baseline: Some(*theirs),
+            better: Better::Lower,
+            goal: Some(Goal::Ratio(0.5)),
             spread: None,
             above: None,
-        note: "server RSS (all its processes) with the connections open minus before, / n; each connection after one request".into(),
-    })
+            note: "server RSS (all its processes) with the connections open minus before, / n; each connection after one request".into(),
+        })
+        .collect())
 }

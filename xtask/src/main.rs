@@ -22,11 +22,14 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-/// Debian packages the benchmarks add: the baseline server (nginx with its stream module, for
-/// TLS termination to a TCP backend) and the profilers the README's findings came from.
+/// Debian packages the benchmarks add: the baseline servers (nginx with its stream module and
+/// HAProxy, for TLS termination to a TCP backend) and the profilers the README's findings came
+/// from.
 const BENCH_PACKAGES: &[&str] = &[
     "nginx",
     "libnginx-mod-stream",
+    // The third terminator in the comparison (`mode tcp` with `ssl`).
+    "haproxy",
     "linux-perf",
     "valgrind",
     // `bpftool prog run` times the no-op program independently of the bench's own harness.
