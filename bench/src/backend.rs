@@ -1,6 +1,6 @@
 //! The backend both TLS servers forward to: one mio event loop answering HTTP/1.1 requests on
 //! kept-alive connections. `GET /bulk` gets [`BULK_BYTES`] of body; anything else a 2-byte
-//! body. It runs on the load generator's core, so it costs the servers under test nothing.
+//! body, and the connection closes after it if the request said `Connection: close`. It runs on the load generator's core, so it costs the servers under test nothing.
 
 use std::{
     io::{self, Read, Write},
@@ -23,6 +23,34 @@ use mio::{
 /// Body bytes of one `GET /bulk` answer.
 pub const BULK_BYTES: u64 = 16 << 20;
 const SMALL: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+/// The small answer to a request that asked to close (wrk's new connection per request).
+const SMALL_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+/// What a request asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// The 2-byte answer, the connection kept.
+    Small,
+    /// The 2-byte answer, then the connection closed (`Connection: close`).
+    SmallClose,
+    /// `GET /bulk`.
+    Bulk,
+}
+
+impl Ask {
+    fn of(head: &[u8]) -> Self {
+        if head.starts_with(b"GET /bulk") {
+            Self::Bulk
+        } else if head
+            .windows(17)
+            .any(|w| w.eq_ignore_ascii_case(b"connection: close"))
+        {
+            Self::SmallClose
+        } else {
+            Self::Small
+        }
+    }
+}
 const LISTENER: Token = Token(usize::MAX);
 
 /// A running backend; stops on drop.
@@ -89,9 +117,10 @@ struct Conn {
     head_at: usize,
     /// Body bytes still to write (bulk).
     body_left: u64,
-    /// Requests read and not yet answered (pipelined).
-    queued: usize,
-    queued_bulk: Vec<bool>,
+    /// Requests read and not yet answered (pipelined), oldest first.
+    asks: std::collections::VecDeque<Ask>,
+    /// The answer being written asked to close the connection after it.
+    closing: bool,
 }
 
 fn serve(mut listener: TcpListener, stop: &AtomicBool) -> Result<()> {
@@ -135,8 +164,8 @@ fn serve(mut listener: TcpListener, stop: &AtomicBool) -> Result<()> {
                                     head: &[],
                                     head_at: 0,
                                     body_left: 0,
-                                    queued: 0,
-                                    queued_bulk: Vec::new(),
+                                    asks: std::collections::VecDeque::new(),
+                                    closing: false,
                                 });
                             }
                         }
@@ -173,8 +202,8 @@ fn drive(c: &mut Conn, buf: &mut [u8], chunk: &[u8], bulk_head: &'static [u8]) -
                 progressed = true;
                 c.inbuf.extend_from_slice(buf.get(..n).unwrap_or_default());
                 while let Some(end) = find(&c.inbuf, b"\r\n\r\n") {
-                    c.queued_bulk.push(c.inbuf.starts_with(b"GET /bulk"));
-                    c.queued += 1;
+                    c.asks
+                        .push_back(Ask::of(c.inbuf.get(..end).unwrap_or_default()));
                     c.inbuf.drain(..end + 4);
                 }
                 if c.inbuf.len() > 64 << 10 {
@@ -212,18 +241,21 @@ fn drive(c: &mut Conn, buf: &mut [u8], chunk: &[u8], bulk_head: &'static [u8]) -
                 }
                 continue;
             }
-            if c.queued == 0 {
-                break;
+            if c.closing {
+                // The answer that asked to close is out.
+                return false;
             }
-            c.queued -= 1;
-            let bulk = if c.queued_bulk.is_empty() {
-                false
-            } else {
-                c.queued_bulk.remove(0)
+            let Some(ask) = c.asks.pop_front() else {
+                break;
             };
-            c.head = if bulk { bulk_head } else { SMALL };
+            c.head = match ask {
+                Ask::Bulk => bulk_head,
+                Ask::SmallClose => SMALL_CLOSE,
+                Ask::Small => SMALL,
+            };
             c.head_at = 0;
-            c.body_left = if bulk { BULK_BYTES } else { 0 };
+            c.body_left = if ask == Ask::Bulk { BULK_BYTES } else { 0 };
+            c.closing = ask == Ask::SmallClose;
         }
         if !progressed {
             return true;

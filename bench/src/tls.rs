@@ -233,6 +233,8 @@ struct Figures {
     requests: (Vec<f64>, Vec<f64>),
     /// Load generator and backend CPU-seconds (this process) per request.
     client_cpu: Vec<f64>,
+    /// wrk: requests per second and per server CPU-second.
+    wrk: (Vec<f64>, Vec<f64>),
     bulk: (Vec<f64>, Vec<f64>),
     p50: Vec<f64>,
     p99: Vec<f64>,
@@ -320,6 +322,12 @@ pub fn terminator_vs_nginx(
             f.requests.0.push(tally.rate());
             f.requests.1.push(tally.ok as f64 / cpu.max(1e-9));
             f.client_cpu.push(me / tally.ok.max(1) as f64 * 1e6);
+            let cpu0 = server.cpu_seconds();
+            let (rate, _) = load::wrk(t.addr, &host.name, env.threads, env.run, LOAD_CPU, &env.dir)
+                .with_context(|| format!("{}: wrk", server.name))?;
+            let cpu = server.cpu_seconds() - cpu0;
+            f.wrk.0.push(rate);
+            f.wrk.1.push(rate * secs / cpu.max(1e-9));
             let config = load::client_config(false)?;
             let cpu0 = server.cpu_seconds();
             let bytes_per_s = load::bulk(t, &config, 4, env.run)?;
@@ -451,6 +459,24 @@ pub fn terminator_vs_nginx(
                 Better::Lower,
                 None,
                 &format!("{how}; what the server's way of answering costs the other side"),
+            ),
+            row(
+                "new connection per small HTTP request, wrk (an independent load generator), per second",
+                "requests/s",
+                &o.wrk.0,
+                &base.wrk.0,
+                Better::Higher,
+                None,
+                &format!("{how}; wrk 4.1 (OpenSSL), `Connection: close`, one thread on core {LOAD_CPU}"),
+            ),
+            row(
+                "the same, per server CPU-second",
+                "requests/CPU-s",
+                &o.wrk.1,
+                &base.wrk.1,
+                Better::Higher,
+                None,
+                &how,
             ),
             row(
                 "kept-alive bulk download (16 MiB answers, 4 connections), per second",

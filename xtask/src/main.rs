@@ -30,6 +30,8 @@ const BENCH_PACKAGES: &[&str] = &[
     "libnginx-mod-stream",
     // The third terminator in the comparison (`mode tcp` with `ssl`).
     "haproxy",
+    // A load generator other than the project's own (new connection per request).
+    "wrk",
     "linux-perf",
     "valgrind",
     // `bpftool prog run` times the no-op program independently of the bench's own harness.
