@@ -48,7 +48,7 @@ pub fn enter_netns(path: &Path) -> Result<()> {
 /// core `cpu`, every request on a new connection (`Connection: close`), the ClientHello
 /// naming `name`. wrk takes the name from the URL, so it runs in a mount namespace of its
 /// own where a hosts file maps `name` to the address (bind-mounted over /etc/hosts for that
-/// process alone). Requests per second, and wrk's CPU seconds.
+/// process alone). Requests per second.
 pub fn wrk(
     addr: SocketAddr,
     name: &str,
@@ -56,7 +56,7 @@ pub fn wrk(
     duration: Duration,
     cpu: usize,
     dir: &Path,
-) -> Result<(f64, f64)> {
+) -> Result<f64> {
     let hosts = dir.join("wrk-hosts");
     std::fs::write(&hosts, format!("{} {name}\n", addr.ip()))?;
     let url = format!("https://{name}:{}/", addr.port());
@@ -65,12 +65,10 @@ pub fn wrk(
         hosts.display(),
         duration.as_secs().max(1)
     );
-    let before = children_cpu_seconds();
     let out = std::process::Command::new("unshare")
         .args(["-m", "sh", "-c", &script])
         .output()
         .context("running wrk (cargo xtask bench installs it)")?;
-    let cpu_seconds = children_cpu_seconds() - before;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -85,21 +83,10 @@ pub fn wrk(
     {
         bail!("wrk reported failures: {}\n{text}", line.trim());
     }
-    let rate = text
-        .lines()
+    text.lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))?;
-    Ok((rate, cpu_seconds))
-}
-
-/// CPU seconds (user + system) of this process's children that have ended.
-fn children_cpu_seconds() -> f64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
-        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
-    })
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
 }
 
 /// CPU seconds (user + system) this process has used so far: the load generator's threads

@@ -323,7 +323,7 @@ pub fn terminator_vs_nginx(
             f.requests.1.push(tally.ok as f64 / cpu.max(1e-9));
             f.client_cpu.push(me / tally.ok.max(1) as f64 * 1e6);
             let cpu0 = server.cpu_seconds();
-            let (rate, _) = load::wrk(t.addr, &host.name, env.threads, env.run, LOAD_CPU, &env.dir)
+            let rate = load::wrk(t.addr, &host.name, env.threads, env.run, LOAD_CPU, &env.dir)
                 .with_context(|| format!("{}: wrk", server.name))?;
             let cpu = server.cpu_seconds() - cpu0;
             f.wrk.0.push(rate);

@@ -415,6 +415,25 @@ pub fn rewrite_flows(
     Ok(rewritten)
 }
 
+/// The slot of a configured name (or `*.` pattern, as written) in the loaded program's host
+/// table, looked up as the kernel does: by its keyed lookup hash, confirmed by its check hash.
+pub fn configured_slot(ebpf: &Ebpf, key: &HostKey) -> Result<Option<u32>> {
+    let map = |name: &str| {
+        ebpf.map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+    };
+    let keys = Array::<_, NameKeys>::try_from(map(MAP_NAME_KEYS)?)?
+        .get(&0, 0)
+        .context("reading the name hash keys")?;
+    let h = key.keyed(&keys);
+    let hosts = HashMap::<_, u64, NameEntry>::try_from(map(MAP_HOSTS)?)?;
+    Ok(hosts
+        .get(&h.lookup, 0)
+        .ok()
+        .filter(|e| e.check == h.check)
+        .map(|e| e.slot))
+}
+
 /// Puts `add` (names and patterns with their slots) into the kernel's host table and takes
 /// `remove` out, by their keyed hashes (`NameKeys`, read from the map).
 fn write_names(ebpf: &mut Ebpf, add: &[(HostKey, u32)], remove: &[HostKey]) -> Result<()> {

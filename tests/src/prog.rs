@@ -8,22 +8,21 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use sni_common::{
     flow::{Flow, FlowKey},
-    host::{NameEntry, NameKeys},
     maps::{
-        counter, HostStats, MAP_FLOWS, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_NAME_KEYS,
-        MAP_OTHER_HOSTS, MAP_OTHER_NAMES, MAP_PENDING, PROGRAM,
+        counter, HostStats, MAP_FLOWS, MAP_GLOBAL, MAP_HOST_STATS, MAP_OTHER_HOSTS,
+        MAP_OTHER_NAMES, MAP_PENDING, PROGRAM,
     },
     HostKey,
 };
 use sni_user::{
     config::Config,
-    loader::{load_program, StartOptions},
+    loader::{configured_slot, load_program, StartOptions},
 };
 
 /// `XDP_DROP`.
@@ -113,17 +112,7 @@ impl Prog {
     /// configured host is found by any of its names (or `*.` patterns).
     pub fn host(&self, name: &str) -> Option<(HostStats, bool)> {
         let key = HostKey::from_name(name.as_bytes()).expect("valid name");
-        let keys: Array<_, NameKeys> =
-            Array::try_from(self.ebpf.map(MAP_NAME_KEYS).expect("name keys")).expect("array");
-        let h = key.keyed(&keys.get(&0, 0).expect("the keys"));
-        let names: BpfHashMap<_, u64, NameEntry> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_HOSTS).expect("hosts")).expect("hash");
-        if let Some(slot) = names
-            .get(&h.lookup, 0)
-            .ok()
-            .filter(|e| e.check == h.check)
-            .map(|e| e.slot)
-        {
+        if let Some(slot) = configured_slot(&self.ebpf, &key).expect("the host table") {
             let stats: PerCpuArray<_, HostStats> =
                 PerCpuArray::try_from(self.ebpf.map(MAP_HOST_STATS).expect("stats"))
                     .expect("array");
