@@ -82,10 +82,19 @@ pub fn cache_index(w: &[u64; 5], seed: u64, mask: u32) -> u32 {
 
 /// An entry of the kernel's per-CPU flow cache ([`crate::maps::MAP_FLOW_CACHE`]): a copy of a
 /// flow table entry whose verdict is `PASS`, with the key it belongs to (as
-/// [`FlowKey::words`], so that the kernel compares five aligned words) and the epoch it was
-/// copied in. A packet of a classified flow finds its host here with one array index and that
-/// compare instead of a hash-table walk. Valid while `epoch` equals [`crate::maps::MAP_EPOCH`]'s
-/// value (userspace bumps it whenever it rewrites flows); zero (never a live epoch) when empty.
+/// [`FlowKey::words`], so that the kernel compares five aligned words), the epoch it was
+/// copied in, and the packets and bytes it counted that its host's counters do not hold yet.
+///
+/// A packet of a classified flow finds its host here with one array index and that compare
+/// instead of a hash-table walk, and is counted here, in memory only its CPU writes. The
+/// host's counters are shared by every CPU; an entry adds what it owes them (atomically) when
+/// its CPU gives the entry to another flow, so a popular host's counters are written once per
+/// flow and CPU, not once per packet. Readers add what every entry still owes
+/// ([`CachedFlow::owed`]), whatever its epoch: the count is exact at any moment.
+///
+/// Valid for lookups while `epoch` equals [`crate::maps::MAP_EPOCH`]'s value (userspace bumps
+/// it whenever it rewrites flows); zero (never a live epoch) when emptied. An emptied entry
+/// keeps its flow and what it owes until it is reused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CachedFlow {
@@ -95,6 +104,10 @@ pub struct CachedFlow {
     pub flow: Flow,
     /// The epoch the entry was copied in.
     pub epoch: u64,
+    /// Packets counted here and not yet added to the host's counters.
+    pub packets: u64,
+    /// Bytes (whole frames) of those packets.
+    pub bytes: u64,
 }
 
 impl CachedFlow {
@@ -109,8 +122,27 @@ impl CachedFlow {
             && self.key[3] == words[3]
             && self.key[4] == words[4]
     }
+
+    /// The host this entry's counts belong to, with the packets and bytes it still owes it;
+    /// `None` when it owes nothing (or its flow has no host to count toward).
+    #[inline(always)]
+    pub fn owed(&self) -> Option<(Owner, u64, u64)> {
+        if self.packets == 0 {
+            return None;
+        }
+        Some((self.flow.owner()?, self.packets, self.bytes))
+    }
 }
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 64);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 80);
+
+/// Whose counters a flow's packets count toward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// A configured host, by slot ([`crate::maps::MAP_HOST_STATS`]).
+    Configured(u32),
+    /// Another name, by [`crate::HostKey::hash64`] ([`crate::maps::MAP_OTHER_HOSTS`]).
+    Other(u64),
+}
 
 /// What the flow's ClientHello named ([`Flow::kind`]).
 pub mod kind {
@@ -152,6 +184,18 @@ pub struct Flow {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+
+impl Flow {
+    /// Whose counters this flow's packets count toward: none for a flow without a name.
+    #[inline(always)]
+    pub fn owner(&self) -> Option<Owner> {
+        match self.kind {
+            kind::CONFIGURED => Some(Owner::Configured(self.slot)),
+            kind::OTHER => Some(Owner::Other(self.name_hash)),
+            _ => None,
+        }
+    }
+}
 
 /// A ClientHello read up to the end of a segment, waiting for the next one.
 #[repr(C)]

@@ -21,8 +21,11 @@ pub const MAP_HOSTS: &str = "SNI_HOSTS";
 /// start. Written by the loader before the names, read by the kernel at each ClientHello and
 /// by whoever looks a name up.
 pub const MAP_NAME_KEYS: &str = "SNI_NAME_KEYS";
-/// Per-host counters of the configured hosts: `PerCpuArray<HostStats>` indexed by host slot
-/// (slot 0 unused). Fixed entries, so no flood of other names can evict them.
+/// Per-host counters of the configured hosts: `Array<HostStats>` indexed by host slot (slot 0
+/// unused), one copy shared by every CPU and added to atomically: per-CPU copies would cost
+/// 48 bytes per host per CPU, 300 MiB for 100,000 hosts on 64 CPUs. A flow's packets are
+/// counted first in its CPU's [`MAP_FLOW_CACHE`] entry, so these are written once per flow
+/// and CPU, not per packet. Fixed entries, so no flood of other names can evict them.
 pub const MAP_HOST_STATS: &str = "SNI_HOST_STATS";
 /// Configured hosts' labels (their first name) by host slot: `Array<HostKey>`, written by
 /// userspace for readers such as `sni-user stats`; the kernel does not use it.
@@ -31,12 +34,12 @@ pub const MAP_LABELS: &str = "SNI_LABELS";
 pub const MAP_POLICY: &str = "SNI_POLICY";
 /// Per-host rate-limit state: `Array<Bucket>` indexed by host slot, shared by all CPUs.
 pub const MAP_BUCKETS: &str = "SNI_BUCKETS";
-/// Per-host counters for every other name seen: `LruPerCpuHashMap<u64, HostStats>` keyed by
-/// [`crate::HostKey::hash64`], inserted by the kernel; under a flood of random names the least
-/// recently seen go first.
+/// Per-host counters for every other name seen: `LruHashMap<u64, HostStats>` keyed by
+/// [`crate::HostKey::hash64`], inserted by the kernel, shared by every CPU as
+/// [`MAP_HOST_STATS`] is; under a flood of random names the least recently seen go first.
 pub const MAP_OTHER_HOSTS: &str = "SNI_OTHER";
-/// The names of [`MAP_OTHER_HOSTS`]' keys: `LruHashMap<u64, HostKey>`, one copy for every CPU
-/// (the counters are per CPU; a 256-byte name need not be). The kernel writes a name when it
+/// The names of [`MAP_OTHER_HOSTS`]' keys: `LruHashMap<u64, HostKey>`, apart from the counters
+/// so that a counter's entry stays small. The kernel writes a name when it
 /// first sees it and looks it up at each of its ClientHellos, so that it stays in the LRU as
 /// long as its counters do; readers take a missing name as evicted.
 pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
@@ -45,7 +48,9 @@ pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
 /// In front of [`MAP_FLOWS`], per CPU: `PerCpuArray<CachedFlow>` indexed by
 /// [`crate::flow::FlowKey::cache_index`], a power-of-two number of entries. The kernel copies
-/// a flow's table entry here on its first packet on a CPU and reads it on the next; kernel only.
+/// a flow's table entry here on its first packet on a CPU, and counts its later packets here
+/// until the entry goes to another flow; readers of the host counters add what the entries
+/// still owe ([`crate::flow::CachedFlow::owed`]).
 pub const MAP_FLOW_CACHE: &str = "SNI_FLOW_CACHE";
 /// The flow cache's epoch: `Array<u64>` with one entry, starting at 1. Userspace increments it
 /// after it rewrites flows (a reload that changes an action or removes a host), which
@@ -59,7 +64,7 @@ pub const MAP_PORTS: &str = "SNI_PORTS";
 pub const MAP_SCRATCH: &str = "SNI_SCRATCH";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     MAP_GLOBAL,
     MAP_HOSTS,
     MAP_HOST_STATS,
@@ -68,17 +73,18 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_OTHER_HOSTS,
     MAP_OTHER_NAMES,
     MAP_FLOWS,
+    MAP_FLOW_CACHE,
     MAP_PORTS,
 ];
 
 /// Default capacity of [`MAP_OTHER_HOSTS`] and [`MAP_OTHER_NAMES`]: 16 Ki names; 48 bytes of
-/// counters per CPU and one 256-byte name each.
+/// counters and one 256-byte name each.
 pub const OTHER_HOSTS_DEFAULT_ENTRIES: u32 = 16 * 1024;
 /// Default capacity of [`MAP_FLOWS`]: 128 Ki flows × ~120 bytes.
 pub const FLOWS_DEFAULT_ENTRIES: u32 = 128 * 1024;
 /// Flow cache entries per CPU, at the fewest and at the most (see [`flow_cache_entries`]).
 pub const FLOW_CACHE_MIN_ENTRIES: u32 = 1024;
-/// See [`FLOW_CACHE_MIN_ENTRIES`]: 64 Ki entries of 64 bytes is 4 MiB per CPU.
+/// See [`FLOW_CACHE_MIN_ENTRIES`]: 64 Ki entries of 80 bytes is 5 MiB per CPU.
 pub const FLOW_CACHE_MAX_ENTRIES: u32 = 64 * 1024;
 
 /// Entries per CPU of [`MAP_FLOW_CACHE`] for a flow table of `flows` entries on `cpus` CPUs:
@@ -164,7 +170,7 @@ pub mod counter {
     ];
 }
 
-/// Per-host counters (per CPU; userspace sums them).
+/// Per-host counters, shared by every CPU (the kernel adds to them atomically).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostStats {

@@ -8,7 +8,14 @@
 //! costs an array index and a compare of five words instead of hashing 40 bytes and walking a
 //! bucket; a miss falls back to the table and fills the entry. Only flows that pass are cached,
 //! so a stale copy can at worst count a packet toward the host of the 5-tuple's previous
-//! connection, never drop one. Copies go stale when:
+//! connection, never drop one.
+//!
+//! A cached flow's packets are counted in its entry, which only its CPU writes, not in the
+//! host's counters, which every CPU shares: when the entry goes to another flow, what it owes
+//! is added to them atomically. Readers add what the entries still owe, so the counts stay
+//! exact while a popular host's counters are written once per flow and CPU, not per packet.
+//!
+//! Copies go stale when:
 //! - userspace rewrites flows (a reload that changes an action or removes a host): it bumps
 //!   `SNI_EPOCH`, and every copy of an older epoch is a miss;
 //! - a SYN reuses the 5-tuple: its CPU clears its own entry, and when the table knew the flow,
@@ -23,7 +30,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sni_common::{
-    flow::{cache_index, kind, verdict::PASS, CachedFlow, Flow},
+    flow::{cache_index, verdict::PASS, CachedFlow, Flow},
     maps::counter,
 };
 
@@ -31,9 +38,7 @@ use crate::{
     counters::{self, charge},
     headers::{Key, Segment},
     hello,
-    maps::{
-        cache_mask, cache_seed, SNI_EPOCH, SNI_FLOWS, SNI_FLOW_CACHE, SNI_HOST_STATS, SNI_OTHER,
-    },
+    maps::{cache_mask, cache_seed, SNI_EPOCH, SNI_FLOWS, SNI_FLOW_CACHE},
     verdict,
 };
 
@@ -50,6 +55,9 @@ const MAX_CPUS: u32 = 8192;
 /// (a retransmitted ClientHello of this flow), or a new connection on the 5-tuple whose SYN
 /// another core saw after the table had evicted the old flow, which must be read. Values are
 /// read in place: a copy of a map value goes through the stack byte by byte here.
+///
+/// A packet of a cached flow is counted in its cache entry, which only this CPU writes; the
+/// host's shared counters get it when the entry goes to another flow (`fill`).
 #[inline(always)]
 pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32) -> bool {
     let key = &seg.key;
@@ -62,10 +70,14 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     };
     let cached = SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask()));
     if let Some(c) = cached {
-        // SAFETY: a per-CPU value of this CPU; this program is its only writer on this CPU.
-        let c = unsafe { &*c };
+        // SAFETY: a per-CPU value of this CPU; this program is its only writer on this CPU
+        // but for a SYN on another CPU clearing `epoch` (see `clear_on_cpu`).
+        let c = unsafe { &mut *c };
         if epoch != 0 && c.holds(&key.words, epoch) {
-            *action = count(&c.flow, frame_len);
+            counters::count(counter::FLOW_PACKETS);
+            c.packets += 1;
+            c.bytes += frame_len;
+            *action = verdict::action(c.flow.verdict);
             return true;
         }
     }
@@ -75,15 +87,26 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     // SAFETY: a map value, read field by field (another CPU may replace it meanwhile: then
     // this packet is counted by the old or the new entry, both of this flow).
     let flow = unsafe { &*flow };
-    if let (Some(c), true) = (cached, epoch != 0) {
-        fill(c, &key.words, flow, epoch);
+    counters::count(counter::FLOW_PACKETS);
+    match cached {
+        // Cached, and counted in the entry from this packet on.
+        Some(c) if epoch != 0 && flow.verdict == PASS => {
+            fill(c, &key.words, flow, epoch, 1, frame_len);
+        }
+        _ => {
+            if let Some(v) = flow.owner().and_then(counters::of) {
+                // SAFETY: a live map value of host counters.
+                unsafe { charge(v, 1, frame_len, flow.verdict) };
+            }
+        }
     }
-    *action = count(flow, frame_len);
+    *action = verdict::action(flow.verdict);
     true
 }
 
 /// Remembers the flow of a ClientHello read to its outcome (or given up), so that its later
-/// packets are not parsed: in the table, and in this CPU's cache.
+/// packets are not parsed: in the table, and in this CPU's cache. The ClientHello's own
+/// segments were counted by the host stage.
 #[inline(always)]
 pub fn remember(key: &Key, flow: &Flow) {
     let _ = SNI_FLOWS.insert(key.flow_key(), flow, 0);
@@ -92,7 +115,7 @@ pub fn remember(key: &Key, flow: &Flow) {
         SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask())),
         epoch != 0,
     ) {
-        fill(c, &key.words, flow, epoch);
+        fill(c, &key.words, flow, epoch, 0, 0);
     }
 }
 
@@ -128,34 +151,30 @@ pub fn forget(key: &Key) {
     }
 }
 
-/// Counts a packet of `flow` toward its host; its XDP action.
+/// Gives cache entry `c` to `flow`: first adds what the entry owes its previous flow's host
+/// to that host's counters, then copies `flow` in, owing `packets` of `bytes` (the packet that
+/// filled it, if it is counted here). A flow that does not pass is not copied; the entry is
+/// emptied, so that it cannot outlive a verdict that changed to drop.
 #[inline(always)]
-fn count(flow: &Flow, frame_len: u64) -> u32 {
-    counters::count(counter::FLOW_PACKETS);
-    let stats = match flow.kind {
-        kind::CONFIGURED => SNI_HOST_STATS.get_ptr_mut(flow.slot),
-        kind::OTHER => SNI_OTHER.get_ptr_mut(&flow.name_hash),
-        _ => None,
-    };
-    if let Some(v) = stats {
-        // SAFETY: a per-CPU value of this CPU.
-        charge(unsafe { &mut *v }, 1, frame_len, flow.verdict);
-    }
-    verdict::action(flow.verdict)
-}
-
-/// A flow cache entry copied from `flow` if it passes (see the module docs); otherwise the
-/// entry is emptied, so that it cannot outlive a verdict that changed to drop.
-#[inline(always)]
-fn fill(c: *mut CachedFlow, words: &[u64; 5], flow: &Flow, epoch: u64) {
+fn fill(c: *mut CachedFlow, words: &[u64; 5], flow: &Flow, epoch: u64, packets: u64, bytes: u64) {
     // SAFETY: a per-CPU value of this CPU.
     let c = unsafe { &mut *c };
+    if let Some((owner, owed_packets, owed_bytes)) = c.owed() {
+        if let Some(v) = counters::of(owner) {
+            // SAFETY: a live map value of host counters.
+            unsafe { charge(v, owed_packets, owed_bytes, PASS) };
+        }
+    }
     if flow.verdict == PASS {
         c.key = *words;
         c.flow = *flow;
         c.epoch = epoch;
+        c.packets = packets;
+        c.bytes = bytes;
     } else {
         c.epoch = 0;
+        c.packets = 0;
+        c.bytes = 0;
     }
 }
 

@@ -4,22 +4,22 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop, programs::XdpContext};
+use aya_ebpf::{helpers::generated::bpf_loop, programs::XdpContext};
 use aya_log_ebpf::debug;
 use sni_common::{
     flow::{kind, Flow},
     host::{NameHash, NameScan, MAX_NAME_LEN},
-    maps::{counter, HostStats, Scratch},
+    maps::{counter, Scratch},
     HostKey, Outcome,
 };
 
 use crate::{
-    counters::{charge, count},
+    atomic::add,
+    counters::{self, charge, count},
     flow,
     headers::Segment,
     maps::{
-        debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_HOST_STATS, SNI_NAME_KEYS, SNI_OTHER,
-        SNI_OTHER_NAMES, SNI_SCRATCH,
+        debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_NAME_KEYS, SNI_OTHER_NAMES, SNI_SCRATCH,
     },
     verdict,
 };
@@ -57,11 +57,11 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         if slot != 0 {
             flow.kind = kind::CONFIGURED;
             flow.slot = slot;
-            stats = SNI_HOST_STATS.get_ptr_mut(slot);
         } else {
             flow.kind = kind::OTHER;
-            stats = other_stats(flow.name_hash, &p.host);
+            keep_name(flow.name_hash, &p.host);
         }
+        stats = flow.owner().and_then(counters::of);
         flow.verdict = verdict::decide(slot);
     } else if outcome == Outcome::NoSni {
         flow.kind = kind::NO_NAME;
@@ -69,11 +69,14 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     }
     let (segments, bytes) = (pending.segments, pending.bytes);
     if let Some(v) = stats {
-        // SAFETY: a per-CPU value of this CPU.
-        let v = unsafe { &mut *v };
-        v.client_hellos += 1;
-        v.ech += u64::from(ech);
-        charge(v, segments, bytes, flow.verdict);
+        // SAFETY: a live map value of host counters; every write to it is atomic.
+        unsafe {
+            add(&raw mut (*v).client_hellos, 1);
+            if ech {
+                add(&raw mut (*v).ech, 1);
+            }
+            charge(v, u64::from(segments), bytes, flow.verdict);
+        }
     }
     flow::remember(&seg.key, &flow);
     if debug_enabled() {
@@ -155,23 +158,12 @@ fn lookup(h: &NameHash) -> Option<u32> {
     (entry.check == h.check).then_some(entry.slot)
 }
 
-/// The counters of a name that is not configured, created on first sight; its name kept
-/// beside them.
+/// Keeps the name of a name that is not configured beside its counters (`SNI_OTHER`, which
+/// `counters::of` creates). Looked up at each ClientHello, so that the name leaves the LRU no
+/// sooner than its counters; written again if it left anyway.
 #[inline(always)]
-fn other_stats(hash: u64, name: &HostKey) -> Option<*mut HostStats> {
-    // Looked up at each ClientHello, so that the name leaves the LRU no sooner than its
-    // counters; written again if it left anyway.
+fn keep_name(hash: u64, name: &HostKey) {
     if SNI_OTHER_NAMES.get_ptr(&hash).is_none() {
         let _ = SNI_OTHER_NAMES.insert(&hash, name, 0);
     }
-    if let Some(v) = SNI_OTHER.get_ptr_mut(&hash) {
-        return Some(v);
-    }
-    // NOEXIST: if another CPU creates it in between, that one stays.
-    let _ = SNI_OTHER.insert(&hash, &HostStats::default(), u64::from(BPF_NOEXIST));
-    let v = SNI_OTHER.get_ptr_mut(&hash);
-    if v.is_none() {
-        count(counter::HOST_UNTRACKED);
-    }
-    v
 }

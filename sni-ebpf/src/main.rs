@@ -10,15 +10,17 @@
 //! 4. [`host`]: a ClientHello read to its outcome finds its host and is counted;
 //! 5. [`verdict`]: the host's action and rate limit decide the flow's fate.
 //!
-//! [`maps`] holds every map, [`counters`] the counting, [`error`] the one error type, counted
-//! once here at the entry point. It never rewrites. It drops only the flows of hosts whose
-//! action is `drop` or that are over their ClientHello rate; every other packet, and every
-//! error, gets `XDP_PASS` (fail open).
+//! [`maps`] holds every map, [`counters`] the counting ([`atomic`] its shared adds),
+//! [`error`] the one error type, counted once here at the entry point. It never rewrites. It
+//! drops only the flows of hosts whose action is `drop` or that are over their ClientHello
+//! rate; every other packet, and every error, gets `XDP_PASS` (fail open).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Inline assembly for the one atomic compare-and-swap (see `verdict::cmpxchg`).
+// Inline assembly for the atomic add and compare-and-swap (see `atomic`).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+mod atomic;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use sni_common::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
@@ -30,9 +30,10 @@ pub static SNI_HOSTS: HashMap<u64, NameEntry> = HashMap::with_max_entries(1, 0);
 #[map]
 pub static SNI_NAME_KEYS: Array<NameKeys> = Array::with_max_entries(1, 0);
 
-/// Counters of the configured hosts by slot (sized by the loader, so never evicted).
+/// Counters of the configured hosts by slot (sized by the loader, so never evicted), shared
+/// by every CPU: added to atomically.
 #[map]
-pub static SNI_HOST_STATS: PerCpuArray<HostStats> = PerCpuArray::with_max_entries(1, 0);
+pub static SNI_HOST_STATS: Array<HostStats> = Array::with_max_entries(1, 0);
 
 /// Labels by host slot, for userspace readers (the program never reads it).
 #[map]
@@ -46,12 +47,13 @@ pub static SNI_POLICY: Array<Policy> = Array::with_max_entries(1, 0);
 #[map]
 pub static SNI_BUCKETS: Array<Bucket> = Array::with_max_entries(1, 0);
 
-/// Counters of every other name by name hash; least recently used go first.
+/// Counters of every other name by name hash, shared by every CPU as `SNI_HOST_STATS` is;
+/// least recently used go first.
 #[map]
-pub static SNI_OTHER: LruPerCpuHashMap<u64, HostStats> =
-    LruPerCpuHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
+pub static SNI_OTHER: LruHashMap<u64, HostStats> =
+    LruHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
 
-/// The names of `SNI_OTHER`'s keys, one copy for every CPU.
+/// The names of `SNI_OTHER`'s keys.
 #[map]
 pub static SNI_OTHER_NAMES: LruHashMap<u64, HostKey> =
     LruHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
@@ -61,8 +63,9 @@ pub static SNI_OTHER_NAMES: LruHashMap<u64, HostKey> =
 pub static SNI_FLOWS: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
 
-/// This CPU's copies of flow table entries, by `FlowKey::cache_index` (sized by the loader to
-/// a power of two; `SNI_CACHE_MASK` is that size less one).
+/// This CPU's copies of flow table entries, by `FlowKey::cache_index`, with the packets they
+/// counted and still owe their host (sized by the loader to a power of two; `SNI_CACHE_MASK`
+/// is that size less one).
 #[map]
 pub static SNI_FLOW_CACHE: PerCpuArray<CachedFlow> =
     PerCpuArray::with_max_entries(FLOW_CACHE_MIN_ENTRIES, 0);

@@ -1,8 +1,6 @@
 //! Stage 5, the verdict: a new ClientHello's host action, then its rate limit (GCRA, one
 //! bucket per host shared by every CPU); and the XDP action of a verdict.
 
-use core::arch::asm;
-
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns};
 use sni_common::{
     flow::{gcra, verdict, ACTION_DROP},
@@ -10,6 +8,7 @@ use sni_common::{
 };
 
 use crate::{
+    atomic::cmpxchg,
     counters::count,
     maps::{SNI_BUCKETS, SNI_POLICY},
 };
@@ -66,29 +65,4 @@ pub fn action(v: u8) -> u32 {
         }
         _ => xdp_action::XDP_PASS,
     }
-}
-
-/// Atomically replaces `*p` with `new` if it holds `old`; whether it did.
-///
-/// Rust's atomics are not available here: the BPF target is declared single-threaded without
-/// compare-and-swap, so the compiler would lower them to plain loads and stores. The
-/// instruction is BPF_ATOMIC | BPF_CMPXCHG (kernel 5.12+): r0 holds the expected value and
-/// receives what was in memory.
-///
-/// # Safety
-/// `p` points to a live, 8-aligned map value.
-#[inline(always)]
-unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> bool {
-    let mut seen = old;
-    // SAFETY: the caller's pointer; the instruction touches only those 8 bytes.
-    unsafe {
-        asm!(
-            "r0 = cmpxchg_64({p} + 0, r0, {new})",
-            p = in(reg) p,
-            new = in(reg) new,
-            inout("r0") seen,
-            options(nostack),
-        );
-    }
-    seen == old
 }

@@ -25,7 +25,7 @@ use crate::{
     metrics, privileges,
     routes::Routes,
     server::Terminator,
-    stats::Snapshot,
+    stats::{MapsReader, Snapshot},
 };
 
 /// How often the kernel's log records are forwarded.
@@ -547,7 +547,9 @@ fn run(
         let metrics_other_hosts = Arc::new(AtomicUsize::new(config.metrics_other_hosts));
         if let Some(addr) = config.metrics {
             let maps = match &classifier {
-                Some(_) => Some(Mutex::new(PinnedMaps::open(&config.pin_dir)?)),
+                Some(_) => Some(Mutex::new(MapsReader::new(PinnedMaps::open(
+                    &config.pin_dir,
+                )?))),
                 None => None,
             };
             let served = metrics::serve(

@@ -12,13 +12,13 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
-    flow::{kind, verdict, Bucket, Flow, FlowKey, Policy},
+    flow::{kind, verdict, Bucket, CachedFlow, Flow, FlowKey, Owner, Policy},
     host::{NameEntry, NameKeys},
     maps::{
         flow_cache_entries, HostStats, PortSet, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE,
@@ -225,27 +225,21 @@ impl Classifier {
         if old.default.action != new.default.action {
             changed.insert(0, new.default.action);
         }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+        let new_slots: std::collections::HashSet<u32> = new
+            .hosts
+            .iter()
+            .map(|h| h.names.first().map_or("", String::as_str))
+            .filter(|label| self.slots.get(label).is_none())
+            .filter_map(|label| slots.get(label))
+            .collect();
+        reset_slots(&mut self.ebpf, &new_slots)?;
         for host in &new.hosts {
             let label = host.names.first().map_or("", String::as_str);
             let slot = slots
                 .get(label)
                 .ok_or_else(|| anyhow!("no slot planned for {label:?}"))?;
-            if self.slots.get(label).is_none() {
-                let mut stats = PerCpuArray::<_, HostStats>::try_from(map_mut(
-                    &mut self.ebpf,
-                    MAP_HOST_STATS,
-                )?)?;
-                let zeros = aya::maps::PerCpuValues::try_from(vec![HostStats::default(); cpus])?;
-                stats
-                    .set(slot, zeros, 0)
-                    .context("zeroing a host's counters")?;
-                let mut buckets =
-                    Array::<_, Bucket>::try_from(map_mut(&mut self.ebpf, MAP_BUCKETS)?)?;
-                buckets
-                    .set(slot, Bucket::default(), 0)
-                    .context("resetting a host's rate bucket")?;
-            } else if old_actions.get(label).is_some_and(|a| *a != host.action) {
+            // A host that was there before (a new one's action is no change to flows).
+            if old_actions.get(label).is_some_and(|a| *a != host.action) {
                 changed.insert(slot, host.action);
             }
             let key = HostKey::from_name(label.as_bytes()).unwrap_or(HostKey::EMPTY);
@@ -281,10 +275,8 @@ impl Classifier {
                 .filter(|(k, _)| !was.contains(k))
                 .map(|(k, _)| k.hash64())
                 .collect();
-            let mut other = PerCpuHashMap::<_, u64, HostStats>::try_from(map_mut(
-                &mut self.ebpf,
-                MAP_OTHER_HOSTS,
-            )?)?;
+            let mut other =
+                HashMap::<_, u64, HostStats>::try_from(map_mut(&mut self.ebpf, MAP_OTHER_HOSTS)?)?;
             for hash in &now {
                 let _ = other.remove(hash);
             }
@@ -363,6 +355,57 @@ impl Drop for Classifier {
     fn drop(&mut self) {
         self.detach_and_unpin();
     }
+}
+
+/// Makes `slots`, which a reload gives to new hosts, start from nothing: what the flow caches
+/// still owe them is forgotten, then their counters and rate buckets are zeroed. Part of
+/// [`Classifier::apply`], before the new hosts' names are written.
+///
+/// A slot is reused only after a reload removed its host and moved the cache's epoch, so
+/// what a cache entry owes it was counted for that earlier host. The counters are zeroed
+/// after the caches are cleared: an entry given to another flow meanwhile may have added to
+/// them.
+pub fn reset_slots(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> Result<()> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    forget_owed(ebpf, slots)?;
+    for &slot in slots {
+        Array::<_, HostStats>::try_from(map_mut(ebpf, MAP_HOST_STATS)?)?
+            .set(slot, HostStats::default(), 0)
+            .context("zeroing a host's counters")?;
+        Array::<_, Bucket>::try_from(map_mut(ebpf, MAP_BUCKETS)?)?
+            .set(slot, Bucket::default(), 0)
+            .context("resetting a host's rate bucket")?;
+    }
+    Ok(())
+}
+
+/// Clears what the flow caches owe `slots` (see [`reset_slots`]).
+fn forget_owed(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> Result<()> {
+    let owes = |c: &CachedFlow| matches!(c.owed(), Some((Owner::Configured(slot), _, _)) if slots.contains(&slot));
+    let mut cache = PerCpuArray::<_, CachedFlow>::try_from(map_mut(ebpf, MAP_FLOW_CACHE)?)?;
+    for index in 0..cache.len() {
+        let entries = cache.get(&index, 0).context("reading the flow cache")?;
+        if !entries.iter().any(owes) {
+            continue;
+        }
+        let cleared: Vec<CachedFlow> = entries
+            .iter()
+            .map(|c| {
+                let mut c = *c;
+                if owes(&c) {
+                    c.packets = 0;
+                    c.bytes = 0;
+                }
+                c
+            })
+            .collect();
+        cache
+            .set(index, aya::maps::PerCpuValues::try_from(cleared)?, 0)
+            .context("clearing a flow cache entry")?;
+    }
+    Ok(())
 }
 
 /// Rewrites the verdicts of flows whose host's action changed (by slot; slot 0 is the
@@ -732,9 +775,11 @@ pub struct PinnedMaps {
     /// Configured hosts' labels (first name) by slot.
     pub labels: Array<MapData, HostKey>,
     /// Configured hosts' counters by slot.
-    pub host_stats: PerCpuArray<MapData, HostStats>,
+    pub host_stats: Array<MapData, HostStats>,
     /// Other hosts' counters by name hash.
-    pub other: PerCpuHashMap<MapData, u64, HostStats>,
+    pub other: HashMap<MapData, u64, HostStats>,
+    /// Each CPU's flow cache, with what its entries still owe the hosts' counters.
+    pub flow_cache: PerCpuArray<MapData, CachedFlow>,
     /// Other hosts' names by name hash.
     pub other_names: HashMap<MapData, u64, HostKey>,
 }
@@ -762,6 +807,7 @@ impl PinnedMaps {
             labels: open(MAP_LABELS)?.try_into()?,
             host_stats: open(MAP_HOST_STATS)?.try_into()?,
             other: open(MAP_OTHER_HOSTS)?.try_into()?,
+            flow_cache: open(MAP_FLOW_CACHE)?.try_into()?,
             other_names: open(MAP_OTHER_NAMES)?.try_into()?,
         })
     }

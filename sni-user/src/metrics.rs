@@ -33,9 +33,8 @@ use sni_common::maps::counter;
 
 use crate::{
     counters::{Failure, ReloadCounters},
-    loader::PinnedMaps,
     server::Shared,
-    stats::{HostRow, Snapshot},
+    stats::{HostRow, MapsReader, Snapshot},
 };
 
 /// The OpenMetrics text content type.
@@ -51,7 +50,7 @@ pub const OTHER: &str = "other";
 /// What a scrape reads.
 pub struct Sources {
     /// The classifier's maps (None: no classifier).
-    pub maps: Option<Mutex<PinnedMaps>>,
+    pub maps: Option<Mutex<MapsReader>>,
     /// The terminator (None: none running).
     pub terminator: Option<Arc<Shared>>,
     /// Reloads.
@@ -125,8 +124,8 @@ impl Collector for Sources {
             .encode_gauge(&1i64)?;
         if let Some(maps) = &self.maps {
             let read = match maps.lock() {
-                Ok(m) => Snapshot::from_maps(&m, None),
-                Err(poisoned) => Snapshot::from_maps(&poisoned.into_inner(), None),
+                Ok(mut m) => m.read(),
+                Err(poisoned) => poisoned.into_inner().read(),
             };
             match read {
                 Ok(snapshot) => self.encode_xdp(&mut encoder, &snapshot)?,

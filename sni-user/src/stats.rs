@@ -1,17 +1,19 @@
 //! Reading the counters from the pinned maps and showing them (table or JSON).
 
-use std::path::Path;
+use std::{borrow::Borrow, collections::HashMap as StdHashMap, path::Path};
 
 use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use sni_common::{
+    flow::{CachedFlow, Owner},
     maps::{counter, HostStats},
     HostKey,
 };
 
 use crate::loader::PinnedMaps;
 
-/// One host's counters, summed over CPUs.
+/// One host's counters.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HostRow {
     /// The normalised name; bytes outside printable ASCII are escaped (`\xNN`).
@@ -87,24 +89,20 @@ impl Snapshot {
             rate_limited: s.rate_limited,
             configured,
         };
+        let counters = HostCounters::read(&maps.host_stats, &maps.other, &maps.flow_cache)?;
         // Slot 0 is the default's; configured hosts from 1.
         for slot in 1..maps.labels.len() {
             let label = maps.labels.get(&slot, 0).context("reading a host label")?;
             if label.len == 0 {
                 continue; // a free slot (room for hosts added by a reload)
             }
-            let values = maps
-                .host_stats
-                .get(&slot, 0)
-                .context("reading a host's counters")?;
-            hosts.push(row(&label, sum(values.iter()), true));
+            hosts.push(row(&label, counters.of(Owner::Configured(slot)), true));
         }
-        for entry in maps.other.iter() {
-            let (hash, values) = entry.context("reading a host entry")?;
+        for &hash in counters.other.keys() {
             // A name evicted from its LRU before its counters (rare: the kernel refreshes it
             // at each ClientHello) is shown empty, as before it was kept apart.
             let name = maps.other_names.get(&hash, 0).unwrap_or(HostKey::EMPTY);
-            hosts.push(row(&name, sum(values.iter()), false));
+            hosts.push(row(&name, counters.of(Owner::Other(hash)), false));
         }
         hosts.sort_by(|a, b| {
             b.client_hellos
@@ -208,10 +206,161 @@ impl Snapshot {
     }
 }
 
-fn sum<'a>(values: impl Iterator<Item = &'a HostStats>) -> HostStats {
-    let mut total = HostStats::default();
-    for v in values {
-        total.add(v);
+/// What a reader that reads again and again (the metrics endpoint, `top`) applies to each
+/// snapshot so that a host's packets and bytes never go down from one read to the next. A
+/// read can miss what a flow cache entry added to the shared counters while it was being
+/// read ([`HostCounters`]); the next read has it. A counter that went down would look like a
+/// restart to Prometheus. A host absent from a read is forgotten, so a name that comes back
+/// starts from its own counters.
+#[derive(Debug, Default)]
+pub struct Monotonic {
+    last: StdHashMap<(String, bool), (u64, u64)>,
+}
+
+impl Monotonic {
+    /// Raises each host's packets and bytes in `snapshot` to at least their last values.
+    pub fn apply(&mut self, snapshot: &mut Snapshot) {
+        let mut next = StdHashMap::with_capacity(snapshot.hosts.len());
+        for h in &mut snapshot.hosts {
+            let key = (h.host.clone(), h.configured);
+            if let Some(&(packets, bytes)) = self.last.get(&key) {
+                h.packets = h.packets.max(packets);
+                h.bytes = h.bytes.max(bytes);
+            }
+            next.insert(key, (h.packets, h.bytes));
+        }
+        self.last = next;
     }
-    total
+}
+
+/// The pinned maps of a running classifier, read again and again by one reader (the metrics
+/// endpoint): each snapshot is made [`Monotonic`].
+pub struct MapsReader {
+    maps: PinnedMaps,
+    monotonic: Monotonic,
+}
+
+impl MapsReader {
+    /// A reader of `maps`.
+    pub fn new(maps: PinnedMaps) -> Self {
+        Self {
+            maps,
+            monotonic: Monotonic::default(),
+        }
+    }
+
+    /// The classifier's counters now.
+    pub fn read(&mut self) -> Result<Snapshot> {
+        let mut snapshot = Snapshot::from_maps(&self.maps, None)?;
+        self.monotonic.apply(&mut snapshot);
+        Ok(snapshot)
+    }
+}
+
+/// Every host's counters as the kernel keeps them: what the shared maps hold, plus what each
+/// CPU's flow cache entries counted and still owe them (`sni_common::flow::CachedFlow`).
+///
+/// The maps are read first, the caches next. An entry that the kernel gives to another flow
+/// in between has added what it owed to a map already read: that read misses it, the next
+/// one has it. So a read is never above the true count, and is exact when traffic stops.
+#[derive(Clone, Debug, Default)]
+pub struct HostCounters {
+    /// Configured hosts by slot.
+    pub configured: StdHashMap<u32, HostStats>,
+    /// Other names by name hash.
+    pub other: StdHashMap<u64, HostStats>,
+}
+
+impl HostCounters {
+    /// Reads the counter maps and then the flow cache of a loaded classifier.
+    pub fn read<T: Borrow<MapData>>(
+        host_stats: &Array<T, HostStats>,
+        other: &HashMap<T, u64, HostStats>,
+        flow_cache: &PerCpuArray<T, CachedFlow>,
+    ) -> Result<Self> {
+        let mut counters = Self::default();
+        for slot in 1..host_stats.len() {
+            let stats = host_stats
+                .get(&slot, 0)
+                .context("reading a host's counters")?;
+            counters.configured.insert(slot, stats);
+        }
+        for entry in other.iter() {
+            let (hash, stats) = entry.context("reading a host entry")?;
+            counters.other.insert(hash, stats);
+        }
+        for entries in flow_cache.iter() {
+            let entries = entries.context("reading the flow cache")?;
+            for (owner, packets, bytes) in entries.iter().filter_map(CachedFlow::owed) {
+                let owed = HostStats {
+                    packets,
+                    bytes,
+                    ..HostStats::default()
+                };
+                let stats = match owner {
+                    Owner::Configured(slot) => counters.configured.entry(slot).or_default(),
+                    Owner::Other(hash) => counters.other.entry(hash).or_default(),
+                };
+                stats.add(&owed);
+            }
+        }
+        Ok(counters)
+    }
+
+    /// The counters of `owner` (zero if it has none).
+    pub fn of(&self, owner: Owner) -> HostStats {
+        match owner {
+            Owner::Configured(slot) => self.configured.get(&slot),
+            Owner::Other(hash) => self.other.get(&hash),
+        }
+        .copied()
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(rows: &[(&str, bool, u64)]) -> Snapshot {
+        let hosts = rows
+            .iter()
+            .map(|&(host, configured, packets)| HostRow {
+                host: host.to_owned(),
+                client_hellos: 1,
+                packets,
+                bytes: packets * 100,
+                ech: 0,
+                dropped: 0,
+                rate_limited: 0,
+                configured,
+            })
+            .collect();
+        Snapshot {
+            hosts,
+            global: serde_json::Map::new(),
+            terminator: None,
+        }
+    }
+
+    #[test]
+    fn monotonic_holds_a_dip_and_forgets_a_host_that_left() {
+        let mut m = Monotonic::default();
+        let mut first = snapshot(&[("a.example", true, 10), ("b.example", false, 5)]);
+        m.apply(&mut first);
+        assert_eq!(first.hosts[0].packets, 10);
+        // A read that missed what an entry added meanwhile: held at the last value.
+        let mut dip = snapshot(&[("a.example", true, 7)]);
+        m.apply(&mut dip);
+        assert_eq!((dip.hosts[0].packets, dip.hosts[0].bytes), (10, 1000));
+        let mut up = snapshot(&[("a.example", true, 12), ("b.example", false, 2)]);
+        m.apply(&mut up);
+        assert_eq!(up.hosts[0].packets, 12);
+        // b.example was absent from the read before: it starts from its own counters.
+        assert_eq!(up.hosts[1].packets, 2);
+        // The same name, configured now, is another series.
+        let mut configured = snapshot(&[("b.example", true, 1)]);
+        m.apply(&mut configured);
+        assert_eq!(configured.hosts[0].packets, 1);
+    }
 }

@@ -35,7 +35,7 @@ use ratatui::{
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
-use crate::stats::Snapshot;
+use crate::stats::{Monotonic, Snapshot};
 
 /// Samples of ClientHellos/s kept per host for its sparkline: a minute at the default interval.
 pub const HISTORY_LEN: usize = 60;
@@ -84,7 +84,9 @@ pub fn run(opts: Options) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("top needs a terminal; use `sni-user stats` for scripts");
     }
-    let first = Snapshot::read(&opts.pin_dir, &opts.control)?;
+    let mut monotonic = Monotonic::default();
+    let mut first = Snapshot::read(&opts.pin_dir, &opts.control)?;
+    monotonic.apply(&mut first);
     let mut app = App::new(&opts, Instant::now());
     app.update(Instant::now(), &first);
     // SIGTERM, SIGHUP (the terminal went away) and SIGQUIT end the view like `q`, so the
@@ -96,7 +98,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let guard = TerminalGuard::enter()?;
     let mut term = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
-    let result = event_loop(&mut term, &mut app, &opts, &stop);
+    let result = event_loop(&mut term, &mut app, &mut monotonic, &opts, &stop);
     drop(term);
     drop(guard);
     result
@@ -105,6 +107,7 @@ pub fn run(opts: Options) -> Result<()> {
 fn event_loop(
     term: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
+    monotonic: &mut Monotonic,
     opts: &Options,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -135,7 +138,10 @@ fn event_loop(
         let now = Instant::now();
         if now >= next_read {
             match Snapshot::read(&opts.pin_dir, &opts.control) {
-                Ok(snapshot) => app.update(now, &snapshot),
+                Ok(mut snapshot) => {
+                    monotonic.apply(&mut snapshot);
+                    app.update(now, &snapshot);
+                }
                 Err(e) => app.error = Some(format!("{e:#}")),
             }
             next_read = now + opts.interval;

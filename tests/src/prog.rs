@@ -8,14 +8,14 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use sni_common::{
-    flow::{Flow, FlowKey},
+    flow::{Flow, FlowKey, Owner},
     maps::{
-        counter, HostStats, MAP_FLOWS, MAP_GLOBAL, MAP_HOST_STATS, MAP_OTHER_HOSTS,
+        counter, HostStats, MAP_FLOWS, MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOST_STATS, MAP_OTHER_HOSTS,
         MAP_OTHER_NAMES, MAP_PENDING, PROGRAM,
     },
     HostKey,
@@ -23,6 +23,7 @@ use sni_common::{
 use sni_user::{
     config::Config,
     loader::{configured_slot, load_program, StartOptions},
+    stats::HostCounters,
 };
 
 /// `XDP_DROP`.
@@ -108,35 +109,32 @@ impl Prog {
             .collect()
     }
 
-    /// One host's counters (summed over CPUs) and whether it is a configured one. A
-    /// configured host is found by any of its names (or `*.` patterns).
+    /// One host's counters (with what the flow caches still owe it) and whether it is a
+    /// configured one. A configured host is found by any of its names (or `*.` patterns).
     pub fn host(&self, name: &str) -> Option<(HostStats, bool)> {
         let key = HostKey::from_name(name.as_bytes()).expect("valid name");
+        let counters = self.host_counters();
         if let Some(slot) = configured_slot(&self.ebpf, &key).expect("the host table") {
-            let stats: PerCpuArray<_, HostStats> =
-                PerCpuArray::try_from(self.ebpf.map(MAP_HOST_STATS).expect("stats"))
-                    .expect("array");
-            let values = stats.get(&slot, 0).expect("slot in range");
-            let mut total = HostStats::default();
-            for v in values.iter() {
-                total.add(v);
-            }
-            return Some((total, true));
+            return Some((counters.of(Owner::Configured(slot)), true));
         }
-        let values = self.other().get(&key.hash64(), 0).ok()?;
-        let mut total = HostStats::default();
-        for v in values.iter() {
-            total.add(v);
-        }
+        let stats = *counters.other.get(&key.hash64())?;
         let names: BpfHashMap<_, u64, HostKey> =
             BpfHashMap::try_from(self.ebpf.map(MAP_OTHER_NAMES).expect("names")).expect("hash");
         let name = names.get(&key.hash64(), 0).expect("the name is kept");
         assert_eq!(name, key, "the entry of this hash carries the name");
-        Some((total, false))
+        Some((stats, false))
     }
 
-    fn other(&self) -> PerCpuHashMap<&aya::maps::MapData, u64, HostStats> {
-        PerCpuHashMap::try_from(self.ebpf.map(MAP_OTHER_HOSTS).expect("map")).expect("hash")
+    /// Every host's counters, read as `sni-user stats` reads them.
+    fn host_counters(&self) -> HostCounters {
+        let map = |name| self.ebpf.map(name).expect(name);
+        let stats = Array::try_from(map(MAP_HOST_STATS)).expect("array");
+        let cache = PerCpuArray::try_from(map(MAP_FLOW_CACHE)).expect("per-CPU array");
+        HostCounters::read(&stats, &self.other(), &cache).expect("reading the host counters")
+    }
+
+    fn other(&self) -> BpfHashMap<&aya::maps::MapData, u64, HostStats> {
+        BpfHashMap::try_from(self.ebpf.map(MAP_OTHER_HOSTS).expect("map")).expect("hash")
     }
 
     /// Entries in the map of other names.

@@ -1,21 +1,26 @@
 //! The per-CPU flow cache in front of the flow table (`BPF_PROG_TEST_RUN` on each core in
 //! turn): a cached copy never outlives a reload that changes its flow, nor a new connection
-//! on the same 5-tuple, on whichever core the copy was made.
+//! on the same 5-tuple, on whichever core the copy was made; and what its entries count is
+//! neither lost nor counted twice when they go to other flows.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use aya::maps::HashMap as BpfHashMap;
+use aya::maps::{Array, HashMap as BpfHashMap};
 use sni_common::{
     flow::{Flow, FlowKey},
-    maps::MAP_FLOWS,
+    maps::{HostStats, MAP_FLOWS, MAP_HOST_STATS},
+    HostKey,
 };
 use sni_tests::{
     frame::{self, Seg, PSH_ACK, SYN},
     hellos::rustls_hello,
     prog::{v4_key, Prog, XDP_DROP, XDP_PASS},
 };
-use sni_user::{config::Action, loader::rewrite_flows};
+use sni_user::{
+    config::Action,
+    loader::{configured_slot, reset_slots, rewrite_flows},
+};
 
 const PORT: u16 = 443;
 const ISN: u32 = 1000;
@@ -171,4 +176,66 @@ fn a_new_connection_is_read_even_where_a_copy_outlived_its_flow_in_the_table() {
     let second = prog.host("second.example.org").unwrap().0;
     assert_eq!((second.client_hellos, second.packets), (1, 2));
     assert_eq!(prog.host("first.example.org").unwrap().0.packets, 3);
+}
+
+#[test]
+fn counts_stay_exact_when_flows_outnumber_the_cache_on_every_core() {
+    // 2,048 flows: 1,024 cache entries per core on 2 cores, the fewest there are. 1,500
+    // flows per core then share entries, and each reuse adds what the entry owed its host.
+    let mut prog = Prog::with_config(
+        "[xdp]\ninterfaces = [\"lo\"]\nports = [443]\nflows_capacity = 2048\n\
+         [[host]]\nnames = [\"a.example.org\"]\n[[host]]\nnames = [\"b.example.org\"]\n",
+    );
+    let mut expected: HashMap<&str, u64> = HashMap::new();
+    for i in 0..3000usize {
+        let name = if i % 3 == 0 {
+            "b.example.org"
+        } else {
+            "a.example.org"
+        };
+        let packets = 1 + i % 4;
+        connection(&prog, i % 2, frame::next_port(), name, packets);
+        *expected.entry(name).or_default() += 1 + packets as u64;
+    }
+    for (name, packets) in &expected {
+        let (stats, configured) = prog.host(name).unwrap();
+        assert!(configured);
+        assert_eq!(stats.packets, *packets, "{name}: every packet counted once");
+    }
+    // Most of it went through the shared counters, added by entries given to other flows;
+    // the rest is what the entries still hold.
+    let key = HostKey::from_name(b"a.example.org").unwrap();
+    let slot = configured_slot(prog.ebpf_mut(), &key).unwrap().unwrap();
+    let stats: Array<_, HostStats> =
+        Array::try_from(prog.ebpf_mut().map(MAP_HOST_STATS).unwrap()).unwrap();
+    let folded = stats.get(&slot, 0).unwrap().packets;
+    let total = expected["a.example.org"];
+    assert!(
+        folded > total / 2 && folded < total,
+        "a.example.org: {folded} of {total} packets in the shared counters"
+    );
+}
+
+#[test]
+fn a_slot_given_to_a_new_host_starts_from_nothing_on_every_core() {
+    let mut prog = Prog::load(&[PORT], &["keep.example.org", "gone.example.org"], 1024);
+    for cpu in [0, 1] {
+        connection(&prog, cpu, frame::next_port(), "gone.example.org", 3);
+    }
+    let key = HostKey::from_name(b"gone.example.org").unwrap();
+    let slot = configured_slot(prog.ebpf_mut(), &key).unwrap().unwrap();
+    assert_eq!(prog.host("gone.example.org").unwrap().0.packets, 8);
+
+    // A reload removes gone.example.org (its flows turn to a name not configured); a later
+    // one gives its slot to a new host. The packets both cores' caches still owe the slot
+    // were the old host's.
+    rewrite_flows(prog.ebpf_mut(), &HashMap::new(), &[slot]).unwrap();
+    reset_slots(prog.ebpf_mut(), &HashSet::from([slot])).unwrap();
+    // (The test keeps the old name in the host table, so it still finds the slot.)
+    assert_eq!(
+        prog.host("gone.example.org").unwrap().0,
+        HostStats::default(),
+        "the new host of slot {slot} starts at zero"
+    );
+    assert_eq!(prog.host("keep.example.org").unwrap().0.packets, 0);
 }
