@@ -649,7 +649,7 @@ fn print_row(r: &Row) {
 /// `bpftool prog run` of the no-op object, `ROUNDS` times: its ns per run.
 fn bpftool_noop(object: &Path, frame: &[u8], reps: u32) -> Result<Vec<f64>> {
     let dir = sni_tests::PinDir::new("sni-bench-noop");
-    sni_user::loader::ensure_bpffs(&dir)?;
+    sni_user::kernel::loader::ensure_bpffs(&dir)?;
     let pin = dir.join("prog");
     let frame_file = std::env::temp_dir().join(format!("sni-bench-frame-{}", std::process::id()));
     std::fs::write(&frame_file, frame)?;

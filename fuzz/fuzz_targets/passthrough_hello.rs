@@ -23,7 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use rustls::pki_types::ServerName;
 use sni_common::{Parser, Progress};
 use sni_fuzz::{chunks, split};
-use sni_user::hello_reader::{self, HelloReader, Step};
+use sni_user::terminator::hello_reader::{self, HelloReader, Step};
 
 fuzz_target!(|data: &[u8]| {
     let Some((cap, rest)) = data.split_first_chunk::<2>() else {

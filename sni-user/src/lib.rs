@@ -1,31 +1,22 @@
-//! sni-user (userspace): loads and attaches the XDP SNI classifier, pins its maps, reads its
-//! counters, and hosts the command-line interface. The `sni-user` binary is a thin `main` over
-//! [`cli::main`].
+//! sni-user (userspace): the `sni-user` binary is a thin `main` over [`cli::main`]; everything
+//! lives here, one folder per part of the architecture:
 //!
-//! - [`config`]: the TOML configuration and its validation.
-//! - [`loader`]: loading, map setup, pinning, attaching; [`loader::PinnedMaps`] for readers.
-//! - [`stats`]: counters read from the pinned maps, as a table or JSON.
-//! - [`top`]: a live terminal view of those counters, as rates.
-//! - [`routes`], [`server`], [`conn`], [`counters`]: the TLS terminator (mio + rustls):
-//!   certificate per SNI, per-host backends, passthrough, limits.
-//! - [`classify`]: the classifier's per-flow state machine over pcap/pcapng captures.
-//! - [`cli`]: the commands, and the control plane of `run` (signals, kernel logs).
+//! - [`kernel`]: the XDP classifier's userspace side — load, attach, maps, pins, reload, and
+//!   the readers of its counters. The packet path itself is `sni-ebpf`.
+//! - [`terminator`]: the connection path — TLS termination (mio + rustls), routing per
+//!   host, passthrough, limits.
+//! - [`daemon`]: `sni-user run` — the control plane around both: signals, reloads, the
+//!   control socket, metrics, the privilege drop.
+//! - [`tools`]: `stats`, `top`, `check`, `classify` (offline captures).
+//! - [`config`]: the TOML configuration and its validation, shared by all of the above.
+//! - [`cli`]: the commands (clap) and their dispatch.
+//!
+//! Uses go downward only: `cli` → `tools` and `daemon` → `terminator` → `kernel` (the flow
+//! table reader, for the hand-off) → `config`.
 
-pub mod buf;
-pub mod check;
-pub mod classify;
 pub mod cli;
 pub mod config;
-pub mod conn;
-pub mod control;
-pub mod counters;
-pub mod demo;
-pub mod hello_reader;
-pub mod loader;
-pub mod metrics;
-pub mod privileges;
-pub mod routes;
-pub mod server;
-pub mod slots;
-pub mod stats;
-pub mod top;
+pub mod daemon;
+pub mod kernel;
+pub mod terminator;
+pub mod tools;

@@ -22,8 +22,10 @@ use sni_common::{
 };
 use sni_user::{
     config::Config,
-    loader::{configured_slot, load_program, StartOptions},
-    stats::HostCounters,
+    kernel::{
+        loader::{configured_slot, load_program, StartOptions},
+        readers::HostCounters,
+    },
 };
 
 /// `XDP_DROP`.

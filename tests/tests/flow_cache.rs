@@ -19,7 +19,7 @@ use sni_tests::{
 };
 use sni_user::{
     config::Action,
-    loader::{configured_slot, reset_slots, rewrite_flows},
+    kernel::loader::{configured_slot, reset_slots, rewrite_flows},
 };
 
 const PORT: u16 = 443;

@@ -420,7 +420,10 @@ action = "drop"
 #[test]
 fn the_debug_build_of_the_path_loads_and_counts_the_same() {
     // `run --debug` patches SNI_DEBUG: the logging path must pass the verifier too.
-    let prog = Prog::with_options(ACTIONS, sni_user::loader::StartOptions { debug: true });
+    let prog = Prog::with_options(
+        ACTIONS,
+        sni_user::kernel::loader::StartOptions { debug: true },
+    );
     let (_, verdicts) = send_split(&prog, &browser_size_hello("open.example.org"), &[1460]);
     assert_eq!(verdicts, [XDP_PASS, XDP_PASS]);
     let (_, verdicts) = send_split(&prog, &named("drop.example.org"), &[]);

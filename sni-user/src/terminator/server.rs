@@ -26,10 +26,10 @@ use tracing::{debug, warn};
 
 use crate::{
     config::{Config, Limits},
-    conn::{Conn, Ctx, Pumped},
-    counters::{GlobalCounters, HostSnapshot},
-    loader::FlowTable,
-    routes::{Route, Routes},
+    kernel::loader::FlowTable,
+    terminator::conn::{Conn, Ctx, Pumped},
+    terminator::counters::{GlobalCounters, HostSnapshot},
+    terminator::routes::{Route, Routes},
 };
 
 const WAKER: Token = Token(usize::MAX);

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path};
 
 use crate::{
     config::{locate, Action, Config, ConfigError, HostMode},
-    routes::Routes,
+    terminator::routes::Routes,
 };
 
 /// Days before expiry under which a certificate is warned about.
@@ -54,12 +54,12 @@ pub fn check(path: &Path) -> Report {
         ));
     }
     if let Some(user) = &config.user {
-        if let Err(e) = crate::privileges::Target::resolve(user) {
+        if let Err(e) = crate::daemon::privileges::Target::resolve(user) {
             errors.push(format!("{}: user: {e:#}", line_of("user")));
         }
     }
     if config.xdp.is_some() {
-        if let Some(reason) = crate::loader::pin_dir_unusable(&config.pin_dir) {
+        if let Some(reason) = crate::kernel::loader::pin_dir_unusable(&config.pin_dir) {
             errors.push(format!("{}: pin_dir: {reason}", line_of("pin_dir")));
         }
     }
@@ -354,7 +354,7 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
     out
 }
 
-fn backend_text(r: &crate::routes::Route) -> String {
+fn backend_text(r: &crate::terminator::routes::Route) -> String {
     let b = match &r.backend {
         crate::config::Backend::Tcp(a) => a.to_string(),
         crate::config::Backend::Unix(p) => format!("unix:{}", p.display()),

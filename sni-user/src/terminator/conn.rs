@@ -23,12 +23,12 @@ use sni_common::{
 };
 
 use crate::{
-    buf::Buf,
     config::{Backend, HostMode, Limits},
-    counters::{Failure, GlobalCounters, HostCounters},
-    hello_reader::{self, HelloReader, Refused, Step},
-    loader::FlowTable,
-    routes::{Route, Routes},
+    kernel::loader::FlowTable,
+    terminator::buf::Buf,
+    terminator::counters::{Failure, GlobalCounters, HostCounters},
+    terminator::hello_reader::{self, HelloReader, Refused, Step},
+    terminator::routes::{Route, Routes},
 };
 
 /// Rounds of [`Conn::pump`] before yielding to other connections.

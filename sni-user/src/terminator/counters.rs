@@ -210,17 +210,6 @@ pub struct HostSnapshot {
     pub handshake_seconds_mean: f64,
 }
 
-/// Reloads of the running process (SIGHUP or `sni-user reload`), for stats and metrics.
-#[derive(Debug, Default)]
-pub struct ReloadCounters {
-    /// Reloads applied.
-    pub reloads: AtomicU64,
-    /// Reloads refused: the running configuration stayed.
-    pub failures: AtomicU64,
-    /// Unix time (seconds) of the start or the last reload applied.
-    pub last_success: AtomicU64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Action, Config, Mode, XdpConfig},
-    slots::{self, Slots},
+    kernel::slots::{self, Slots},
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.

@@ -32,9 +32,9 @@ use prometheus_client::{
 use sni_common::maps::counter;
 
 use crate::{
-    counters::{Failure, ReloadCounters},
-    server::Shared,
-    stats::{HostRow, MapsReader, Snapshot},
+    daemon::ReloadCounters,
+    kernel::readers::{HostRow, MapsReader, Snapshot},
+    terminator::{counters::Failure, server::Shared},
 };
 
 /// The OpenMetrics text content type.
@@ -89,7 +89,7 @@ const XDP_HELP: [&str; counter::COUNT as usize] = [
     "Packets dropped because their ClientHello came over its host's hello_rate.",
 ];
 
-/// Help texts of the terminator's global counters, in [`crate::counters::GlobalCounters::values`] order.
+/// Help texts of the terminator's global counters, in [`crate::terminator::counters::GlobalCounters::values`] order.
 const TLS_GLOBAL_HELP: [&str; 11] = [
     "Connections accepted.",
     "Connections closed at once: limits.max_connections reached.",
@@ -312,7 +312,7 @@ impl Sources {
 
 fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), std::fmt::Error> {
     let routes = t.counted_routes();
-    type Field = fn(&crate::counters::HostCounters) -> u64;
+    type Field = fn(&crate::terminator::counters::HostCounters) -> u64;
     let families: [(&str, &str, Field); 4] = [
         (
             "sni_tls_handshakes",

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{counters::ReloadCounters, server::Shared};
+use crate::{daemon::ReloadCounters, terminator::server::Shared};
 
 /// How long a client may take to send its command or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -35,7 +35,7 @@ use ratatui::{
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
-use crate::stats::{Monotonic, Snapshot};
+use crate::kernel::readers::{Monotonic, Snapshot};
 
 /// Samples of ClientHellos/s kept per host for its sparkline: a minute at the default interval.
 pub const HISTORY_LEN: usize = 60;
@@ -976,7 +976,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::stats::HostRow;
+    use crate::kernel::readers::HostRow;
 
     fn xdp(host: &str, hellos: u64, dropped: u64, rate_limited: u64, configured: bool) -> HostRow {
         HostRow {

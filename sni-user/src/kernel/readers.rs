@@ -1,6 +1,8 @@
-//! Reading the counters from the pinned maps and showing them (table or JSON).
+//! What readers of a running classifier's pinned maps see: every host's counters (with what
+//! the flow caches still owe them), the global counters, and the [`Snapshot`] that `stats`,
+//! `top` and the metrics endpoint are made from.
 
-use std::{borrow::Borrow, collections::HashMap as StdHashMap, path::Path};
+use std::{borrow::Borrow, collections::HashMap as StdHashMap};
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
@@ -11,7 +13,7 @@ use sni_common::{
     HostKey,
 };
 
-use crate::loader::PinnedMaps;
+use crate::kernel::loader::PinnedMaps;
 
 /// One host's counters.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -47,35 +49,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads the classifier's counters from the maps pinned under `pin_dir` and the
-    /// terminator's from `control`; either may be absent (not running), not both.
-    pub fn read(pin_dir: &Path, control: &Path) -> Result<Self> {
-        let terminator = crate::control::query(control).ok().filter(|t| !t.is_null());
-        let maps = match PinnedMaps::open(pin_dir).and_then(|maps| {
-            if crate::loader::pins_are_held(pin_dir) == Some(false) {
-                anyhow::bail!(
-                    "the maps pinned under {} are left from a sni-user run that is no longer \
-                     running (it was killed); their counters are not live. The next start \
-                     removes them",
-                    pin_dir.display()
-                );
-            }
-            Ok(maps)
-        }) {
-            Ok(maps) => maps,
-            Err(e) if terminator.is_some() => {
-                tracing::debug!(error = %e, "no classifier");
-                return Ok(Self {
-                    hosts: Vec::new(),
-                    global: serde_json::Map::new(),
-                    terminator,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        Self::from_maps(&maps, terminator)
-    }
-
     /// Reads the classifier's counters from its open maps.
     pub fn from_maps(maps: &PinnedMaps, terminator: Option<serde_json::Value>) -> Result<Self> {
         let mut hosts = Vec::new();
@@ -128,81 +101,6 @@ impl Snapshot {
     /// The global counter `name` (0 if unknown).
     pub fn global(&self, name: &str) -> u64 {
         self.global.get(name).and_then(|v| v.as_u64()).unwrap_or(0)
-    }
-
-    /// Human-readable table: hosts, then the global counters.
-    pub fn table(&self) -> String {
-        use std::fmt::Write as _;
-        let terminator_hosts = self
-            .terminator
-            .as_ref()
-            .and_then(|t| t["hosts"].as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|h| h["host"].as_str());
-        let width = self
-            .hosts
-            .iter()
-            .map(|h| h.host.as_str())
-            .chain(terminator_hosts)
-            .map(str::len)
-            .max()
-            .unwrap_or(0)
-            .clamp(10, 64);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}  {:>8}  {:>12}",
-            "HOST", "CLIENT_HELLOS", "PACKETS", "BYTES", "ECH", "DROPPED", "RATE_LIMITED"
-        );
-        for h in &self.hosts {
-            let mark = if h.configured { "" } else { " (other)" };
-            let _ = writeln!(
-                out,
-                "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}  {:>8}  {:>12}{mark}",
-                h.host, h.client_hellos, h.packets, h.bytes, h.ech, h.dropped, h.rate_limited
-            );
-        }
-        if self.hosts.is_empty() {
-            let _ = writeln!(out, "(no host seen yet)");
-        }
-        let _ = writeln!(out);
-        let _ = writeln!(out, "GLOBAL");
-        for (name, value) in &self.global {
-            let _ = writeln!(out, "  {name:<16} {value}");
-        }
-        if let Some(t) = &self.terminator {
-            let _ = writeln!(out);
-            let _ = writeln!(
-                out,
-                "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  FAILURES",
-                "TERMINATOR", "HANDSHAKES", "ACTIVE", "TO_BACKEND", "TO_CLIENT"
-            );
-            for h in t["hosts"].as_array().into_iter().flatten() {
-                let failures: Vec<String> = h["failures"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                let n = |k: &str| h[k].as_u64().unwrap_or(0);
-                let _ = writeln!(
-                    out,
-                    "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  {}",
-                    h["host"].as_str().unwrap_or(""),
-                    n("handshakes"),
-                    n("active"),
-                    n("bytes_to_backend"),
-                    n("bytes_to_client"),
-                    failures.join(" ")
-                );
-            }
-            for (name, value) in t["global"].as_object().into_iter().flatten() {
-                let _ = writeln!(out, "  {name:<24} {value}");
-            }
-        }
-        out
     }
 }
 

@@ -23,7 +23,7 @@ use sni_common::HostKey;
 
 use crate::{
     config::{Backend, Config, HostMode},
-    counters::HostCounters,
+    terminator::counters::HostCounters,
 };
 
 /// Sessions kept for stateful resumption (TLS 1.2 clients without tickets), all hosts
@@ -245,7 +245,7 @@ impl Routes {
     }
 
     /// Takes the classifier's slot of each host (by label), for reading flow records.
-    pub fn set_slots(&mut self, slots: &crate::slots::Slots) {
+    pub fn set_slots(&mut self, slots: &crate::kernel::slots::Slots) {
         let mut by_slot = vec![None; slots.capacity() as usize];
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(s) = slots.get(&route.label) {

@@ -3,7 +3,7 @@
 //! cap; then the hand-over of those bytes to rustls' `Acceptor`, and the name rustls read,
 //! normalised as the parser normalises.
 //!
-//! [`crate::conn`] reads the socket and pushes what it read; the fuzz targets push any bytes in
+//! [`crate::terminator::conn`] reads the socket and pushes what it read; the fuzz targets push any bytes in
 //! any chunking. The bytes kept are every byte pushed, in order: past the end of the ClientHello
 //! they are what the client sent next in the same read (TLS 1.3 early data, a pipelined record),
 //! and a passthrough backend must get them too.
@@ -145,8 +145,8 @@ pub fn rustls_name(accepted: &Accepted) -> Option<HostKey> {
 mod tests {
     use super::*;
 
-    const CURL: &[u8] = include_bytes!("../../sni-common/testdata/curl.bin");
-    const OPENSSL_NOSNI: &[u8] = include_bytes!("../../sni-common/testdata/openssl-nosni.bin");
+    const CURL: &[u8] = include_bytes!("../../../sni-common/testdata/curl.bin");
+    const OPENSSL_NOSNI: &[u8] = include_bytes!("../../../sni-common/testdata/openssl-nosni.bin");
 
     /// A minimal single-record TLS 1.2 ClientHello with `name` as its host_name (when given)
     /// and the signature_algorithms extension rustls requires.

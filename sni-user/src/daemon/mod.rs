@@ -1,0 +1,352 @@
+//! The daemon, `sni-user run`: the control plane on tokio around the classifier (kernel) and
+//! the terminator — signals, reloads (validated whole, then applied in place), the control
+//! socket, the metrics endpoint, the privilege drop, the kernel's log records, clean detach.
+//!
+//! - [`control`]: the control socket (`stats`, `reload`), server and client.
+//! - [`metrics`]: the Prometheus endpoint.
+//! - [`privileges`]: dropping to `user` after start.
+//! - [`demo`]: the configuration `cargo xtask run` starts with no file.
+
+pub mod control;
+pub mod demo;
+pub mod metrics;
+pub mod privileges;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, Mode, XdpConfig},
+    kernel::{
+        loader::{error_chain, Classifier, PinnedMaps, StartOptions},
+        readers::MapsReader,
+    },
+    terminator::{routes::Routes, server::Terminator},
+};
+
+/// How often the kernel's log records are forwarded.
+const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `run`'s flags that override the file: applied at start and to every reload.
+pub struct Overrides {
+    /// `--pin-dir`.
+    pub pin_dir: Option<PathBuf>,
+    /// `--iface`.
+    pub ifaces: Vec<String>,
+    /// `--port`.
+    pub ports: Vec<u16>,
+    /// `--mode`.
+    pub mode: Option<Mode>,
+}
+
+impl Overrides {
+    /// Applies the flags to `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(dir) = &self.pin_dir {
+            config.pin_dir = dir.clone();
+        }
+        if !self.ifaces.is_empty() || !self.ports.is_empty() || self.mode.is_some() {
+            let xdp = config.xdp.get_or_insert_with(XdpConfig::demo);
+            if !self.ifaces.is_empty() {
+                xdp.interfaces = self.ifaces.clone();
+            }
+            if !self.ports.is_empty() {
+                xdp.ports = self.ports.clone();
+            }
+            if let Some(mode) = self.mode {
+                xdp.mode = mode;
+            }
+        }
+    }
+}
+
+/// What `run` runs, and what a reload changes.
+struct Daemon {
+    config: Config,
+    /// The demo's state directory when running the demo (it has no file: a reload makes the
+    /// demo's configuration again, reading its certificates anew).
+    demo_state: Option<PathBuf>,
+    classifier: Option<Classifier>,
+    terminator: Option<Terminator>,
+    reloads: Arc<ReloadCounters>,
+    metrics_other_hosts: Arc<AtomicUsize>,
+}
+
+impl Daemon {
+    /// Reads the config file again and validates all of it (certificates and keys too, and
+    /// that the hosts fit the kernel's maps) before changing anything; then updates the
+    /// kernel's maps in place and serves new connections with the new routes. Anything that
+    /// cannot change in place is refused whole: the running configuration stays.
+    fn reload(&mut self, overrides: &Overrides) -> Result<()> {
+        let mut new = match &self.demo_state {
+            Some(dir) => demo::prepare(dir)?.0,
+            None => Config::load(&self.config.source)?,
+        };
+        overrides.apply(&mut new);
+        new.validate()?;
+        let fixed = self.config.needs_restart(&new);
+        if !fixed.is_empty() {
+            anyhow::bail!(
+                "{}: {} changed, which needs a restart; nothing was applied",
+                new.source.display(),
+                fixed.join(", ")
+            );
+        }
+        let slots = match &self.classifier {
+            Some(c) => Some(c.plan(&new)?),
+            None => None,
+        };
+        // Certificates and keys are read again here, and only here after start.
+        let routes = match &self.terminator {
+            Some(t) => {
+                let mut routes = Routes::reload(&new, &t.view().routes())?;
+                if let Some(slots) = &slots {
+                    routes.set_slots(slots);
+                }
+                Some(routes)
+            }
+            None => None,
+        };
+        // Everything is valid: apply. The kernel first, so that a flow the terminator looks
+        // up carries a slot the new routes know.
+        if let (Some(c), Some(slots)) = (self.classifier.as_mut(), slots) {
+            c.apply(&self.config, &new, slots)
+                .context("updating the classifier's maps")?;
+        }
+        if let (Some(t), Some(routes)) = (&self.terminator, routes) {
+            if !routes.kept_sessions() {
+                info!("a certificate changed: new session ticket key, earlier sessions resume no more");
+            }
+            t.reload(routes);
+        }
+        self.metrics_other_hosts
+            .store(new.metrics_other_hosts, Relaxed);
+        self.config = new;
+        Ok(())
+    }
+
+    /// Reloads, counts and logs the result.
+    fn reload_logged(
+        &mut self,
+        overrides: &Overrides,
+        why: &str,
+    ) -> Result<control::Reloaded, String> {
+        match self.reload(overrides) {
+            Ok(()) => {
+                self.reloads.reloads.fetch_add(1, Relaxed);
+                self.reloads.last_success.store(unix_now(), Relaxed);
+                info!(
+                    config = %self.config.source.display(),
+                    hosts = self.config.hosts.len(),
+                    trigger = why,
+                    "reloaded"
+                );
+                Ok(control::Reloaded {
+                    config: match &self.demo_state {
+                        Some(dir) => dir.join("demo"),
+                        None => self.config.source.clone(),
+                    },
+                    hosts: self.config.hosts.len(),
+                })
+            }
+            Err(e) => {
+                self.reloads.failures.fetch_add(1, Relaxed);
+                let reason = format!("{e:#}");
+                tracing::error!(
+                    config = %self.config.source.display(),
+                    error = %reason,
+                    trigger = why,
+                    "reload refused; the running configuration stays"
+                );
+                Err(reason)
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `sni-user run`: starts the classifier and the terminator that `config` asks for, serves
+/// the control socket and the metrics endpoint, drops privileges, then reloads on SIGHUP or
+/// `sni-user reload` until SIGINT or SIGTERM, and detaches and unpins on the way out.
+pub fn run(
+    config: Config,
+    overrides: &Overrides,
+    opts: StartOptions,
+    demo_state: Option<PathBuf>,
+) -> Result<()> {
+    if config.xdp.is_none() && config.listen.is_empty() {
+        anyhow::bail!(
+            "config {}: nothing to run: no [xdp] section and no [[listen]]",
+            config.source.display()
+        );
+    }
+    privileges::forbid_new_privileges()?;
+    privileges::raise_open_files();
+    // The user to become is checked before anything is attached or bound.
+    let target = config
+        .user
+        .as_deref()
+        .map(privileges::Target::resolve)
+        .transpose()?;
+    // Certificates and keys are read once, before anything is attached or bound.
+    let mut routes = if config.listen.is_empty() {
+        None
+    } else {
+        Some(Routes::load(&config)?)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut classifier = match &config.xdp {
+            Some(xdp) => Some(Classifier::start(&config, xdp, opts)?),
+            None => None,
+        };
+        let terminator = match routes.take() {
+            Some(mut routes) => {
+                let flows = match &classifier {
+                    Some(c) => {
+                        routes.set_slots(c.slots());
+                        Some(c.flow_table()?)
+                    }
+                    None => None,
+                };
+                Some(Terminator::start(&config, Arc::new(routes), flows)?)
+            }
+            None => None,
+        };
+        let reloads = Arc::new(ReloadCounters::default());
+        reloads.last_success.store(unix_now(), Relaxed);
+        let metrics_other_hosts = Arc::new(AtomicUsize::new(config.metrics_other_hosts));
+        if let Some(addr) = config.metrics {
+            let maps = match &classifier {
+                Some(_) => Some(Mutex::new(MapsReader::new(PinnedMaps::open(
+                    &config.pin_dir,
+                )?))),
+                None => None,
+            };
+            let served = metrics::serve(
+                addr,
+                metrics::Sources {
+                    maps,
+                    terminator: terminator.as_ref().map(Terminator::view),
+                    reloads: reloads.clone(),
+                    other_hosts: metrics_other_hosts.clone(),
+                },
+            );
+            match served {
+                Ok(_) => {}
+                // The demo goes on without its endpoint (the port may be node_exporter's).
+                Err(e) if config.is_demo() => warn!(error = %format!("{e:#}"), "no metrics"),
+                Err(e) => return Err(e),
+            }
+        }
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let control = control::serve(
+            &config.control_socket,
+            terminator.as_ref().map(Terminator::view),
+            reloads.clone(),
+            reload_tx,
+        )?;
+        // The kernel's log records (only with --debug) are flushed on a short tick: polling
+        // the logger's fd through AsyncFd would need `unsafe` registration here.
+        let mut logger = match classifier
+            .as_mut()
+            .map(|c| aya_log::EbpfLogger::init(c.ebpf_mut()))
+        {
+            Some(Ok(logger)) => Some(logger),
+            Some(Err(e)) => {
+                warn!(error = %error_chain(&e), "kernel log records unavailable");
+                None
+            }
+            None => None,
+        };
+        if let Some(target) = &target {
+            let mut owned = Vec::new();
+            owned.extend(classifier.iter().flat_map(|c| c.owned_paths()));
+            owned.extend(control.owned_paths());
+            let mut reread = vec![config.source.clone()];
+            for h in &config.hosts {
+                reread.extend(h.cert.iter().chain(h.key.iter()).cloned());
+            }
+            reread.extend(
+                config
+                    .default
+                    .cert
+                    .iter()
+                    .chain(config.default.key.iter())
+                    .cloned(),
+            );
+            if let Err(e) = target.become_user(&owned, &reread) {
+                control.stop();
+                return Err(e);
+            }
+        }
+        let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
+        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut daemon = Daemon {
+            config,
+            demo_state,
+            classifier,
+            terminator,
+            reloads,
+            metrics_other_hosts,
+        };
+        info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP or `sni-user reload`");
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+                _ = sighup.recv() => {
+                    let _ = daemon.reload_logged(overrides, "SIGHUP");
+                }
+                Some(reply) = reload_rx.recv() => {
+                    let result = daemon.reload_logged(overrides, "control socket");
+                    let _ = reply.send(result);
+                }
+                _ = tick.tick() => {
+                    if let Some(logger) = logger.as_mut() {
+                        logger.flush();
+                    }
+                }
+            }
+        }
+        drop(logger);
+        control.stop();
+        if let Some(t) = daemon.terminator {
+            t.stop();
+        }
+        if let Some(c) = daemon.classifier {
+            c.shutdown();
+        }
+        Ok(())
+    })
+}
+
+/// Reloads of the running process (SIGHUP or `sni-user reload`), for stats and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    /// Reloads applied.
+    pub reloads: AtomicU64,
+    /// Reloads refused: the running configuration stayed.
+    pub failures: AtomicU64,
+    /// Unix time (seconds) of the start or the last reload applied.
+    pub last_success: AtomicU64,
+}

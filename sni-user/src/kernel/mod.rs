@@ -1,0 +1,11 @@
+//! The kernel side: what userspace does with the XDP program (`sni-ebpf`) and its maps.
+//!
+//! - [`loader`]: loading, map setup, attaching, pinning; what a reload does to the maps
+//!   ([`loader::Classifier::apply`]); the flow table as the terminator reads it.
+//! - [`slots`]: which host owns which slot of the per-host maps, across reloads.
+//! - [`readers`]: what readers of the pinned maps see: host counters (with what the flow
+//!   caches still owe them), global counters, snapshots.
+
+pub mod loader;
+pub mod readers;
+pub mod slots;

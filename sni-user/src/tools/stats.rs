@@ -1,0 +1,120 @@
+//! `sni-user stats`: the counters of the classifier (from its pinned maps) and of the
+//! terminator (over the control socket), as a table or JSON.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::{
+    daemon::control,
+    kernel::{
+        loader::{pins_are_held, PinnedMaps},
+        readers::Snapshot,
+    },
+};
+
+impl Snapshot {
+    /// Reads the classifier's counters from the maps pinned under `pin_dir` and the
+    /// terminator's from `control`; either may be absent (not running), not both.
+    pub fn read(pin_dir: &Path, control: &Path) -> Result<Self> {
+        let terminator = control::query(control).ok().filter(|t| !t.is_null());
+        let maps = match PinnedMaps::open(pin_dir).and_then(|maps| {
+            if pins_are_held(pin_dir) == Some(false) {
+                anyhow::bail!(
+                    "the maps pinned under {} are left from a sni-user run that is no longer \
+                     running (it was killed); their counters are not live. The next start \
+                     removes them",
+                    pin_dir.display()
+                );
+            }
+            Ok(maps)
+        }) {
+            Ok(maps) => maps,
+            Err(e) if terminator.is_some() => {
+                tracing::debug!(error = %e, "no classifier");
+                return Ok(Self {
+                    hosts: Vec::new(),
+                    global: serde_json::Map::new(),
+                    terminator,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        Self::from_maps(&maps, terminator)
+    }
+
+    /// Human-readable table: hosts, then the global counters.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let terminator_hosts = self
+            .terminator
+            .as_ref()
+            .and_then(|t| t["hosts"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["host"].as_str());
+        let width = self
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .chain(terminator_hosts)
+            .map(str::len)
+            .max()
+            .unwrap_or(0)
+            .clamp(10, 64);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}  {:>8}  {:>12}",
+            "HOST", "CLIENT_HELLOS", "PACKETS", "BYTES", "ECH", "DROPPED", "RATE_LIMITED"
+        );
+        for h in &self.hosts {
+            let mark = if h.configured { "" } else { " (other)" };
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>13}  {:>10}  {:>14}  {:>6}  {:>8}  {:>12}{mark}",
+                h.host, h.client_hellos, h.packets, h.bytes, h.ech, h.dropped, h.rate_limited
+            );
+        }
+        if self.hosts.is_empty() {
+            let _ = writeln!(out, "(no host seen yet)");
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "GLOBAL");
+        for (name, value) in &self.global {
+            let _ = writeln!(out, "  {name:<16} {value}");
+        }
+        if let Some(t) = &self.terminator {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  FAILURES",
+                "TERMINATOR", "HANDSHAKES", "ACTIVE", "TO_BACKEND", "TO_CLIENT"
+            );
+            for h in t["hosts"].as_array().into_iter().flatten() {
+                let failures: Vec<String> = h["failures"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let n = |k: &str| h[k].as_u64().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "{:<width$}  {:>10}  {:>6}  {:>14}  {:>14}  {}",
+                    h["host"].as_str().unwrap_or(""),
+                    n("handshakes"),
+                    n("active"),
+                    n("bytes_to_backend"),
+                    n("bytes_to_client"),
+                    failures.join(" ")
+                );
+            }
+            for (name, value) in t["global"].as_object().into_iter().flatten() {
+                let _ = writeln!(out, "  {name:<24} {value}");
+            }
+        }
+        out
+    }
+}
