@@ -4,6 +4,7 @@
 //!
 //! Run through `cargo xtask bench [--quick]`, which builds what it needs, installs nginx and
 //! sets the paths below.
+#![forbid(unsafe_code)]
 #![allow(
     clippy::cast_precision_loss,
     reason = "counts and nanoseconds well inside f64's exact range"

@@ -10,15 +10,18 @@ use crate::{
     maps::{HostStats, PortSet},
 };
 
-unsafe impl aya::Pod for HostKey {}
-unsafe impl aya::Pod for NameKeys {}
-unsafe impl aya::Pod for NameEntry {}
-unsafe impl aya::Pod for HostStats {}
-unsafe impl aya::Pod for PortSet {}
-unsafe impl aya::Pod for Parser {}
-unsafe impl aya::Pod for FlowKey {}
-unsafe impl aya::Pod for Flow {}
-unsafe impl aya::Pod for Pending {}
-unsafe impl aya::Pod for Policy {}
-unsafe impl aya::Pod for Bucket {}
-unsafe impl aya::Pod for CachedFlow {}
+/// Marks each type as `aya::Pod`.
+macro_rules! pod {
+    ($($t:ty),+ $(,)?) => {
+        $(
+            // SAFETY: see the module docs: `#[repr(C)]`, `Copy`, integers and integer arrays
+            // only, no padding (a size check next to each definition).
+            unsafe impl aya::Pod for $t {}
+        )+
+    };
+}
+
+pod!(
+    HostKey, NameKeys, NameEntry, HostStats, PortSet, Parser, FlowKey, Flow, Pending, Policy,
+    Bucket, CachedFlow,
+);

@@ -14,6 +14,11 @@
 //! [`error`] the one error type, counted once here at the entry point. It never rewrites. It
 //! drops only the flows of hosts whose action is `drop` or that are over their ClientHello
 //! rate; every other packet, and every error, gets `XDP_PASS` (fail open).
+#![allow(
+    unsafe_code,
+    reason = "an XDP program: map values and packet memory are reached through raw pointers, \
+              kernel helpers are foreign functions; each unsafe block says why it is sound"
+)]
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Inline assembly for the atomic add and compare-and-swap (see `atomic`).
@@ -46,8 +51,8 @@ fn main() {
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The program has no panicking paths the compiler could not remove; the verifier would
-    // reject one that stayed (it cannot return).
+    // SAFETY: the program has no panicking path the compiler could not remove; the verifier
+    // would reject one that stayed (it cannot return).
     unsafe { core::hint::unreachable_unchecked() }
 }
 

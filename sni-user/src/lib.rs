@@ -13,6 +13,7 @@
 //!
 //! Uses go downward only: `cli` → `tools` and `daemon` → `terminator` → `kernel` (the flow
 //! table reader, for the hand-off) → `config`.
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;

@@ -3,10 +3,6 @@
 //! child processes ended by their PID.
 //!
 //! Tests panic with context rather than return errors (as aya's own integration tests do).
-#![allow(
-    clippy::unwrap_used,
-    reason = "test helpers panic with context on purpose"
-)]
 
 pub mod edge;
 pub mod frame;

@@ -1,7 +1,6 @@
 //! `sni-user classify` against the kernel: the same frames (split, retransmitted, reordered,
 //! restarted flows) go through the loaded XDP program (`BPF_PROG_TEST_RUN`) and, written as a
 //! pcap and as a pcapng capture, through `sni-user classify`; both must say the same.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{path::Path, process::Command};
 

@@ -1,6 +1,5 @@
 //! `sni-user run` without a config: the printed curl commands work as printed, and both the
 //! kernel's and the terminator's counters show them.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{process::Command, time::Duration};
 

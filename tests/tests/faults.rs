@@ -1,7 +1,6 @@
 //! The terminator under faults and load, on loopback: thousands of slow clients, floods
 //! against the connection caps, many connections moving data both ways with every byte
 //! checked and half-closes both ways, and backends that stall.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     io::{self, Read, Write},

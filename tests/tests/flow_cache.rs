@@ -2,7 +2,6 @@
 //! turn): a cached copy never outlives a reload that changes its flow, nor a new connection
 //! on the same 5-tuple, on whichever core the copy was made; and what its entries count is
 //! neither lost nor counted twice when they go to other flows.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::{HashMap, HashSet};
 

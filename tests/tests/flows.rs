@@ -1,7 +1,6 @@
 //! Flows through the loaded XDP program (`BPF_PROG_TEST_RUN`): ClientHellos split across TCP
 //! segments at every byte, retransmitted and reordered segments, the flow table, and the
 //! per-host actions (drop, rate limit, default, wildcard names).
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use sni_common::flow::{kind, verdict};
 use sni_tests::{

@@ -5,7 +5,6 @@
 //! action, count every frame, and keep its maps bounded and configured hosts' counters exact.
 //!
 //! Every input comes from a fixed-seed generator: a failure names the frame and replays.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use sni_tests::{
     fixture,

@@ -2,7 +2,6 @@
 //! `sni-user run` attached to the server side, an `openssl s_server` behind it, and real
 //! clients (`openssl s_client`, `curl`) connecting with chosen names from the other side.
 //! `sni-user stats --json`, run as another process, must show exactly what was sent.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{path::Path, process::Command, time::Duration};
 

@@ -4,7 +4,6 @@
 //! cardinality under a scan of random names; reloads under load with zero failed requests
 //! (certificate rotation, hosts added and removed, an action changed in the kernel's maps);
 //! `sni-user check` on good and broken configs; JSON logs.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     collections::{BTreeSet, HashMap},

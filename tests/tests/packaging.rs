@@ -4,7 +4,6 @@
 //! example configs by `sni-user check`; the Prometheus config and alert rules by `promtool`;
 //! the Kubernetes DaemonSet against the unit and its own config; the Grafana dashboard's
 //! shape. (`operations.rs` checks that the dashboard and the rules use only metrics served.)
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     collections::BTreeSet,

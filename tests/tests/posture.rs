@@ -1,6 +1,5 @@
 //! TLS posture of the terminator as testssl.sh (Debian's package) sees it, and how it holds
 //! its private keys: read once at start, never logged, world-readable ones warned about.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{os::unix::fs::PermissionsExt, process::Command};
 

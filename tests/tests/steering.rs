@@ -3,7 +3,6 @@
 //! listening behind it, and real clients on the other side: headless Chromium (its
 //! post-quantum ClientHello spans two segments on about half of connections), curl and
 //! openssl. A tcpdump capture of the same traffic is read back by `sni-user classify`.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     process::{Command, Output, Stdio},

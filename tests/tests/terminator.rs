@@ -2,7 +2,6 @@
 //! certificates from a test CA made by openssl, and backends owned by the test: certificate
 //! per name (exact, wildcard, default, reject), ALPN, PROXY v2, passthrough to a TLS backend,
 //! a refused and a dying backend, no resumption across hosts, handshake deadline, caps.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     io::{Read, Write},

@@ -1,6 +1,5 @@
 //! The loaded XDP program on built frames through `BPF_PROG_TEST_RUN`, one packet per flow:
 //! every verdict is XDP_PASS (no action configured), and the maps say exactly what it carried.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use sni_tests::{
     fixture,

@@ -4,7 +4,6 @@
 //! in a detached tmux session of fixed size; its screen, captured with `tmux capture-pane`,
 //! must show what `sni-user stats --json` says, follow the sort and filter keys, say so when
 //! the edge stops, and give the terminal back (normal screen, cooked mode) when it quits.
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::{
     path::PathBuf,

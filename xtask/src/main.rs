@@ -8,6 +8,7 @@
 //!   `bench/results/` and the README's table.
 //! - `deps`: installs the Debian packages the tests and demo use.
 //! - `fuzz`: runs the cargo-fuzz targets in `fuzz/` for a bounded time each (see [`fuzz`]).
+#![forbid(unsafe_code)]
 
 mod fuzz;
 mod toolchain;
@@ -156,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             deps()?;
             let object = build_ebpf(true)?;
+            lint()?;
             cargo(&["build", "-p", "sni-user"])?;
             let mut test = Command::new(cargo_bin());
             test.current_dir(root())
@@ -345,6 +347,39 @@ fn count_before(line: &str, word: &str) -> u64 {
         .and_then(|n| n.trim().rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// The lints every change must pass before the tests run: the workspace's lints (Cargo.toml,
+/// clippy.toml) with warnings as errors, and the formatting. Adds clippy and rustfmt through
+/// rustup when the toolchain lacks them.
+fn lint() -> Result<()> {
+    for (component, probe) in [("clippy", "clippy"), ("rustfmt", "fmt")] {
+        let present = Command::new(cargo_bin())
+            .args([probe, "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            eprintln!("xtask: adding {component} (rustup component add {component})");
+            let added = Command::new("rustup")
+                .args(["component", "add", component])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !added {
+                bail!("cargo {probe} is missing and rustup could not add {component}");
+            }
+        }
+    }
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -970,7 +970,6 @@ fn restore_terminal() {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
 
     use ratatui::backend::TestBackend;
     use serde_json::json;
