@@ -101,73 +101,69 @@ pub fn flow_cache_entries(flows: u32, cpus: u32) -> u32 {
 /// Default capacity of [`MAP_PENDING`]: ClientHellos in flight across segments at once.
 pub const PENDING_DEFAULT_ENTRIES: u32 = 8 * 1024;
 
-/// Indices into [`MAP_GLOBAL`].
+/// Defines the global counters once: each one's index constant, its name (the key in
+/// `sni-user stats --json` and the metric's suffix) and its help text (the constant's doc and
+/// the metric's HELP), in index order.
+macro_rules! counters {
+    ($($konst:ident = $index:literal, $name:literal, $help:literal;)+) => {
+        $(
+            #[doc = $help]
+            pub const $konst: u32 = $index;
+        )+
+        /// Number of counters; the size of [`super::MAP_GLOBAL`].
+        pub const COUNT: u32 = [$($index),+].len() as u32;
+        /// Names of the counters in index order: the keys of `sni-user stats --json`'s
+        /// `global`, and the metrics' names after `sni_xdp_`.
+        pub const NAMES: [&str; COUNT as usize] = [$($name),+];
+        /// Help texts of the counters in index order (the metrics' HELP).
+        pub const HELP: [&str; COUNT as usize] = [$($help),+];
+        // Indices are 0, 1, 2, … in order, so that NAMES and HELP are indexed by them.
+        const _: () = {
+            let indices = [$($index),+];
+            let mut i = 0;
+            while i < indices.len() {
+                assert!(indices[i] == i as u32, "counter indices must run 0, 1, 2, … in order");
+                i += 1;
+            }
+        };
+    };
+}
+
+/// Indices into [`MAP_GLOBAL`], with each counter's name and help text.
 ///
 /// Every ClientHello the program starts to parse ends in exactly one of `SNI`, `NO_SNI`,
 /// `MALFORMED` or `INCOMPLETE`, so those four add up to `CLIENT_HELLOS`. `ECH` counts the
 /// ClientHellos among them that carry `encrypted_client_hello`.
 pub mod counter {
-    /// Every packet the program saw.
-    pub const PACKETS: u32 = 0;
-    /// IPv4 or IPv6 TCP packets to a watched destination port.
-    pub const TCP_WATCHED: u32 = 1;
-    /// TLS ClientHellos read to an outcome (one of the next four).
-    pub const CLIENT_HELLOS: u32 = 2;
-    /// ClientHellos in which a server_name was read.
-    pub const SNI: u32 = 3;
-    /// ClientHellos read to the end without a server_name.
-    pub const NO_SNI: u32 = 4;
-    /// ClientHellos carrying `encrypted_client_hello`: the name seen is the outer public name.
-    pub const ECH: u32 = 5;
-    /// ClientHellos that break the TLS grammar (length fields that lie, bad versions, …).
-    pub const MALFORMED: u32 = 6;
-    /// ClientHellos given up before their name was read: the next segment came out of order
-    /// or the connection started over.
-    pub const INCOMPLETE: u32 = 7;
-    /// IP fragments carrying TCP, passed without parsing (their ports may be in another
-    /// fragment).
-    pub const FRAGMENTS: u32 = 8;
-    /// A host entry could not be created (map full and not evictable): the name was seen but
-    /// not counted per host.
-    pub const HOST_UNTRACKED: u32 = 9;
-    /// A kernel helper failed; the packet was passed without parsing (fail open).
-    pub const ERRORS: u32 = 10;
-    /// ClientHellos that continued past their first segment (read across segments).
-    pub const SPLIT: u32 = 11;
-    /// Segments of a pending ClientHello that carried only bytes already read.
-    pub const RETRANSMITS: u32 = 12;
-    /// Segments of a pending ClientHello that came after a hole (the ClientHello is then
-    /// counted incomplete).
-    pub const OUT_OF_ORDER: u32 = 13;
-    /// Packets of flows already classified, counted toward their host without parsing.
-    pub const FLOW_PACKETS: u32 = 14;
-    /// Packets dropped by a host's `action = "drop"`.
-    pub const DROPPED: u32 = 15;
-    /// Packets dropped because their flow's ClientHello came over its host's `hello_rate`.
-    pub const RATE_LIMITED: u32 = 16;
-    /// Number of counters; the size of [`super::MAP_GLOBAL`].
-    pub const COUNT: u32 = 17;
-
-    /// Names of the counters in index order: the keys of `sni-user stats --json`'s `global`.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "packets",
-        "tcp_watched",
-        "client_hellos",
-        "sni",
-        "no_sni",
-        "ech",
-        "malformed",
-        "incomplete",
-        "fragments",
-        "host_untracked",
-        "errors",
-        "split",
-        "retransmits",
-        "out_of_order",
-        "flow_packets",
-        "dropped",
-        "rate_limited",
-    ];
+    counters! {
+        PACKETS = 0, "packets", "Packets the XDP program saw.";
+        TCP_WATCHED = 1, "tcp_watched", "IPv4 or IPv6 TCP packets to a watched port.";
+        CLIENT_HELLOS = 2, "client_hellos",
+            "TLS ClientHellos read to an outcome (sni + no_sni + malformed + incomplete).";
+        SNI = 3, "sni", "ClientHellos in which a server_name was read.";
+        NO_SNI = 4, "no_sni", "ClientHellos read to the end without a server_name.";
+        ECH = 5, "ech",
+            "ClientHellos carrying encrypted_client_hello (the name is the outer public name).";
+        MALFORMED = 6, "malformed",
+            "ClientHellos that break the TLS grammar (length fields that lie, bad versions).";
+        INCOMPLETE = 7, "incomplete",
+            "ClientHellos given up before their name was read (out of order, started over).";
+        FRAGMENTS = 8, "fragments",
+            "IP fragments carrying TCP, passed without parsing (their ports may be elsewhere).";
+        HOST_UNTRACKED = 9, "host_untracked",
+            "Names seen that could not get a host entry (map full): not counted per host.";
+        ERRORS = 10, "errors", "Kernel helper failures; the packet was passed (fail open).";
+        SPLIT = 11, "split", "ClientHellos read across more than one segment.";
+        RETRANSMITS = 12, "retransmits",
+            "Segments of a pending ClientHello carrying only bytes already read.";
+        OUT_OF_ORDER = 13, "out_of_order",
+            "Segments of a pending ClientHello that came after a hole (counted incomplete).";
+        FLOW_PACKETS = 14, "flow_packets",
+            "Packets of classified flows, counted toward their host without parsing.";
+        DROPPED = 15, "dropped", "Packets dropped by a host's action = drop.";
+        RATE_LIMITED = 16, "rate_limited",
+            "Packets dropped because their ClientHello came over its host's hello_rate.";
+    }
 }
 
 /// Per-host counters, shared by every CPU (the kernel adds to them atomically).

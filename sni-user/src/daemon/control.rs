@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::{daemon::ReloadCounters, terminator::server::Shared};
 
@@ -33,8 +34,68 @@ const MAX_COMMAND: u64 = 64;
 /// A success names the file read and its number of hosts.
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<Reloaded, String>>;
 
+/// A command, as the client writes it (one line) and the server reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// The terminator's counters (also what an empty line asks for).
+    Stats,
+    /// Reload the configuration, as SIGHUP does, and answer with a [`ReloadAnswer`].
+    Reload,
+}
+
+impl Command {
+    /// Its line on the socket.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Stats => "stats",
+            Self::Reload => "reload",
+        }
+    }
+
+    /// The command of a line, if known.
+    pub fn parse(line: &str) -> Option<Self> {
+        match line {
+            "" | "stats" => Some(Self::Stats),
+            "reload" => Some(Self::Reload),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to `reload` (and to a command the server does not know), as the server writes
+/// it and the client reads it: `{"ok":true,"config":…,"hosts":…}` or
+/// `{"ok":false,"error":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadAnswer {
+    /// Whether the reload was applied.
+    pub ok: bool,
+    /// What it read, when applied.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub reloaded: Option<Reloaded>,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<Result<Reloaded, String>> for ReloadAnswer {
+    fn from(result: Result<Reloaded, String>) -> Self {
+        match result {
+            Ok(r) => Self {
+                ok: true,
+                reloaded: Some(r),
+                error: None,
+            },
+            Err(e) => Self {
+                ok: false,
+                reloaded: None,
+                error: Some(e),
+            },
+        }
+    }
+}
+
 /// What a successful reload read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reloaded {
     /// The config file the running process read (its own `--config`).
     pub config: PathBuf,
@@ -169,8 +230,12 @@ fn answer(
     counters: &ReloadCounters,
     reloads: &tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
 ) -> String {
-    match command.as_str() {
-        "" | "stats" => match terminator {
+    let reload_answer = |result: Result<Reloaded, String>| {
+        serde_json::to_string(&ReloadAnswer::from(result))
+            .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"encoding the answer: {e}\"}}"))
+    };
+    match Command::parse(&command) {
+        Some(Command::Stats) => match terminator {
             Some(t) => {
                 let mut snapshot = t.snapshot();
                 if let Some(global) = snapshot["global"].as_object_mut() {
@@ -184,7 +249,7 @@ fn answer(
             }
             None => "null".to_owned(),
         },
-        "reload" => {
+        Some(Command::Reload) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let result = match reloads.send(tx) {
                 Ok(()) => rx
@@ -192,25 +257,17 @@ fn answer(
                     .unwrap_or_else(|_| Err("the process is stopping".to_owned())),
                 Err(_) => Err("the process is stopping".to_owned()),
             };
-            match result {
-                Ok(r) => serde_json::json!({
-                    "ok": true,
-                    "config": r.config.display().to_string(),
-                    "hosts": r.hosts,
-                })
-                .to_string(),
-                Err(e) => serde_json::json!({ "ok": false, "error": e }).to_string(),
-            }
+            reload_answer(result)
         }
-        other => serde_json::json!({
-            "ok": false,
-            "error": format!("unknown command {other:?} (stats, reload)"),
-        })
-        .to_string(),
+        None => reload_answer(Err(format!(
+            "unknown command {command:?} ({}, {})",
+            Command::Stats.as_str(),
+            Command::Reload.as_str()
+        ))),
     }
 }
 
-fn send(path: &Path, command: &str, timeout: Duration) -> Result<serde_json::Value> {
+fn send(path: &Path, command: Command, timeout: Duration) -> Result<String> {
     let mut stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to {} (is `sni-user run` running with this control_socket?)",
@@ -219,33 +276,72 @@ fn send(path: &Path, command: &str, timeout: Duration) -> Result<serde_json::Val
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.write_all(format!("{command}\n").as_bytes())?;
+    stream.write_all(format!("{}\n", command.as_str()).as_bytes())?;
     let mut body = String::new();
     stream
         .read_to_string(&mut body)
         .with_context(|| format!("reading the answer of {}", path.display()))?;
-    serde_json::from_str(&body).with_context(|| format!("answer of {}", path.display()))
+    Ok(body)
 }
 
 /// Reads the counters from a running terminator's control socket (`null`: no terminator).
 pub fn query(path: &Path) -> Result<serde_json::Value> {
-    send(path, "stats", CLIENT_TIMEOUT)
+    let body = send(path, Command::Stats, CLIENT_TIMEOUT)?;
+    serde_json::from_str(&body).with_context(|| format!("answer of {}", path.display()))
 }
 
 /// Asks the running process to reload its configuration; Err with its reason when refused.
 pub fn reload(path: &Path) -> Result<Reloaded> {
-    let answer = send(path, "reload", RELOAD_TIMEOUT)?;
-    if answer["ok"].as_bool() == Some(true) {
-        return Ok(Reloaded {
-            config: PathBuf::from(answer["config"].as_str().unwrap_or_default()),
-            hosts: answer["hosts"]
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .unwrap_or_default(),
-        });
+    let body = send(path, Command::Reload, RELOAD_TIMEOUT)?;
+    let answer: ReloadAnswer =
+        serde_json::from_str(&body).with_context(|| format!("answer of {}", path.display()))?;
+    match answer {
+        ReloadAnswer {
+            ok: true,
+            reloaded: Some(reloaded),
+            ..
+        } => Ok(reloaded),
+        ReloadAnswer { error, .. } => anyhow::bail!(
+            "reload refused; the running configuration stays: {}",
+            error.as_deref().unwrap_or("no reason given")
+        ),
     }
-    anyhow::bail!(
-        "reload refused; the running configuration stays: {}",
-        answer["error"].as_str().unwrap_or("no reason given")
-    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_answers_keep_their_wire_form_both_ways() {
+        let applied = ReloadAnswer::from(Ok(Reloaded {
+            config: PathBuf::from("/etc/sni/sni.toml"),
+            hosts: 3,
+        }));
+        let text = serde_json::to_string(&applied).unwrap();
+        assert_eq!(
+            text,
+            r#"{"ok":true,"config":"/etc/sni/sni.toml","hosts":3}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ReloadAnswer>(&text).unwrap(),
+            applied
+        );
+        let refused = ReloadAnswer::from(Err("bad file".to_owned()));
+        let text = serde_json::to_string(&refused).unwrap();
+        assert_eq!(text, r#"{"ok":false,"error":"bad file"}"#);
+        assert_eq!(
+            serde_json::from_str::<ReloadAnswer>(&text).unwrap(),
+            refused
+        );
+    }
+
+    #[test]
+    fn commands_read_what_clients_write() {
+        for c in [Command::Stats, Command::Reload] {
+            assert_eq!(Command::parse(c.as_str()), Some(c));
+        }
+        assert_eq!(Command::parse(""), Some(Command::Stats));
+        assert_eq!(Command::parse("shutdown"), None);
+    }
 }

@@ -68,27 +68,6 @@ impl std::fmt::Debug for Sources {
     }
 }
 
-/// Help texts of the classifier's global counters, by [`counter::NAMES`] index.
-const XDP_HELP: [&str; counter::COUNT as usize] = [
-    "Packets the XDP program saw.",
-    "IPv4 or IPv6 TCP packets to a watched port.",
-    "TLS ClientHellos read to an outcome (sni + no_sni + malformed + incomplete).",
-    "ClientHellos in which a server_name was read.",
-    "ClientHellos read to the end without a server_name.",
-    "ClientHellos carrying encrypted_client_hello (the name is the outer public name).",
-    "ClientHellos that break the TLS grammar.",
-    "ClientHellos given up before their name was read (out of order, started over).",
-    "IP fragments carrying TCP, passed without parsing.",
-    "Names seen that could not get a host entry (map full).",
-    "Kernel helper failures; the packet was passed (fail open).",
-    "ClientHellos read across more than one segment.",
-    "Segments of a pending ClientHello carrying only bytes already read.",
-    "Segments of a pending ClientHello that came after a hole.",
-    "Packets of classified flows, counted toward their host without parsing.",
-    "Packets dropped by a host's action = drop.",
-    "Packets dropped because their ClientHello came over its host's hello_rate.",
-];
-
 /// Help texts of the terminator's global counters, in [`crate::terminator::counters::GlobalCounters::values`] order.
 const TLS_GLOBAL_HELP: [&str; 11] = [
     "Connections accepted.",
@@ -283,11 +262,11 @@ impl Sources {
                     .map(|r| (r.host.as_str(), r.configured, field(r))),
             )?;
         }
-        for (i, name) in counter::NAMES.iter().enumerate() {
+        for (name, help) in counter::NAMES.iter().zip(counter::HELP) {
             counter_value(
                 encoder,
                 &format!("sni_xdp_{name}"),
-                XDP_HELP.get(i).copied().unwrap_or(""),
+                help,
                 snapshot.global(name),
             )?;
         }
