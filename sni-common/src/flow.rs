@@ -212,6 +212,72 @@ pub struct Pending {
 }
 const _: () = assert!(core::mem::size_of::<Pending>() == Parser::SIZE + 16);
 
+impl Pending {
+    /// A ClientHello whose first segment is about to be read.
+    pub const NEW: Self = Self {
+        parser: Parser::NEW,
+        next_seq: 0,
+        segments: 0,
+        bytes: 0,
+    };
+
+    /// Takes account of a segment of `len` payload bytes at `seq`, in a frame of `frame_len`
+    /// bytes, that the parser just read.
+    #[inline(always)]
+    pub fn read(&mut self, seq: u32, len: u32, frame_len: u64) {
+        self.segments += 1;
+        self.bytes += frame_len;
+        self.next_seq = seq.wrapping_add(len);
+    }
+}
+
+/// What a segment with payload does to its flow's ClientHello, before a byte of it is
+/// parsed: the one per-segment step that the XDP program (`sni-ebpf/src/hello.rs`) and
+/// `sni-user classify` (`sni-user/src/tools/capture.rs`) both take. A SYN (the 5-tuple starts
+/// over) and a flow already classified are dealt with before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing pending, and the payload does not start a ClientHello: not the parser's.
+    NotHello,
+    /// Every byte was read before (a retransmission): nothing to parse.
+    Retransmit,
+    /// It starts past the next byte the pending ClientHello needs (reordered, or after a
+    /// loss): the ClientHello is given up as incomplete, since nothing is buffered.
+    Gap,
+    /// Parse the payload from byte `skip` on: with the pending parser if `resumed`, else
+    /// with a new one ([`Pending::NEW`]).
+    Parse {
+        /// Payload bytes the pending parser already read.
+        skip: u32,
+        /// Whether a pending ClientHello goes on.
+        resumed: bool,
+    },
+}
+
+impl Step {
+    /// The step of a segment of `len` payload bytes at `seq`, given the next byte its flow's
+    /// pending ClientHello needs (`None`: nothing pending). `starts` says whether the payload
+    /// starts like a ClientHello; it is asked only when nothing is pending.
+    #[inline(always)]
+    pub fn of(next_seq: Option<u32>, seq: u32, len: u32, starts: impl FnOnce() -> bool) -> Self {
+        match next_seq {
+            Some(next) => match place(next, seq, len) {
+                Placement::Old => Self::Retransmit,
+                Placement::Gap => Self::Gap,
+                Placement::Next { skip } => Self::Parse {
+                    skip,
+                    resumed: true,
+                },
+            },
+            None if starts() => Self::Parse {
+                skip: 0,
+                resumed: false,
+            },
+            None => Self::NotHello,
+        }
+    }
+}
+
 /// A segment relative to the next byte a pending ClientHello needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -352,6 +418,31 @@ mod tests {
             a.cache_index(2, u32::MAX),
             "seeded"
         );
+    }
+
+    #[test]
+    fn steps() {
+        let never = || -> bool { panic!("asked whether a segment starts a ClientHello") };
+        assert_eq!(Step::of(None, 7, 10, || false), Step::NotHello);
+        assert_eq!(
+            Step::of(None, 7, 10, || true),
+            Step::Parse {
+                skip: 0,
+                resumed: false
+            }
+        );
+        assert_eq!(Step::of(Some(100), 90, 10, never), Step::Retransmit);
+        assert_eq!(Step::of(Some(100), 101, 10, never), Step::Gap);
+        assert_eq!(
+            Step::of(Some(100), 95, 10, never),
+            Step::Parse {
+                skip: 5,
+                resumed: true
+            }
+        );
+        let mut p = Pending::NEW;
+        p.read(u32::MAX - 1, 10, 1500);
+        assert_eq!((p.segments, p.bytes, p.next_seq), (1, 1500, 8));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! flow, is copied into this CPU's scratch with `bpf_xdp_load_bytes` and read by the shared
 //! parser (`sni_common::hello`) from `bpf_loop`. A ClientHello that goes on past the segment
 //! is kept in `SNI_PENDING`, keyed by the 5-tuple, and resumed with the next in-order segment
-//! (`sni_common::flow::place`: retransmissions skipped, a hole gives it up).
+//! (`sni_common::flow::Step`, the step `sni-user classify` takes too: retransmissions skipped,
+//! a hole gives it up).
 //!
 //! The scratch is reached only through a raw pointer, and a reference to it lives only
 //! between helper calls: the `bpf_loop` callbacks write the same memory through their own
@@ -15,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sni_common::{
-    flow::{place, Flow, FlowKey, Pending, Placement},
+    flow::{Flow, FlowKey, Pending, Step},
     hello::starts_client_hello,
     maps::{counter, Chunk, Scratch, SCRATCH_LEN},
     Parser,
@@ -48,66 +49,49 @@ pub fn read(
     frame_len: u64,
 ) -> Result<Option<*mut Scratch>, Error> {
     let scratch = SNI_SCRATCH.get_ptr_mut(0).ok_or(Error::Map)?;
-    let mut skip = 0usize;
-    let resumed = match SNI_PENDING.get_ptr_mut(seg.key.flow_key()) {
-        Some(p) => {
-            // SAFETY: a map value; fields are read and updated in place, and the whole state
-            // is copied into this CPU's scratch only when there are bytes to parse.
-            let next_seq = unsafe { (*p).next_seq };
-            match place(next_seq, seg.seq, seg.payload_len as u32) {
-                Placement::Old => {
-                    count(counter::RETRANSMITS);
-                    // SAFETY: as above.
-                    unsafe {
-                        (*p).segments += 1;
-                        (*p).bytes += frame_len;
-                    }
-                    return Ok(None);
-                }
-                Placement::Gap => {
-                    count(counter::OUT_OF_ORDER);
-                    // SAFETY: as above, read before the entry goes.
-                    let hello = unsafe { (*p).parser.is_client_hello() };
-                    let _ = SNI_PENDING.remove(seg.key.flow_key());
-                    count_abandoned(hello);
-                    // Remembered, so that its later segments are not parsed as new
-                    // ClientHellos.
-                    flow::remember(&seg.key, &Flow::default());
-                    return Ok(None);
-                }
-                Placement::Next { skip: n } => {
-                    // SAFETY: as above; the scratch is this CPU's.
-                    unsafe { (*scratch).pending = *p };
-                    skip = n as usize;
-                }
-            }
-            true
-        }
-        None => {
-            // Cheap test before the parser; shorter payloads (a ClientHello cut very early)
-            // go to the parser, which answers from what is there.
-            if seg.payload_len >= 6 && !starts(ctx, seg) {
-                return Ok(None);
-            }
-            // SAFETY: this CPU's scratch.
+    let pending = SNI_PENDING.get_ptr_mut(seg.key.flow_key());
+    // SAFETY: a map value; fields are read and updated in place, and the whole state is
+    // copied into this CPU's scratch only when there are bytes to parse.
+    let next_seq = pending.map(|p| unsafe { (*p).next_seq });
+    // A payload too short to tell goes to the parser, which answers from what is there.
+    let step = Step::of(next_seq, seg.seq, seg.payload_len as u32, || {
+        seg.payload_len < 6 || starts(ctx, seg)
+    });
+    let (skip, resumed) = match (step, pending) {
+        (Step::Parse { skip, resumed }, _) => (skip as usize, resumed),
+        (Step::Retransmit, Some(p)) => {
+            count(counter::RETRANSMITS);
+            // SAFETY: as above.
             unsafe {
-                (*scratch).pending = Pending {
-                    parser: Parser::NEW,
-                    next_seq: 0,
-                    segments: 0,
-                    bytes: 0,
-                };
+                (*p).segments += 1;
+                (*p).bytes += frame_len;
             }
-            false
+            return Ok(None);
         }
+        (Step::Gap, Some(p)) => {
+            count(counter::OUT_OF_ORDER);
+            // SAFETY: as above, read before the entry goes.
+            let hello = unsafe { (*p).parser.is_client_hello() };
+            let _ = SNI_PENDING.remove(seg.key.flow_key());
+            count_abandoned(hello);
+            // Remembered, so that its later segments are not parsed as new ClientHellos.
+            flow::remember(&seg.key, &Flow::default());
+            return Ok(None);
+        }
+        _ => return Ok(None),
     };
+    // SAFETY: this CPU's scratch; a pending state is copied whole into it.
+    unsafe {
+        (*scratch).pending = match (resumed, pending) {
+            (true, Some(p)) => *p,
+            _ => Pending::NEW,
+        };
+    }
     parse(ctx, scratch, seg.payload_off + skip, seg.payload_len - skip)?;
     // SAFETY: this CPU's scratch; the callbacks are done with it.
     let pending = unsafe { &mut (*scratch).pending };
-    pending.segments += 1;
-    pending.bytes += frame_len;
+    pending.read(seg.seq, seg.payload_len as u32, frame_len);
     if pending.parser.wants_more() {
-        pending.next_seq = seg.seq.wrapping_add(seg.payload_len as u32);
         if !resumed {
             count(counter::SPLIT);
         }

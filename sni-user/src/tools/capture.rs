@@ -3,7 +3,7 @@
 //!
 //! Every TCP flow whose first payload starts a ClientHello is followed exactly as the XDP
 //! program follows it: the same parser (`sni_common::hello`), the same placement of segments
-//! against the next expected byte (`sni_common::flow::place`), the same rule that a SYN starts
+//! against the next expected byte (`sni_common::flow::Step`), the same rule that a SYN starts
 //! the 5-tuple over. Frames are decoded by etherparse (Ethernet, VLAN, Linux cooked, raw IP),
 //! captures read by pcap-parser.
 
@@ -23,9 +23,9 @@ use pcap_parser::{
 };
 use serde::Serialize;
 use sni_common::{
-    flow::{place, Pending, Placement},
+    flow::{Pending, Step},
     hello::starts_client_hello,
-    Outcome, Parser,
+    Outcome,
 };
 
 /// What one flow's ClientHello came to.
@@ -79,6 +79,8 @@ struct Segment<'a> {
     seq: u32,
     syn_only: bool,
     payload: &'a [u8],
+    /// The frame's length as captured.
+    frame_len: u64,
 }
 
 /// State of one directional 5-tuple.
@@ -114,53 +116,65 @@ impl Tracker {
         if seg.payload.is_empty() {
             return;
         }
-        let (mut pending, retransmits, skip) = match self.flows.remove(&key) {
+        let state = self.flows.remove(&key);
+        let next_seq = match &state {
             Some(State::Done) => {
                 self.flows.insert(key, State::Done);
                 return;
             }
-            Some(State::Pending {
-                pending,
-                retransmits,
-            }) => match place(pending.next_seq, seg.seq, seg.payload.len() as u32) {
-                Placement::Old => {
-                    let retransmits = retransmits + 1;
-                    self.flows.insert(
-                        key,
-                        State::Pending {
-                            pending,
-                            retransmits,
-                        },
-                    );
-                    return;
-                }
-                Placement::Gap => {
-                    self.flows.insert(key, State::Done);
-                    self.end(key, &pending, retransmits, Some("out_of_order"));
-                    return;
-                }
-                Placement::Next { skip } => (pending, retransmits, skip as usize),
-            },
-            None => {
-                if let Some(head) = seg.payload.first_chunk::<6>() {
-                    if !starts_client_hello(*head) {
-                        return;
-                    }
-                }
-                let pending = Pending {
-                    parser: Parser::NEW,
-                    next_seq: 0,
-                    segments: 0,
-                    bytes: 0,
-                };
-                (Box::new(pending), 0, 0)
+            Some(State::Pending { pending, .. }) => Some(pending.next_seq),
+            None => None,
+        };
+        // A payload too short to tell goes to the parser, as in the kernel.
+        let starts = || {
+            seg.payload
+                .first_chunk::<6>()
+                .is_none_or(|head| starts_client_hello(*head))
+        };
+        let step = Step::of(next_seq, seg.seq, seg.payload.len() as u32, starts);
+        let (mut pending, retransmits, skip) = match (step, state) {
+            (
+                Step::Parse { skip, .. },
+                Some(State::Pending {
+                    pending,
+                    retransmits,
+                }),
+            ) => (pending, retransmits, skip as usize),
+            (Step::Parse { .. }, _) => (Box::new(Pending::NEW), 0, 0),
+            (
+                Step::Retransmit,
+                Some(State::Pending {
+                    pending,
+                    retransmits,
+                }),
+            ) => {
+                let retransmits = retransmits + 1;
+                self.flows.insert(
+                    key,
+                    State::Pending {
+                        pending,
+                        retransmits,
+                    },
+                );
+                return;
             }
+            (
+                Step::Gap,
+                Some(State::Pending {
+                    pending,
+                    retransmits,
+                }),
+            ) => {
+                self.flows.insert(key, State::Done);
+                self.end(key, &pending, retransmits, Some("out_of_order"));
+                return;
+            }
+            _ => return,
         };
         pending
             .parser
             .feed(seg.payload.get(skip..).unwrap_or_default());
-        pending.segments += 1;
-        pending.next_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+        pending.read(seg.seq, seg.payload.len() as u32, seg.frame_len);
         if pending.parser.wants_more() {
             self.flows.insert(
                 key,
@@ -249,7 +263,11 @@ impl Tracker {
                 return;
             }
         };
-        match sliced.ok().as_ref().and_then(segment_of) {
+        match sliced
+            .ok()
+            .as_ref()
+            .and_then(|p| segment_of(p, u64::from(origlen)))
+        {
             Some(seg) => self.segment(&seg),
             None => self.report.skipped += 1,
         }
@@ -257,7 +275,7 @@ impl Tracker {
 }
 
 /// The TCP segment in a decoded frame, if it is one (and not an IP fragment).
-fn segment_of<'a>(p: &SlicedPacket<'a>) -> Option<Segment<'a>> {
+fn segment_of<'a>(p: &SlicedPacket<'a>, frame_len: u64) -> Option<Segment<'a>> {
     let (src, dst, fragment): (IpAddr, IpAddr, bool) = match p.net.as_ref()? {
         NetSlice::Ipv4(ip) => (
             ip.header().source_addr().into(),
@@ -283,6 +301,7 @@ fn segment_of<'a>(p: &SlicedPacket<'a>) -> Option<Segment<'a>> {
         seq: tcp.sequence_number(),
         syn_only: tcp.syn() && !tcp.ack(),
         payload: tcp.payload(),
+        frame_len,
     })
 }
 
