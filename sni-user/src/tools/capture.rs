@@ -148,12 +148,11 @@ impl Tracker {
                     retransmits,
                 }),
             ) => {
-                let retransmits = retransmits + 1;
                 self.flows.insert(
                     key,
                     State::Pending {
                         pending,
-                        retransmits,
+                        retransmits: retransmits + 1,
                     },
                 );
                 return;
