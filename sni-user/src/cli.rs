@@ -192,7 +192,14 @@ fn output(text: &str) -> Result<()> {
 }
 
 fn init_logging(debug: bool, format: LogFormat) {
-    let default = if debug { "debug" } else { "info" };
+    // rustls warns about what a peer sent (an illegal name, a bad message): one line per
+    // connection, at whatever rate an attacker sends them. The terminator counts those per
+    // host and reason instead; rustls' own lines show with RUST_LOG (e.g. `rustls=warn`).
+    let default = if debug {
+        "debug,rustls=info"
+    } else {
+        "info,rustls=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Also captures the `log` records aya-log forwards from the kernel.

@@ -974,9 +974,8 @@ mod tests {
     }
 
     #[test]
-    fn hostile_config_text_never_panics() {
+    fn hostile_config_text_is_refused_with_a_reason() {
         for text in [
-            "",
             "[",
             "[xdp",
             "xdp = 1",
@@ -984,8 +983,16 @@ mod tests {
             "\u{0}",
             "[[host]]\nnames=[\"\"]",
             "[xdp]\ninterfaces=[\"aaaaaaaaaaaaaaaaaaaaaaaa\"]",
+            "[[host]]\nnames=[\"a.example\"]\nunknown_key = 1",
+            "[[host]]\nnames=[\"*.*.example\"]",
+            "[[host]]\nnames=[\"a.example\"]\nhello_rate = -1",
         ] {
-            let _ = parse(text);
+            match parse(text) {
+                Ok(_) => panic!("accepted: {text:?}"),
+                Err(e) => assert!(!format!("{e:#}").is_empty(), "no reason for {text:?}"),
+            }
         }
+        // Nothing configured is a valid file (`run` then refuses to start with nothing to do).
+        assert!(parse("").is_ok());
     }
 }
