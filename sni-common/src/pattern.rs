@@ -160,7 +160,12 @@ mod tests {
             (b"b\xc3\xbccher.example", PatternError::Byte(0xc3)),
             (b"a b.example", PatternError::Byte(b' ')),
         ] {
-            assert_eq!(HostPattern::parse(name), Err(err), "{:?}", name.escape_ascii());
+            assert_eq!(
+                HostPattern::parse(name),
+                Err(err),
+                "{:?}",
+                name.escape_ascii()
+            );
         }
         let long = [b'a'; MAX_NAME_LEN + 1];
         assert_eq!(HostPattern::parse(&long), Err(PatternError::TooLong));
@@ -170,7 +175,11 @@ mod tests {
     #[test]
     fn a_wildcard_covers_one_non_empty_label() {
         let w = pattern(b"*.example.com");
-        for name in [&b"a.example.com"[..], b"xn--bcher-kva.example.com", b"*.example.com"] {
+        for name in [
+            &b"a.example.com"[..],
+            b"xn--bcher-kva.example.com",
+            b"*.example.com",
+        ] {
             assert!(w.covers(&key(name)), "{:?}", name.escape_ascii());
         }
         for name in [
@@ -213,9 +222,7 @@ mod tests {
         let scan = name.scan(&keys);
         let dot = scan.dot as usize;
         scan.exact == entry
-            || (dot < MAX_NAME_LEN
-                && HostKey::wildcard_ok(name.len, dot)
-                && scan.wildcard == entry)
+            || (dot < MAX_NAME_LEN && HostKey::wildcard_ok(name.len, dot) && scan.wildcard == entry)
     }
 
     #[test]
