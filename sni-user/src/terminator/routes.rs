@@ -4,11 +4,11 @@
 //! Lookup order: the exact name, then a wildcard one label up (`*.example.com` covers
 //! `a.example.com`, not `a.b.example.com`, `example.com` nor `.example.com`), then the
 //! default host, unless `[default] reject = true`. The first two steps are
-//! [`sni_common::pattern::find`], the classifier's rule, so both sides name the same host. Every host gets its own `ServerConfig`; they share one ticket
-//! key and one session cache, which costs nothing per host (with their own, 100,000 hosts
-//! took gigabytes). A session still never resumes under another name: rustls resumes only
-//! when the ClientHello names the name the session was made for (RFC 6066 §3), and a name
-//! always routes to the same host.
+//! [`sni_common::pattern::find`], the classifier's rule, so both sides name the same host.
+//! Every host gets its own `ServerConfig`; they share one ticket key and one session cache,
+//! which costs nothing per host (with their own, 100,000 hosts took gigabytes). A session
+//! still never resumes under another name: rustls resumes only when the ClientHello names the
+//! name the session was made for (RFC 6066 §3), and a name always routes to the same host.
 
 use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
