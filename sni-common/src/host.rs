@@ -6,7 +6,8 @@
 //! [`HostKey::from_name`]. Both end in the same 256 bytes, so a configured name and a name seen
 //! on the wire hash alike: the kernel's host table is keyed by [`HostKey::keyed`], which the
 //! loader computes for each configured name and the kernel for each name read
-//! ([`HostKey::scan_step`], the wildcard pattern's hash in the same pass).
+//! ([`HostKey::scan_step`], the wildcard pattern's hash in the same pass). Which configured
+//! name covers which: [`crate::pattern`].
 
 /// Longest host name kept, in bytes. A DNS name is at most 253 bytes (RFC 1035 §2.3.4, written
 /// without the trailing dot); 255 leaves room for the dot and fits the length in one byte.

@@ -7,6 +7,7 @@
 //! - [`flow`]: per-flow state: where a segment continues a ClientHello, a flow's host and
 //!   verdict, the per-host rate limit.
 //! - [`host`]: host-name normalisation and the fixed-size host key used by every map.
+//! - [`pattern`]: configured names (exact or `*.`) and the one rule for which covers a name.
 //! - [`maps`]: map names, `#[repr(C)]` map keys and values, and global counter indices.
 #![no_std]
 #![deny(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod flow;
 pub mod hello;
 pub mod host;
 pub mod maps;
+pub mod pattern;
 
 #[cfg(feature = "user")]
 #[expect(
@@ -25,3 +27,4 @@ mod pod;
 
 pub use hello::{Input, Outcome, Parser, Progress};
 pub use host::HostKey;
+pub use pattern::HostPattern;

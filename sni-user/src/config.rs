@@ -23,9 +23,9 @@ use std::{
 use serde::Deserialize;
 use sni_common::{
     flow::Policy,
-    host::NameError,
     maps::{FLOWS_DEFAULT_ENTRIES, OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES},
-    HostKey,
+    pattern::PatternError,
+    HostKey, HostPattern,
 };
 
 /// Where the maps are pinned unless the config says otherwise.
@@ -413,6 +413,13 @@ impl Default for Limits {
 }
 
 impl HostConfig {
+    /// The host's names, parsed (all of them, once [`Config::validate`] passed).
+    pub fn patterns(&self) -> impl Iterator<Item = HostPattern> + '_ {
+        self.names
+            .iter()
+            .filter_map(|n| HostPattern::parse(n.as_bytes()).ok())
+    }
+
     /// The host's action and rate limit.
     pub fn actions(&self) -> ActionConfig {
         ActionConfig {
@@ -737,15 +744,9 @@ impl Config {
             }
             for (n, name) in host.names.iter().enumerate() {
                 let field = format!("host[{h}].names[{n}]");
-                let pattern = name.strip_prefix("*.").unwrap_or(name);
-                if pattern.contains('*') {
-                    return Err(self.invalid(
-                        field,
-                        format!("{name:?}: a wildcard is only allowed as the whole first label"),
-                    ));
-                }
+                let pattern = parse_name(name).map_err(|m| self.invalid(&field, m))?;
                 // A wildcard keeps its "*." in the key, apart from the exact name it extends.
-                let key = parse_name(name).map_err(|m| self.invalid(&field, m))?;
+                let key = *pattern.key();
                 if let Some(first) = seen.insert(key, h) {
                     return Err(self.invalid(
                         field,
@@ -843,25 +844,23 @@ impl Config {
         self.hosts
             .iter()
             .zip(1u32..)
-            .flat_map(|(h, slot)| h.names.iter().map(move |n| (n, slot)))
-            .filter_map(|(n, slot)| Some((HostKey::from_name(n.as_bytes()).ok()?, slot)))
+            .flat_map(|(h, slot)| h.patterns().map(move |p| (*p.key(), slot)))
             .collect()
     }
 }
 
-/// Checks a host name as an operator writes it: letters, digits, hyphens, dots, underscores.
-fn parse_name(name: &str) -> Result<HostKey, String> {
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'))
-    {
-        return Err(format!(
-            "{name:?} is not a host name (use the punycode xn-- form for IDNs)"
-        ));
-    }
-    HostKey::from_name(name.as_bytes()).map_err(|e| match e {
-        NameError::Empty => format!("{name:?} is empty"),
-        NameError::TooLong => format!("{name:?} is longer than 255 bytes"),
+/// Parses a name as an operator writes it, with the reason it is refused.
+fn parse_name(name: &str) -> Result<HostPattern, String> {
+    HostPattern::parse(name.as_bytes()).map_err(|e| match e {
+        PatternError::Byte(_) => {
+            format!("{name:?} is not a host name (use the punycode xn-- form for IDNs)")
+        }
+        PatternError::Empty => format!("{name:?} is empty"),
+        PatternError::TooLong => format!("{name:?} is longer than 255 bytes"),
+        PatternError::EmptyLabel => format!("{name:?} has an empty label"),
+        PatternError::Wildcard => {
+            format!("{name:?}: a wildcard is only allowed as the whole first label")
+        }
     })
 }
 
@@ -931,6 +930,17 @@ mod tests {
         assert!(e.to_string().contains("host[0]"), "{e}");
         let e = parse("[[host]]\nnames = [\"bad name\"]\n").expect_err("bad name");
         assert!(e.to_string().contains("host[0].names[0]"), "{e}");
+        // Names no client's name reaches: an empty label, a misplaced or parentless `*`.
+        for (name, why) in [
+            (".example.com", "has an empty label"),
+            ("a..example.com", "has an empty label"),
+            ("*..example.com", "has an empty label"),
+            ("*.", "a wildcard is only allowed"),
+            ("a.*.example.com", "a wildcard is only allowed"),
+        ] {
+            let e = parse(&format!("[[host]]\nnames = [{name:?}]\n")).expect_err(name);
+            assert!(e.to_string().contains(why), "{name}: {e}");
+        }
         let e = parse("[[host]]\nnames = [\"a\"]\nhello_rate = 0\n").expect_err("rate 0");
         assert!(e.to_string().contains("host[0].hello_rate"), "{e}");
         let e = parse("[[host]]\nnames = [\"a\"]\naction = \"drop\"\nhello_rate = 5\n")

@@ -458,8 +458,8 @@ pub fn rewrite_flows(
     Ok(rewritten)
 }
 
-/// The slot of a configured name (or `*.` pattern, as written) in the loaded program's host
-/// table, looked up as the kernel does: by its keyed lookup hash, confirmed by its check hash.
+/// The slot of a configured name (a [`sni_common::HostPattern::key`]: a `*.` pattern as
+/// written) in the loaded program's host table, looked up as the kernel does: by its keyed lookup hash, confirmed by its check hash.
 pub fn configured_slot(ebpf: &Ebpf, key: &HostKey) -> Result<Option<u32>> {
     let map = |name: &str| {
         ebpf.map(name)
@@ -616,8 +616,8 @@ fn has_wildcards(config: &Config) -> bool {
     config
         .hosts
         .iter()
-        .flat_map(|h| &h.names)
-        .any(|n| n.starts_with("*."))
+        .flat_map(|h| h.patterns())
+        .any(|p| p.is_wildcard())
 }
 
 /// Turns a load failure into an error that carries the verifier's log.

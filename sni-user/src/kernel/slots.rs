@@ -105,8 +105,7 @@ impl Slots {
             .hosts
             .iter()
             .filter_map(|h| Some((h, self.get(label(&h.names))?)))
-            .flat_map(|(h, slot)| h.names.iter().map(move |n| (n, slot)))
-            .filter_map(|(n, slot)| Some((HostKey::from_name(n.as_bytes()).ok()?, slot)))
+            .flat_map(|(h, slot)| h.patterns().map(move |p| (*p.key(), slot)))
             .collect()
     }
 

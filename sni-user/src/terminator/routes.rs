@@ -2,12 +2,13 @@
 //! TLS configuration and backend.
 //!
 //! Lookup order: the exact name, then a wildcard one label up (`*.example.com` covers
-//! `a.example.com`, not `a.b.example.com` nor `example.com`), then the default host, unless
-//! `[default] reject = true`. Every host gets its own `ServerConfig`; they share one ticket
-//! key and one session cache, which costs nothing per host (with their own, 100,000 hosts
-//! took gigabytes). A session still never resumes under another name: rustls resumes only
-//! when the ClientHello names the name the session was made for (RFC 6066 §3), and a name
-//! always routes to the same host.
+//! `a.example.com`, not `a.b.example.com`, `example.com` nor `.example.com`), then the
+//! default host, unless `[default] reject = true`. The first two steps are
+//! [`sni_common::pattern::find`], the classifier's rule, so both sides name the same host.
+//! Every host gets its own `ServerConfig`; they share one ticket key and one session cache,
+//! which costs nothing per host (with their own, 100,000 hosts took gigabytes). A session
+//! still never resumes under another name: rustls resumes only when the ClientHello names the
+//! name the session was made for (RFC 6066 §3), and a name always routes to the same host.
 
 use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
@@ -19,7 +20,7 @@ use rustls::{
     ServerConfig,
 };
 
-use sni_common::HostKey;
+use sni_common::{pattern, HostKey, HostPattern};
 
 use crate::{
     config::{Backend, Config, HostMode},
@@ -68,10 +69,9 @@ pub struct Routes {
     /// Hosts in configuration order; the default, if any, last. A connection holds its
     /// route's `Arc`, so a reload never changes the host of an open connection.
     pub routes: Vec<Arc<Route>>,
-    /// Exact names (normalised as the kernel does: [`HostKey`]).
-    exact: HashMap<HostKey, usize>,
-    /// Wildcards, keyed by the name they extend (`*.example.com` → `example.com`).
-    wildcard: HashMap<HostKey, usize>,
+    /// Every configured name by its [`HostPattern::key`] (a wildcard as written,
+    /// `*.example.com`), as the kernel's host table holds them.
+    names: HashMap<HostKey, usize>,
     default: Option<usize>,
     /// The classifier's host slots: `by_slot[s]` is the route of slot `s` (a flow's record
     /// names its host by slot).
@@ -131,8 +131,7 @@ impl Routes {
         // Routes that terminate TLS: their index, key and ALPN; configs are made once the
         // ticket key is chosen.
         let mut keys = Vec::new();
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut names = HashMap::new();
         for (h, host) in config.hosts.iter().enumerate() {
             let label = host.names.first().cloned().unwrap_or_default();
             let at = |f: &str| (label.as_str(), format!("host[{h}].{f}"));
@@ -156,15 +155,9 @@ impl Routes {
                 HostMode::Passthrough => (None, None),
             };
             let index = routes.len();
-            for name in &host.names {
-                // Validated by Config::validate, so every name makes a key.
-                let (table, name) = match name.strip_prefix("*.") {
-                    Some(parent) => (&mut wildcard, parent),
-                    None => (&mut exact, name.as_str()),
-                };
-                if let Ok(key) = HostKey::from_name(name.as_bytes()) {
-                    table.insert(key, index);
-                }
+            // Validated by Config::validate, so every name is a pattern.
+            for pattern in host.patterns() {
+                names.insert(*pattern.key(), index);
             }
             routes.push(Route {
                 backend: backend(at("backend"), host.backend.as_deref())?,
@@ -235,8 +228,7 @@ impl Routes {
             .collect();
         Ok(Self {
             routes: routes.into_iter().map(Arc::new).collect(),
-            exact,
-            wildcard,
+            names,
             default,
             by_slot,
             shared,
@@ -282,22 +274,8 @@ impl Routes {
     /// The route for a ClientHello naming `sni`, as the shared parser normalised it (None:
     /// reject).
     pub fn resolve(&self, sni: Option<&HostKey>) -> Option<usize> {
-        if let Some(name) = sni {
-            if let Some(i) = self.exact.get(name) {
-                return Some(*i);
-            }
-            let bytes = name.as_bytes();
-            if let Some(dot) = bytes.iter().position(|b| *b == b'.') {
-                let parent = bytes.get(dot + 1..).unwrap_or_default();
-                if let Some(i) = HostKey::from_name(parent)
-                    .ok()
-                    .and_then(|p| self.wildcard.get(&p))
-                {
-                    return Some(*i);
-                }
-            }
-        }
-        self.default
+        sni.and_then(|name| pattern::find(name, |k| self.names.get(k).copied()))
+            .or(self.default)
     }
 }
 
@@ -404,11 +382,13 @@ fn warn_if_world_readable(key: &Path) {
 /// Checks that the leaf certificate covers `name` (a wildcard name must be covered by a
 /// wildcard certificate: any label under it must be valid).
 fn check_name(certified: &CertifiedKey, name: &str) -> Result<(), String> {
-    let probe = match name.strip_prefix("*.") {
-        Some(parent) => format!("sni-wildcard-probe.{parent}"),
-        None => name.to_owned(),
+    let pattern = HostPattern::parse(name.as_bytes())
+        .map_err(|e| format!("{name:?} is not a host name ({e:?})"))?;
+    let key = String::from_utf8_lossy(pattern.key().as_bytes());
+    let probe = match pattern.parent() {
+        Some(parent) => format!("sni-wildcard-probe.{}", String::from_utf8_lossy(parent)),
+        None => key.into_owned(),
     };
-    let probe = probe.strip_suffix('.').unwrap_or(&probe).to_owned();
     let server_name =
         ServerName::try_from(probe).map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
     let leaf = certified

@@ -4,6 +4,8 @@
 
 use std::{fmt::Write as _, path::Path};
 
+use sni_common::{pattern, HostPattern};
+
 use crate::{
     config::{locate, Action, Config, ConfigError, HostMode},
     terminator::routes::Routes,
@@ -196,39 +198,38 @@ fn http1_only(config: &Config) -> Vec<Overlap> {
 /// exact name wins, so the wildcard's host never sees it), or of the same host (redundant).
 /// Duplicates are errors already (`Config::validate`).
 fn overlaps(config: &Config) -> Vec<Overlap> {
-    let norm = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
     let mut wildcards = std::collections::HashMap::new();
     for (h, host) in config.hosts.iter().enumerate() {
         for name in &host.names {
-            if let Some(parent) = name.strip_prefix("*.") {
-                wildcards.insert(norm(parent), (h, name.clone()));
+            if let Ok(HostPattern::Wildcard(key)) = HostPattern::parse(name.as_bytes()) {
+                wildcards.insert(key, (h, name));
             }
         }
     }
     let mut out = Vec::new();
     for (h, host) in config.hosts.iter().enumerate() {
         for (n, name) in host.names.iter().enumerate() {
-            if name.starts_with("*.") {
-                continue;
-            }
-            let name = norm(name);
-            let Some((_, parent)) = name.split_once('.') else {
+            let Ok(HostPattern::Exact(name)) = HostPattern::parse(name.as_bytes()) else {
                 continue;
             };
-            if let Some((w, pattern)) = wildcards.get(parent) {
-                let message = if *w == h {
-                    format!("{name:?} is also covered by {pattern:?} of the same host")
-                } else {
-                    format!(
-                        "{name:?} is also covered by {pattern:?} of host[{w}]: the exact name \
-                         wins, so host[{w}] never gets {name:?}"
-                    )
-                };
-                out.push(Overlap {
-                    field: format!("host[{h}].names[{n}]"),
-                    message,
-                });
-            }
+            // The wildcard a client naming this name would reach were it not configured (an
+            // exact name is never a wildcard's key, so `find` goes on to the pattern).
+            let Some((w, written)) = pattern::find(&name, |k| wildcards.get(k)) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(name.as_bytes());
+            let message = if *w == h {
+                format!("{name:?} is also covered by {written:?} of the same host")
+            } else {
+                format!(
+                    "{name:?} is also covered by {written:?} of host[{w}]: the exact name \
+                     wins, so host[{w}] never gets {name:?}"
+                )
+            };
+            out.push(Overlap {
+                field: format!("host[{h}].names[{n}]"),
+                message,
+            });
         }
     }
     out
