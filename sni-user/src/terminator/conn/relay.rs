@@ -198,3 +198,28 @@ pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_v2_header_layout() {
+        let h = proxy_v2_header(
+            "192.0.2.1:40000".parse().expect("addr"),
+            "192.0.2.2:443".parse().expect("addr"),
+        );
+        assert_eq!(h.len(), 16 + 12);
+        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(h[12], 0x21);
+        assert_eq!(h[13], 0x11);
+        assert_eq!(&h[16..20], &[192, 0, 2, 1]);
+        assert_eq!(&h[24..26], &40000u16.to_be_bytes());
+        let h6 = proxy_v2_header(
+            "[2001:db8::1]:1".parse().expect("addr"),
+            "[2001:db8::2]:2".parse().expect("addr"),
+        );
+        assert_eq!(h6.len(), 16 + 36);
+        assert_eq!(h6[13], 0x21);
+    }
+}
