@@ -43,11 +43,6 @@ impl Failure {
         "client_failed",
         "internal",
     ];
-
-    /// Its name ([`Failure::NAMES`]).
-    pub fn name(self) -> &'static str {
-        Self::NAMES.get(self as usize).copied().unwrap_or("unknown")
-    }
 }
 
 /// Upper bounds (seconds) of the handshake duration histogram's buckets: from accept to the

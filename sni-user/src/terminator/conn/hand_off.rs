@@ -36,8 +36,11 @@ pub fn flow_route(flow: &Flow, routes: &Routes) -> Option<usize> {
     }
 }
 
-/// The name the TLS stack saw (`seen`, routed to `route`) against the classifier's record.
+/// The name the TLS stack saw (`seen`, routed to `route`) against the classifier's record
+/// of the flow from `peer`.
 pub fn compare(
+    peer: SocketAddr,
+
     xdp: Option<&Flow>,
     seen: Option<&HostKey>,
     route: usize,
@@ -53,7 +56,7 @@ pub fn compare(
     if same_name && flow_route(flow, routes) == Some(route) {
         HandOff::Agreed
     } else {
-        tracing::debug!(?flow, ?seen, route, "classifier disagreed");
+        tracing::debug!(%peer, ?flow, ?seen, route, "classifier disagreed");
         HandOff::Disagreed
     }
 }

@@ -275,8 +275,13 @@ impl<S: Stream> Hello<S> {
         let counters = &route.counters;
         match route.mode {
             HostMode::Passthrough => {
-                let hand_off =
-                    hand_off::compare(self.xdp.as_ref(), name.as_ref(), index, ctx.routes);
+                let hand_off = hand_off::compare(
+                    meta.peer,
+                    self.xdp.as_ref(),
+                    name.as_ref(),
+                    index,
+                    ctx.routes,
+                );
                 relay.up.buf.extend(&hello);
                 handshake_done(ctx.global, counters, hand_off, meta.accepted, false);
                 Step::Next(State::Passthrough(relay))
@@ -299,8 +304,13 @@ impl<S: Stream> Hello<S> {
                 };
                 // The name as rustls reads it, normalised like the kernel's.
                 let seen = hello_reader::rustls_name(&accepted);
-                let hand_off =
-                    hand_off::compare(self.xdp.as_ref(), seen.as_ref(), index, ctx.routes);
+                let hand_off = hand_off::compare(
+                    meta.peer,
+                    self.xdp.as_ref(),
+                    seen.as_ref(),
+                    index,
+                    ctx.routes,
+                );
                 match accepted.into_connection(config) {
                     Ok(mut conn) => {
                         conn.set_buffer_limit(Some(ctx.limits.buffer_size));
