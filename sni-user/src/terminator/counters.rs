@@ -20,17 +20,28 @@ pub enum Failure {
     BackendFailed,
     /// No byte either way for `limits.idle_timeout`.
     IdleTimeout,
+    /// A TLS error after the handshake (a bad record, a fatal alert from the client).
+    TlsAfterHandshake,
+    /// The client's socket failed after the handshake (or in passthrough): a reset, a write
+    /// to a client that had gone.
+    ClientFailed,
+    /// The terminator's own fault (a socket it could not register, a host without its TLS
+    /// configuration).
+    Internal,
 }
 
 impl Failure {
     /// Names, in order: the JSON keys under `failures`.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 9] = [
         "tls",
         "handshake_timeout",
         "client_gone",
         "backend_refused",
         "backend_failed",
         "idle_timeout",
+        "tls_after_handshake",
+        "client_failed",
+        "internal",
     ];
 }
 
@@ -97,7 +108,7 @@ pub struct HostCounters {
     /// Bytes from the backend to clients.
     pub bytes_to_client: AtomicU64,
     /// Failures by [`Failure`].
-    pub failures: [AtomicU64; 6],
+    pub failures: [AtomicU64; Failure::NAMES.len()],
     /// Handshake durations.
     pub handshake_seconds: Histogram,
 }
@@ -105,7 +116,9 @@ pub struct HostCounters {
 impl HostCounters {
     /// Counts one failure.
     pub fn fail(&self, why: Failure) {
-        self.failures[why as usize].fetch_add(1, Relaxed);
+        if let Some(n) = self.failures.get(why as usize) {
+            n.fetch_add(1, Relaxed);
+        }
     }
 
     /// A JSON-ready copy under `label`.

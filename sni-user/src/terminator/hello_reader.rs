@@ -142,7 +142,7 @@ pub fn rustls_name(accepted: &Accepted) -> Option<HostKey> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const CURL: &[u8] = include_bytes!("../../../sni-common/testdata/curl.bin");
@@ -150,7 +150,7 @@ mod tests {
 
     /// A minimal single-record TLS 1.2 ClientHello with `name` as its host_name (when given)
     /// and the signature_algorithms extension rustls requires.
-    fn hello(name: Option<&[u8]>) -> Vec<u8> {
+    pub(crate) fn hello(name: Option<&[u8]>) -> Vec<u8> {
         let mut exts = Vec::new();
         if let Some(name) = name {
             let n = u16::try_from(name.len()).expect("short name");

@@ -27,7 +27,10 @@ use tracing::{debug, warn};
 use crate::{
     config::{Config, Limits},
     kernel::loader::FlowTable,
-    terminator::conn::{Conn, Ctx, Pumped},
+    terminator::conn::{
+        io::{Socket, Sockets},
+        Conn, Ctx, Pumped,
+    },
     terminator::counters::{GlobalCounters, HostSnapshot},
     terminator::routes::{Route, Routes},
 };
@@ -75,12 +78,13 @@ impl Shared {
         }
     }
 
-    fn ctx<'a>(&'a self, routes: &'a Routes) -> Ctx<'a> {
+    fn ctx<'a>(&'a self, routes: &'a Routes, net: &'a Sockets<'a>) -> Ctx<'a> {
         Ctx {
             routes,
-            flows: self.flows.as_ref(),
+            flows: self.flows.as_ref().map(|f| f as _),
             global: &self.global,
             limits: &self.limits,
+            net,
         }
     }
 }
@@ -394,18 +398,21 @@ impl Worker {
                 self.shared.open.fetch_add(1, Relaxed);
             }
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(peer);
             let entry = self.conns.vacant_entry();
             let id = entry.key();
-            let mut conn = Conn::new(stream, peer, limits);
-            if let Err(e) = self.poll.registry().register(
-                &mut conn.client,
-                Token(id * 2),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                warn!(error = %e, "registering a connection");
-                self.release(peer.ip());
-                continue;
-            }
+            let net = Sockets {
+                registry: self.poll.registry(),
+            };
+            let tokens = (Token(id * 2), Token(id * 2 + 1));
+            let conn = match Conn::open(Socket::Tcp(stream), peer, local, tokens, &net, limits) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(error = %e, "registering a connection");
+                    self.release(peer.ip());
+                    continue;
+                }
+            };
             entry.insert(conn);
             // Bytes may already be there: edge-triggered readiness reports only new ones.
             self.pump(id);
@@ -413,32 +420,14 @@ impl Worker {
     }
 
     fn pump(&mut self, id: usize) {
-        let ctx = self.shared.ctx(&self.routes);
+        let net = Sockets {
+            registry: self.poll.registry(),
+        };
+        let ctx = self.shared.ctx(&self.routes, &net);
         let Some(conn) = self.conns.get_mut(id) else {
             return; // a stray event for a closed connection
         };
-        let mut outcome = conn.pump(&ctx);
-        if !conn.backend_registered {
-            if let Some(source) = conn.backend_source() {
-                match self.poll.registry().register(
-                    source,
-                    Token(id * 2 + 1),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    Ok(()) => {
-                        conn.backend_registered = true;
-                        if outcome == Pumped::Idle {
-                            outcome = conn.pump(&ctx);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "registering a backend socket");
-                        outcome = Pumped::Done;
-                    }
-                }
-            }
-        }
-        match outcome {
+        match conn.pump(&ctx) {
             Pumped::Idle => {}
             Pumped::Again => self.again.push_back(id),
             Pumped::Done => self.close(id),
@@ -447,7 +436,10 @@ impl Worker {
 
     fn expire(&mut self) {
         let now = Instant::now();
-        let ctx = self.shared.ctx(&self.routes);
+        let net = Sockets {
+            registry: self.poll.registry(),
+        };
+        let ctx = self.shared.ctx(&self.routes, &net);
         let expired: Vec<usize> = self
             .conns
             .iter_mut()
@@ -463,17 +455,12 @@ impl Worker {
         }
     }
 
+    /// Drops a connection: its sockets close (and leave the poll with their descriptors),
+    /// and its host's `active` goes down with it.
     fn close(&mut self, id: usize) {
-        let Some(mut conn) = self.conns.try_remove(id) else {
+        let Some(conn) = self.conns.try_remove(id) else {
             return;
         };
-        conn.finish();
-        let _ = self.poll.registry().deregister(&mut conn.client);
-        if conn.backend_registered {
-            if let Some(source) = conn.backend_source() {
-                let _ = self.poll.registry().deregister(source);
-            }
-        }
         self.release(conn.peer().ip());
         self.again.retain(|a| *a != id);
     }

@@ -1,0 +1,147 @@
+//! One client connection through the terminator, as a state machine driven by readiness:
+//! read the ClientHello (the shared `sni-common` parser), route it, then either terminate TLS
+//! (rustls `Acceptor` → the host's `ServerConfig`) and move plaintext to the backend, or relay
+//! the raw bytes (passthrough). Buffers are bounded both ways: a full buffer stops reading
+//! from the side that fills it. Half-closes are passed on.
+//!
+//! - [`state`]: the states and their transitions; a step consumes a state.
+//! - [`hand_off`]: the kernel classifier's record of the flow, checked against the TLS name.
+//! - [`relay`]: the streams and queues of a routed connection, passthrough, the backend.
+//! - [`tls`]: the client side through rustls.
+//! - [`half`]: one direction's queue and end.
+//! - [`close`]: who ended a connection and why, counted and logged in one place.
+//! - [`io`]: the traits the connection's I/O goes through (sockets, or pipes in tests).
+//!
+//! [`Conn::pump`] moves bytes until nothing more can move (every socket at `WouldBlock` or a
+//! buffer full), because readiness is edge-triggered; it gives up after a bounded number of
+//! rounds and asks to be called again, so one busy connection cannot starve the others.
+
+pub mod close;
+pub mod half;
+pub mod hand_off;
+pub mod io;
+pub mod relay;
+pub mod state;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::{net::SocketAddr, time::Instant};
+
+use mio::Token;
+
+use crate::{
+    config::Limits,
+    terminator::{
+        conn::{
+            close::settle,
+            io::{Flows, Net, Socket, Stream},
+            state::{Meta, State, Step},
+        },
+        counters::GlobalCounters,
+        routes::Routes,
+    },
+};
+
+pub use hand_off::flow_key;
+pub use relay::proxy_v2_header;
+
+/// Rounds of [`Conn::pump`] before yielding to other connections.
+const PUMP_ROUNDS: usize = 16;
+
+/// What a pump says about the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Waiting for readiness.
+    Idle,
+    /// More work is ready: call again soon.
+    Again,
+    /// Finished (counted and logged): close it.
+    Done,
+}
+
+/// What the pump needs from the worker.
+pub struct Ctx<'a, S = Socket> {
+    /// The routing table.
+    pub routes: &'a Routes,
+    /// Counters not of a host.
+    pub global: &'a GlobalCounters,
+    /// Limits.
+    pub limits: &'a Limits,
+    /// The kernel classifier's flow table, when it runs in this process.
+    pub flows: Option<&'a dyn Flows>,
+    /// Dials backends and registers their sockets.
+    pub net: &'a dyn Net<S>,
+}
+
+/// One client connection.
+pub struct Conn<S = Socket> {
+    meta: Meta,
+    state: State<S>,
+    /// When the connection must have made progress by (handshake or idle deadline).
+    pub deadline: Instant,
+}
+
+impl<S: Stream> Conn<S> {
+    /// A just-accepted client from `peer` to `local`: registers it under `client_token`; its
+    /// backend, once dialled, is registered under `backend_token`.
+    pub fn open(
+        mut client: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        (client_token, backend_token): (Token, Token),
+        net: &dyn Net<S>,
+        limits: &Limits,
+    ) -> std::io::Result<Self> {
+        net.register(&mut client, client_token)?;
+        let now = Instant::now();
+        Ok(Self {
+            meta: Meta {
+                peer,
+                local,
+                accepted: now,
+                backend_token,
+            },
+            state: State::new(client, limits),
+            deadline: now + secs(limits.handshake_timeout),
+        })
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.meta.peer
+    }
+
+    /// Moves bytes until nothing more can move.
+    pub fn pump(&mut self, ctx: &Ctx<'_, S>) -> Pumped {
+        for _ in 0..PUMP_ROUNDS {
+            let mut moved = false;
+            let state = std::mem::replace(&mut self.state, State::Closed);
+            match state.step(&self.meta, ctx, &mut moved) {
+                Step::Next(next) => self.state = next,
+                Step::End(end) => {
+                    settle(end, self.meta.peer, ctx.global);
+                    return Pumped::Done;
+                }
+            }
+            if !moved {
+                return Pumped::Idle;
+            }
+            if self.state.established() {
+                self.deadline = Instant::now() + secs(ctx.limits.idle_timeout);
+            }
+        }
+        Pumped::Again
+    }
+
+    /// The deadline passed: counts and logs why; the worker then closes it.
+    pub fn expire(&mut self, ctx: &Ctx<'_, S>) {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        settle(state.expire(), self.meta.peer, ctx.global);
+    }
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.max(0.001))
+}

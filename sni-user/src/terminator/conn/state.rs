@@ -1,0 +1,370 @@
+//! The connection's states. Each holds only its own data, and a step consumes one and gives
+//! back the next, or the connection's [`End`]:
+//!
+//! ```text
+//! Hello ──passthrough──────────────────────────→ Passthrough ──┐
+//!   └───terminate──→ Handshake ──handshake done──→ Terminate ──┴─→ End (both ends passed on)
+//! any state ──failure or deadline──→ End (Close { side, why })
+//! ```
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Instant,
+};
+
+use mio::Token;
+use sni_common::flow::Flow;
+
+use crate::{
+    config::{HostMode, Limits},
+    terminator::{
+        conn::{
+            close::{Close, End, Host, Side, Why},
+            half::Half,
+            hand_off::{self, HandOff},
+            io::Stream,
+            relay::{proxy_v2_header, Peer, Relay},
+            tls::Tls,
+            Ctx,
+        },
+        counters::{Failure, GlobalCounters, HostCounters},
+        hello_reader::{self, HelloReader, Refused},
+        routes::Route,
+    },
+};
+
+/// The TLS alert record `unrecognized_name` (fatal): content type 21, TLS 1.2 record version,
+/// length 2, level 2 (fatal), description 112 (RFC 8446 §6, RFC 6066 §3).
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+
+/// What every state may need about its connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address it connected to.
+    pub local: SocketAddr,
+    /// When it was accepted (handshake duration).
+    pub accepted: Instant,
+    /// The backend socket's token.
+    pub backend_token: Token,
+}
+
+/// Where a connection is.
+pub enum State<S> {
+    /// Reading the ClientHello.
+    Hello(Hello<S>),
+    /// Routed to a terminated host, TLS handshake under way; the backend dialled.
+    Handshake(Handshake<S>),
+    /// TLS terminated, plaintext relayed.
+    Terminate(Tls<S>),
+    /// Routed to a passthrough host, bytes relayed as they are.
+    Passthrough(Relay<S>),
+    /// Ended (counted and logged already).
+    Closed,
+}
+
+/// What a step gives back.
+pub enum Step<S> {
+    /// The next state.
+    Next(State<S>),
+    /// The end.
+    End(End),
+}
+
+/// Reading the ClientHello with the shared parser (the bytes are kept for rustls or the
+/// backend).
+pub struct Hello<S> {
+    client: S,
+    reader: HelloReader,
+    /// The classifier's record of the flow, once found.
+    xdp: Option<Flow>,
+    /// A backend dialled from that record, before the ClientHello was read.
+    early: Option<(Arc<Route>, Peer<S>)>,
+}
+
+/// A TLS handshake under way.
+pub struct Handshake<S> {
+    tls: Tls<S>,
+    /// Counted with the handshake, once it is done.
+    hand_off: HandOff,
+}
+
+impl<S: Stream> State<S> {
+    /// A just-accepted client.
+    pub fn new(client: S, limits: &Limits) -> Self {
+        Self::Hello(Hello {
+            client,
+            reader: HelloReader::new(limits.max_client_hello),
+            xdp: None,
+            early: None,
+        })
+    }
+
+    /// One step: moves what can move, sets `moved` if anything did.
+    pub fn step(self, meta: &Meta, ctx: &Ctx<'_, S>, moved: &mut bool) -> Step<S> {
+        match self {
+            Self::Hello(h) => h.step(meta, ctx, moved),
+            Self::Handshake(h) => h.step(meta, ctx.global, moved),
+            Self::Terminate(mut t) => match t.round(moved) {
+                Err(close) => end(Some(t.relay.host), close),
+                Ok(()) if t.relay.finished() => orderly(t.relay.host),
+                Ok(()) => Step::Next(Self::Terminate(t)),
+            },
+            Self::Passthrough(mut r) => match r.raw_round(moved) {
+                Err(close) => end(Some(r.host), close),
+                Ok(()) if r.finished() => orderly(r.host),
+                Ok(()) => Step::Next(Self::Passthrough(r)),
+            },
+            Self::Closed => Step::End(End {
+                host: None,
+                close: None,
+            }),
+        }
+    }
+
+    /// The deadline passed: why, by state. An idle terminated connection gets a
+    /// close_notify first.
+    pub fn expire(self) -> End {
+        let (host, close) = match self {
+            Self::Hello(_) => (None, Close::client(Why::HelloTimeout)),
+            Self::Handshake(h) => (
+                Some(h.tls.relay.host),
+                Close::host(Side::Client, Failure::HandshakeTimeout),
+            ),
+            Self::Terminate(mut t) => {
+                t.say_goodbye();
+                (
+                    Some(t.relay.host),
+                    Close::host(Side::Internal, Failure::IdleTimeout),
+                )
+            }
+            Self::Passthrough(r) => (
+                Some(r.host),
+                Close::host(Side::Internal, Failure::IdleTimeout),
+            ),
+            Self::Closed => {
+                return End {
+                    host: None,
+                    close: None,
+                }
+            }
+        };
+        End {
+            host,
+            close: Some(close),
+        }
+    }
+
+    /// Whether bytes are relayed (the idle deadline applies).
+    pub fn established(&self) -> bool {
+        matches!(self, Self::Terminate(_) | Self::Passthrough(_))
+    }
+}
+
+fn end<S>(host: Option<Host>, close: Close) -> Step<S> {
+    Step::End(End {
+        host,
+        close: Some(close),
+    })
+}
+
+fn orderly<S>(host: Host) -> Step<S> {
+    Step::End(End {
+        host: Some(host),
+        close: None,
+    })
+}
+
+impl<S: Stream> Hello<S> {
+    /// Reads until the ClientHello is whole, then routes.
+    fn step(mut self, meta: &Meta, ctx: &Ctx<'_, S>, moved: &mut bool) -> Step<S> {
+        if self.xdp.is_none() {
+            self.look_up(meta, ctx);
+        }
+        let mut chunk = [0u8; 4096];
+        while self.reader.step() == hello_reader::Step::NeedMore {
+            match self.client.read(&mut chunk) {
+                Ok(0) => return end(None, Close::client(Why::GoneBeforeHello)),
+                Ok(n) => {
+                    *moved = true;
+                    let bytes = chunk.get(..n).unwrap_or_default();
+                    if self.reader.push(bytes) == hello_reader::Step::TooLarge {
+                        return end(None, Close::client(Why::HelloTooLarge));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Step::Next(State::Hello(self))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return end(None, Close::client(Why::GoneBeforeHello)),
+            }
+        }
+        // A name already read is enough only once the hello is whole: rustls needs it all.
+        if self.reader.step() != hello_reader::Step::Done {
+            return end(None, Close::client(Why::BadHello));
+        }
+        // The last segments may have come in while this loop read, after the lookup above:
+        // the kernel has seen them all by now, so its record is complete.
+        if self.xdp.is_none() {
+            self.xdp = hand_off::classified(ctx.flows, meta.peer, meta.local);
+        }
+        self.route(meta, ctx)
+    }
+
+    /// Hand-off: asks the kernel's flow table for this connection's host. The XDP program
+    /// has seen every segment in the socket by now, so once the whole ClientHello can be
+    /// read the flow is there (unless the classifier could not read it). A host found this
+    /// way gets its backend dialled at once, while the ClientHello and handshake go on. A
+    /// dial that fails at once is forgotten: the backend is dialled again once routed.
+    fn look_up(&mut self, meta: &Meta, ctx: &Ctx<'_, S>) {
+        let Some(flow) = hand_off::classified(ctx.flows, meta.peer, meta.local) else {
+            return;
+        };
+        self.xdp = Some(flow);
+        let Some(route) =
+            hand_off::flow_route(&flow, ctx.routes).and_then(|i| ctx.routes.routes.get(i))
+        else {
+            return;
+        };
+        if route.backend == crate::config::Backend::Builtin {
+            return;
+        }
+        if let Ok(peer) = Peer::open(route, ctx.net, meta.backend_token, || None) {
+            self.early = Some((Arc::clone(route), peer));
+        }
+    }
+
+    /// Routes the whole ClientHello: passthrough, or rustls takes it.
+    fn route(mut self, meta: &Meta, ctx: &Ctx<'_, S>) -> Step<S> {
+        let name = self.reader.name().copied();
+        let Some(index) = ctx.routes.resolve(name.as_ref()) else {
+            let _ = self.client.write(&ALERT_UNRECOGNIZED_NAME);
+            return end(None, Close::client(Why::UnknownName));
+        };
+        let Some(route) = ctx.routes.routes.get(index) else {
+            return end(None, Close::host(Side::Internal, Failure::Internal));
+        };
+        let host = Host::new(Arc::clone(route));
+        // Dialled early for this host: kept. For another (a record that did not agree), its
+        // socket closes as it drops.
+        let backend = match self.early.take() {
+            Some((early, peer)) if Arc::ptr_eq(&early, route) => peer,
+            _ => {
+                let sni = || name.map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned());
+                match Peer::open(route, ctx.net, meta.backend_token, sni) {
+                    Ok(peer) => peer,
+                    Err(close) => return end(Some(host), close),
+                }
+            }
+        };
+        let mut up = Half::new(ctx.limits.buffer_size);
+        if route.proxy_protocol {
+            up.buf.extend(&proxy_v2_header(meta.peer, meta.local));
+        }
+        let hello = self.reader.take_bytes();
+        let mut relay = Relay {
+            host,
+            client: self.client,
+            backend,
+            up,
+            down: Half::new(ctx.limits.buffer_size),
+        };
+        let counters = &route.counters;
+        match route.mode {
+            HostMode::Passthrough => {
+                let hand_off = hand_off::compare(
+                    meta.peer,
+                    self.xdp.as_ref(),
+                    name.as_ref(),
+                    index,
+                    ctx.routes,
+                );
+                relay.up.buf.extend(&hello);
+                handshake_done(ctx.global, counters, hand_off, meta.accepted, false);
+                Step::Next(State::Passthrough(relay))
+            }
+            HostMode::Terminate => {
+                let Some(config) = route.tls.clone() else {
+                    return end(
+                        Some(relay.host),
+                        Close::host(Side::Internal, Failure::Internal),
+                    );
+                };
+                let accepted = match hello_reader::accept(&hello) {
+                    Ok(a) => a,
+                    Err(refused) => {
+                        if let Refused::Alert(_, mut alert) = refused {
+                            let _ = alert.write_all(&mut relay.client);
+                        }
+                        return end(Some(relay.host), Close::host(Side::Client, Failure::Tls));
+                    }
+                };
+                // The name as rustls reads it, normalised like the kernel's.
+                let seen = hello_reader::rustls_name(&accepted);
+                let hand_off = hand_off::compare(
+                    meta.peer,
+                    self.xdp.as_ref(),
+                    seen.as_ref(),
+                    index,
+                    ctx.routes,
+                );
+                match accepted.into_connection(config) {
+                    Ok(mut conn) => {
+                        conn.set_buffer_limit(Some(ctx.limits.buffer_size));
+                        Step::Next(State::Handshake(Handshake {
+                            tls: Tls {
+                                conn: Box::new(conn),
+                                relay,
+                            },
+                            hand_off,
+                        }))
+                    }
+                    Err((_, mut alert)) => {
+                        let _ = alert.write_all(&mut relay.client);
+                        end(Some(relay.host), Close::host(Side::Client, Failure::Tls))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: Stream> Handshake<S> {
+    /// One round; once rustls is done, the handshake is counted and the relay begins.
+    fn step(mut self, meta: &Meta, global: &GlobalCounters, moved: &mut bool) -> Step<S> {
+        if let Err(close) = self.tls.round(moved) {
+            return end(Some(self.tls.relay.host), close);
+        }
+        if self.tls.conn.is_handshaking() {
+            return Step::Next(State::Handshake(self));
+        }
+        let resumed = self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let counters = &self.tls.relay.route().counters;
+        handshake_done(global, counters, self.hand_off, meta.accepted, resumed);
+        Step::Next(State::Terminate(self.tls))
+    }
+}
+
+/// A handshake is done (or a passthrough connection routed): counts it with its hand-off
+/// result, so that agreed + disagreed + unknown = handshakes.
+fn handshake_done(
+    g: &GlobalCounters,
+    counters: &HostCounters,
+    hand_off: HandOff,
+    accepted: Instant,
+    resumed: bool,
+) {
+    counters.handshakes.fetch_add(1, Relaxed);
+    if resumed {
+        counters.resumed.fetch_add(1, Relaxed);
+    }
+    counters.handshake_seconds.observe(accepted.elapsed());
+    match hand_off {
+        HandOff::Agreed => g.xdp_agreed.fetch_add(1, Relaxed),
+        HandOff::Disagreed => g.xdp_disagreed.fetch_add(1, Relaxed),
+        HandOff::Unknown => g.xdp_unknown.fetch_add(1, Relaxed),
+    };
+}
