@@ -10,7 +10,6 @@ use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     io::{self, Read, Write},
-    path::PathBuf,
     rc::Rc,
     sync::{atomic::Ordering::Relaxed, Arc, OnceLock},
 };
@@ -238,13 +237,12 @@ impl Flows for OneFlow {
 const PEER: &str = "192.0.2.1:40000";
 const LOCAL: &str = "192.0.2.2:443";
 
-/// A CA and one leaf for the terminated names, written once per test run.
-fn pki() -> &'static (PathBuf, Vec<u8>) {
-    static PKI: OnceLock<(PathBuf, Vec<u8>)> = OnceLock::new();
+/// A CA and one leaf for the terminated names, made once per test run: the leaf's PEM, its
+/// key's PEM, and the CA's DER.
+fn pki() -> &'static (String, String, Vec<u8>) {
+    static PKI: OnceLock<(String, String, Vec<u8>)> = OnceLock::new();
     PKI.get_or_init(|| {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let dir = std::env::temp_dir().join(format!("sni-conn-tests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
         let ca_key = KeyPair::generate().expect("key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -256,24 +254,34 @@ fn pki() -> &'static (PathBuf, Vec<u8>) {
             .expect("params")
             .signed_by(&key, &issuer)
             .expect("leaf");
-        std::fs::write(dir.join("t.pem"), leaf.pem()).expect("write");
-        std::fs::write(dir.join("t.key"), key.serialize_pem()).expect("write");
-        (dir, ca_cert.der().to_vec())
+        (leaf.pem(), key.serialize_pem(), ca_cert.der().to_vec())
     })
 }
 
 /// Route 0 `t.example` (terminate, TCP backend), 1 `b.example` (terminate, TCP), 2
 /// `u.example` (terminate, built-in), 3 `p.example` (passthrough), no default. Slots are
-/// route index + 1.
+/// route index + 1. The certificate files live only while the routes load.
 fn routes() -> Routes {
-    let (dir, _) = pki();
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let (cert, key, _) = pki();
+    let dir = std::env::temp_dir().join(format!(
+        "sni-conn-tests-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("t.pem"), cert).expect("write");
+    std::fs::write(dir.join("t.key"), key).expect("write");
     let text = "[default]\nreject = true\n\
         [[host]]\nnames = [\"t.example\"]\ncert = \"t.pem\"\nkey = \"t.key\"\nbackend = \"127.0.0.1:9\"\n\
         [[host]]\nnames = [\"b.example\"]\ncert = \"t.pem\"\nkey = \"t.key\"\nbackend = \"127.0.0.1:10\"\n\
         [[host]]\nnames = [\"u.example\"]\ncert = \"t.pem\"\nkey = \"t.key\"\n\
         [[host]]\nnames = [\"p.example\"]\nmode = \"passthrough\"\nbackend = \"127.0.0.1:11\"\n";
-    let config = Config::parse(text, &dir.join("t.toml")).expect("config");
-    Routes::load(&config).expect("routes")
+    let config = Config::parse(text, &dir.join("t.toml"));
+    let loaded = config.map(|c| Routes::load(&c));
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded.expect("config").expect("routes")
 }
 
 const T: usize = 0;
@@ -393,7 +401,7 @@ struct Client {
 
 impl Client {
     fn new(name: &str, end: End) -> Self {
-        let (_, ca) = pki();
+        let (_, _, ca) = pki();
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into()).expect("root");
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
