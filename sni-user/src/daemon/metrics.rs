@@ -34,7 +34,10 @@ use sni_common::maps::counter;
 use crate::{
     daemon::ReloadCounters,
     kernel::readers::{HostRow, MapsReader, Snapshot},
-    terminator::{counters::Failure, server::Shared},
+    terminator::{
+        counters::{Failure, GlobalCounters},
+        server::Shared,
+    },
 };
 
 /// The OpenMetrics text content type.
@@ -67,21 +70,6 @@ impl std::fmt::Debug for Sources {
             .finish_non_exhaustive()
     }
 }
-
-/// Help texts of the terminator's global counters, in [`crate::terminator::counters::GlobalCounters::values`] order.
-const TLS_GLOBAL_HELP: [&str; 11] = [
-    "Connections accepted.",
-    "Connections closed at once: limits.max_connections reached.",
-    "Connections closed at once: limits.max_connections_per_ip reached.",
-    "First bytes that were not a TLS ClientHello, or a malformed one.",
-    "ClientHellos larger than limits.max_client_hello.",
-    "Unknown or missing names answered with unrecognized_name ([default] reject).",
-    "Connections whose ClientHello did not arrive before the handshake deadline.",
-    "Clients that left before sending a whole ClientHello.",
-    "Handshakes whose host the XDP classifier had named the same.",
-    "Handshakes whose host the XDP classifier named otherwise (the TLS name wins).",
-    "Handshakes without a classifier record.",
-];
 
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -292,7 +280,7 @@ impl Sources {
 fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), std::fmt::Error> {
     let routes = t.counted_routes();
     type Field = fn(&crate::terminator::counters::HostCounters) -> u64;
-    let families: [(&str, &str, Field); 4] = [
+    let families: [(&str, &str, Field); 5] = [
         (
             "sni_tls_handshakes",
             "Finished TLS handshakes (terminate) or routed connections (passthrough).",
@@ -312,6 +300,11 @@ fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), 
             "sni_tls_bytes_to_client",
             "Bytes from the host's backend to clients.",
             |c| c.bytes_to_client.load(Relaxed),
+        ),
+        (
+            "sni_tls_client_aborts",
+            "Connections whose client's socket failed (reset, gone) once they were through.",
+            |c| c.client_aborts.load(Relaxed),
         ),
     ];
     for (name, help, field) in families {
@@ -380,7 +373,8 @@ fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), 
             }
         }
     }
-    for ((name, value), help) in t.global.values().into_iter().zip(TLS_GLOBAL_HELP) {
+    for (name, help, field) in GlobalCounters::FIELDS {
+        let value = field(&t.global).load(Relaxed);
         counter_value(encoder, &format!("sni_tls_{name}"), help, value)?;
     }
     Ok(())

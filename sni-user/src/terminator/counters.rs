@@ -22,9 +22,6 @@ pub enum Failure {
     IdleTimeout,
     /// A TLS error after the handshake (a bad record, a fatal alert from the client).
     TlsAfterHandshake,
-    /// The client's socket failed after the handshake (or in passthrough): a reset, a write
-    /// to a client that had gone.
-    ClientFailed,
     /// The terminator's own fault (a socket it could not register, a host without its TLS
     /// configuration).
     Internal,
@@ -32,7 +29,7 @@ pub enum Failure {
 
 impl Failure {
     /// Names, in order: the JSON keys under `failures`.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 8] = [
         "tls",
         "handshake_timeout",
         "client_gone",
@@ -40,7 +37,6 @@ impl Failure {
         "backend_failed",
         "idle_timeout",
         "tls_after_handshake",
-        "client_failed",
         "internal",
     ];
 }
@@ -107,8 +103,13 @@ pub struct HostCounters {
     pub bytes_to_backend: AtomicU64,
     /// Bytes from the backend to clients.
     pub bytes_to_client: AtomicU64,
-    /// Failures by [`Failure`].
+    /// Failures by [`Failure`]: connections that did not get through.
     pub failures: [AtomicU64; Failure::NAMES.len()],
+    /// Connections whose client's socket failed once they were through (after the handshake,
+    /// or routed in passthrough): a reset, a write to a client that had gone. Browsers and
+    /// mobile clients do it often; not a failure of the host, but counted and logged at
+    /// debug.
+    pub client_aborts: AtomicU64,
     /// Handshake durations.
     pub handshake_seconds: Histogram,
 }
@@ -131,6 +132,7 @@ impl HostCounters {
             active: self.active.load(Relaxed),
             bytes_to_backend: self.bytes_to_backend.load(Relaxed),
             bytes_to_client: self.bytes_to_client.load(Relaxed),
+            client_aborts: self.client_aborts.load(Relaxed),
             failures: Failure::NAMES
                 .iter()
                 .zip(&self.failures)
@@ -168,37 +170,74 @@ pub struct GlobalCounters {
     pub xdp_unknown: AtomicU64,
 }
 
+/// A global counter's name (the key in `stats --json`, the metric's suffix), its help text
+/// (the metric's HELP) and where it is.
+type GlobalField = (
+    &'static str,
+    &'static str,
+    fn(&GlobalCounters) -> &AtomicU64,
+);
+
 impl GlobalCounters {
-    /// Names and values, in a fixed order: the keys of `stats --json`'s terminator `global`.
+    /// Every counter once, in a fixed order: what `stats --json` and the metrics show.
+    pub const FIELDS: [GlobalField; 11] = [
+        ("accepted", "Connections accepted.", |g| &g.accepted),
+        (
+            "over_max_connections",
+            "Connections closed at once: limits.max_connections reached.",
+            |g| &g.over_max_connections,
+        ),
+        (
+            "over_max_per_ip",
+            "Connections closed at once: limits.max_connections_per_ip reached.",
+            |g| &g.over_max_per_ip,
+        ),
+        (
+            "bad_client_hello",
+            "First bytes that were not a TLS ClientHello, or a malformed one.",
+            |g| &g.bad_client_hello,
+        ),
+        (
+            "client_hello_too_large",
+            "ClientHellos larger than limits.max_client_hello.",
+            |g| &g.client_hello_too_large,
+        ),
+        (
+            "rejected_unknown_name",
+            "Unknown or missing names answered with unrecognized_name ([default] reject).",
+            |g| &g.rejected_unknown_name,
+        ),
+        (
+            "client_hello_timeout",
+            "Connections whose ClientHello did not arrive before the handshake deadline.",
+            |g| &g.client_hello_timeout,
+        ),
+        (
+            "client_gone_before_hello",
+            "Clients that left before sending a whole ClientHello.",
+            |g| &g.client_gone_before_hello,
+        ),
+        (
+            "xdp_agreed",
+            "Handshakes whose host the XDP classifier had named the same.",
+            |g| &g.xdp_agreed,
+        ),
+        (
+            "xdp_disagreed",
+            "Handshakes whose host the XDP classifier named otherwise (the TLS name wins).",
+            |g| &g.xdp_disagreed,
+        ),
+        (
+            "xdp_unknown",
+            "Handshakes without a classifier record.",
+            |g| &g.xdp_unknown,
+        ),
+    ];
+
+    /// Names and values, in [`Self::FIELDS`] order: the keys of `stats --json`'s terminator
+    /// `global`.
     pub fn values(&self) -> [(&'static str, u64); 11] {
-        [
-            ("accepted", self.accepted.load(Relaxed)),
-            (
-                "over_max_connections",
-                self.over_max_connections.load(Relaxed),
-            ),
-            ("over_max_per_ip", self.over_max_per_ip.load(Relaxed)),
-            ("bad_client_hello", self.bad_client_hello.load(Relaxed)),
-            (
-                "client_hello_too_large",
-                self.client_hello_too_large.load(Relaxed),
-            ),
-            (
-                "rejected_unknown_name",
-                self.rejected_unknown_name.load(Relaxed),
-            ),
-            (
-                "client_hello_timeout",
-                self.client_hello_timeout.load(Relaxed),
-            ),
-            (
-                "client_gone_before_hello",
-                self.client_gone_before_hello.load(Relaxed),
-            ),
-            ("xdp_agreed", self.xdp_agreed.load(Relaxed)),
-            ("xdp_disagreed", self.xdp_disagreed.load(Relaxed)),
-            ("xdp_unknown", self.xdp_unknown.load(Relaxed)),
-        ]
+        Self::FIELDS.map(|(name, _, field)| (name, field(self).load(Relaxed)))
     }
 }
 
@@ -217,6 +256,8 @@ pub struct HostSnapshot {
     pub bytes_to_backend: u64,
     /// Bytes backend → client.
     pub bytes_to_client: u64,
+    /// Connections whose client's socket failed once they were through.
+    pub client_aborts: u64,
     /// Failures by reason.
     pub failures: serde_json::Map<String, serde_json::Value>,
     /// Mean handshake duration, seconds.

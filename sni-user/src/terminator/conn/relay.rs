@@ -12,7 +12,7 @@ use crate::{
     config::Backend,
     terminator::{
         conn::{
-            close::{Close, Host, Side},
+            close::{Close, Host, Side, Why},
             half::Half,
             io::{Net, Stream},
         },
@@ -111,7 +111,7 @@ impl<S: Stream> Relay<S> {
 
     /// Passthrough: one round of raw bytes both ways.
     pub fn raw_round(&mut self, moved: &mut bool) -> Result<(), Close> {
-        let failed = |_: io::Error| Close::host(Side::Client, Failure::ClientFailed);
+        let failed = |_: io::Error| Close::client(Why::ClientAborted);
         let read = self.up.fill(&mut self.client).map_err(failed)?;
         let wrote = self.down.flush(&mut self.client).map_err(failed)?;
         let counters = &self.host.route().counters;

@@ -11,7 +11,7 @@ use rustls::server::ServerConnection;
 
 use crate::terminator::{
     conn::{
-        close::{Close, Side},
+        close::{Close, Side, Why},
         io::Stream,
         relay::Relay,
     },
@@ -32,16 +32,13 @@ impl<S: Stream> Tls<S> {
     pub fn round(&mut self, moved: &mut bool) -> Result<(), Close> {
         let Self { conn: tls, relay } = self;
         let r = relay;
-        // A client that fails while handshaking is gone; after the handshake, it failed.
+        // A client that fails while handshaking is gone; after the handshake, it aborted.
         let gone = |tls: &ServerConnection| {
-            Close::host(
-                Side::Client,
-                if tls.is_handshaking() {
-                    Failure::ClientGone
-                } else {
-                    Failure::ClientFailed
-                },
-            )
+            if tls.is_handshaking() {
+                Close::host(Side::Client, Failure::ClientGone)
+            } else {
+                Close::client(Why::ClientAborted)
+            }
         };
         // Records in, while there is room for their plaintext.
         while !r.up.eof && !r.up.buf.is_full() && tls.wants_read() {

@@ -338,6 +338,14 @@ impl World {
         self.routes.routes[route].counters.failures[why as usize].load(Relaxed)
     }
 
+    /// Client aborts of a route's host.
+    fn aborts(&self, route: usize) -> u64 {
+        self.routes.routes[route]
+            .counters
+            .client_aborts
+            .load(Relaxed)
+    }
+
     /// Failures of every reason, all hosts.
     fn all_failures(&self) -> u64 {
         self.routes
