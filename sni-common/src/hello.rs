@@ -158,7 +158,45 @@ pub enum Reason {
     Overrun,
 }
 
+/// TLS alert descriptions a server sends when it refuses a ClientHello (RFC 8446 §6.2).
+pub mod alert {
+    /// A message arrived that its state does not expect (the first message is not a
+    /// ClientHello).
+    pub const UNEXPECTED_MESSAGE: u8 = 10;
+    /// A field holds a value it must not (a duplicate extension).
+    pub const ILLEGAL_PARAMETER: u8 = 47;
+    /// A message could not be parsed: a length that lies, a field out of its range.
+    pub const DECODE_ERROR: u8 = 50;
+    /// The version the client asks for is not one a server may negotiate.
+    pub const PROTOCOL_VERSION: u8 = 70;
+    /// The server_name names no host here (RFC 6066 §3).
+    pub const UNRECOGNIZED_NAME: u8 = 112;
+}
+
 impl Reason {
+    /// The fatal alert a server answers a ClientHello refused for this reason with, as
+    /// OpenSSL does; `None` when the bytes are not a TLS handshake record at all (closing
+    /// without an alert is then right: the peer does not speak TLS).
+    pub const fn alert(self) -> Option<u8> {
+        match self {
+            Self::None | Self::NotHandshakeRecord | Self::BadRecordVersion => None,
+            Self::NotClientHello => Some(alert::UNEXPECTED_MESSAGE),
+            Self::BadHelloVersion => Some(alert::PROTOCOL_VERSION),
+            Self::DuplicateServerName => Some(alert::ILLEGAL_PARAMETER),
+            Self::EmptyName => Some(alert::UNRECOGNIZED_NAME),
+            Self::BadRecordLength
+            | Self::HelloTooShort
+            | Self::BadSessionIdLength
+            | Self::BadCipherSuitesLength
+            | Self::BadCompressionLength
+            | Self::ExtensionsLengthMismatch
+            | Self::ExtensionOverrun
+            | Self::BadServerNameList
+            | Self::BadNameLength
+            | Self::Overrun => Some(alert::DECODE_ERROR),
+        }
+    }
+
     /// Short snake_case name, stable for logs and JSON.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -622,6 +660,11 @@ impl Parser {
                     EXT_SERVER_NAME => {
                         if self.flags & F_SNI_EXT != 0 {
                             return self.malformed(Reason::DuplicateServerName);
+                        }
+                        // Room for the list's length and one entry's header at least; said
+                        // now, rather than after waiting for bytes past the extension.
+                        if v < 5 {
+                            return self.malformed(Reason::BadServerNameList);
                         }
                         self.flags |= F_SNI_EXT;
                         self.ext_left = v as u16;

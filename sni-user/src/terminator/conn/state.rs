@@ -15,7 +15,7 @@ use std::{
 };
 
 use mio::Token;
-use sni_common::flow::Flow;
+use sni_common::{flow::Flow, hello::alert};
 
 use crate::{
     config::{HostMode, Limits},
@@ -35,9 +35,12 @@ use crate::{
     },
 };
 
-/// The TLS alert record `unrecognized_name` (fatal): content type 21, TLS 1.2 record version,
-/// length 2, level 2 (fatal), description 112 (RFC 8446 §6, RFC 6066 §3).
-const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+/// A fatal TLS alert record: content type 21, TLS 1.2 record version, length 2, level 2
+/// (fatal), then `description` (RFC 8446 §6). Sent as one record before the connection
+/// closes, so that a client tells "refused" from "network broke".
+pub const fn fatal_alert(description: u8) -> [u8; 7] {
+    [21, 3, 3, 0, 2, 2, description]
+}
 
 /// What every state may need about its connection.
 #[derive(Clone, Copy, Debug)]
@@ -192,6 +195,9 @@ impl<S: Stream> Hello<S> {
                     *moved = true;
                     let bytes = chunk.get(..n).unwrap_or_default();
                     if self.reader.push(bytes) == hello_reader::Step::TooLarge {
+                        // Longer than any ClientHello this server reads: a field's length
+                        // cannot be taken as it stands.
+                        let _ = self.client.write(&fatal_alert(alert::DECODE_ERROR));
                         return end(None, Close::client(Why::HelloTooLarge));
                     }
                 }
@@ -204,6 +210,9 @@ impl<S: Stream> Hello<S> {
         }
         // A name already read is enough only once the hello is whole: rustls needs it all.
         if self.reader.step() != hello_reader::Step::Done {
+            if let Some(description) = self.reader.parser().reason().alert() {
+                let _ = self.client.write(&fatal_alert(description));
+            }
             return end(None, Close::client(Why::BadHello));
         }
         // The last segments may have come in while this loop read, after the lookup above:
@@ -241,7 +250,7 @@ impl<S: Stream> Hello<S> {
     fn route(mut self, meta: &Meta, ctx: &Ctx<'_, S>) -> Step<S> {
         let name = self.reader.name().copied();
         let Some(index) = ctx.routes.resolve(name.as_ref()) else {
-            let _ = self.client.write(&ALERT_UNRECOGNIZED_NAME);
+            let _ = self.client.write(&fatal_alert(alert::UNRECOGNIZED_NAME));
             return end(None, Close::client(Why::UnknownName));
         };
         let Some(route) = ctx.routes.routes.get(index) else {
@@ -296,8 +305,14 @@ impl<S: Stream> Hello<S> {
                 let accepted = match hello_reader::accept(&hello) {
                     Ok(a) => a,
                     Err(refused) => {
-                        if let Refused::Alert(_, mut alert) = refused {
-                            let _ = alert.write_all(&mut relay.client);
+                        match refused {
+                            Refused::Alert(_, mut alert) => {
+                                let _ = alert.write_all(&mut relay.client);
+                            }
+                            // Bytes the shared parser read whole that rustls cannot frame.
+                            Refused::Read | Refused::Incomplete => {
+                                let _ = relay.client.write(&fatal_alert(alert::DECODE_ERROR));
+                            }
                         }
                         return end(Some(relay.host), Close::host(Side::Client, Failure::Tls));
                     }
