@@ -398,3 +398,68 @@ fn privileges_are_dropped_once_attached_and_bound() {
         "control directory left"
     );
 }
+
+/// A Python client in the client namespace: `n` connections to `name` at about `rate` per
+/// second, each sending a ClientHello and then holding its socket open until all are sent
+/// (so that only the terminator can end them early); prints how many connected.
+const FLOOD: &str = r#"
+import socket, ssl, sys, time
+addr, port, name, n, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+held, start = [], time.monotonic()
+for i in range(n):
+    out = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    s = socket.create_connection((addr, port), timeout=5)
+    s.sendall(out.read())
+    held.append(s)
+    time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+print(len(held))
+time.sleep(2)
+"#;
+
+#[test]
+fn connections_to_a_dropped_host_are_released_at_once() {
+    const N: u64 = 1000;
+    let edge = edge(HOSTS, None);
+    let flood = edge
+        .pair
+        .client
+        .cmd(["timeout", "60", "python3", "-c", FLOOD])
+        .args([
+            SERVER_V4,
+            &PORT.to_string(),
+            "drop.test",
+            &N.to_string(),
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Other hosts are served meanwhile.
+    thread::sleep(Duration::from_millis(300));
+    let out = curl(&edge, "alpha.test", SERVER_V4, 10);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reached host \"alpha.test\""),
+        "{out:?}"
+    );
+    let out = flood.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), N.to_string());
+    // The flood took about a second and held its sockets two more: far under the handshake
+    // deadline (10 s), every connection was closed by the terminator once the classifier's
+    // flow table said drop.
+    let s = edge.stats();
+    let t = &s["terminator"]["global"];
+    assert_eq!(t["xdp_blocked"].as_u64().unwrap(), N, "{s}");
+    assert_eq!(t["client_hello_timeout"], 0, "{s}");
+    assert_eq!(xdp_host(&s, "drop.test")["client_hellos"], N, "{s}");
+    assert_eq!(term_host(&s, "drop.test")["active"], 0, "{s}");
+}

@@ -168,6 +168,9 @@ pub struct GlobalCounters {
     pub xdp_disagreed: AtomicU64,
     /// Hand-off: no classifier, or it had no host for the flow.
     pub xdp_unknown: AtomicU64,
+    /// Closed while waiting for a ClientHello the classifier drops (`action = "drop"`, or
+    /// over `hello_rate`).
+    pub xdp_blocked: AtomicU64,
 }
 
 /// A global counter's name (the key in `stats --json`, the metric's suffix), its help text
@@ -180,7 +183,7 @@ type GlobalField = (
 
 impl GlobalCounters {
     /// Every counter once, in a fixed order: what `stats --json` and the metrics show.
-    pub const FIELDS: [GlobalField; 11] = [
+    pub const FIELDS: [GlobalField; 12] = [
         ("accepted", "Connections accepted.", |g| &g.accepted),
         (
             "over_max_connections",
@@ -232,11 +235,16 @@ impl GlobalCounters {
             "Handshakes without a classifier record.",
             |g| &g.xdp_unknown,
         ),
+        (
+            "xdp_blocked",
+            "Connections closed while waiting for a ClientHello the XDP classifier drops.",
+            |g| &g.xdp_blocked,
+        ),
     ];
 
     /// Names and values, in [`Self::FIELDS`] order: the keys of `stats --json`'s terminator
     /// `global`.
-    pub fn values(&self) -> [(&'static str, u64); 11] {
+    pub fn values(&self) -> [(&'static str, u64); 12] {
         Self::FIELDS.map(|(name, _, field)| (name, field(self).load(Relaxed)))
     }
 }

@@ -35,6 +35,9 @@ pub enum Why {
     UnknownName,
     /// No whole ClientHello within the handshake deadline.
     HelloTimeout,
+    /// The kernel classifier drops the flow (its host's `action = "drop"`, or over its
+    /// `hello_rate`): its ClientHello will never come.
+    Blocked,
     /// The client's socket failed once the connection was through (after the handshake, or
     /// routed in passthrough): counted under the host, apart from its failures.
     ClientAborted,
@@ -114,6 +117,7 @@ pub fn settle(end: End, peer: SocketAddr, global: &GlobalCounters) {
         Why::BadHello => Some(&global.bad_client_hello),
         Why::UnknownName => Some(&global.rejected_unknown_name),
         Why::HelloTimeout => Some(&global.client_hello_timeout),
+        Why::Blocked => Some(&global.xdp_blocked),
         Why::ClientAborted => route.map(|r| &r.counters.client_aborts),
         Why::Host(failure) => {
             if let Some(r) = route {

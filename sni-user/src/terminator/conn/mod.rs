@@ -30,12 +30,13 @@ mod tests;
 use std::{net::SocketAddr, time::Instant};
 
 use mio::Token;
+use sni_common::flow::verdict;
 
 use crate::{
     config::Limits,
     terminator::{
         conn::{
-            close::settle,
+            close::{settle, Close, End, Why},
             io::{Flows, Net, Socket, Stream},
             state::{Meta, State, Step},
         },
@@ -133,6 +134,33 @@ impl<S: Stream> Conn<S> {
             }
         }
         Pumped::Again
+    }
+
+    /// Whether the kernel drops this connection's packets (its host's `action = "drop"`, or
+    /// its ClientHello over the host's `hello_rate`) while it still waits for its
+    /// ClientHello: that ClientHello will never come, and no packet will wake the
+    /// connection, so the worker asks on its deadline tick. If so, it is counted
+    /// (`xdp_blocked`) and logged, and the worker closes it.
+    pub fn blocked(&mut self, ctx: &Ctx<'_, S>) -> bool {
+        if !self.state.reading_hello() {
+            return false;
+        }
+        let Some(flow) = hand_off::classified(ctx.flows, self.meta.peer, self.meta.local) else {
+            return false;
+        };
+        if flow.verdict == verdict::PASS {
+            return false;
+        }
+        self.state = State::Closed;
+        settle(
+            End {
+                host: None,
+                close: Some(Close::client(Why::Blocked)),
+            },
+            self.meta.peer,
+            ctx.global,
+        );
+        true
     }
 
     /// The deadline passed: counts and logs why; the worker then closes it.

@@ -161,6 +161,11 @@ impl<S: Stream> State<S> {
         }
     }
 
+    /// Whether the ClientHello is still being read.
+    pub fn reading_hello(&self) -> bool {
+        matches!(self, Self::Hello(_))
+    }
+
     /// Whether bytes are relayed (the idle deadline applies).
     pub fn established(&self) -> bool {
         matches!(self, Self::Terminate(_) | Self::Passthrough(_))
