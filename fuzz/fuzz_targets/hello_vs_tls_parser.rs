@@ -33,11 +33,17 @@
 //! - L7 a ClientHello fragmented over several records: tls-parser reads one record, so it has
 //!   nothing to say (ours reads across records; the `hello_chunks` and `passthrough_hello`
 //!   targets and the unit tests cover that).
+//! - L8 an SSLv2-compatible ClientHello (RFC 5246 appendix E.2): no TLS record at all to
+//!   tls-parser; ours reads its first four bytes and calls it one (no name, nothing more to
+//!   read). Checked against those four bytes.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sni_common::{hello::Reason, HostKey, Parser, Progress};
+use sni_common::{
+    hello::{starts_sslv2_client_hello, Reason},
+    HostKey, Outcome, Parser, Progress,
+};
 use tls_parser::{
     parse_tls_client_hello_extensions, parse_tls_plaintext, TlsClientHelloContents, TlsExtension,
     TlsMessage, TlsMessageHandshake, TlsRecordHeader,
@@ -53,6 +59,16 @@ const MAX_RECORD_LEN: u16 = 1 << 14;
 fuzz_target!(|data: &[u8]| {
     let mut ours = Parser::NEW;
     ours.feed(data);
+    if ours.outcome() == Outcome::Sslv2 {
+        // L8.
+        let mut head = [0u8; 6];
+        for (h, b) in head.iter_mut().zip(data) {
+            *h = *b;
+        }
+        assert!(data.len() >= 4 && starts_sslv2_client_hello(head), "{ours:?}");
+        assert_eq!(ours.name(), None);
+        return;
+    }
     match parse_tls_plaintext(data) {
         Ok((_, record)) => match record.msg.first() {
             Some(TlsMessage::Handshake(TlsMessageHandshake::ClientHello(ch))) => {

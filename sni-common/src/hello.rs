@@ -52,7 +52,16 @@ const NAME_TYPE_HOST: u32 = 0;
 /// Both sides run it before the parser, so that only such segments start a parse.
 #[inline(always)]
 pub const fn starts_client_hello(head: [u8; 6]) -> bool {
-    head[0] == CONTENT_TYPE_HANDSHAKE && head[1] == VERSION_MAJOR && head[5] == 1
+    (head[0] == CONTENT_TYPE_HANDSHAKE && head[1] == VERSION_MAJOR && head[5] == 1)
+        || starts_sslv2_client_hello(head)
+}
+
+/// Whether the first bytes are an SSLv2-compatible ClientHello (RFC 5246 appendix E.2), as
+/// old clients and some scanners still send: a two-byte record header with its high bit set,
+/// message type 1 (CLIENT-HELLO), then a version of 3.x.
+#[inline(always)]
+pub const fn starts_sslv2_client_hello(head: [u8; 6]) -> bool {
+    head[0] & 0x80 != 0 && head[2] == 1 && head[3] == VERSION_MAJOR
 }
 
 /// Bytes the parser reads from. The kernel implements it over its scratch buffer with a masked
@@ -104,6 +113,8 @@ pub enum Outcome {
     Malformed,
     /// Given up before its name was read.
     Incomplete,
+    /// An SSLv2-compatible ClientHello: no extensions, so no name.
+    Sslv2,
 }
 
 impl Outcome {
@@ -114,6 +125,7 @@ impl Outcome {
             Self::NoSni => "no_sni",
             Self::Malformed => "malformed",
             Self::Incomplete => "incomplete",
+            Self::Sslv2 => "sslv2",
         }
     }
 }
@@ -163,6 +175,9 @@ pub mod alert {
     /// A message arrived that its state does not expect (the first message is not a
     /// ClientHello).
     pub const UNEXPECTED_MESSAGE: u8 = 10;
+    /// No set of parameters both sides can use (an SSLv2-compatible ClientHello, which
+    /// rustls does not read: OpenSSL answers those with it too).
+    pub const HANDSHAKE_FAILURE: u8 = 40;
     /// A field holds a value it must not (a duplicate extension).
     pub const ILLEGAL_PARAMETER: u8 = 47;
     /// A message could not be parsed: a length that lies, a field out of its range.
@@ -258,6 +273,12 @@ const F_SNI_EXT: u8 = 2;
 const F_NAME: u8 = 4;
 /// An encrypted_client_hello extension was seen.
 const F_ECH: u8 = 8;
+/// The first record header's first byte has its high bit set: an SSLv2 record header, if
+/// the bytes after it say "ClientHello, version 3.x".
+const F_SSLV2_HEADER: u8 = 16;
+/// An SSLv2-compatible ClientHello was read (RFC 5246 appendix E.2): it has no extensions,
+/// so no server_name.
+const F_SSLV2: u8 = 32;
 
 // Stages: the field the parser is in. `int` fields accumulate big-endian into `acc`, `skip`
 // fields are passed over, the name is copied.
@@ -420,6 +441,7 @@ impl Parser {
     pub fn outcome(&self) -> Outcome {
         match self.progress() {
             Progress::Malformed | Progress::NotClientHello => Outcome::Malformed,
+            _ if self.flags & F_SSLV2 != 0 => Outcome::Sslv2,
             _ if self.has_name() => Outcome::Sni,
             Progress::Done => Outcome::NoSni,
             Progress::NeedMore => Outcome::Incomplete,
@@ -430,6 +452,16 @@ impl Parser {
     #[inline(always)]
     pub fn has_ech(&self) -> bool {
         self.flags & F_ECH != 0
+    }
+
+    /// The fatal alert a server answers this ClientHello with when it refuses it: by the
+    /// parser's [`Reason`], or `handshake_failure` for an SSLv2-compatible one; `None` for
+    /// bytes that are not TLS.
+    pub fn refusal_alert(&self) -> Option<u8> {
+        if self.flags & F_SSLV2 != 0 {
+            return Some(alert::HANDSHAKE_FAILURE);
+        }
+        self.reason().alert()
     }
 
     /// Why parsing failed, if it did.
@@ -503,9 +535,14 @@ impl Parser {
     }
 
     fn record_header_byte(&mut self, b: u8) {
+        if self.flags & F_SSLV2_HEADER != 0 {
+            return self.sslv2_header_byte(b);
+        }
         match self.rec_hdr {
             0 => {
-                if b != CONTENT_TYPE_HANDSHAKE {
+                if b & 0x80 != 0 && self.records == 0 {
+                    self.flags |= F_SSLV2_HEADER;
+                } else if b != CONTENT_TYPE_HANDSHAKE {
                     return self.record_fail(Reason::NotHandshakeRecord);
                 }
             }
@@ -526,6 +563,22 @@ impl Parser {
                 self.records = self.records.saturating_add(1);
                 return;
             }
+        }
+        self.rec_hdr += 1;
+    }
+
+    /// Bytes 1 to 3 of a stream whose first byte has its high bit set: length (low byte),
+    /// message type 1, version major 3 make it an SSLv2-compatible ClientHello, read to its
+    /// outcome there (nothing after can name a host); anything else is not TLS.
+    fn sslv2_header_byte(&mut self, b: u8) {
+        match self.rec_hdr {
+            1 => {}
+            2 if b == 1 => {}
+            3 if b == VERSION_MAJOR => {
+                self.flags |= F_SSLV2 | F_CONFIRMED;
+                return self.done();
+            }
+            _ => return self.record_fail(Reason::NotHandshakeRecord),
         }
         self.rec_hdr += 1;
     }

@@ -132,14 +132,14 @@ macro_rules! counters {
 /// Indices into [`MAP_GLOBAL`], with each counter's name and help text.
 ///
 /// Every ClientHello the program starts to parse ends in exactly one of `SNI`, `NO_SNI`,
-/// `MALFORMED` or `INCOMPLETE`, so those four add up to `CLIENT_HELLOS`. `ECH` counts the
+/// `MALFORMED`, `INCOMPLETE` or `SSLV2`, so those five add up to `CLIENT_HELLOS`. `ECH` counts the
 /// ClientHellos among them that carry `encrypted_client_hello`.
 pub mod counter {
     counters! {
         PACKETS = 0, "packets", "Packets the XDP program saw.";
         TCP_WATCHED = 1, "tcp_watched", "IPv4 or IPv6 TCP packets to a watched port.";
         CLIENT_HELLOS = 2, "client_hellos",
-            "TLS ClientHellos read to an outcome (sni + no_sni + malformed + incomplete).";
+            "TLS ClientHellos read to an outcome (sni + no_sni + malformed + incomplete + sslv2).";
         SNI = 3, "sni", "ClientHellos in which a server_name was read.";
         NO_SNI = 4, "no_sni", "ClientHellos read to the end without a server_name.";
         ECH = 5, "ech",
@@ -163,6 +163,8 @@ pub mod counter {
         DROPPED = 15, "dropped", "Packets dropped by a host's action = drop.";
         RATE_LIMITED = 16, "rate_limited",
             "Packets dropped because their ClientHello came over its host's hello_rate.";
+        SSLV2 = 17, "sslv2",
+            "SSLv2-compatible ClientHellos (old clients, scanners): no extensions, no name.";
     }
 }
 

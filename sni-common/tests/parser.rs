@@ -517,7 +517,8 @@ fn not_client_hellos() {
     let cases: &[(&str, &[u8])] = &[
         ("http", b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"),
         ("application data", &[23, 3, 3, 0, 5, 1, 2, 3, 4, 5]),
-        ("sslv2 hello", &[0x80, 0x2e, 0x01, 0x03, 0x01]),
+        // (An SSLv2-compatible ClientHello is one: its own test above.)
+        ("sslv2 server message", &[0x80, 0x2e, 0x04, 0x00, 0x02]),
         ("ssh", b"SSH-2.0-OpenSSH_9.2\r\n"),
         ("record version 2", &[22, 2, 0, 0, 5, 1, 0, 0, 1, 0]),
         ("server hello", &server_hello),
@@ -620,5 +621,34 @@ fn random_and_mutated_bytes_never_panic_and_stay_bounded() {
         let two = parse_chunks(&[&b[..cut], &b[cut..]]);
         assert_eq!(one.progress(), two.progress(), "round {round}");
         assert_eq!(one.name(), two.name(), "round {round}");
+    }
+}
+
+#[test]
+fn sslv2_compatible_client_hellos_are_their_own_outcome() {
+    use sni_common::{hello::starts_client_hello, Outcome};
+    // Two-byte header (high bit set, length 0x2e), CLIENT-HELLO, version 3.1, then its
+    // fields: no extensions can follow, so there is no name to wait for.
+    let mut v2 = vec![0x80, 0x2e, 1, 3, 1, 0, 9, 0, 0, 0, 16];
+    v2.extend_from_slice(&[0; 9 + 16]);
+    let head: [u8; 6] = v2[..6].try_into().unwrap();
+    assert!(starts_client_hello(head));
+    for cut in 0..v2.len() {
+        let p = parse_chunks(&[&v2[..cut], &v2[cut..]]);
+        assert_eq!(p.progress(), Progress::Done, "cut at {cut}");
+        assert_eq!(p.outcome(), Outcome::Sslv2);
+        assert!(p.is_client_hello());
+        assert_eq!(p.name(), None);
+    }
+    assert_eq!(parse(&v2[..3]).progress(), Progress::NeedMore);
+    // The same header over another message type, or an SSL 2.0 version, is not TLS.
+    for (i, b) in [(2, 2), (3, 2)] {
+        let mut other = v2.clone();
+        other[i] = b;
+        assert_eq!(
+            parse(&other).progress(),
+            Progress::NotClientHello,
+            "byte {i} = {b}"
+        );
     }
 }

@@ -48,6 +48,7 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         Outcome::NoSni => counter::NO_SNI,
         Outcome::Malformed => counter::MALFORMED,
         Outcome::Incomplete => counter::INCOMPLETE,
+        Outcome::Sslv2 => counter::SSLV2,
     });
     let mut flow = Flow::default();
     let mut stats = None;

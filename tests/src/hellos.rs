@@ -3,6 +3,18 @@
 
 use std::sync::Arc;
 
+/// An SSLv2-compatible ClientHello (RFC 5246 appendix E.2), as `openssl s_client` 1.0 and
+/// some scanners send it: a two-byte record header (high bit set), CLIENT-HELLO, version
+/// 3.1, three cipher specs, no session id, a 16-byte challenge.
+pub fn sslv2_hello() -> Vec<u8> {
+    let mut body = vec![1, 3, 1, 0, 9, 0, 0, 0, 16];
+    body.extend_from_slice(&[0x00, 0x00, 0x2f, 0x00, 0x00, 0x35, 0x00, 0x00, 0xff]);
+    body.extend_from_slice(&[0x5a; 16]);
+    let mut out = vec![0x80 | (body.len() >> 8) as u8, body.len() as u8];
+    out.extend_from_slice(&body);
+    out
+}
+
 /// `hello` (one record) with one more extension at the end, lengths fixed up.
 pub fn with_extension(hello: &[u8], ty: u16, body: &[u8]) -> Vec<u8> {
     let mut out = hello.to_vec();

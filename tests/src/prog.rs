@@ -239,7 +239,7 @@ pub fn v4_key(src_port: u16, dst_port: u16) -> FlowKey {
 pub fn assert_outcomes_add_up(g: &HashMap<&'static str, u64>) {
     assert_eq!(
         g["client_hellos"],
-        g["sni"] + g["no_sni"] + g["malformed"] + g["incomplete"],
+        g["sni"] + g["no_sni"] + g["malformed"] + g["incomplete"] + g["sslv2"],
         "outcomes do not add up: {g:?}"
     );
 }

@@ -20,6 +20,7 @@ const DECODE_ERROR: u8 = 50;
 const ILLEGAL_PARAMETER: u8 = 47;
 const UNRECOGNIZED_NAME: u8 = 112;
 const UNEXPECTED_MESSAGE: u8 = 10;
+const HANDSHAKE_FAILURE: u8 = 40;
 
 /// Where the terminator refuses and OpenSSL does not, and why.
 const STRICTER_THAN_OPENSSL: [&str; 4] = [
@@ -215,6 +216,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Answer)> {
         "a ClientHello over the size cap",
         over,
         Answer::Alert(DECODE_ERROR),
+    ));
+    // An SSLv2-compatible ClientHello: rustls reads none; refused as OpenSSL refuses it.
+    cases.push((
+        "an SSLv2-compatible ClientHello",
+        sni_tests::hellos::sslv2_hello(),
+        Answer::Alert(HANDSHAKE_FAILURE),
     ));
     // Not TLS at all: closed without an alert.
     cases.push((

@@ -379,3 +379,17 @@ fn random_name_flood_keeps_configured_counters_and_bounds_the_map() {
         "no configured ClientHello lost to the flood"
     );
 }
+
+#[test]
+fn sslv2_compatible_client_hellos_are_counted_as_such() {
+    let prog = Prog::load(&[PORT], &[], 1024);
+    let frame = frame::v4_tcp(PORT, &sni_tests::hellos::sslv2_hello());
+    assert_eq!(prog.run(&frame), XDP_PASS);
+    let g = prog.global();
+    assert_eq!(
+        (g["client_hellos"], g["sslv2"], g["malformed"]),
+        (1, 1, 0),
+        "{g:?}"
+    );
+    assert_outcomes_add_up(&g);
+}

@@ -9,7 +9,7 @@
 //! and a passthrough backend must get them too.
 
 use rustls::server::{Accepted, AcceptedAlert, Acceptor};
-use sni_common::{HostKey, Parser, Progress};
+use sni_common::{HostKey, Outcome, Parser, Progress};
 
 /// Where the reader stands after the bytes pushed so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,9 @@ impl HelloReader {
         self.bytes.extend_from_slice(chunk);
         self.step = match self.parser.feed(chunk) {
             Progress::NeedMore => Step::NeedMore,
+            // An SSLv2-compatible ClientHello is no TLS rustls can take: refused like bytes
+            // that are not a ClientHello (with `handshake_failure`, as OpenSSL does).
+            Progress::Done if self.parser.outcome() == Outcome::Sslv2 => Step::NotClientHello,
             Progress::Done => Step::Done,
             Progress::NotClientHello | Progress::Malformed => Step::NotClientHello,
         };

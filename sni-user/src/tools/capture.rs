@@ -66,8 +66,8 @@ pub struct Report {
 
 impl Report {
     /// Flows per outcome, in a fixed order.
-    pub fn summary(&self) -> [(&'static str, usize); 4] {
-        ["sni", "no_sni", "malformed", "incomplete"]
+    pub fn summary(&self) -> [(&'static str, usize); 5] {
+        ["sni", "no_sni", "malformed", "incomplete", "sslv2"]
             .map(|o| (o, self.flows.iter().filter(|f| f.outcome == o).count()))
     }
 }

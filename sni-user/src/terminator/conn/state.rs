@@ -215,7 +215,7 @@ impl<S: Stream> Hello<S> {
         }
         // A name already read is enough only once the hello is whole: rustls needs it all.
         if self.reader.step() != hello_reader::Step::Done {
-            if let Some(description) = self.reader.parser().reason().alert() {
+            if let Some(description) = self.reader.parser().refusal_alert() {
                 let _ = self.client.write(&fatal_alert(description));
             }
             return end(None, Close::client(Why::BadHello));
