@@ -50,50 +50,29 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reads the classifier's counters from its open maps.
+    ///
+    /// The host counters take a while to read (every core's flow cache), and a packet that
+    /// lands meanwhile would be in the global counters and not in its host's, or the other
+    /// way round. So the global counters are read before and after, and the whole read is
+    /// tried again (a few times at most) until they did not move: once traffic pauses, the
+    /// two agree.
     pub fn from_maps(maps: &PinnedMaps, terminator: Option<serde_json::Value>) -> Result<Self> {
-        let mut hosts = Vec::new();
-        let row = |name: &HostKey, s: HostStats, configured: bool| HostRow {
-            host: name.as_bytes().escape_ascii().to_string(),
-            client_hellos: s.client_hellos,
-            packets: s.packets,
-            bytes: s.bytes,
-            ech: s.ech,
-            dropped: s.dropped,
-            rate_limited: s.rate_limited,
-            configured,
-        };
-        let counters = HostCounters::read(&maps.host_stats, &maps.other, &maps.flow_cache)?;
-        // Slot 0 is the default's; configured hosts from 1.
-        for slot in 1..maps.labels.len() {
-            let label = maps.labels.get(&slot, 0).context("reading a host label")?;
-            if label.len == 0 {
-                continue; // a free slot (room for hosts added by a reload)
+        let mut before = global_counters(maps)?;
+        for _ in 0..READ_ATTEMPTS {
+            let hosts = host_rows(maps)?;
+            let after = global_counters(maps)?;
+            if after == before {
+                return Ok(Self {
+                    hosts,
+                    global: after,
+                    terminator,
+                });
             }
-            hosts.push(row(&label, counters.of(Owner::Configured(slot)), true));
-        }
-        for &hash in counters.other.keys() {
-            // A name evicted from its LRU before its counters (rare: the kernel refreshes it
-            // at each ClientHello) is shown empty, as before it was kept apart.
-            let name = maps.other_names.get(&hash, 0).unwrap_or(HostKey::EMPTY);
-            hosts.push(row(&name, counters.of(Owner::Other(hash)), false));
-        }
-        hosts.sort_by(|a, b| {
-            b.client_hellos
-                .cmp(&a.client_hellos)
-                .then_with(|| a.host.cmp(&b.host))
-        });
-        let mut global = serde_json::Map::new();
-        for (i, name) in counter::NAMES.iter().enumerate() {
-            let values = maps
-                .global
-                .get(&(i as u32), 0)
-                .with_context(|| format!("reading counter {name}"))?;
-            let total = values.iter().fold(0u64, |a, v| a.saturating_add(*v));
-            global.insert((*name).to_owned(), total.into());
+            before = after;
         }
         Ok(Self {
-            hosts,
-            global,
+            hosts: host_rows(maps)?,
+            global: global_counters(maps)?,
             terminator,
         })
     }
@@ -102,6 +81,59 @@ impl Snapshot {
     pub fn global(&self, name: &str) -> u64 {
         self.global.get(name).and_then(|v| v.as_u64()).unwrap_or(0)
     }
+}
+
+/// Reads of [`Snapshot::from_maps`] while the global counters move.
+const READ_ATTEMPTS: usize = 4;
+
+/// Every host's row, most ClientHellos first, then by name.
+fn host_rows(maps: &PinnedMaps) -> Result<Vec<HostRow>> {
+    let row = |name: &HostKey, s: HostStats, configured: bool| HostRow {
+        host: name.as_bytes().escape_ascii().to_string(),
+        client_hellos: s.client_hellos,
+        packets: s.packets,
+        bytes: s.bytes,
+        ech: s.ech,
+        dropped: s.dropped,
+        rate_limited: s.rate_limited,
+        configured,
+    };
+    let counters = HostCounters::read(&maps.host_stats, &maps.other, &maps.flow_cache)?;
+    let mut hosts = Vec::new();
+    // Slot 0 is the default's; configured hosts from 1.
+    for slot in 1..maps.labels.len() {
+        let label = maps.labels.get(&slot, 0).context("reading a host label")?;
+        if label.len == 0 {
+            continue; // a free slot (room for hosts added by a reload)
+        }
+        hosts.push(row(&label, counters.of(Owner::Configured(slot)), true));
+    }
+    for &hash in counters.other.keys() {
+        // A name evicted from its LRU before its counters (rare: the kernel refreshes it at
+        // each ClientHello) is shown empty, as before it was kept apart.
+        let name = maps.other_names.get(&hash, 0).unwrap_or(HostKey::EMPTY);
+        hosts.push(row(&name, counters.of(Owner::Other(hash)), false));
+    }
+    hosts.sort_by(|a, b| {
+        b.client_hellos
+            .cmp(&a.client_hellos)
+            .then_with(|| a.host.cmp(&b.host))
+    });
+    Ok(hosts)
+}
+
+/// The global counters by name, summed over CPUs.
+fn global_counters(maps: &PinnedMaps) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut global = serde_json::Map::new();
+    for (i, name) in counter::NAMES.iter().enumerate() {
+        let values = maps
+            .global
+            .get(&(i as u32), 0)
+            .with_context(|| format!("reading counter {name}"))?;
+        let total = values.iter().fold(0u64, |a, v| a.saturating_add(*v));
+        global.insert((*name).to_owned(), total.into());
+    }
+    Ok(global)
 }
 
 /// What a reader that reads again and again (the metrics endpoint, `top`) applies to each
