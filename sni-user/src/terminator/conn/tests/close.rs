@@ -41,15 +41,7 @@ fn closes_before_a_host_are_counted_globally() {
         let mut w = World::new();
         let (near, mut client) = pipe(0, 0);
         feed(&mut w, &mut client);
-        let mut conn = Conn::open(
-            near,
-            PEER.parse().expect("addr"),
-            LOCAL.parse().expect("addr"),
-            (Token(0), Token(1)),
-            &w.net,
-            &w.limits,
-        )
-        .expect("open");
+        let mut conn = w.open_on(near);
         assert_eq!(settle(&mut conn, &w), Pumped::Done, "{what}");
         assert_eq!(counter(&w.global), 1, "{what}");
         assert_eq!(w.all_failures(), 0, "{what}: no host counted");

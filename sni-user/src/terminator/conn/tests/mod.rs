@@ -322,7 +322,12 @@ impl World {
     /// A connection and the client's end of it.
     fn open(&self) -> (Conn<End>, End) {
         let (near, far) = pipe(0, 0);
-        let conn = Conn::open(
+        (self.open_on(near), far)
+    }
+
+    /// A connection accepted on `near`, a pipe the test made.
+    fn open_on(&self, near: End) -> Conn<End> {
+        Conn::open(
             near,
             PEER.parse().expect("addr"),
             LOCAL.parse().expect("addr"),
@@ -330,8 +335,7 @@ impl World {
             &self.net,
             &self.limits,
         )
-        .expect("open");
-        (conn, far)
+        .expect("open")
     }
 
     fn failures(&self, route: usize, why: Failure) -> u64 {

@@ -101,15 +101,7 @@ fn a_slow_client_stops_reading_the_backend() {
     w.limits.buffer_size = 1024;
     // The client's pipe from the terminator takes 100 bytes.
     let (near, mut client) = pipe(100, 0);
-    let mut conn = Conn::open(
-        near,
-        PEER.parse().expect("addr"),
-        LOCAL.parse().expect("addr"),
-        (Token(0), Token(1)),
-        &w.net,
-        &w.limits,
-    )
-    .expect("open");
+    let mut conn = w.open_on(near);
     client.send(&hello(Some(b"p.example")));
     settle(&mut conn, &w);
     w.net.backend(0).send(&[3; 5000]);
