@@ -35,7 +35,7 @@
 //!   targets and the unit tests cover that).
 //! - L8 an SSLv2-compatible ClientHello (RFC 5246 appendix E.2): no TLS record at all to
 //!   tls-parser; ours reads its first four bytes and calls it one (no name, nothing more to
-//!   read). Checked against those four bytes.
+//!   read). Checked against those five bytes.
 
 #![no_main]
 
@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         for (h, b) in head.iter_mut().zip(data) {
             *h = *b;
         }
-        assert!(data.len() >= 4 && starts_sslv2_client_hello(head), "{ours:?}");
+        assert!(data.len() >= 5 && starts_sslv2_client_hello(head), "{ours:?}");
         assert_eq!(ours.name(), None);
         return;
     }

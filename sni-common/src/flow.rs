@@ -90,7 +90,8 @@ pub fn cache_index(w: &[u64; 5], seed: u64, mask: u32) -> u32 {
 /// host's counters are shared by every CPU; an entry adds what it owes them (atomically) when
 /// its CPU gives the entry to another flow, so a popular host's counters are written once per
 /// flow and CPU, not once per packet. Readers add what every entry still owes
-/// ([`CachedFlow::owed`]), whatever its epoch: the count is exact at any moment.
+/// ([`CachedFlow::owed`]), whatever its epoch: the count is exact once traffic stops (a read
+/// while it flows can miss what an entry hands over meanwhile).
 ///
 /// Valid for lookups while `epoch` equals [`crate::maps::MAP_EPOCH`]'s value (userspace bumps
 /// it whenever it rewrites flows); zero (never a live epoch) when emptied. An emptied entry

@@ -48,7 +48,8 @@ const EXT_ECH: u16 = 0xfe0d;
 const NAME_TYPE_HOST: u32 = 0;
 
 /// Whether the first six bytes of a TCP payload can start a ClientHello: a handshake record
-/// (content type 22, version 3.x) whose first message is a ClientHello (type 1 at byte 5).
+/// (content type 22, version 3.x) whose first message is a ClientHello (type 1 at byte 5),
+/// or an SSLv2-compatible ClientHello ([`starts_sslv2_client_hello`]).
 /// Both sides run it before the parser, so that only such segments start a parse.
 #[inline(always)]
 pub const fn starts_client_hello(head: [u8; 6]) -> bool {
@@ -57,12 +58,26 @@ pub const fn starts_client_hello(head: [u8; 6]) -> bool {
 }
 
 /// Whether the first bytes are an SSLv2-compatible ClientHello (RFC 5246 appendix E.2), as
-/// old clients and some scanners still send: a two-byte record header with its high bit set,
-/// message type 1 (CLIENT-HELLO), then a version of 3.x.
+/// old clients and some scanners still send: a two-byte record header with its high bit set
+/// and a length that holds the fixed fields, one cipher spec and a 16-byte challenge, then
+/// message type 1 (CLIENT-HELLO) and a version of 3.0 to 3.3. About one random segment in
+/// 2^21 looks like this, not one in 2^17 as with the type and major version alone.
 #[inline(always)]
 pub const fn starts_sslv2_client_hello(head: [u8; 6]) -> bool {
-    head[0] & 0x80 != 0 && head[2] == 1 && head[3] == VERSION_MAJOR
+    let len = ((head[0] & 0x7f) as u16) << 8 | head[1] as u16;
+    head[0] & 0x80 != 0
+        && len >= SSLV2_MIN_HELLO
+        && head[2] == 1
+        && head[3] == VERSION_MAJOR
+        && head[4] <= SSLV2_MAX_MINOR
 }
+
+/// Shortest SSLv2-compatible ClientHello after its two-byte header: type, version, three
+/// lengths (9), one cipher spec (3), a 16-byte challenge.
+const SSLV2_MIN_HELLO: u16 = 9 + 3 + 16;
+/// Highest minor version an SSLv2-compatible ClientHello offers (TLS 1.2; RFC 8446 forbids
+/// the format for 1.3).
+const SSLV2_MAX_MINOR: u8 = 3;
 
 /// Bytes the parser reads from. The kernel implements it over its scratch buffer with a masked
 /// index, so that every read is provably in bounds for the verifier; userspace over a slice.
@@ -118,6 +133,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order reports list them.
+    pub const ALL: [Self; 5] = [
+        Self::Sni,
+        Self::NoSni,
+        Self::Malformed,
+        Self::Incomplete,
+        Self::Sslv2,
+    ];
+
     /// Short snake_case name, stable for logs and JSON (the counters' names).
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -542,6 +566,7 @@ impl Parser {
             0 => {
                 if b & 0x80 != 0 && self.records == 0 {
                     self.flags |= F_SSLV2_HEADER;
+                    self.rec_len_hi = b & 0x7f;
                 } else if b != CONTENT_TYPE_HANDSHAKE {
                     return self.record_fail(Reason::NotHandshakeRecord);
                 }
@@ -567,14 +592,16 @@ impl Parser {
         self.rec_hdr += 1;
     }
 
-    /// Bytes 1 to 3 of a stream whose first byte has its high bit set: length (low byte),
-    /// message type 1, version major 3 make it an SSLv2-compatible ClientHello, read to its
-    /// outcome there (nothing after can name a host); anything else is not TLS.
+    /// Bytes 1 to 4 of a stream whose first byte has its high bit set: a length that holds a
+    /// ClientHello, message type 1, version 3.0 to 3.3 make it an SSLv2-compatible
+    /// ClientHello ([`starts_sslv2_client_hello`]), read to its outcome there (nothing after
+    /// can name a host); anything else is not TLS.
     fn sslv2_header_byte(&mut self, b: u8) {
         match self.rec_hdr {
-            1 => {}
+            1 if u16::from_be_bytes([self.rec_len_hi, b]) >= SSLV2_MIN_HELLO => {}
             2 if b == 1 => {}
-            3 if b == VERSION_MAJOR => {
+            3 if b == VERSION_MAJOR => {}
+            4 if b <= SSLV2_MAX_MINOR => {
                 self.flags |= F_SSLV2 | F_CONFIRMED;
                 return self.done();
             }

@@ -640,9 +640,10 @@ fn sslv2_compatible_client_hellos_are_their_own_outcome() {
         assert!(p.is_client_hello());
         assert_eq!(p.name(), None);
     }
-    assert_eq!(parse(&v2[..3]).progress(), Progress::NeedMore);
-    // The same header over another message type, or an SSL 2.0 version, is not TLS.
-    for (i, b) in [(2, 2), (3, 2)] {
+    assert_eq!(parse(&v2[..4]).progress(), Progress::NeedMore);
+    // The same header over another message type, an SSL 2.0 or TLS 1.3 version, or a length
+    // too short for a ClientHello, is not TLS.
+    for (i, b) in [(2, 2), (3, 2), (4, 4), (1, 27)] {
         let mut other = v2.clone();
         other[i] = b;
         assert_eq!(

@@ -12,8 +12,9 @@
 //!
 //! A cached flow's packets are counted in its entry, which only its CPU writes, not in the
 //! host's counters, which every CPU shares: when the entry goes to another flow, what it owes
-//! is added to them atomically. Readers add what the entries still owe, so the counts stay
-//! exact while a popular host's counters are written once per flow and CPU, not per packet.
+//! is added to them atomically. Readers add what the entries still owe, so the counts are
+//! exact once traffic stops, while a popular host's counters are written once per flow and
+//! CPU, not per packet.
 //!
 //! Copies go stale when:
 //! - userspace rewrites flows (a reload that changes an action or removes a host): it bumps

@@ -107,7 +107,8 @@ pub fn read(
 }
 
 /// Whether the segment's payload starts like a ClientHello (six bytes: a handshake record
-/// whose first message is a ClientHello). False for a shorter payload.
+/// whose first message is a ClientHello, or an SSLv2-compatible ClientHello). False for a
+/// shorter payload.
 #[inline(always)]
 pub fn starts(ctx: &XdpContext, seg: &Segment) -> bool {
     if seg.payload_len < 6 {

@@ -64,7 +64,8 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         }
         stats = flow.owner().and_then(counters::of);
         flow.verdict = verdict::decide(slot);
-    } else if outcome == Outcome::NoSni {
+    } else if outcome == Outcome::NoSni || outcome == Outcome::Sslv2 {
+        // Without a name: `[default]`'s action and rate.
         flow.kind = kind::NO_NAME;
         flow.verdict = verdict::decide(0);
     }

@@ -413,6 +413,12 @@ impl Default for Limits {
 }
 
 impl HostConfig {
+    /// The host's label: its first name, as written. Counters, metrics, slots and routes
+    /// know a host by it across reloads.
+    pub fn label(&self) -> &str {
+        self.names.first().map_or("", String::as_str)
+    }
+
     /// The host's names, parsed (all of them, once [`Config::validate`] passed).
     pub fn patterns(&self) -> impl Iterator<Item = HostPattern> + '_ {
         self.names
@@ -745,6 +751,15 @@ impl Config {
             for (n, name) in host.names.iter().enumerate() {
                 let field = format!("host[{h}].names[{n}]");
                 let pattern = parse_name(name).map_err(|m| self.invalid(&field, m))?;
+                // A host's first name is its label in counters and metrics, where `default`
+                // already names the `[default]` route.
+                if n == 0 && pattern.key().as_bytes() == b"default" {
+                    return Err(self.invalid(
+                        field,
+                        "\"default\" as a first name would be taken for [default] in \
+                         counters and metrics; list another name first",
+                    ));
+                }
                 // A wildcard keeps its "*." in the key, apart from the exact name it extends.
                 let key = *pattern.key();
                 if let Some(first) = seen.insert(key, h) {
@@ -792,12 +807,7 @@ impl Config {
                 .map_err(|m| self.invalid("default.backend", m))?;
         }
         for (h, host) in self.hosts.iter().enumerate() {
-            let what = |field: &str| {
-                format!(
-                    "host[{h}] ({}).{field}",
-                    host.names.first().map_or("", String::as_str)
-                )
-            };
+            let what = |field: &str| format!("host[{h}] ({}).{field}", host.label());
             let backend = host
                 .backend
                 .as_deref()
@@ -937,6 +947,7 @@ mod tests {
             ("*..example.com", "has an empty label"),
             ("*.", "a wildcard is only allowed"),
             ("a.*.example.com", "a wildcard is only allowed"),
+            ("Default.", "would be taken for [default]"),
         ] {
             let e = parse(&format!("[[host]]\nnames = [{name:?}]\n")).expect_err(name);
             assert!(e.to_string().contains(why), "{name}: {e}");

@@ -11,8 +11,10 @@
 //! - [`config`]: the TOML configuration and its validation, shared by all of the above.
 //! - [`cli`]: the commands (clap) and their dispatch.
 //!
-//! Uses go downward only: `cli` → `tools` and `daemon` → `terminator` → `kernel` (the flow
-//! table reader, for the hand-off) → `config`.
+//! Uses go downward: `cli` → `tools` and `daemon` → `terminator` → `kernel` (the flow
+//! table reader, for the hand-off) → `config`. Two uses go across: `tools::stats` and
+//! `tools::top` ask the daemon's control socket (`daemon::control`'s client), and
+//! `tools::check` resolves `user` as the daemon will (`daemon::privileges`).
 #![forbid(unsafe_code)]
 
 pub mod cli;

@@ -215,11 +215,8 @@ impl Classifier {
         }
         ports.set(0, set, 0).context("writing the watched ports")?;
 
-        let old_actions: std::collections::HashMap<&str, Action> = old
-            .hosts
-            .iter()
-            .map(|h| (h.names.first().map_or("", String::as_str), h.action))
-            .collect();
+        let old_actions: std::collections::HashMap<&str, Action> =
+            old.hosts.iter().map(|h| (h.label(), h.action)).collect();
         // Slot → the action it changed to (slot 0: the default's).
         let mut changed: std::collections::HashMap<u32, Action> = std::collections::HashMap::new();
         if old.default.action != new.default.action {
@@ -228,13 +225,13 @@ impl Classifier {
         let new_slots: std::collections::HashSet<u32> = new
             .hosts
             .iter()
-            .map(|h| h.names.first().map_or("", String::as_str))
+            .map(|h| h.label())
             .filter(|label| self.slots.get(label).is_none())
             .filter_map(|label| slots.get(label))
             .collect();
         reset_slots(&mut self.ebpf, &new_slots)?;
         for host in &new.hosts {
-            let label = host.names.first().map_or("", String::as_str);
+            let label = host.label();
             let slot = slots
                 .get(label)
                 .ok_or_else(|| anyhow!("no slot planned for {label:?}"))?;
@@ -369,6 +366,11 @@ pub fn reset_slots(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> R
     if slots.is_empty() {
         return Ok(());
     }
+    // A ClientHello read while the earlier reload removed the slot's names may have put a
+    // flow naming the slot in the table after that reload rewrote the flows: it is turned
+    // into a flow of a name not configured, and the epoch moves, before the slot is reused.
+    let reused: Vec<u32> = slots.iter().copied().collect();
+    rewrite_flows(ebpf, &std::collections::HashMap::new(), &reused)?;
     forget_owed(ebpf, slots)?;
     for &slot in slots {
         Array::<_, HostStats>::try_from(map_mut(ebpf, MAP_HOST_STATS)?)?
@@ -587,7 +589,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
     write_names(&mut ebpf, &names, &[])?;
     let mut labels = Array::<_, HostKey>::try_from(map_mut(&mut ebpf, MAP_LABELS)?)?;
     for (host, slot) in config.hosts.iter().zip(1u32..) {
-        let first = host.names.first().map_or("", String::as_str);
+        let first = host.label();
         let label = HostKey::from_name(first.as_bytes()).unwrap_or(HostKey::EMPTY);
         labels.set(slot, label, 0).context("writing host labels")?;
     }

@@ -192,7 +192,9 @@ impl MapsReader {
 ///
 /// The maps are read first, the caches next. An entry that the kernel gives to another flow
 /// in between has added what it owed to a map already read: that read misses it, the next
-/// one has it. So a read is never above the true count, and is exact when traffic stops.
+/// one has it. A read of an entry the kernel is rewriting at that moment can also pair the
+/// new flow's host with the old flow's count. So a read during traffic is close, not exact;
+/// once traffic stops it is exact.
 #[derive(Clone, Debug, Default)]
 pub struct HostCounters {
     /// Configured hosts by slot.

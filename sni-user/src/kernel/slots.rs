@@ -35,11 +35,6 @@ pub fn names_capacity(names: usize) -> u32 {
         .max(64)
 }
 
-/// The label of a host: its first name, as written.
-fn label(names: &[String]) -> &str {
-    names.first().map_or("", String::as_str)
-}
-
 impl Slots {
     /// Slots at start: `[[host]]` `i` at `i + 1`, in maps of `capacity` slots.
     pub fn initial(config: &Config, capacity: u32) -> Result<Self, String> {
@@ -56,7 +51,7 @@ impl Slots {
                 .hosts
                 .iter()
                 .zip(1u32..)
-                .map(|(h, slot)| (label(&h.names).to_owned(), slot))
+                .map(|(h, slot)| (h.label().to_owned(), slot))
                 .collect(),
             capacity,
         })
@@ -69,7 +64,7 @@ impl Slots {
         let mut free = (1..self.capacity).filter(|s| !used.contains(s));
         let mut by_label = HashMap::new();
         for h in &config.hosts {
-            let l = label(&h.names);
+            let l = h.label();
             let slot = match self.by_label.get(l) {
                 Some(s) => *s,
                 None => free.next().ok_or_else(|| {
@@ -104,7 +99,7 @@ impl Slots {
         config
             .hosts
             .iter()
-            .filter_map(|h| Some((h, self.get(label(&h.names))?)))
+            .filter_map(|h| Some((h, self.get(h.label())?)))
             .flat_map(|(h, slot)| h.patterns().map(move |p| (*p.key(), slot)))
             .collect()
     }

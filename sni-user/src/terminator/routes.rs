@@ -133,7 +133,7 @@ impl Routes {
         let mut keys = Vec::new();
         let mut names = HashMap::new();
         for (h, host) in config.hosts.iter().enumerate() {
-            let label = host.names.first().cloned().unwrap_or_default();
+            let label = host.label().to_owned();
             let at = |f: &str| (label.as_str(), format!("host[{h}].{f}"));
             let (cert_id, not_after) = match host.mode {
                 HostMode::Terminate => {

@@ -35,7 +35,8 @@ pub struct FlowReport {
     pub client: SocketAddr,
     /// Server address and port.
     pub server: SocketAddr,
-    /// `sni`, `no_sni`, `malformed` or `incomplete`.
+    /// One of [`Outcome::ALL`], by its name (`sni`, `no_sni`, `malformed`, `incomplete`,
+    /// `sslv2`).
     pub outcome: &'static str,
     /// The name, when read (non-printable bytes escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,9 +67,14 @@ pub struct Report {
 
 impl Report {
     /// Flows per outcome, in a fixed order.
-    pub fn summary(&self) -> [(&'static str, usize); 5] {
-        ["sni", "no_sni", "malformed", "incomplete", "sslv2"]
-            .map(|o| (o, self.flows.iter().filter(|f| f.outcome == o).count()))
+    pub fn summary(&self) -> [(&'static str, usize); Outcome::ALL.len()] {
+        Outcome::ALL.map(|o| {
+            let name = o.as_str();
+            (
+                name,
+                self.flows.iter().filter(|f| f.outcome == name).count(),
+            )
+        })
     }
 }
 
@@ -184,7 +190,11 @@ impl Tracker {
             );
             return;
         }
-        self.flows.insert(key, State::Done);
+        // As the kernel: a flow is remembered only once a ClientHello was read; bytes that
+        // were not one leave nothing, and a later segment may start a ClientHello.
+        if pending.parser.is_client_hello() {
+            self.flows.insert(key, State::Done);
+        }
         self.end(key, &pending, retransmits, None);
     }
 

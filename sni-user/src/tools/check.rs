@@ -304,7 +304,7 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
     ]];
     let route_of = |label: &str| routes.and_then(|r| r.routes.iter().find(|x| x.label == label));
     for host in &config.hosts {
-        let label = host.names.first().map_or("", String::as_str);
+        let label = host.label();
         let route = route_of(label);
         for name in &host.names {
             rows.push([

@@ -238,6 +238,10 @@ impl<S: Stream> Hello<S> {
             return;
         };
         self.xdp = Some(flow);
+        // A flow the kernel drops gets no backend: it is closed on the next tick.
+        if flow.verdict != sni_common::flow::verdict::PASS {
+            return;
+        }
         let Some(route) =
             hand_off::flow_route(&flow, ctx.routes).and_then(|i| ctx.routes.routes.get(i))
         else {
@@ -355,7 +359,12 @@ impl<S: Stream> Hello<S> {
 impl<S: Stream> Handshake<S> {
     /// One round; once rustls is done, the handshake is counted and the relay begins.
     fn step(mut self, meta: &Meta, global: &GlobalCounters, moved: &mut bool) -> Step<S> {
-        if let Err(close) = self.tls.round(moved) {
+        if let Err(mut close) = self.tls.round(moved) {
+            // The handshake was not counted yet: a client that fails in the round that
+            // finished it is gone, not an abort of a connection that was through.
+            if close.why == Why::ClientAborted {
+                close = Close::host(Side::Client, Failure::ClientGone);
+            }
             return end(Some(self.tls.relay.host), close);
         }
         if self.tls.conn.is_handshaking() {
