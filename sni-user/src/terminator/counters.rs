@@ -5,40 +5,41 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-/// Why a connection of a host ended badly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The TLS handshake failed (bad message, alert, no common parameters).
-    Tls = 0,
-    /// The handshake did not finish within `limits.handshake_timeout`.
-    HandshakeTimeout,
-    /// The client closed or reset during the handshake.
-    ClientGone,
-    /// The backend refused the connection or could not be reached.
-    BackendRefused,
-    /// The backend reset or failed mid-stream.
-    BackendFailed,
-    /// No byte either way for `limits.idle_timeout`.
-    IdleTimeout,
-    /// A TLS error after the handshake (a bad record, a fatal alert from the client).
-    TlsAfterHandshake,
-    /// The terminator's own fault (a socket it could not register, a host without its TLS
-    /// configuration).
-    Internal,
+/// Defines [`Failure`] once: each reason's variant and its name (the JSON key under
+/// `failures`, the `reason` label of `sni_tls_failures_total`), in the order of the counters.
+macro_rules! failures {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)+) => {
+        /// Why a connection of a host ended badly.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Failure {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl Failure {
+            /// Names, in counter order: the JSON keys under `failures`.
+            pub const NAMES: [&'static str; [$($name),+].len()] = [$($name),+];
+        }
+    };
 }
 
-impl Failure {
-    /// Names, in order: the JSON keys under `failures`.
-    pub const NAMES: [&'static str; 8] = [
-        "tls",
-        "handshake_timeout",
-        "client_gone",
-        "backend_refused",
-        "backend_failed",
-        "idle_timeout",
-        "tls_after_handshake",
-        "internal",
-    ];
+failures! {
+    /// The TLS handshake failed (bad message, alert, no common parameters).
+    Tls = "tls",
+    /// The handshake did not finish within `limits.handshake_timeout`.
+    HandshakeTimeout = "handshake_timeout",
+    /// The client closed or reset during the handshake.
+    ClientGone = "client_gone",
+    /// The backend refused the connection or could not be reached.
+    BackendRefused = "backend_refused",
+    /// The backend reset or failed mid-stream.
+    BackendFailed = "backend_failed",
+    /// No byte either way for `limits.idle_timeout`.
+    IdleTimeout = "idle_timeout",
+    /// A TLS error after the handshake (a bad record, a fatal alert from the client).
+    TlsAfterHandshake = "tls_after_handshake",
+    /// The terminator's own fault (a socket it could not register, a host without its TLS
+    /// configuration).
+    Internal = "internal",
 }
 
 /// Upper bounds (seconds) of the handshake duration histogram's buckets: from accept to the
