@@ -847,16 +847,6 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Every configured name (exact names and `*.` patterns as written, normalised) with its
-    /// host slot: the 1-based index of its `[[host]]`, the terminator's route index + 1.
-    pub fn host_slots(&self) -> Vec<(HostKey, u32)> {
-        self.hosts
-            .iter()
-            .zip(1u32..)
-            .flat_map(|(h, slot)| h.patterns().map(move |p| (*p.key(), slot)))
-            .collect()
-    }
 }
 
 /// Parses a name as an operator writes it, with the reason it is refused.
@@ -900,11 +890,10 @@ mod tests {
         assert_eq!(xdp.mode, Mode::Native);
         assert_eq!(xdp.ports, [443, 8443]);
         assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/x"));
-        let keys = c.host_slots();
+        let keys: Vec<HostPattern> = c.hosts[0].patterns().collect();
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys[0].0.as_bytes(), b"example.com");
-        assert_eq!(keys[1].0.as_bytes(), b"*.example.com");
-        assert!(keys.iter().all(|(_, slot)| *slot == 1));
+        assert_eq!(keys[0].key().as_bytes(), b"example.com");
+        assert_eq!(keys[1].key().as_bytes(), b"*.example.com");
         assert_eq!(c.hosts[0].actions(), ActionConfig::default());
 
         let c = parse("[xdp]\ninterfaces = [\"lo\"]\n").expect("valid");

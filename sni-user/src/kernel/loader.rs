@@ -99,7 +99,9 @@ impl Classifier {
             pinned: Vec::new(),
             made_pin_dir,
             slots: initial_slots(config, xdp)?,
-            names_capacity: slots::names_capacity(config.host_slots().len()),
+            names_capacity: slots::names_capacity(
+                config.hosts.iter().map(|h| h.patterns().count()).sum(),
+            ),
             wildcards: has_wildcards(config),
             _lock: lock,
         };
@@ -531,9 +533,10 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
 /// from `config`: watched ports, configured names and their host slots, labels and policies.
 /// Nothing is attached.
 pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Result<Ebpf> {
-    let names = config.host_slots();
+    let initial = initial_slots(config, xdp)?;
+    let names = initial.names(config);
     // Room for hosts and names added by a reload.
-    let slots = initial_slots(config, xdp)?.capacity();
+    let slots = initial.capacity();
     let names_capacity = slots::names_capacity(names.len());
     let debug = u8::from(opts.debug);
     let wildcards = u8::from(has_wildcards(config));
@@ -588,16 +591,21 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .context("writing the name hash keys")?;
     write_names(&mut ebpf, &names, &[])?;
     let mut labels = Array::<_, HostKey>::try_from(map_mut(&mut ebpf, MAP_LABELS)?)?;
-    for (host, slot) in config.hosts.iter().zip(1u32..) {
-        let first = host.label();
-        let label = HostKey::from_name(first.as_bytes()).unwrap_or(HostKey::EMPTY);
+    let hosts = || {
+        config
+            .hosts
+            .iter()
+            .filter_map(|h| Some((h, initial.get(h.label())?)))
+    };
+    for (host, slot) in hosts() {
+        let label = HostKey::from_name(host.label().as_bytes()).unwrap_or(HostKey::EMPTY);
         labels.set(slot, label, 0).context("writing host labels")?;
     }
     let mut policy = Array::<_, Policy>::try_from(map_mut(&mut ebpf, MAP_POLICY)?)?;
     policy
         .set(0, config.default.actions().policy(), 0)
         .context("writing the default policy")?;
-    for (host, slot) in config.hosts.iter().zip(1u32..) {
+    for (host, slot) in hosts() {
         policy
             .set(slot, host.actions().policy(), 0)
             .context("writing host policies")?;
