@@ -29,7 +29,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
-use sni_common::maps::counter;
+use sni_common::maps::{counter, HostStats};
 
 use crate::{
     daemon::ReloadCounters,
@@ -162,22 +162,9 @@ fn host_counters<'r>(
 pub fn fold(rows: &[HostRow], n: usize) -> (Vec<HostRow>, usize) {
     let mut out: Vec<HostRow> = rows.iter().filter(|r| r.configured).cloned().collect();
     let mut others: Vec<&HostRow> = rows.iter().filter(|r| !r.configured).collect();
-    others.sort_by(|a, b| {
-        b.client_hellos
-            .cmp(&a.client_hellos)
-            .then_with(|| a.host.cmp(&b.host))
-    });
+    others.sort_by(|a, b| HostRow::rank(a, b));
     let taken: std::collections::HashSet<String> = out.iter().map(|r| r.host.clone()).collect();
-    let mut rest = HostRow {
-        host: OTHER.to_owned(),
-        client_hellos: 0,
-        packets: 0,
-        bytes: 0,
-        ech: 0,
-        dropped: 0,
-        rate_limited: 0,
-        configured: false,
-    };
+    let mut rest = HostStats::default();
     let mut named = 0;
     let mut folded = 0;
     for r in others {
@@ -188,15 +175,10 @@ pub fn fold(rows: &[HostRow], n: usize) -> (Vec<HostRow>, usize) {
             named += 1;
         } else {
             folded += 1;
-            rest.client_hellos = rest.client_hellos.saturating_add(r.client_hellos);
-            rest.packets = rest.packets.saturating_add(r.packets);
-            rest.bytes = rest.bytes.saturating_add(r.bytes);
-            rest.ech = rest.ech.saturating_add(r.ech);
-            rest.dropped = rest.dropped.saturating_add(r.dropped);
-            rest.rate_limited = rest.rate_limited.saturating_add(r.rate_limited);
+            rest.add(&r.stats());
         }
     }
-    out.push(rest);
+    out.push(HostRow::new(OTHER.to_owned(), rest, false));
     (out, folded)
 }
 

@@ -36,6 +36,41 @@ pub struct HostRow {
     pub configured: bool,
 }
 
+impl HostRow {
+    /// The row of a host named `host` with counters `s`.
+    pub fn new(host: String, s: HostStats, configured: bool) -> Self {
+        Self {
+            host,
+            client_hellos: s.client_hellos,
+            packets: s.packets,
+            bytes: s.bytes,
+            ech: s.ech,
+            dropped: s.dropped,
+            rate_limited: s.rate_limited,
+            configured,
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            client_hellos: self.client_hellos,
+            packets: self.packets,
+            bytes: self.bytes,
+            ech: self.ech,
+            dropped: self.dropped,
+            rate_limited: self.rate_limited,
+        }
+    }
+
+    /// The order rows are shown in: most ClientHellos first, then by name.
+    pub fn rank(a: &Self, b: &Self) -> std::cmp::Ordering {
+        b.client_hellos
+            .cmp(&a.client_hellos)
+            .then_with(|| a.host.cmp(&b.host))
+    }
+}
+
 /// All counters at one moment.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
@@ -88,15 +123,8 @@ const READ_ATTEMPTS: usize = 4;
 
 /// Every host's row, most ClientHellos first, then by name.
 fn host_rows(maps: &PinnedMaps) -> Result<Vec<HostRow>> {
-    let row = |name: &HostKey, s: HostStats, configured: bool| HostRow {
-        host: name.as_bytes().escape_ascii().to_string(),
-        client_hellos: s.client_hellos,
-        packets: s.packets,
-        bytes: s.bytes,
-        ech: s.ech,
-        dropped: s.dropped,
-        rate_limited: s.rate_limited,
-        configured,
+    let row = |name: &HostKey, s: HostStats, configured: bool| {
+        HostRow::new(name.as_bytes().escape_ascii().to_string(), s, configured)
     };
     let counters = HostCounters::read(&maps.host_stats, &maps.other, &maps.flow_cache)?;
     let mut hosts = Vec::new();
@@ -114,11 +142,7 @@ fn host_rows(maps: &PinnedMaps) -> Result<Vec<HostRow>> {
         let name = maps.other_names.get(&hash, 0).unwrap_or(HostKey::EMPTY);
         hosts.push(row(&name, counters.of(Owner::Other(hash)), false));
     }
-    hosts.sort_by(|a, b| {
-        b.client_hellos
-            .cmp(&a.client_hellos)
-            .then_with(|| a.host.cmp(&b.host))
-    });
+    hosts.sort_by(HostRow::rank);
     Ok(hosts)
 }
 
