@@ -443,12 +443,32 @@ fn connections_to_a_dropped_host_are_released_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // While the flood runs, the terminator's open sockets (its descriptors) are sampled: held
+    // to the handshake deadline, the flood's 1,000 connections would all be open at its end.
+    let pid = edge.pid();
+    let sampler = thread::spawn(move || {
+        let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        let mut most = 0;
+        for _ in 0..30 {
+            most = most.max(fds());
+            thread::sleep(Duration::from_millis(50));
+        }
+        most
+    });
+    let idle_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     // Other hosts are served meanwhile.
     thread::sleep(Duration::from_millis(300));
     let out = curl(&edge, "alpha.test", SERVER_V4, 10);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("reached host \"alpha.test\""),
         "{out:?}"
+    );
+    let most_fds = sampler.join().unwrap();
+    assert!(
+        most_fds < idle_fds + 400,
+        "{most_fds} descriptors open during the flood ({idle_fds} before it)"
     );
     let out = flood.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
