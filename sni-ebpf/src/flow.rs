@@ -27,6 +27,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::xdp_action,
     helpers::generated::{bpf_loop, bpf_map_lookup_percpu_elem},
     programs::XdpContext,
 };
@@ -78,7 +79,8 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
             counters::count(counter::FLOW_PACKETS);
             c.packets += 1;
             c.bytes += frame_len;
-            *action = verdict::action(c.flow.verdict);
+            // Only flows that pass are cached (`fill`).
+            *action = xdp_action::XDP_PASS;
             return true;
         }
     }

@@ -86,28 +86,22 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the classifier's counters from its open maps.
     ///
-    /// The host counters take a while to read (every core's flow cache), and a packet that
-    /// lands meanwhile would be in the global counters and not in its host's, or the other
-    /// way round. So the global counters are read before and after, and the whole read is
-    /// tried again (a few times at most) until they did not move: once traffic pauses, the
-    /// two agree.
+    /// The host counters take a while to read (every core's flow cache), and a packet of a
+    /// host that lands meanwhile would be in the global counters and not in its host's. So
+    /// the global counters that host rows add up to are read before and after, and if they
+    /// moved the read is made once more: once traffic pauses, the two agree. Under steady
+    /// traffic they cannot, and a second read is the most it costs.
     pub fn from_maps(maps: &PinnedMaps, terminator: Option<serde_json::Value>) -> Result<Self> {
-        let mut before = global_counters(maps)?;
-        for _ in 0..READ_ATTEMPTS {
-            let hosts = host_rows(maps)?;
-            let after = global_counters(maps)?;
-            if after == before {
-                return Ok(Self {
-                    hosts,
-                    global: after,
-                    terminator,
-                });
-            }
-            before = after;
+        let before = global_counters(maps)?;
+        let mut hosts = host_rows(maps)?;
+        let mut global = global_counters(maps)?;
+        if mirrored(&before) != mirrored(&global) {
+            hosts = host_rows(maps)?;
+            global = global_counters(maps)?;
         }
         Ok(Self {
-            hosts: host_rows(maps)?,
-            global: global_counters(maps)?,
+            hosts,
+            global,
             terminator,
         })
     }
@@ -118,8 +112,21 @@ impl Snapshot {
     }
 }
 
-/// Reads of [`Snapshot::from_maps`] while the global counters move.
-const READ_ATTEMPTS: usize = 4;
+/// The global counters that the host rows add up to (every packet of a host's flows passes
+/// through one of them): [`Snapshot::from_maps`] reads again while they move. The others
+/// (every packet seen, other ports) move with any traffic and say nothing about the hosts.
+fn mirrored(global: &serde_json::Map<String, serde_json::Value>) -> [Option<u64>; 4] {
+    [
+        counter::CLIENT_HELLOS,
+        counter::FLOW_PACKETS,
+        counter::DROPPED,
+        counter::RATE_LIMITED,
+    ]
+    .map(|i| {
+        let name = counter::NAMES.get(i as usize)?;
+        global.get(*name)?.as_u64()
+    })
+}
 
 /// Every host's row, most ClientHellos first, then by name.
 fn host_rows(maps: &PinnedMaps) -> Result<Vec<HostRow>> {
