@@ -111,7 +111,7 @@ impl<S: Stream> State<S> {
         match self {
             Self::Hello(h) => h.step(meta, ctx, moved),
             Self::Handshake(h) => h.step(meta, ctx.global, moved),
-            Self::Terminate(mut t) => match t.round(moved) {
+            Self::Terminate(mut t) => match t.round(true, moved) {
                 Err(close) => end(Some(t.relay.host), close),
                 Ok(()) if t.relay.finished() => orderly(t.relay.host),
                 Ok(()) => Step::Next(Self::Terminate(t)),
@@ -359,12 +359,7 @@ impl<S: Stream> Hello<S> {
 impl<S: Stream> Handshake<S> {
     /// One round; once rustls is done, the handshake is counted and the relay begins.
     fn step(mut self, meta: &Meta, global: &GlobalCounters, moved: &mut bool) -> Step<S> {
-        if let Err(mut close) = self.tls.round(moved) {
-            // The handshake was not counted yet: a client that fails in the round that
-            // finished it is gone, not an abort of a connection that was through.
-            if close.why == Why::ClientAborted {
-                close = Close::host(Side::Client, Failure::ClientGone);
-            }
+        if let Err(close) = self.tls.round(false, moved) {
             return end(Some(self.tls.relay.host), close);
         }
         if self.tls.conn.is_handshaking() {

@@ -29,16 +29,25 @@ pub struct Tls<S> {
 impl<S: Stream> Tls<S> {
     /// One round: records in, plaintext to the backend queue, backend bytes into TLS,
     /// records out, the backend side, then the backend's end passed on as close_notify.
-    pub fn round(&mut self, moved: &mut bool) -> Result<(), Close> {
+    ///
+    /// `through`: the handshake was counted (the `Terminate` state). A failure before that
+    /// is the handshake's (`tls`, `client_gone`), after it the connection's
+    /// (`tls_after_handshake`, a client abort), even when rustls finished the handshake in
+    /// this very round: each ClientHello ends in a handshake or a failure, never neither.
+    pub fn round(&mut self, through: bool, moved: &mut bool) -> Result<(), Close> {
         let Self { conn: tls, relay } = self;
         let r = relay;
-        // A client that fails while handshaking is gone; after the handshake, it aborted.
-        let gone = |tls: &ServerConnection| {
-            if tls.is_handshaking() {
-                Close::host(Side::Client, Failure::ClientGone)
-            } else {
+        let gone = || {
+            if through {
                 Close::client(Why::ClientAborted)
+            } else {
+                Close::host(Side::Client, Failure::ClientGone)
             }
+        };
+        let tls_failure = if through {
+            Failure::TlsAfterHandshake
+        } else {
+            Failure::Tls
         };
         // Records in, while there is room for their plaintext.
         while !r.up.eof && !r.up.buf.is_full() && tls.wants_read() {
@@ -46,21 +55,15 @@ impl<S: Stream> Tls<S> {
                 Ok(0) => r.up.eof = true,
                 Ok(_) => {
                     *moved = true;
-                    let handshaking = tls.is_handshaking();
                     if tls.process_new_packets().is_err() {
                         // Send the alert rustls queued, as a last gasp.
                         let _ = tls.write_tls(&mut r.client);
-                        let why = if handshaking {
-                            Failure::Tls
-                        } else {
-                            Failure::TlsAfterHandshake
-                        };
-                        return Err(Close::host(Side::Client, why));
+                        return Err(Close::host(Side::Client, tls_failure));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(gone(tls)),
+                Err(_) => return Err(gone()),
             }
         }
         if r.up.eof && tls.is_handshaking() {
@@ -70,7 +73,7 @@ impl<S: Stream> Tls<S> {
         // Plaintext out of TLS (a close_notify ends the client's stream).
         let n =
             r.up.fill(&mut tls.reader())
-                .map_err(|_| Close::host(Side::Client, Failure::TlsAfterHandshake))?;
+                .map_err(|_| Close::host(Side::Client, tls_failure))?;
         if n > 0 {
             *moved = true;
             counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
@@ -91,7 +94,7 @@ impl<S: Stream> Tls<S> {
                 Ok(_) => *moved = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(gone(tls)),
+                Err(_) => return Err(gone()),
             }
         }
         r.backend_round(moved)?;
