@@ -88,22 +88,25 @@ impl Snapshot {
     ///
     /// The host counters take a while to read (every core's flow cache), and a packet of a
     /// host that lands meanwhile would be in the global counters and not in its host's. So
-    /// the global counters that host rows add up to are read before and after, and if they
-    /// moved the read is made once more: once traffic pauses, the two agree. Under steady
-    /// traffic they cannot, and a second read is the most it costs.
+    /// the global counters that host rows add up to are read before and after, and the read
+    /// is made again (up to [`READ_ATTEMPTS`] in all) while they move: once traffic to the
+    /// hosts pauses, the two agree. Traffic elsewhere (other ports) costs no second read.
     pub fn from_maps(maps: &PinnedMaps, terminator: Option<serde_json::Value>) -> Result<Self> {
-        let before = global_counters(maps)?;
-        let mut hosts = host_rows(maps)?;
-        let mut global = global_counters(maps)?;
-        if mirrored(&before) != mirrored(&global) {
-            hosts = host_rows(maps)?;
-            global = global_counters(maps)?;
+        let mut before = global_counters(maps)?;
+        let mut attempt = 1;
+        loop {
+            let hosts = host_rows(maps)?;
+            let global = global_counters(maps)?;
+            if mirrored(&before) == mirrored(&global) || attempt == READ_ATTEMPTS {
+                return Ok(Self {
+                    hosts,
+                    global,
+                    terminator,
+                });
+            }
+            before = global;
+            attempt += 1;
         }
-        Ok(Self {
-            hosts,
-            global,
-            terminator,
-        })
     }
 
     /// The global counter `name` (0 if unknown).
@@ -111,6 +114,9 @@ impl Snapshot {
         self.global.get(name).and_then(|v| v.as_u64()).unwrap_or(0)
     }
 }
+
+/// Reads of the host counters in one [`Snapshot::from_maps`] at most.
+const READ_ATTEMPTS: usize = 4;
 
 /// The global counters that the host rows add up to (every packet of a host's flows passes
 /// through one of them): [`Snapshot::from_maps`] reads again while they move. The others
