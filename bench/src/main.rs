@@ -11,6 +11,7 @@
 )]
 
 mod backend;
+mod flood;
 mod kernel_memory;
 mod load;
 mod report;
@@ -26,13 +27,13 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(
     name = "sni-bench",
-    about = "Benchmarks: XDP vs no-op, terminator vs nginx, scale"
+    about = "Benchmarks: XDP vs no-op, terminator vs nginx, scale, a flood to a dropped host"
 )]
 struct Cli {
     /// Short runs (a smoke test of the whole bench; figures are noisy).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (xdp, kernel-memory, live, terminator, scale; or memory: the
+    /// Only these sections (xdp, kernel-memory, live, terminator, scale, flood; or memory: the
     /// terminator section's idle-memory case alone); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -83,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
     if !(want("live")
         || want("terminator")
         || want("scale")
+        || want("flood")
         || cli.only.iter().any(|o| o == "memory"))
     {
         return finish(&report, &cli);
@@ -105,6 +107,12 @@ fn run(cli: Cli) -> Result<()> {
     if want("scale") {
         eprintln!("sni-bench: scale (10, 1,000, 100,000 hosts)");
         let rows = tls::scale(&env).context("scale")?;
+        print_rows(&rows);
+        report.rows.extend(rows);
+    }
+    if want("flood") {
+        eprintln!("sni-bench: a flood of connections to a dropped host");
+        let rows = flood::run(&env).context("flood")?;
         print_rows(&rows);
         report.rows.extend(rows);
     }

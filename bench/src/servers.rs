@@ -19,6 +19,8 @@ pub struct HostCert {
     pub name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Whether the classifier drops it (`action = "drop"`).
+    pub drop: bool,
 }
 
 /// Makes an ECDSA P-256 self-signed certificate for each name, in `dir`.
@@ -36,6 +38,7 @@ pub fn make_certs(dir: &Path, names: &[String]) -> Result<Vec<HostCert>> {
             name: name.clone(),
             cert: cert_path,
             key: key_path,
+            drop: false,
         });
     }
     Ok(out)
@@ -108,6 +111,9 @@ impl Server {
                 h.cert.display().to_string(),
                 h.key.display().to_string()
             );
+            if h.drop {
+                let _ = writeln!(text, "action = \"drop\"");
+            }
         }
         let config = dir.join("sni.toml");
         std::fs::write(&config, text)?;
@@ -343,6 +349,15 @@ backend plain
                 let s: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
                 (u + s) / tick
             })
+            .sum()
+    }
+
+    /// Descriptors open in the server's processes (its sockets, listeners and files).
+    pub fn open_fds(&self) -> usize {
+        self.pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+            .map(Iterator::count)
             .sum()
     }
 

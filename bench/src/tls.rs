@@ -21,14 +21,14 @@ use crate::{
 };
 
 /// Core of the servers under test.
-const SERVER_CPU: usize = 0;
+pub const SERVER_CPU: usize = 0;
 /// Core of the load generator and the backend.
-const LOAD_CPU: usize = 1;
+pub const LOAD_CPU: usize = 1;
 
 /// A client namespace fit for tens of thousands of connections a run: the client closes
 /// first, so its ports wait in TIME_WAIT; without reuse they run out within seconds and
 /// connect() crawls (seen here: 250 handshakes/s instead of 6,000). Namespace-local settings.
-fn client_sysctls(pair: &Pair) -> Result<()> {
+pub fn client_sysctls(pair: &Pair) -> Result<()> {
     let out = pair
         .client
         .cmd([
@@ -47,15 +47,15 @@ fn client_sysctls(pair: &Pair) -> Result<()> {
 
 /// Settings shared by the sections.
 pub struct Env {
-    sni_user: PathBuf,
+    pub sni_user: PathBuf,
     quick: bool,
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// One timed run.
-    run: Duration,
+    pub run: Duration,
     /// Rounds per compared pair.
-    rounds: usize,
+    pub rounds: usize,
     /// Client threads of a closed-loop run.
-    threads: usize,
+    pub threads: usize,
     /// Open files per process.
     nofile: u64,
     /// Only the idle-memory case of the terminator section (for profiling it).
@@ -101,11 +101,11 @@ impl Drop for Env {
 }
 
 /// Which of two things compared goes `k`-th (0 or 1) in `round`: they take turns going first.
-fn turn(round: usize, k: usize) -> usize {
+pub fn turn(round: usize, k: usize) -> usize {
     (round + k) % 2
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
