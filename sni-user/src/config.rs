@@ -331,6 +331,24 @@ pub struct HostConfig {
     /// How many may come at once (default: `hello_rate`).
     #[serde(default)]
     pub hello_burst: Option<u32>,
+    /// `[[host.route]]`: backends chosen by ALPN, first match wins; the rest goes to
+    /// `backend`.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<AlpnRouteConfig>,
+}
+
+/// `[[host.route]]`: where a host's connections go when their ALPN is one of `alpn`.
+///
+/// A terminated host matches the protocol rustls negotiated (the first of the host's `alpn`
+/// the client offers); a passthrough host, the protocols the ClientHello offers (the
+/// backend negotiates). Either way the first route that lists a match wins.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlpnRouteConfig {
+    /// ALPN protocol names, e.g. `["h2"]` or `["acme-tls/1"]`.
+    pub alpn: Vec<String>,
+    /// `"IP:PORT"`, `"unix:/path"` or `"builtin"`, as a host's `backend`.
+    pub backend: String,
 }
 
 /// How a host's connections are handled.
@@ -844,6 +862,36 @@ impl Config {
                     return Err(self.invalid(what(&format!("alpn[{i}]")), "1 to 255 bytes"));
                 }
             }
+            for (r, route) in host.routes.iter().enumerate() {
+                let what = |field: &str| what(&format!("route[{r}].{field}"));
+                let backend = route
+                    .backend
+                    .parse::<Backend>()
+                    .map_err(|m| self.invalid(what("backend"), m))?;
+                if host.mode == HostMode::Passthrough && backend == Backend::Builtin {
+                    return Err(self.invalid(
+                        what("backend"),
+                        "a passthrough host needs a TLS backend, not builtin",
+                    ));
+                }
+                if route.alpn.is_empty() {
+                    return Err(self.invalid(what("alpn"), "lists no protocol"));
+                }
+                for (i, proto) in route.alpn.iter().enumerate() {
+                    if proto.is_empty() || proto.len() > 255 {
+                        return Err(self.invalid(what(&format!("alpn[{i}]")), "1 to 255 bytes"));
+                    }
+                    // rustls negotiates only what the host offers.
+                    if host.mode == HostMode::Terminate && !host.alpn.contains(proto) {
+                        return Err(self.invalid(
+                            what(&format!("alpn[{i}]")),
+                            format!(
+                                "{proto:?} is not in the host's alpn, so no client can negotiate it"
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -956,6 +1004,66 @@ mod tests {
         assert_eq!(c.default.action, Action::Drop);
         let e = parse("pin_dir = \"relative\"\n").expect_err("relative");
         assert!(e.to_string().contains("pin_dir"), "{e}");
+    }
+
+    #[test]
+    fn alpn_routes_are_checked_against_the_host() {
+        let host = |mode: &str, alpn: &str, route: &str| {
+            format!(
+                "[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\n\
+                 [[host]]\nnames = [\"a.example\"]\n{mode}backend = \"127.0.0.1:2\"\n{alpn}\
+                 [[host.route]]\n{route}"
+            )
+        };
+        let tls = "cert = \"c\"\nkey = \"k\"\n";
+        let c = parse(&host(
+            tls,
+            "alpn = [\"h2\", \"http/1.1\"]\n",
+            "alpn = [\"h2\"]\nbackend = \"127.0.0.1:3\"\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.hosts[0].routes[0].alpn, ["h2"]);
+        for (mode, alpn, route, field, why) in [
+            (
+                tls,
+                "alpn = [\"http/1.1\"]\n",
+                "alpn = [\"h2\"]\nbackend = \"127.0.0.1:3\"\n",
+                "host[0] (a.example).route[0].alpn[0]",
+                "not in the host's alpn",
+            ),
+            (
+                tls,
+                "",
+                "alpn = []\nbackend = \"127.0.0.1:3\"\n",
+                "host[0] (a.example).route[0].alpn",
+                "lists no protocol",
+            ),
+            (
+                "mode = \"passthrough\"\n",
+                "",
+                "alpn = [\"h2\"]\nbackend = \"builtin\"\n",
+                "host[0] (a.example).route[0].backend",
+                "needs a TLS backend",
+            ),
+            (
+                tls,
+                "alpn = [\"h2\"]\n",
+                "alpn = [\"h2\"]\nbackend = \"nowhere\"\n",
+                "host[0] (a.example).route[0].backend",
+                "",
+            ),
+        ] {
+            let e = parse(&host(mode, alpn, route)).expect_err(field);
+            assert!(e.to_string().contains(field), "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        // A passthrough host matches what the ClientHello offers: no alpn of its own.
+        parse(&host(
+            "mode = \"passthrough\"\n",
+            "",
+            "alpn = [\"acme-tls/1\"]\nbackend = \"127.0.0.1:3\"\n",
+        ))
+        .expect("valid passthrough route");
     }
 
     #[test]

@@ -105,15 +105,18 @@ fn alpn_is_per_host() {
 fn tcp_backend_with_proxy_protocol_v2() {
     let pki = standard_pki();
     let (addr, handle) = backend(1, |mut s| {
-        // PROXY v2 for IPv4 is 16 + 12 bytes.
-        let req = read_request(&mut s, 28);
-        // PROXY v2: signature, v2 PROXY, TCP over IPv4, 12 address bytes, client 127.0.0.1.
-        assert_eq!(&req[..12], b"\r\n\r\n\0\r\nQUIT\n", "{req:?}");
-        assert_eq!(req[12], 0x21);
-        assert_eq!(req[13], 0x11);
-        assert_eq!(u16::from_be_bytes([req[14], req[15]]), 12);
-        assert_eq!(&req[16..20], &[127, 0, 0, 1]);
-        let http = String::from_utf8_lossy(&req[28..]).into_owned();
+        // PROXY v2: signature, v2 PROXY, TCP over IPv4, then 12 address bytes (client
+        // 127.0.0.1) and the TLVs (`routing.rs` checks those byte for byte).
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n", "{head:?}");
+        assert_eq!(head[12], 0x21);
+        assert_eq!(head[13], 0x11);
+        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+        assert!(len > 12, "{len}");
+        let req = read_request(&mut s, len);
+        assert_eq!(&req[..4], &[127, 0, 0, 1]);
+        let http = String::from_utf8_lossy(&req[len..]).into_owned();
         assert!(http.starts_with("GET / HTTP/1.1\r\n"), "{http}");
         assert!(http.contains("Host: p.example"), "{http}");
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nproxy-ok\n")

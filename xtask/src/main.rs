@@ -59,6 +59,8 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     "tmux",
     "systemd",
+    // A real consumer of the PROXY v2 header the terminator sends (its TLVs included).
+    "haproxy",
 ];
 
 #[derive(Parser)]

@@ -70,6 +70,7 @@ pub fn prepare(state_dir: &Path) -> Result<(Config, String)> {
             action: Action::Pass,
             hello_rate: None,
             hello_burst: None,
+            routes: Vec::new(),
         })
         .collect();
     config.xdp = Some(XdpConfig::demo());

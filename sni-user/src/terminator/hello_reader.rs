@@ -144,6 +144,20 @@ pub fn rustls_name(accepted: &Accepted) -> Option<HostKey> {
         .and_then(|n| HostKey::from_name(n.as_bytes()).ok())
 }
 
+/// The ALPN protocols a ClientHello offers, in the client's order, as rustls reads them (a
+/// passthrough host's routes and PROXY header; rustls negotiates for terminated ones). A
+/// ClientHello rustls cannot read offers none here: the host's own backend gets it.
+pub fn offered_alpn(hello: &[u8]) -> Vec<Vec<u8>> {
+    accept(hello)
+        .ok()
+        .and_then(|a| {
+            a.client_hello()
+                .alpn()
+                .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -51,6 +51,9 @@ pub struct Route {
     pub backend: Backend,
     /// Terminate or passthrough.
     pub mode: HostMode,
+    /// Backends chosen by ALPN (`[[host.route]]`), first match wins; the rest goes to
+    /// `backend`.
+    pub alpn_routes: Vec<AlpnRoute>,
     /// Whether a PROXY v2 header goes first to the backend.
     pub proxy_protocol: bool,
     /// The names it answers to, as configured (empty for the default).
@@ -61,6 +64,64 @@ pub struct Route {
     cert_id: Option<u64>,
     /// Its counters: kept across reloads for a host that keeps its label.
     pub counters: Arc<HostCounters>,
+}
+
+/// `[[host.route]]`: a backend for the connections whose ALPN is one of `alpn`.
+#[derive(Debug)]
+pub struct AlpnRoute {
+    /// The protocols it takes.
+    pub alpn: Vec<Vec<u8>>,
+    /// Where they go.
+    pub backend: Backend,
+}
+
+/// Where a connection of a host goes, by its ALPN.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pick<'a> {
+    /// The backend.
+    pub backend: &'a Backend,
+    /// The protocol that chose it (for the PROXY header): the negotiated one of a terminated
+    /// host; the one a route matched (else the client's first) of a passthrough host.
+    pub alpn: Option<&'a [u8]>,
+    /// Which `[[host.route]]` chose it (None: the host's own backend).
+    pub route: Option<usize>,
+}
+
+impl Route {
+    /// A terminated connection's backend, by the protocol rustls negotiated.
+    pub fn pick_negotiated<'a>(&'a self, negotiated: Option<&'a [u8]>) -> Pick<'a> {
+        let found = negotiated.and_then(|p| {
+            self.alpn_routes
+                .iter()
+                .position(|r| r.alpn.iter().any(|a| a == p))
+        });
+        self.pick(found, negotiated)
+    }
+
+    /// A passthrough connection's backend, by the protocols its ClientHello offers: the
+    /// first route that lists any of them.
+    pub fn pick_offered<'a>(&'a self, offered: &'a [Vec<u8>]) -> Pick<'a> {
+        let found = self.alpn_routes.iter().enumerate().find_map(|(i, r)| {
+            offered
+                .iter()
+                .find(|o| r.alpn.contains(o))
+                .map(|o| (i, o.as_slice()))
+        });
+        match found {
+            Some((i, matched)) => self.pick(Some(i), Some(matched)),
+            None => self.pick(None, offered.first().map(Vec::as_slice)),
+        }
+    }
+
+    fn pick<'a>(&'a self, route: Option<usize>, alpn: Option<&'a [u8]>) -> Pick<'a> {
+        Pick {
+            backend: route
+                .and_then(|i| self.alpn_routes.get(i))
+                .map_or(&self.backend, |r| &r.backend),
+            alpn,
+            route,
+        }
+    }
 }
 
 /// The whole table.
@@ -159,11 +220,23 @@ impl Routes {
             for pattern in host.patterns() {
                 names.insert(*pattern.key(), index);
             }
+            let alpn_routes = host
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(r, route)| {
+                    Ok(AlpnRoute {
+                        alpn: route.alpn.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                        backend: backend(at(&format!("route[{r}].backend")), Some(&route.backend))?,
+                    })
+                })
+                .collect::<Result<_, CertError>>()?;
             routes.push(Route {
                 backend: backend(at("backend"), host.backend.as_deref())?,
                 label,
                 tls: None,
                 mode: host.mode,
+                alpn_routes,
                 proxy_protocol: host.proxy_protocol,
                 names: host.names.clone(),
                 not_after,
@@ -185,6 +258,7 @@ impl Routes {
                 label: "default".to_owned(),
                 tls: None,
                 mode: HostMode::Terminate,
+                alpn_routes: Vec::new(),
                 proxy_protocol: false,
                 names: Vec::new(),
                 not_after: Some(not_after),

@@ -355,12 +355,23 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
     out
 }
 
+/// The host's backend, after its ALPN routes: `h2 → 127.0.0.1:8081; else 127.0.0.1:8080`.
 fn backend_text(r: &crate::terminator::routes::Route) -> String {
-    let b = match &r.backend {
+    let name = |b: &crate::config::Backend| match b {
         crate::config::Backend::Tcp(a) => a.to_string(),
         crate::config::Backend::Unix(p) => format!("unix:{}", p.display()),
         crate::config::Backend::Builtin => "builtin".into(),
     };
+    let mut b = String::new();
+    for route in &r.alpn_routes {
+        let alpn: Vec<_> = route
+            .alpn
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let _ = write!(b, "{} → {}; else ", alpn.join(","), name(&route.backend));
+    }
+    b.push_str(&name(&r.backend));
     if r.proxy_protocol {
         format!("{b} (PROXY v2)")
     } else {

@@ -7,6 +7,7 @@
 //! - [`state`]: the states and their transitions; a step consumes a state.
 //! - [`hand_off`]: the kernel classifier's record of the flow, checked against the TLS name.
 //! - [`relay`]: the streams and queues of a routed connection, passthrough, the backend.
+//! - [`proxy`]: the PROXY v2 header with the TLS facts, for backends that ask for it.
 //! - [`tls`]: the client side through rustls.
 //! - [`half`]: one direction's queue and end.
 //! - [`close`]: who ended a connection and why, counted and logged in one place.
@@ -20,6 +21,7 @@ pub mod close;
 pub mod half;
 pub mod hand_off;
 pub mod io;
+pub mod proxy;
 pub mod relay;
 pub mod state;
 pub mod tls;
@@ -46,7 +48,6 @@ use crate::{
 };
 
 pub use hand_off::flow_key;
-pub use relay::proxy_v2_header;
 
 /// Age of a connection still without its ClientHello at which [`Conn::blocked`] first asks
 /// the flow table.

@@ -4,7 +4,6 @@
 
 use std::{
     io,
-    net::SocketAddr,
     sync::{atomic::Ordering::Relaxed, Arc},
 };
 
@@ -52,18 +51,18 @@ pub enum Peer<S> {
 }
 
 impl<S: Stream> Peer<S> {
-    /// Dials `route`'s backend and registers it under `token`.
+    /// Dials `backend` (a host's, or one of its ALPN routes') and registers it under `token`.
     pub fn open(
-        route: &Route,
+        backend: &Backend,
         net: &dyn Net<S>,
         token: mio::Token,
         sni: impl FnOnce() -> Option<String>,
     ) -> Result<Self, Close> {
-        if route.backend == Backend::Builtin {
+        if *backend == Backend::Builtin {
             return Ok(Self::Builtin { sni: sni() });
         }
         let mut stream = net
-            .dial(&route.backend)
+            .dial(backend)
             .map_err(|_| Close::host(Side::Backend, Failure::BackendRefused))?;
         net.register(&mut stream, token)
             .map_err(|_| Close::host(Side::Internal, Failure::Internal))?;
@@ -167,59 +166,4 @@ fn builtin_respond(
     request.buf.consume(request.buf.len());
     response.eof = true;
     true
-}
-
-/// A PROXY protocol v2 header (PROXY command, TCP over IPv4 or IPv6) for `src` → `dst`.
-pub fn proxy_v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    // Signature (12 bytes), version 2 + PROXY command.
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.push(0x21);
-    match (src, dst) {
-        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            h.push(0x11); // AF_INET, STREAM
-            h.extend_from_slice(&12u16.to_be_bytes());
-            h.extend_from_slice(&s.ip().octets());
-            h.extend_from_slice(&d.ip().octets());
-            h.extend_from_slice(&s.port().to_be_bytes());
-            h.extend_from_slice(&d.port().to_be_bytes());
-        }
-        (s, d) => {
-            let v6 = |a: SocketAddr| match a {
-                SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
-                SocketAddr::V6(a) => *a.ip(),
-            };
-            h.push(0x21); // AF_INET6, STREAM
-            h.extend_from_slice(&36u16.to_be_bytes());
-            h.extend_from_slice(&v6(s).octets());
-            h.extend_from_slice(&v6(d).octets());
-            h.extend_from_slice(&s.port().to_be_bytes());
-            h.extend_from_slice(&d.port().to_be_bytes());
-        }
-    }
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proxy_v2_header_layout() {
-        let h = proxy_v2_header(
-            "192.0.2.1:40000".parse().expect("addr"),
-            "192.0.2.2:443".parse().expect("addr"),
-        );
-        assert_eq!(h.len(), 16 + 12);
-        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
-        assert_eq!(h[12], 0x21);
-        assert_eq!(h[13], 0x11);
-        assert_eq!(&h[16..20], &[192, 0, 2, 1]);
-        assert_eq!(&h[24..26], &40000u16.to_be_bytes());
-        let h6 = proxy_v2_header(
-            "[2001:db8::1]:1".parse().expect("addr"),
-            "[2001:db8::2]:2".parse().expect("addr"),
-        );
-        assert_eq!(h6.len(), 16 + 36);
-        assert_eq!(h6[13], 0x21);
-    }
 }

@@ -15,17 +15,18 @@ use std::{
 };
 
 use mio::Token;
-use sni_common::{flow::Flow, hello::alert};
+use sni_common::{flow::Flow, hello::alert, HostKey};
 
 use crate::{
-    config::{HostMode, Limits},
+    config::{Backend, HostMode, Limits},
     terminator::{
         conn::{
             close::{Close, End, Host, Side, Why},
             half::Half,
             hand_off::{self, HandOff},
             io::Stream,
-            relay::{proxy_v2_header, Peer, Relay},
+            proxy,
+            relay::{Peer, Relay},
             tls::Tls,
             Ctx,
         },
@@ -93,6 +94,8 @@ pub struct Handshake<S> {
     tls: Tls<S>,
     /// Counted with the handshake, once it is done.
     hand_off: HandOff,
+    /// The ClientHello's name, kept for the PROXY header (only when the host sends one).
+    authority: Option<Box<HostKey>>,
 }
 
 impl<S: Stream> State<S> {
@@ -247,15 +250,18 @@ impl<S: Stream> Hello<S> {
         else {
             return;
         };
-        if route.backend == crate::config::Backend::Builtin {
+        // A host whose ALPN picks the backend waits for the ClientHello.
+        if route.backend == Backend::Builtin || !route.alpn_routes.is_empty() {
             return;
         }
-        if let Ok(peer) = Peer::open(route, ctx.net, meta.backend_token, || None) {
+        if let Ok(peer) = Peer::open(&route.backend, ctx.net, meta.backend_token, || None) {
             self.early = Some((Arc::clone(route), peer));
         }
     }
 
-    /// Routes the whole ClientHello: passthrough, or rustls takes it.
+    /// Routes the whole ClientHello: passthrough, or rustls takes it. The backend is dialled
+    /// once the ALPN that chooses it is known: offered, for passthrough; negotiated, once
+    /// rustls has read the ClientHello, for terminated hosts.
     fn route(mut self, meta: &Meta, ctx: &Ctx<'_, S>) -> Step<S> {
         let name = self.reader.name().copied();
         let Some(index) = ctx.routes.resolve(name.as_ref()) else {
@@ -266,33 +272,33 @@ impl<S: Stream> Hello<S> {
             return end(None, Close::host(Side::Internal, Failure::Internal));
         };
         let host = Host::new(Arc::clone(route));
-        // Dialled early for this host: kept. For another (a record that did not agree), its
-        // socket closes as it drops.
-        let backend = match self.early.take() {
-            Some((early, peer)) if Arc::ptr_eq(&early, route) => peer,
-            _ => {
-                let sni = || name.map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned());
-                match Peer::open(route, ctx.net, meta.backend_token, sni) {
-                    Ok(peer) => peer,
-                    Err(close) => return end(Some(host), close),
-                }
-            }
-        };
-        let mut up = Half::new(ctx.limits.buffer_size);
-        if route.proxy_protocol {
-            up.buf.extend(&proxy_v2_header(meta.peer, meta.local));
-        }
         let hello = self.reader.take_bytes();
-        let mut relay = Relay {
-            host,
-            client: self.client,
-            backend,
-            up,
-            down: Half::new(ctx.limits.buffer_size),
-        };
         let counters = &route.counters;
         match route.mode {
             HostMode::Passthrough => {
+                let offered = if route.alpn_routes.is_empty() && !route.proxy_protocol {
+                    Vec::new()
+                } else {
+                    hello_reader::offered_alpn(&hello)
+                };
+                let pick = route.pick_offered(&offered);
+                let backend = match self.dial(route, pick.backend, meta, ctx) {
+                    Ok(peer) => peer,
+                    Err(close) => return end(Some(host), close),
+                };
+                let mut up = Half::new(ctx.limits.buffer_size);
+                if route.proxy_protocol {
+                    let facts = proxy::Facts {
+                        authority: name.as_ref().map(HostKey::as_bytes),
+                        alpn: pick.alpn,
+                        tls: None,
+                    };
+                    let Some(header) = proxy::header(meta.peer, meta.local, &facts) else {
+                        return end(Some(host), Close::host(Side::Internal, Failure::Internal));
+                    };
+                    up.buf.extend(&header);
+                }
+                up.buf.extend(&hello);
                 let hand_off = hand_off::compare(
                     meta.peer,
                     self.xdp.as_ref(),
@@ -300,30 +306,32 @@ impl<S: Stream> Hello<S> {
                     index,
                     ctx.routes,
                 );
-                relay.up.buf.extend(&hello);
                 handshake_done(ctx.global, counters, hand_off, meta.accepted, false);
-                Step::Next(State::Passthrough(relay))
+                Step::Next(State::Passthrough(Relay {
+                    host,
+                    client: self.client,
+                    backend,
+                    up,
+                    down: Half::new(ctx.limits.buffer_size),
+                }))
             }
             HostMode::Terminate => {
                 let Some(config) = route.tls.clone() else {
-                    return end(
-                        Some(relay.host),
-                        Close::host(Side::Internal, Failure::Internal),
-                    );
+                    return end(Some(host), Close::host(Side::Internal, Failure::Internal));
                 };
                 let accepted = match hello_reader::accept(&hello) {
                     Ok(a) => a,
                     Err(refused) => {
                         match refused {
                             Refused::Alert(_, mut alert) => {
-                                let _ = alert.write_all(&mut relay.client);
+                                let _ = alert.write_all(&mut self.client);
                             }
                             // Bytes the shared parser read whole that rustls cannot frame.
                             Refused::Read | Refused::Incomplete => {
-                                let _ = relay.client.write(&fatal_alert(alert::DECODE_ERROR));
+                                let _ = self.client.write(&fatal_alert(alert::DECODE_ERROR));
                             }
                         }
-                        return end(Some(relay.host), Close::host(Side::Client, Failure::Tls));
+                        return end(Some(host), Close::host(Side::Client, Failure::Tls));
                     }
                 };
                 // The name as rustls reads it, normalised like the kernel's.
@@ -335,22 +343,54 @@ impl<S: Stream> Hello<S> {
                     index,
                     ctx.routes,
                 );
-                match accepted.into_connection(config) {
-                    Ok(mut conn) => {
-                        conn.set_buffer_limit(Some(ctx.limits.buffer_size));
-                        Step::Next(State::Handshake(Handshake {
-                            tls: Tls {
-                                conn: Box::new(conn),
-                                relay,
-                            },
-                            hand_off,
-                        }))
-                    }
+                let mut conn = match accepted.into_connection(config) {
+                    Ok(conn) => conn,
                     Err((_, mut alert)) => {
-                        let _ = alert.write_all(&mut relay.client);
-                        end(Some(relay.host), Close::host(Side::Client, Failure::Tls))
+                        let _ = alert.write_all(&mut self.client);
+                        return end(Some(host), Close::host(Side::Client, Failure::Tls));
                     }
-                }
+                };
+                conn.set_buffer_limit(Some(ctx.limits.buffer_size));
+                let pick = route.pick_negotiated(conn.alpn_protocol());
+                let backend = match self.dial(route, pick.backend, meta, ctx) {
+                    Ok(peer) => peer,
+                    Err(close) => return end(Some(host), close),
+                };
+                Step::Next(State::Handshake(Handshake {
+                    tls: Tls {
+                        conn: Box::new(conn),
+                        relay: Relay {
+                            host,
+                            client: self.client,
+                            backend,
+                            up: Half::new(ctx.limits.buffer_size),
+                            down: Half::new(ctx.limits.buffer_size),
+                        },
+                    },
+                    hand_off,
+                    authority: name.filter(|_| route.proxy_protocol).map(Box::new),
+                }))
+            }
+        }
+    }
+
+    /// The backend `backend` of `route`: the one dialled early if it is that one, else
+    /// dialled now (an early one for another host or backend closes as it drops).
+    fn dial(
+        &mut self,
+        route: &Arc<Route>,
+        backend: &Backend,
+        meta: &Meta,
+        ctx: &Ctx<'_, S>,
+    ) -> Result<Peer<S>, Close> {
+        match self.early.take() {
+            Some((early, peer)) if Arc::ptr_eq(&early, route) && early.backend == *backend => {
+                Ok(peer)
+            }
+            _ => {
+                let name = self.reader.name();
+                let sni = || name.map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned());
+                Peer::open(backend, ctx.net, meta.backend_token, sni)
             }
         }
     }
@@ -366,7 +406,24 @@ impl<S: Stream> Handshake<S> {
             return Step::Next(State::Handshake(self));
         }
         let resumed = self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let counters = &self.tls.relay.route().counters;
+        let route = Arc::clone(self.tls.relay.route());
+        if route.proxy_protocol {
+            // Before any plaintext: the round leaves it in rustls until the handshake is
+            // counted (`through`).
+            let facts = proxy::Facts {
+                authority: self.authority.as_deref().map(HostKey::as_bytes),
+                alpn: self.tls.conn.alpn_protocol(),
+                tls: Some(proxy::TlsFacts::of(&self.tls.conn)),
+            };
+            let Some(header) = proxy::header(meta.peer, meta.local, &facts) else {
+                return end(
+                    Some(self.tls.relay.host),
+                    Close::host(Side::Internal, Failure::Internal),
+                );
+            };
+            self.tls.relay.up.buf.prepend(&header);
+        }
+        let counters = &route.counters;
         handshake_done(global, counters, self.hand_off, meta.accepted, resumed);
         Step::Next(State::Terminate(self.tls))
     }

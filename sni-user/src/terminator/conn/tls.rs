@@ -70,13 +70,16 @@ impl<S: Stream> Tls<S> {
             return Err(Close::host(Side::Client, Failure::ClientGone));
         }
         let counters = &r.host.route().counters;
-        // Plaintext out of TLS (a close_notify ends the client's stream).
-        let n =
-            r.up.fill(&mut tls.reader())
-                .map_err(|_| Close::host(Side::Client, tls_failure))?;
-        if n > 0 {
-            *moved = true;
-            counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
+        // Plaintext out of TLS (a close_notify ends the client's stream); not before the
+        // handshake is counted, which may put a PROXY header first.
+        if through {
+            let n =
+                r.up.fill(&mut tls.reader())
+                    .map_err(|_| Close::host(Side::Client, tls_failure))?;
+            if n > 0 {
+                *moved = true;
+                counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
+            }
         }
         // Backend bytes into TLS (bounded by rustls' buffer limit).
         if !r.down.buf.is_empty() && !tls.is_handshaking() {
