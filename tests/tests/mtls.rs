@@ -3,7 +3,7 @@
 //! `client_auth = "required"` and `"optional"`; the alert each refusal gets, its count under
 //! the host's `failures.client_cert`; a host without `client_ca` beside them; a reload that
 //! swaps in a CRL revoking the good certificate (a full handshake and a resumed session both
-//! refused after it); and `check` on the CA and CRL files.
+//! refused after it); `[default]` with a client CA; and `check` on the CA and CRL files.
 //!
 //! The client PKI is made with rcgen (openssl 3.0 cannot back-date a certificate without
 //! `openssl ca`'s database); the servers' certificates come from the openssl test CA.
@@ -448,4 +448,40 @@ fn check_names_the_ca_and_crl_files_and_shows_the_mode() {
         );
         assert!(!ok && report.starts_with(&want), "want {want}\n{report}");
     }
+}
+
+#[test]
+fn default_takes_client_ca_too() {
+    let pki = mtls_pki();
+    let body = "[default]\ncert = \"default.pem\"\nkey = \"default.key\"\nbackend = \"builtin\"\n\
+                client_ca = \"client-ca.pem\"\n";
+    let term = Term::start(&pki, body);
+    // A name not configured, and no name at all, reach [default] and its check.
+    let (ok, out) = curl_cert(&pki, &term, "default.example", Some("good"));
+    assert!(ok && out.contains(&served("default")), "curl, good: {out}");
+    let out = s_client_cert(&pki, &term, "default.example", Some("other"), &[]);
+    assert!(out.contains("unknown ca"), "s_client, other: {out}");
+    let out = Command::new("timeout")
+        .args([
+            "10",
+            "openssl",
+            "s_client",
+            "-ign_eof",
+            "-noservername",
+            "-connect",
+        ])
+        .arg(format!("127.0.0.1:{}", term.port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("openssl s_client: {e}"));
+    let out =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("certificate required"),
+        "s_client, no name, no certificate: {out}"
+    );
+    term.wait_stats("counted under default", |s| {
+        let d = host(s, "default");
+        d["failures"]["client_cert"] == 2 && d["handshakes"] == 1 && d["client_certs"] == 1
+    });
 }
