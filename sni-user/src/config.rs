@@ -322,6 +322,18 @@ pub struct HostConfig {
     /// Send a PROXY protocol v2 header to the backend first.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// PEM CA certificate(s) that client certificates must chain to (mTLS), relative to the
+    /// config file. None: no client certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required or optional (default with `client_ca`:
+    /// required).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// PEM CRLs (`X509 CRL` blocks) checked against client certificates, relative to the
+    /// config file.
+    #[serde(default)]
+    pub client_crl: Vec<PathBuf>,
     /// `pass` or `drop`, applied by the classifier in XDP.
     #[serde(default)]
     pub action: Action,
@@ -362,6 +374,39 @@ pub enum HostMode {
     Passthrough,
 }
 
+/// `client_auth`: what a host with `client_ca` does with a client that sends no certificate.
+/// A certificate that is sent is verified in both modes, and refused when it fails.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate: refused with a `certificate_required` alert (nginx `ssl_verify_client
+    /// on`, HAProxy `verify required`).
+    #[default]
+    Required,
+    /// No certificate: the handshake completes without one.
+    Optional,
+}
+
+impl fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+        })
+    }
+}
+
+/// A host's (or the default's) client-certificate settings, paths resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAuthConfig<'a> {
+    /// The CA file.
+    pub ca: &'a Path,
+    /// Required or optional.
+    pub mode: ClientAuth,
+    /// The CRL files.
+    pub crls: &'a [PathBuf],
+}
+
 /// `[[listen]]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +431,16 @@ pub struct DefaultConfig {
     /// Their backend (default: `builtin`).
     #[serde(default)]
     pub backend: Option<String>,
+    /// PEM CA certificate(s) that client certificates must chain to (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required or optional (default with `client_ca`:
+    /// required).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// PEM CRLs checked against client certificates.
+    #[serde(default)]
+    pub client_crl: Vec<PathBuf>,
     /// `action`, `hello_rate`, `hello_burst` for every name not configured and for
     /// ClientHellos without a name. The rate is one bucket for all of them: per-name buckets
     /// for names nobody configured would let a client escape the limit by varying the name.
@@ -444,6 +499,16 @@ impl HostConfig {
             .filter_map(|n| HostPattern::parse(n.as_bytes()).ok())
     }
 
+    /// Its client-certificate settings (None: no `client_ca`, no client certificate asked
+    /// for).
+    pub fn client_auth(&self) -> Option<ClientAuthConfig<'_>> {
+        client_auth_config(
+            self.client_ca.as_deref(),
+            self.client_auth,
+            &self.client_crl,
+        )
+    }
+
     /// The host's action and rate limit.
     pub fn actions(&self) -> ActionConfig {
         ActionConfig {
@@ -455,6 +520,15 @@ impl HostConfig {
 }
 
 impl DefaultConfig {
+    /// Its client-certificate settings (None: no `client_ca`).
+    pub fn client_auth(&self) -> Option<ClientAuthConfig<'_>> {
+        client_auth_config(
+            self.client_ca.as_deref(),
+            self.client_auth,
+            &self.client_crl,
+        )
+    }
+
     /// The action and rate limit of everything not configured.
     pub fn actions(&self) -> ActionConfig {
         ActionConfig {
@@ -463,6 +537,18 @@ impl DefaultConfig {
             hello_burst: self.hello_burst,
         }
     }
+}
+
+fn client_auth_config<'a>(
+    ca: Option<&'a Path>,
+    mode: Option<ClientAuth>,
+    crls: &'a [PathBuf],
+) -> Option<ClientAuthConfig<'a>> {
+    ca.map(|ca| ClientAuthConfig {
+        ca,
+        mode: mode.unwrap_or_default(),
+        crls,
+    })
 }
 
 /// Where a host's plaintext (or passthrough bytes) go.
@@ -679,7 +765,7 @@ impl Config {
         }
     }
 
-    /// Makes certificate and key paths relative to the config file absolute.
+    /// Makes certificate, key, client CA and CRL paths relative to the config file absolute.
     fn resolve_paths(&mut self) {
         let base = self
             .source
@@ -695,9 +781,17 @@ impl Config {
         };
         fix(&mut self.default.cert);
         fix(&mut self.default.key);
+        fix(&mut self.default.client_ca);
+        for crl in &mut self.default.client_crl {
+            *crl = base.join(&*crl);
+        }
         for h in &mut self.hosts {
             fix(&mut h.cert);
             fix(&mut h.key);
+            fix(&mut h.client_ca);
+            for crl in &mut h.client_crl {
+                *crl = base.join(&*crl);
+            }
         }
     }
 
@@ -824,6 +918,19 @@ impl Config {
             b.parse::<Backend>()
                 .map_err(|m| self.invalid("default.backend", m))?;
         }
+        let d = &self.default;
+        self.validate_client_auth(
+            |f| format!("default.{f}"),
+            d.client_ca.as_ref(),
+            d.client_auth,
+            &d.client_crl,
+        )?;
+        if d.reject && d.client_ca.is_some() {
+            return Err(self.invalid(
+                "default.client_ca",
+                "[default] reject = true answers with an alert before any certificate",
+            ));
+        }
         for (h, host) in self.hosts.iter().enumerate() {
             let what = |field: &str| format!("host[{h}] ({}).{field}", host.label());
             let backend = host
@@ -848,6 +955,19 @@ impl Config {
                             what("mode"),
                             "a passthrough host has no cert, key or alpn: TLS ends at the backend",
                         ));
+                    }
+                    for (field, set) in [
+                        ("client_ca", host.client_ca.is_some()),
+                        ("client_auth", host.client_auth.is_some()),
+                        ("client_crl", !host.client_crl.is_empty()),
+                    ] {
+                        if set {
+                            return Err(self.invalid(
+                                what(field),
+                                "a passthrough host checks no client certificate: TLS ends at \
+                                 the backend, which may ask for one itself",
+                            ));
+                        }
                     }
                     if backend == Backend::Builtin {
                         return Err(self.invalid(
@@ -892,6 +1012,38 @@ impl Config {
                     }
                 }
             }
+            self.validate_client_auth(
+                what,
+                host.client_ca.as_ref(),
+                host.client_auth,
+                &host.client_crl,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `client_auth` and `client_crl` mean something only with `client_ca`.
+    fn validate_client_auth(
+        &self,
+        what: impl Fn(&str) -> String,
+        ca: Option<&PathBuf>,
+        auth: Option<ClientAuth>,
+        crls: &[PathBuf],
+    ) -> Result<(), ConfigError> {
+        if ca.is_some() {
+            return Ok(());
+        }
+        if auth.is_some() {
+            return Err(self.invalid(
+                what("client_auth"),
+                "needs client_ca, the CA file that client certificates must chain to",
+            ));
+        }
+        if !crls.is_empty() {
+            return Err(self.invalid(
+                what("client_crl"),
+                "needs client_ca, the CA file whose certificates the CRLs revoke",
+            ));
         }
         Ok(())
     }
@@ -1064,6 +1216,93 @@ mod tests {
             "alpn = [\"acme-tls/1\"]\nbackend = \"127.0.0.1:3\"\n",
         ))
         .expect("valid passthrough route");
+    }
+
+    #[test]
+    fn client_auth_keys_need_client_ca_and_a_terminating_host() {
+        let base = "[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\n\
+                    [[host]]\nnames = [\"a\"]\nbackend = \"127.0.0.1:2\"\n";
+        let tls = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+        // Paths are relative to the file; required is the default mode.
+        let c = Config::parse(
+            &format!("{base}{tls}client_ca = \"ca.pem\"\nclient_crl = [\"a.crl\", \"/abs.crl\"]\n"),
+            Path::new("/etc/sni/sni.toml"),
+        )
+        .expect("valid");
+        let auth = c.hosts[0].client_auth().expect("client auth");
+        assert_eq!(auth.ca, Path::new("/etc/sni/ca.pem"));
+        assert_eq!(auth.mode, ClientAuth::Required);
+        assert_eq!(
+            auth.crls,
+            [PathBuf::from("/etc/sni/a.crl"), PathBuf::from("/abs.crl")]
+        );
+        let c = parse(&format!(
+            "{base}{tls}client_ca = \"ca.pem\"\nclient_auth = \"optional\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.hosts[0].client_auth().map(|a| a.mode),
+            Some(ClientAuth::Optional)
+        );
+        assert!(parse(&format!("{base}{tls}")).expect("valid").hosts[0]
+            .client_auth()
+            .is_none());
+        for (extra, at, why) in [
+            (
+                "client_auth = \"required\"\n",
+                "host[0] (a).client_auth",
+                "needs client_ca",
+            ),
+            (
+                "client_crl = [\"a.crl\"]\n",
+                "host[0] (a).client_crl",
+                "needs client_ca",
+            ),
+        ] {
+            let e = parse(&format!("{base}{tls}{extra}")).expect_err(extra);
+            assert!(
+                e.to_string()
+                    .contains(&format!("test.toml:10: {at}: {why}")),
+                "{e}"
+            );
+        }
+        let e = parse(&format!("{base}{tls}client_auth = \"sometimes\"\n")).expect_err("mode");
+        assert!(e.to_string().contains("client_auth"), "{e}");
+        let e = parse(&format!("{base}{tls}client_cert = \"x\"\n")).expect_err("unknown key");
+        assert!(e.to_string().contains("client_cert"), "{e}");
+        // A passthrough host: TLS ends at the backend.
+        for (extra, field) in [
+            ("client_ca = \"ca.pem\"\n", "client_ca"),
+            ("client_auth = \"optional\"\n", "client_auth"),
+            (
+                "client_ca = \"ca.pem\"\nclient_crl = [\"a.crl\"]\n",
+                "client_ca",
+            ),
+        ] {
+            let e = parse(&format!("{base}mode = \"passthrough\"\n{extra}")).expect_err(extra);
+            assert!(
+                e.to_string()
+                    .contains(&format!("host[0] (a).{field}: a passthrough host")),
+                "{e}"
+            );
+        }
+        // [default] takes the same keys, but not with reject = true.
+        let text = "[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\ncert = \"c\"\nkey = \"k\"\n";
+        let c = parse(&format!("{text}client_ca = \"ca.pem\"\n")).expect("valid");
+        assert!(c.default.client_auth().is_some());
+        let e = parse(&format!("{text}client_crl = [\"x.crl\"]\n")).expect_err("no ca");
+        assert!(
+            e.to_string()
+                .contains("default.client_crl: needs client_ca"),
+            "{e}"
+        );
+        let e = parse("[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\nclient_ca = \"ca.pem\"\n")
+            .expect_err("reject");
+        assert!(
+            e.to_string()
+                .contains("default.client_ca: [default] reject"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Sources {
 fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), std::fmt::Error> {
     let routes = t.counted_routes();
     type Field = fn(&crate::terminator::counters::HostCounters) -> u64;
-    let families: [(&str, &str, Field); 5] = [
+    let families: [(&str, &str, Field); 6] = [
         (
             "sni_tls_handshakes",
             "Finished TLS handshakes (terminate) or routed connections (passthrough).",
@@ -272,6 +272,11 @@ fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), 
             "sni_tls_resumed_handshakes",
             "Of those, handshakes that resumed a session.",
             |c| c.resumed.load(Relaxed),
+        ),
+        (
+            "sni_tls_client_cert_handshakes",
+            "Of those, handshakes with a verified client certificate (mTLS).",
+            |c| c.client_certs.load(Relaxed),
         ),
         (
             "sni_tls_bytes_to_backend",

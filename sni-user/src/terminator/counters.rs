@@ -37,6 +37,10 @@ failures! {
     IdleTimeout = "idle_timeout",
     /// A TLS error after the handshake (a bad record, a fatal alert from the client).
     TlsAfterHandshake = "tls_after_handshake",
+    /// The client's certificate was missing or refused (mTLS: no certificate where one is
+    /// required, an unknown CA, expired, revoked, a bad signature), or a resumed session's
+    /// certificate no longer passes the host's check.
+    ClientCert = "client_cert",
     /// The terminator's own fault (a socket it could not register, a host without its TLS
     /// configuration).
     Internal = "internal",
@@ -98,6 +102,8 @@ pub struct HostCounters {
     pub handshakes: AtomicU64,
     /// Of those, TLS handshakes that resumed a session (ticket or cache).
     pub resumed: AtomicU64,
+    /// Of those, TLS handshakes with a verified client certificate (mTLS).
+    pub client_certs: AtomicU64,
     /// Connections open now.
     pub active: AtomicU64,
     /// Plaintext (or passthrough) bytes from clients to the backend.
@@ -130,6 +136,7 @@ impl HostCounters {
             host: label.to_owned(),
             handshakes: self.handshakes.load(Relaxed),
             resumed: self.resumed.load(Relaxed),
+            client_certs: self.client_certs.load(Relaxed),
             active: self.active.load(Relaxed),
             bytes_to_backend: self.bytes_to_backend.load(Relaxed),
             bytes_to_client: self.bytes_to_client.load(Relaxed),
@@ -259,6 +266,9 @@ pub struct HostSnapshot {
     pub handshakes: u64,
     /// Of those, resumed.
     pub resumed: u64,
+    /// Of those, with a verified client certificate (mTLS).
+    #[serde(default)]
+    pub client_certs: u64,
     /// Open connections.
     pub active: u64,
     /// Bytes client → backend.

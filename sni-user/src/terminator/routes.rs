@@ -14,16 +14,22 @@ use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
 use rustls::{
     crypto::CryptoProvider,
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
-    server::{ResolvesServerCert, ServerSessionMemoryCache},
+    pki_types::{
+        pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName,
+        UnixTime,
+    },
+    server::{
+        danger::ClientCertVerifier, ResolvesServerCert, ServerSessionMemoryCache,
+        WebPkiClientVerifier,
+    },
     sign::CertifiedKey,
-    ServerConfig,
+    RootCertStore, ServerConfig,
 };
 
 use sni_common::{pattern, HostKey, HostPattern};
 
 use crate::{
-    config::{Backend, Config, HostMode},
+    config::{Backend, ClientAuth, ClientAuthConfig, Config, HostMode},
     terminator::counters::HostCounters,
 };
 
@@ -62,6 +68,8 @@ pub struct Route {
     pub not_after: Option<i64>,
     /// A hash of its leaf certificate (None for passthrough): a reload compares them.
     cert_id: Option<u64>,
+    /// Its client-certificate check (mTLS), when it has `client_ca`.
+    pub client_auth: Option<ClientCheck>,
     /// Its counters: kept across reloads for a host that keeps its label.
     pub counters: Arc<HostCounters>,
 }
@@ -120,6 +128,45 @@ impl Route {
                 .map_or(&self.backend, |r| &r.backend),
             alpn,
             route,
+        }
+    }
+}
+
+/// A host's client-certificate check (mTLS): rustls' [`WebPkiClientVerifier`] over the
+/// host's `client_ca`, with its `client_crl`s.
+///
+/// Revocation: with CRLs, every certificate of the client's chain below the CA file's (the
+/// client certificate, and any intermediate it sends) must be covered by a CRL of its
+/// issuer, and a certificate whose status no CRL gives is refused (`unknown_ca`), as with
+/// nginx's `ssl_crl` (OpenSSL's `CRL_CHECK_ALL`). So a CRL from the CA that issued the
+/// client certificate is always enforced, and a missing or wrong CRL fails closed instead
+/// of letting revoked certificates through. A CRL past its `nextUpdate` is still used
+/// (rustls' default): an old list still names the certificates it revoked. Without CRLs,
+/// no revocation is checked.
+#[derive(Debug)]
+pub struct ClientCheck {
+    /// Required or optional.
+    pub mode: ClientAuth,
+    /// The CA file.
+    pub ca: std::path::PathBuf,
+    /// How many CRLs (over all `client_crl` files) are checked.
+    pub crls: usize,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCheck {
+    /// Whether the client certificate chain of a *resumed* session (as rustls kept it from
+    /// the full handshake) passes this check now. rustls does not verify again on
+    /// resumption, and the session may have been made under another CA or CRL (before a
+    /// reload, or by another server sharing the ticket key), or the certificate may have
+    /// expired since.
+    pub fn admits_resumed(&self, chain: Option<&[CertificateDer<'_>]>) -> bool {
+        match chain.and_then(<[_]>::split_first) {
+            None => self.mode == ClientAuth::Optional,
+            Some((leaf, intermediates)) => self
+                .verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .is_ok(),
         }
     }
 }
@@ -196,6 +243,7 @@ impl Routes {
         for (h, host) in config.hosts.iter().enumerate() {
             let label = host.label().to_owned();
             let at = |f: &str| (label.as_str(), format!("host[{h}].{f}"));
+            let mut client_auth = None;
             let (cert_id, not_after) = match host.mode {
                 HostMode::Terminate => {
                     let (cert, key) = cert_and_key(at("cert"), &host.cert, &host.key)?;
@@ -210,7 +258,12 @@ impl Routes {
                         })?;
                     }
                     let id = cert_id(&certified);
-                    keys.push((routes.len(), certified, host.alpn.clone()));
+                    client_auth = host
+                        .client_auth()
+                        .map(|c| client_check(&provider, &at, c))
+                        .transpose()?;
+                    let verifier = client_auth.as_ref().map(|c| c.verifier.clone());
+                    keys.push((routes.len(), certified, host.alpn.clone(), verifier));
                     (Some(id), Some(not_after))
                 }
                 HostMode::Passthrough => (None, None),
@@ -241,6 +294,7 @@ impl Routes {
                 names: host.names.clone(),
                 not_after,
                 cert_id,
+                client_auth,
                 counters: Arc::default(),
             });
         }
@@ -252,7 +306,13 @@ impl Routes {
             let (certified, not_after) =
                 load_certified_key(&provider, at("cert"), at("key"), cert, key)?;
             let id = cert_id(&certified);
-            keys.push((routes.len(), certified, Vec::new()));
+            let client_auth = config
+                .default
+                .client_auth()
+                .map(|c| client_check(&provider, &at, c))
+                .transpose()?;
+            let verifier = client_auth.as_ref().map(|c| c.verifier.clone());
+            keys.push((routes.len(), certified, Vec::new(), verifier));
             routes.push(Route {
                 backend: backend(at("backend"), config.default.backend.as_deref())?,
                 label: "default".to_owned(),
@@ -263,6 +323,7 @@ impl Routes {
                 names: Vec::new(),
                 not_after: Some(not_after),
                 cert_id: Some(id),
+                client_auth,
                 counters: Arc::default(),
             });
             Some(routes.len() - 1)
@@ -292,9 +353,9 @@ impl Routes {
                 false,
             ),
         };
-        for (i, certified, alpn) in keys {
+        for (i, certified, alpn, verifier) in keys {
             if let Some(route) = routes.get_mut(i) {
-                route.tls = Some(server_config(&shared, certified, &alpn)?);
+                route.tls = Some(server_config(&shared, certified, &alpn, verifier)?);
             }
         }
         let by_slot = std::iter::once(None)
@@ -484,21 +545,90 @@ impl ResolvesServerCert for SingleCert {
     }
 }
 
+/// Reads a host's client CA and CRLs and builds its verifier (`at` names the host and a
+/// field of its table, for errors: `host[2].client_ca`, `default.client_crl[0]`).
+fn client_check<'a>(
+    provider: &Arc<CryptoProvider>,
+    at: &impl Fn(&str) -> At<'a>,
+    c: ClientAuthConfig<'_>,
+) -> Result<ClientCheck, CertError> {
+    let err = |field: String, file: &Path, message: String| CertError {
+        host: at("").0.to_owned(),
+        field,
+        file: file.display().to_string(),
+        message,
+    };
+    let ca_field = at("client_ca").1;
+    let pem =
+        fs::read(c.ca).map_err(|e| err(ca_field.clone(), c.ca, format!("cannot read: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert =
+            cert.map_err(|e| err(ca_field.clone(), c.ca, format!("not PEM certificates: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            err(
+                ca_field.clone(),
+                c.ca,
+                format!("unusable CA certificate: {e}"),
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(err(ca_field, c.ca, "holds no CERTIFICATE block".into()));
+    }
+    let mut crls = Vec::new();
+    for (i, file) in c.crls.iter().enumerate() {
+        let field = at(&format!("client_crl[{i}]")).1;
+        let pem =
+            fs::read(file).map_err(|e| err(field.clone(), file, format!("cannot read: {e}")))?;
+        let before = crls.len();
+        for crl in CertificateRevocationListDer::pem_slice_iter(&pem) {
+            let crl = crl.map_err(|e| err(field.clone(), file, format!("not PEM CRLs: {e}")))?;
+            webpki::BorrowedCertRevocationList::from_der(&crl)
+                .map_err(|e| err(field.clone(), file, format!("unparsable CRL: {e}")))?;
+            crls.push(crl);
+        }
+        if crls.len() == before {
+            return Err(err(field, file, "holds no X509 CRL block".into()));
+        }
+    }
+    let count = crls.len();
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls);
+    let builder = match c.mode {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    let verifier = builder
+        .build()
+        .map_err(|e| err(ca_field, c.ca, format!("client verifier: {e}")))?;
+    Ok(ClientCheck {
+        mode: c.mode,
+        ca: c.ca.to_owned(),
+        crls: count,
+        verifier,
+    })
+}
+
 fn server_config(
     shared: &Shared,
     certified: Arc<CertifiedKey>,
     alpn: &[String],
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, CertError> {
-    let mut config = ServerConfig::builder_with_provider(shared.provider.clone())
+    let builder = ServerConfig::builder_with_provider(shared.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CertError {
             host: String::new(),
             field: String::new(),
             file: String::new(),
             message: format!("TLS versions: {e}"),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCert(certified)));
+        })?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SingleCert(certified)));
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.session_storage = shared.sessions.clone();
     config.ticketer = shared.ticketer.clone();

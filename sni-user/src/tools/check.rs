@@ -294,13 +294,14 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
         let _ = writeln!(out, "runs as: {u}");
     }
     let _ = writeln!(out);
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<[String; 7]> = vec![[
         "NAME".into(),
         "HOST".into(),
         "MODE".into(),
         "BACKEND".into(),
         "XDP".into(),
         "CERTIFICATE EXPIRES".into(),
+        "CLIENT CERT".into(),
     ]];
     let route_of = |label: &str| routes.and_then(|r| r.routes.iter().find(|x| x.label == label));
     for host in &config.hosts {
@@ -320,6 +321,7 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
                 ),
                 action_text(host.action, host.hello_rate, host.hello_burst),
                 expiry(route.and_then(|r| r.not_after), now),
+                client_cert_text(route),
             ]);
         }
     }
@@ -340,8 +342,9 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
         default_route.map_or_else(|| "-".into(), |r| backend_text(r)),
         action_text(d.action, d.hello_rate, d.hello_burst),
         expiry(default_route.and_then(|r| r.not_after), now),
+        client_cert_text(default_route),
     ]);
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for r in &rows {
@@ -353,6 +356,20 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
     out
+}
+
+/// A route's client-certificate check (mTLS): `required`, `optional (1 CRL)`, or `-`.
+fn client_cert_text(r: Option<&std::sync::Arc<crate::terminator::routes::Route>>) -> String {
+    match r.and_then(|r| r.client_auth.as_ref()) {
+        None => "-".into(),
+        Some(c) if c.crls == 0 => c.mode.to_string(),
+        Some(c) => format!(
+            "{} ({} CRL{})",
+            c.mode,
+            c.crls,
+            if c.crls == 1 { "" } else { "s" }
+        ),
+    }
 }
 
 /// The host's backend, after its ALPN routes: `h2 → 127.0.0.1:8081; else 127.0.0.1:8080`.

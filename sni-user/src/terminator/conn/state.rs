@@ -407,6 +407,19 @@ impl<S: Stream> Handshake<S> {
         }
         let resumed = self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let route = Arc::clone(self.tls.relay.route());
+        let client_cert = self.tls.conn.peer_certificates();
+        if let Some(check) = &route.client_auth {
+            // rustls verified the certificate of a full handshake; a resumed session's is
+            // checked again against the host's CA and CRLs of now. No alert can follow a
+            // finished handshake: the connection just closes.
+            if resumed && !check.admits_resumed(client_cert) {
+                return end(
+                    Some(self.tls.relay.host),
+                    Close::host(Side::Client, Failure::ClientCert),
+                );
+            }
+        }
+        let verified = route.client_auth.is_some() && client_cert.is_some();
         if route.proxy_protocol {
             // Before any plaintext: the round leaves it in rustls until the handshake is
             // counted (`through`).
@@ -425,6 +438,9 @@ impl<S: Stream> Handshake<S> {
         }
         let counters = &route.counters;
         handshake_done(global, counters, self.hand_off, meta.accepted, resumed);
+        if verified {
+            counters.client_certs.fetch_add(1, Relaxed);
+        }
         Step::Next(State::Terminate(self.tls))
     }
 }

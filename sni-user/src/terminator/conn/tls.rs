@@ -55,10 +55,20 @@ impl<S: Stream> Tls<S> {
                 Ok(0) => r.up.eof = true,
                 Ok(_) => {
                     *moved = true;
-                    if tls.process_new_packets().is_err() {
+                    if let Err(e) = tls.process_new_packets() {
                         // Send the alert rustls queued, as a last gasp.
                         let _ = tls.write_tls(&mut r.client);
-                        return Err(Close::host(Side::Client, tls_failure));
+                        let failure = match e {
+                            // Only a client certificate is verified on this side (mTLS).
+                            rustls::Error::NoCertificatesPresented
+                            | rustls::Error::InvalidCertificate(_)
+                                if !through =>
+                            {
+                                Failure::ClientCert
+                            }
+                            _ => tls_failure,
+                        };
+                        return Err(Close::host(Side::Client, failure));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
