@@ -3,7 +3,8 @@
 //! `client_auth = "required"` and `"optional"`; the alert each refusal gets, its count under
 //! the host's `failures.client_cert`; a host without `client_ca` beside them; a reload that
 //! swaps in a CRL revoking the good certificate (a full handshake and a resumed session both
-//! refused after it); `[default]` with a client CA; and `check` on the CA and CRL files.
+//! refused after it); `[default]` with a client CA; `check` on the CA and CRL files; and the
+//! client CN in the PROXY v2 header.
 //!
 //! The client PKI is made with rcgen (openssl 3.0 cannot back-date a certificate without
 //! `openssl ca`'s database); the servers' certificates come from the openssl test CA.
@@ -484,4 +485,60 @@ fn default_takes_client_ca_too() {
         let d = host(s, "default");
         d["failures"]["client_cert"] == 2 && d["handshakes"] == 1 && d["client_certs"] == 1
     });
+}
+
+/// PROXY v2 to the backend of an mTLS host: `PP2_TYPE_SSL` says a certificate was given on
+/// this connection and verified, and carries its subject CN (`PP2_SUBTYPE_SSL_CN`); on a
+/// host that asks but gets none, verify is not zero and there is no CN.
+#[test]
+fn proxy_v2_carries_the_verified_client_cn() {
+    let pki = mtls_pki();
+    let (tx, seen) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (addr, done) = sni_tests::term::backend(2, move |mut s| {
+        use std::io::Read;
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+        let mut rest = vec![0u8; len];
+        s.read_exact(&mut rest).unwrap();
+        tx.send(rest).unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+            .unwrap();
+    });
+    let term = Term::start(
+        &pki,
+        &format!(
+            "[default]\nreject = true\n\
+             [[host]]\nnames = [\"opt.example\"]\ncert = \"opt.pem\"\nkey = \"opt.key\"\n\
+             backend = \"{addr}\"\nproxy_protocol = true\n\
+             client_ca = \"client-ca.pem\"\nclient_auth = \"optional\"\n"
+        ),
+    );
+    let tlv = |kind: u8, value: &[u8]| {
+        let mut v = vec![kind];
+        v.extend(u16::try_from(value.len()).unwrap().to_be_bytes());
+        v.extend(value);
+        v
+    };
+    for (cert, client, verify, cn) in [
+        (Some("good"), 0x07, 0, Some("good-client")),
+        (None, 0x01, 1, None),
+    ] {
+        let (ok, out) = curl_cert(&pki, &term, "opt.example", cert);
+        assert!(ok && out.contains("ok"), "{out}");
+        let rest = seen
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut ssl = vec![client];
+        ssl.extend(u32::to_be_bytes(verify));
+        ssl.extend(tlv(0x21, b"TLSv1.3"));
+        if let Some(cn) = cn {
+            ssl.extend(tlv(0x22, cn.as_bytes()));
+        }
+        let mut want = tlv(0x02, b"opt.example");
+        want.extend(tlv(0x20, &ssl));
+        // After the 12 bytes of IPv4 addresses; no ALPN TLV: the host offers none.
+        assert_eq!(&rest[12..], &want[..], "{cert:?}");
+    }
+    done.join().unwrap();
 }
