@@ -214,6 +214,11 @@ pub struct Config {
     /// ClientHellos first; the rest are summed under `host="other"`.
     #[serde(default = "default_metrics_other_hosts")]
     pub metrics_other_hosts: usize,
+    /// A file of session ticket keys shared by a fleet (relative to the config file): one
+    /// base64 key of 80 bytes per line, oldest first, the last encrypts. Read at start, at
+    /// every reload and when it changes. None: a random key per process.
+    #[serde(default)]
+    pub ticket_keys: Option<PathBuf>,
     /// The file this came from (`<defaults>` for the built-in one).
     #[serde(skip)]
     pub source: PathBuf,
@@ -752,6 +757,7 @@ impl Config {
             user: None,
             metrics: None,
             metrics_other_hosts: default_metrics_other_hosts(),
+            ticket_keys: None,
             source: PathBuf::from("<defaults>"),
         }
     }
@@ -765,7 +771,8 @@ impl Config {
         }
     }
 
-    /// Makes certificate, key, client CA and CRL paths relative to the config file absolute.
+    /// Makes certificate, key, client CA, CRL and ticket key paths relative to the config
+    /// file absolute.
     fn resolve_paths(&mut self) {
         let base = self
             .source
@@ -785,6 +792,7 @@ impl Config {
         for crl in &mut self.default.client_crl {
             *crl = base.join(&*crl);
         }
+        fix(&mut self.ticket_keys);
         for h in &mut self.hosts {
             fix(&mut h.cert);
             fix(&mut h.key);
@@ -842,6 +850,11 @@ impl Config {
         }
         if !self.listen.is_empty() {
             self.validate_terminator()?;
+        } else if self.ticket_keys.is_some() {
+            return Err(self.invalid(
+                "ticket_keys",
+                "has no use without [[listen]]: only the terminator issues tickets",
+            ));
         }
         if self.metrics_other_hosts > 1000 {
             return Err(self.invalid(
@@ -1301,6 +1314,22 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("default.client_ca: [default] reject"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ticket_keys_is_relative_to_the_file_and_needs_a_listener() {
+        let text = "ticket_keys = \"keys/ticket.keys\"\n[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\n";
+        let c = Config::parse(text, Path::new("/etc/sni/sni.toml")).expect("valid");
+        assert_eq!(
+            c.ticket_keys.as_deref(),
+            Some(Path::new("/etc/sni/keys/ticket.keys"))
+        );
+        let e = parse("ticket_keys = \"/k\"\n").expect_err("no listener");
+        assert!(
+            e.to_string()
+                .starts_with("config test.toml:1: ticket_keys: has no use"),
             "{e}"
         );
     }

@@ -45,12 +45,22 @@ impl Term {
 
     /// As [`Term::start_on`], with environment variables for the process (e.g. RUST_LOG).
     pub fn start_env(pki: &Pki, listen: &str, body: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(pki, listen, "", body, env)
+    }
+
+    /// As [`Term::start`], with top-level keys (`top`, e.g. `ticket_keys = "…"`) before the
+    /// first table.
+    pub fn start_top(pki: &Pki, top: &str, body: &str) -> Self {
+        Self::spawn(pki, "127.0.0.1:0", top, body, &[])
+    }
+
+    fn spawn(pki: &Pki, listen: &str, top: &str, body: &str, env: &[(&str, &str)]) -> Self {
         let control = pki.path(&format!("{}.sock", unique("ctl")));
         let config = pki.path(&format!("{}.toml", unique("term")));
         std::fs::write(
             &config,
             format!(
-                "control_socket = {:?}\nworkers = 2\n[[listen]]\naddress = {listen:?}\n{body}",
+                "{top}control_socket = {:?}\nworkers = 2\n[[listen]]\naddress = {listen:?}\n{body}",
                 control.display().to_string()
             ),
         )

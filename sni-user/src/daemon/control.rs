@@ -244,6 +244,16 @@ fn answer(
                         "reload_failures".into(),
                         counters.failures.load(Relaxed).into(),
                     );
+                    let keys = t.routes().ticket_keys().map_or(0, |k| k.len());
+                    global.insert("ticket_keys".into(), keys.into());
+                    global.insert(
+                        "ticket_key_reloads".into(),
+                        counters.ticket_key_reloads.load(Relaxed).into(),
+                    );
+                    global.insert(
+                        "ticket_key_failures".into(),
+                        counters.ticket_key_failures.load(Relaxed).into(),
+                    );
                 }
                 snapshot.to_string()
             }

@@ -115,6 +115,30 @@ impl Collector for Sources {
             "Configuration reloads refused; the running configuration stayed.",
             r.failures.load(Relaxed),
         )?;
+        if let Some(t) = &self.terminator {
+            let routes = t.routes();
+            if let Some(keys) = routes.ticket_keys() {
+                let g = ConstGauge::new(keys.len() as i64);
+                g.encode(encoder.encode_descriptor(
+                    "sni_tls_ticket_keys",
+                    "Session ticket keys in use from the ticket_keys file.",
+                    None,
+                    g.metric_type(),
+                )?)?;
+                counter_value(
+                    &mut encoder,
+                    "sni_tls_ticket_key_reloads",
+                    "Changes of the ticket_keys file taken in while running.",
+                    r.ticket_key_reloads.load(Relaxed),
+                )?;
+                counter_value(
+                    &mut encoder,
+                    "sni_tls_ticket_key_failures",
+                    "Changes of the ticket_keys file refused; the keys in use stayed.",
+                    r.ticket_key_failures.load(Relaxed),
+                )?;
+            }
+        }
         let g = ConstGauge::new(r.last_success.load(Relaxed) as i64);
         g.encode(encoder.encode_descriptor(
             "sni_config_last_reload_success_timestamp_seconds",

@@ -35,6 +35,9 @@ use crate::{
 
 /// How often the kernel's log records are forwarded.
 const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the `ticket_keys` file is looked at (its inode, size and times; read only when
+/// they change).
+const TICKET_KEYS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `run`'s flags that override the file: applied at start and to every reload.
 pub struct Overrides {
@@ -124,14 +127,45 @@ impl Daemon {
         }
         if let (Some(t), Some(routes)) = (&self.terminator, routes) {
             if !routes.kept_sessions() {
-                info!("a certificate changed: new session ticket key, earlier sessions resume no more");
+                if routes.ticket_keys().is_some() {
+                    info!("a certificate changed: sessions made under the old certificate resume no more");
+                } else {
+                    info!("a certificate changed: new session ticket key, earlier sessions resume no more");
+                }
             }
+            log_ticket_keys(&routes);
             t.reload(routes);
         }
         self.metrics_other_hosts
             .store(new.metrics_other_hosts, Relaxed);
         self.config = new;
         Ok(())
+    }
+
+    /// Reads the `ticket_keys` file again if it changed since it was last read: good keys
+    /// are used from the next handshake on; a bad file keeps the keys in use, and is logged
+    /// and counted once.
+    fn refresh_ticket_keys(&self) {
+        let Some(t) = &self.terminator else { return };
+        let routes = t.view().routes();
+        let Some(keys) = routes.ticket_keys() else {
+            return;
+        };
+        match keys.refresh() {
+            Ok(None) => {}
+            Ok(Some(n)) => {
+                self.reloads.ticket_key_reloads.fetch_add(1, Relaxed);
+                info!(
+                    file = %keys.path().display(),
+                    keys = n,
+                    "session ticket keys changed; the last one encrypts from now on"
+                );
+            }
+            Err(e) => {
+                self.reloads.ticket_key_failures.fetch_add(1, Relaxed);
+                warn!(error = %e, "session ticket key file refused; the keys in use stay");
+            }
+        }
     }
 
     /// Reloads, counts and logs the result.
@@ -173,6 +207,17 @@ impl Daemon {
     }
 }
 
+/// One line for the keys a table was built with.
+fn log_ticket_keys(routes: &Routes) {
+    if let Some(keys) = routes.ticket_keys() {
+        info!(
+            file = %keys.path().display(),
+            keys = keys.len(),
+            "session ticket keys read; the last one encrypts"
+        );
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -206,7 +251,9 @@ pub fn run(
     let mut routes = if config.listen.is_empty() {
         None
     } else {
-        Some(Routes::load(&config)?)
+        let routes = Routes::load(&config)?;
+        log_ticket_keys(&routes);
+        Some(routes)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -281,6 +328,7 @@ pub fn run(
             owned.extend(classifier.iter().flat_map(|c| c.owned_paths()));
             owned.extend(control.owned_paths());
             let mut reread = vec![config.source.clone()];
+            reread.extend(config.ticket_keys.iter().cloned());
             for h in &config.hosts {
                 reread.extend(h.cert.iter().chain(h.key.iter()).cloned());
             }
@@ -298,6 +346,7 @@ pub fn run(
             }
         }
         let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
+        let mut ticket_keys_tick = tokio::time::interval(TICKET_KEYS_POLL);
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -326,6 +375,7 @@ pub fn run(
                         logger.flush();
                     }
                 }
+                _ = ticket_keys_tick.tick() => daemon.refresh_ticket_keys(),
             }
         }
         drop(logger);
@@ -349,4 +399,8 @@ pub struct ReloadCounters {
     pub failures: AtomicU64,
     /// Unix time (seconds) of the start or the last reload applied.
     pub last_success: AtomicU64,
+    /// Changes of the `ticket_keys` file taken in while running (reloads not counted).
+    pub ticket_key_reloads: AtomicU64,
+    /// Changes of the `ticket_keys` file refused: the keys in use stayed.
+    pub ticket_key_failures: AtomicU64,
 }

@@ -6,6 +6,7 @@
 //! - [`conn`]: one connection, as a state machine driven by readiness.
 //! - [`hello_reader`]: the ClientHello read before rustls sees it, and the hand-over.
 //! - [`routes`]: name → host (exact, wildcard, default), with its TLS config and backend.
+//! - [`ticket_keys`]: session ticket keys from a file, shared by a fleet.
 //! - [`buf`]: the bounded byte queue between the two sides.
 //! - [`counters`]: per-host and global counters shared by the workers.
 
@@ -15,3 +16,4 @@ pub mod counters;
 pub mod hello_reader;
 pub mod routes;
 pub mod server;
+pub mod ticket_keys;

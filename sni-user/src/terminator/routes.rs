@@ -9,6 +9,8 @@
 //! which costs nothing per host (with their own, 100,000 hosts took gigabytes). A session
 //! still never resumes under another name: rustls resumes only when the ClientHello names the
 //! name the session was made for (RFC 6066 §3), and a name always routes to the same host.
+//! With `ticket_keys`, the ticket keys come from that file instead ([`TicketKeys`]), and each
+//! host's tickets are bound to its certificate.
 
 use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
@@ -30,7 +32,7 @@ use sni_common::{pattern, HostKey, HostPattern};
 
 use crate::{
     config::{Backend, ClientAuth, ClientAuthConfig, Config, HostMode},
-    terminator::counters::HostCounters,
+    terminator::{counters::HostCounters, ticket_keys::TicketKeys},
 };
 
 /// Sessions kept for stateful resumption (TLS 1.2 clients without tickets), all hosts
@@ -44,6 +46,21 @@ struct Shared {
     provider: Arc<CryptoProvider>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    /// `ticket_keys`, read at start and at every reload: used instead of `ticketer`.
+    ticket_keys: Option<Arc<TicketKeys>>,
+}
+
+impl Shared {
+    /// The ticketer of a host serving `certified`: the file's keys, bound to its leaf
+    /// certificate, or else the process's own key.
+    fn ticketer_for(&self, certified: &CertifiedKey) -> Arc<dyn rustls::server::ProducesTickets> {
+        match &self.ticket_keys {
+            Some(keys) => {
+                keys.for_certificate(certified.cert.first().map_or(&[][..], |c| c.as_ref()))
+            }
+            None => self.ticketer.clone(),
+        }
+    }
 }
 
 /// One routable host.
@@ -220,7 +237,9 @@ impl Routes {
     /// As [`Routes::load`], for a reload from `previous`. When no certificate of a host
     /// that stays changed, the session cache and ticket key go on, so clients resume across
     /// the reload. A changed certificate (a rotation, perhaps after a key compromise) starts
-    /// a new ticket key and cache: no session made under the old certificate resumes.
+    /// a new ticket key and cache: no session made under the old certificate resumes. With
+    /// `ticket_keys`, the file is read again and its keys stay the fleet's; tickets are bound
+    /// to their host's certificate, so those of a changed certificate no longer decrypt.
     pub fn reload(config: &Config, previous: &Routes) -> Result<Self, CertError> {
         Self::load_with(config, Some(previous))
     }
@@ -228,6 +247,11 @@ impl Routes {
     /// Whether this table resumes the sessions of the one it was reloaded from.
     pub fn kept_sessions(&self) -> bool {
         self.kept_sessions
+    }
+
+    /// The keys of `ticket_keys`, when the config names a file.
+    pub fn ticket_keys(&self) -> Option<&Arc<TicketKeys>> {
+        self.shared.ticket_keys.as_ref()
     }
 
     fn load_with(config: &Config, previous: Option<&Routes>) -> Result<Self, CertError> {
@@ -335,10 +359,31 @@ impl Routes {
                     .any(|q| q.label == r.label && q.cert_id.is_some() && q.cert_id != r.cert_id)
             })
         };
+        // Read at every load, so a reload takes the file as it is now; its tickets are bound
+        // to each host's certificate, so a rotated certificate's sessions end with it.
+        let ticket_keys = match &config.ticket_keys {
+            Some(path) => Some(TicketKeys::load(path).map_err(|e| CertError {
+                host: "ticket_keys".to_owned(),
+                field: "ticket_keys".to_owned(),
+                file: e.file.display().to_string(),
+                message: match e.line {
+                    Some(l) => format!("line {l}: {}", e.message),
+                    None => e.message,
+                },
+            })?),
+            None => None,
+        };
         let (shared, kept_sessions) = match previous {
-            Some(p) if !rotated(p) => (p.shared.clone(), true),
+            Some(p) if !rotated(p) => (
+                Shared {
+                    ticket_keys,
+                    ..p.shared.clone()
+                },
+                true,
+            ),
             _ => (
                 Shared {
+                    ticket_keys,
                     provider,
                     sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
                     ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
@@ -616,6 +661,7 @@ fn server_config(
     alpn: &[String],
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, CertError> {
+    let ticketer = shared.ticketer_for(&certified);
     let builder = ServerConfig::builder_with_provider(shared.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CertError {
@@ -631,7 +677,8 @@ fn server_config(
     let mut config = builder.with_cert_resolver(Arc::new(SingleCert(certified)));
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.session_storage = shared.sessions.clone();
-    config.ticketer = shared.ticketer.clone();
+    // Tickets for TLS 1.2 (when the client offers the extension) and TLS 1.3 alike.
+    config.ticketer = ticketer;
     config.send_tls13_tickets = 2;
     // The server's order of suites (AEADs only, strongest first), not the client's: a
     // client cannot talk a connection down to the weakest suite both sides allow.

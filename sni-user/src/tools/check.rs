@@ -129,6 +129,15 @@ pub fn check(path: &Path) -> Report {
             }
         }
     }
+    if let Some(keys) = routes.as_ref().and_then(Routes::ticket_keys) {
+        let _ = writeln!(
+            text,
+            "session ticket keys: {} ({} key{}; the last encrypts)",
+            keys.path().display(),
+            keys.len(),
+            if keys.len() == 1 { "" } else { "s" }
+        );
+    }
     text.push_str(&table(&config, routes.as_ref(), now));
     Report { ok: true, text }
 }
