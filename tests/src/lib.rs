@@ -8,6 +8,7 @@ pub mod edge;
 pub mod frame;
 pub mod hellos;
 pub mod netns;
+pub mod pebble;
 pub mod pki;
 pub mod prog;
 pub mod term;

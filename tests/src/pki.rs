@@ -48,11 +48,17 @@ impl Pki {
 
     /// Makes `file.pem` and `file.key` for `names`, signed by the CA.
     pub fn leaf(&self, file: &str, names: &[&str]) {
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        self.leaf_with_san(file, names[0], &san);
+    }
+
+    /// Makes `file.pem` and `file.key` with subject CN `cn` and the subjectAltName entries `san`
+    /// written as openssl's config has them (`DNS:name`, `IP:198.18.0.1`), signed by the CA.
+    pub fn leaf_with_san(&self, file: &str, cn: &str, san: &[String]) {
         let key = format!("{file}.key");
         let csr = format!("{file}.csr");
         let pem = format!("{file}.pem");
         let ext = self.path(&format!("{file}.ext"));
-        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
         // A CRL location, as a public CA's leaves carry (nothing fetches it).
         std::fs::write(
             &ext,
@@ -70,7 +76,7 @@ impl Pki {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-subj",
-            &format!("/CN={}", names[0]),
+            &format!("/CN={cn}"),
             "-keyout",
             &key,
             "-out",

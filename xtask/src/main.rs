@@ -61,6 +61,9 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     // A real consumer of the PROXY v2 header the terminator sends (its TLVs included).
     "haproxy",
+    // ACME (issue 18): Pebble, Let's Encrypt's test CA, and its mock DNS server
+    // (pebble-challtestsrv), validating TLS-ALPN-01 across a veth.
+    "pebble",
 ];
 
 #[derive(Parser)]
