@@ -20,6 +20,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod acme;
+
 use serde::Deserialize;
 use sni_common::{
     flow::Policy,
@@ -219,6 +221,9 @@ pub struct Config {
     /// every reload and when it changes. None: a random key per process.
     #[serde(default)]
     pub ticket_keys: Option<PathBuf>,
+    /// `[acme]`: where hosts with `cert = "acme"` get their certificates.
+    #[serde(default)]
+    pub acme: Option<acme::AcmeConfig>,
     /// The file this came from (`<defaults>` for the built-in one).
     #[serde(skip)]
     pub source: PathBuf,
@@ -491,6 +496,11 @@ impl Default for Limits {
 }
 
 impl HostConfig {
+    /// Whether its certificate comes by ACME (`cert = "acme"`).
+    pub fn is_acme(&self) -> bool {
+        self.cert.as_deref() == Some(Path::new(acme::ACME_CERT))
+    }
+
     /// The host's label: its first name, as written. Counters, metrics, slots and routes
     /// know a host by it across reloads.
     pub fn label(&self) -> &str {
@@ -697,7 +707,7 @@ impl Config {
                 x
             })
         };
-        let fixed = |c: &Self| -> [(&'static str, String); 8] {
+        let fixed = |c: &Self| -> [(&'static str, String); 9] {
             [
                 ("pin_dir", format!("{:?}", c.pin_dir)),
                 ("[xdp] (other than ports)", format!("{:?}", xdp(c))),
@@ -707,6 +717,16 @@ impl Config {
                 ("control_socket", format!("{:?}", c.control_socket)),
                 ("user", format!("{:?}", c.user)),
                 ("metrics", format!("{:?}", c.metrics)),
+                (
+                    "[acme] (other than renew_before)",
+                    format!(
+                        "{:?}",
+                        c.acme.as_ref().map(|a| acme::AcmeConfig {
+                            renew_before: None,
+                            ..a.clone()
+                        })
+                    ),
+                ),
             ]
         };
         fixed(self)
@@ -758,6 +778,7 @@ impl Config {
             metrics: None,
             metrics_other_hosts: default_metrics_other_hosts(),
             ticket_keys: None,
+            acme: None,
             source: PathBuf::from("<defaults>"),
         }
     }
@@ -786,15 +807,26 @@ impl Config {
                 }
             }
         };
-        fix(&mut self.default.cert);
+        let fix_cert = |p: &mut Option<PathBuf>| {
+            if p.as_deref() != Some(Path::new(acme::ACME_CERT)) {
+                fix(p);
+            }
+        };
+        fix_cert(&mut self.default.cert);
         fix(&mut self.default.key);
         fix(&mut self.default.client_ca);
         for crl in &mut self.default.client_crl {
             *crl = base.join(&*crl);
         }
         fix(&mut self.ticket_keys);
+        if let Some(a) = &mut self.acme {
+            if a.state_dir.is_relative() {
+                a.state_dir = base.join(&a.state_dir);
+            }
+            fix(&mut a.directory_ca);
+        }
         for h in &mut self.hosts {
-            fix(&mut h.cert);
+            fix_cert(&mut h.cert);
             fix(&mut h.key);
             fix(&mut h.client_ca);
             for crl in &mut h.client_crl {
@@ -921,6 +953,16 @@ impl Config {
         if self.workers == Some(0) {
             return Err(self.invalid("workers", "must be at least 1"));
         }
+        if let Some(a) = &self.acme {
+            a.check()
+                .map_err(|(field, m)| self.invalid(format!("acme.{field}"), m))?;
+        }
+        if self.default.cert.as_deref() == Some(Path::new(acme::ACME_CERT)) {
+            return Err(self.invalid(
+                "default.cert",
+                "the default host has no name to order a certificate for: give it a file",
+            ));
+        }
         if !self.default.reject && (self.default.cert.is_none() || self.default.key.is_none()) {
             return Err(self.invalid(
                 "default",
@@ -954,6 +996,28 @@ impl Config {
                 .parse::<Backend>()
                 .map_err(|m| self.invalid(what("backend"), m))?;
             match host.mode {
+                HostMode::Terminate if host.is_acme() => {
+                    if self.acme.is_none() {
+                        return Err(self.invalid(
+                            what("cert"),
+                            "\"acme\" needs an [acme] table (directory, state_dir)",
+                        ));
+                    }
+                    if host.key.is_some() {
+                        return Err(self.invalid(
+                            what("key"),
+                            "an ACME host's key is made with each certificate: leave key out",
+                        ));
+                    }
+                    if let Some(i) = host.names.iter().position(|n| n.starts_with("*.")) {
+                        return Err(self.invalid(
+                            what(&format!("names[{i}]")),
+                            "a wildcard name needs the DNS-01 challenge, which this terminator \
+                             does not answer (TLS-ALPN-01 validates one name at a time): list \
+                             the names, or give the wildcard a cert and key of its own",
+                        ));
+                    }
+                }
                 HostMode::Terminate => {
                     if host.cert.is_none() {
                         return Err(self.invalid(what("cert"), "missing"));

@@ -62,7 +62,12 @@ impl Edge {
     /// Starts the edge with `body`: top-level keys, then `[[host]]` blocks, where `CERT` and
     /// `KEY` stand for the test certificate and its key.
     pub fn start(setup: Setup, body: &str) -> Self {
-        let pair = Pair::new();
+        Self::start_in(Pair::new(), setup, body)
+    }
+
+    /// As [`Edge::start`], in namespaces the test made first (to start a peer in them, such
+    /// as an ACME CA, before the edge).
+    pub fn start_in(pair: Pair, setup: Setup, body: &str) -> Self {
         let pki = Pki::new();
         pki.leaf("edge", &setup.names);
         let pin_dir = PinDir::new(setup.pin_prefix);
@@ -85,16 +90,31 @@ impl Edge {
             pair,
         };
         edge.rewrite(body);
-        let mut cmd = edge.pair.server.cmd_net_only([sni_user_bin()]);
-        cmd.arg("run").arg("--config").arg(&edge.config);
-        cmd.envs(edge.setup.env.iter().copied());
-        edge.run = Some(ChildGuard::spawn_ready(
+        edge.spawn();
+        edge
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = self.pair.server.cmd_net_only([sni_user_bin()]);
+        cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.envs(self.setup.env.iter().copied());
+        self.run = Some(ChildGuard::spawn_ready(
             cmd,
             "sni-user run",
-            &edge.log,
+            &self.log,
             "ready;",
         ));
-        edge
+    }
+
+    /// Stops `sni-user run` (SIGTERM) and starts it again with the same config file; its log
+    /// starts anew.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "stopping for a restart: {status:?}"
+        );
+        self.spawn();
     }
 
     /// The config around `body` (see [`Edge::start`]).

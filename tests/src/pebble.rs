@@ -44,9 +44,9 @@ use crate::{
 pub const DIRECTORY_PORT: u16 = 14000;
 /// The port of Pebble's management interface (HTTPS) on [`CLIENT_V4`].
 pub const MANAGEMENT_PORT: u16 = 15000;
-/// The port Pebble's validation authority connects to for TLS-ALPN-01 (its `tlsPort`): the
-/// standard one, where the terminator listens.
-pub const TLS_ALPN_PORT: u16 = 443;
+/// The port Pebble's validation authority connects to for TLS-ALPN-01 (its `tlsPort`): 443
+/// in the world, here the port the tests' edge listens on (and its classifier watches).
+pub const TLS_ALPN_PORT: u16 = crate::edge::PORT;
 /// Pebble's `httpPort` for HTTP-01, which no test answers (nothing listens there).
 const HTTP_PORT: u16 = 5002;
 /// challtestsrv's DNS server, on the client namespace's loopback.

@@ -25,6 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
+    acme,
     config::{Config, Mode, XdpConfig},
     kernel::{
         loader::{error_chain, Classifier, PinnedMaps, StartOptions},
@@ -164,6 +165,28 @@ impl Daemon {
             Err(e) => {
                 self.reloads.ticket_key_failures.fetch_add(1, Relaxed);
                 warn!(error = %e, "session ticket key file refused; the keys in use stay");
+            }
+        }
+    }
+
+    /// Serves the certificate the ACME task just stored for host `label`: the routes are
+    /// built again from the running configuration (the file is not read), as a reload
+    /// would, and new connections get them; open ones keep theirs.
+    fn swap_certificates(&mut self, label: &str) {
+        let Some(t) = &self.terminator else { return };
+        let routes = Routes::reload(&self.config, &t.view().routes()).map(|mut routes| {
+            if let Some(c) = &self.classifier {
+                routes.set_slots(c.slots());
+            }
+            routes
+        });
+        match routes {
+            Ok(routes) => {
+                t.reload(routes);
+                info!(host = label, "ACME certificate in use for new connections");
+            }
+            Err(e) => {
+                warn!(host = label, error = %e, "ACME certificate not taken in; the running certificates stay")
             }
         }
     }
@@ -323,8 +346,20 @@ pub fn run(
             }
             None => None,
         };
+        // The ACME state directory, made (and handed to the user) before the drop.
+        let acme_store = match (&config.acme, &terminator) {
+            (Some(acme), Some(_)) if !acme::client::plan(&config).hosts.is_empty() => {
+                let store = acme::store::Store::new(&acme.state_dir);
+                store
+                    .prepare()
+                    .with_context(|| format!("acme.state_dir {}", acme.state_dir.display()))?;
+                Some(store)
+            }
+            _ => None,
+        };
         if let Some(target) = &target {
             let mut owned = Vec::new();
+            owned.extend(acme_store.iter().flat_map(acme::store::Store::owned_paths));
             owned.extend(classifier.iter().flat_map(|c| c.owned_paths()));
             owned.extend(control.owned_paths());
             let mut reread = vec![config.source.clone()];
@@ -350,6 +385,20 @@ pub fn run(
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        // The ACME task runs beside the loop below; it hands back the label of each host
+        // with a new certificate in the store, and gets its plan again after each reload.
+        let acme_status = Arc::new(acme::client::Status::default());
+        let (acme_issued_tx, mut acme_issued) = tokio::sync::mpsc::unbounded_channel();
+        let (acme_plan, acme_plan_rx) = tokio::sync::watch::channel(acme::client::plan(&config));
+        if let (Some(acme), Some(_), Some(t)) = (&config.acme, &acme_store, &terminator) {
+            tokio::spawn(acme::client::run(acme::client::Task {
+                config: acme.clone(),
+                plan: acme_plan_rx,
+                challenges: t.view().challenges(),
+                issued: acme_issued_tx.clone(),
+                status: Arc::clone(&acme_status),
+            }));
+        }
         let mut daemon = Daemon {
             config,
             demo_state,
@@ -365,10 +414,12 @@ pub fn run(
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
                 _ = sighup.recv() => {
                     let _ = daemon.reload_logged(overrides, "SIGHUP");
+                    acme_plan.send_replace(acme::client::plan(&daemon.config));
                 }
                 Some(reply) = reload_rx.recv() => {
                     let result = daemon.reload_logged(overrides, "control socket");
                     let _ = reply.send(result);
+                    acme_plan.send_replace(acme::client::plan(&daemon.config));
                 }
                 _ = tick.tick() => {
                     if let Some(logger) = logger.as_mut() {
@@ -376,9 +427,11 @@ pub fn run(
                     }
                 }
                 _ = ticket_keys_tick.tick() => daemon.refresh_ticket_keys(),
+                Some(label) = acme_issued.recv() => daemon.swap_certificates(&label),
             }
         }
         drop(logger);
+        drop(acme_issued_tx);
         control.stop();
         if let Some(t) = daemon.terminator {
             t.stop();

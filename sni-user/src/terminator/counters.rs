@@ -179,6 +179,11 @@ pub struct GlobalCounters {
     /// Closed while waiting for a ClientHello the classifier drops (`action = "drop"`, or
     /// over `hello_rate`).
     pub xdp_blocked: AtomicU64,
+    /// TLS-ALPN-01 challenge handshakes answered (ACME).
+    pub acme_challenges: AtomicU64,
+    /// Handshakes served with an ACME host's self-signed placeholder, before its first
+    /// certificate.
+    pub acme_placeholder_handshakes: AtomicU64,
 }
 
 /// A global counter's name (the key in `stats --json`, the metric's suffix), its help text
@@ -191,7 +196,7 @@ type GlobalField = (
 
 impl GlobalCounters {
     /// Every counter once, in a fixed order: what `stats --json` and the metrics show.
-    pub const FIELDS: [GlobalField; 12] = [
+    pub const FIELDS: [GlobalField; 14] = [
         ("accepted", "Connections accepted.", |g| &g.accepted),
         (
             "over_max_connections",
@@ -248,11 +253,21 @@ impl GlobalCounters {
             "Connections closed while waiting for a ClientHello the XDP classifier drops.",
             |g| &g.xdp_blocked,
         ),
+        (
+            "acme_challenges",
+            "TLS-ALPN-01 challenge handshakes answered for the ACME CA.",
+            |g| &g.acme_challenges,
+        ),
+        (
+            "acme_placeholder_handshakes",
+            "Handshakes served with an ACME host's self-signed placeholder (no certificate yet).",
+            |g| &g.acme_placeholder_handshakes,
+        ),
     ];
 
     /// Names and values, in [`Self::FIELDS`] order: the keys of `stats --json`'s terminator
     /// `global`.
-    pub fn values(&self) -> [(&'static str, u64); 12] {
+    pub fn values(&self) -> [(&'static str, u64); 14] {
         Self::FIELDS.map(|(name, _, field)| (name, field(self).load(Relaxed)))
     }
 }

@@ -31,6 +31,7 @@ use rustls::{
 use sni_common::{pattern, HostKey, HostPattern};
 
 use crate::{
+    acme::store::Store,
     config::{Backend, ClientAuth, ClientAuthConfig, Config, HostMode},
     terminator::{counters::HostCounters, ticket_keys::TicketKeys},
 };
@@ -87,8 +88,23 @@ pub struct Route {
     cert_id: Option<u64>,
     /// Its client-certificate check (mTLS), when it has `client_ca`.
     pub client_auth: Option<ClientCheck>,
+    /// Where its certificate came from.
+    pub source: CertSource,
     /// Its counters: kept across reloads for a host that keeps its label.
     pub counters: Arc<HostCounters>,
+}
+
+/// Where a host's certificate came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    /// Passthrough: none.
+    None,
+    /// The `cert` and `key` files.
+    File,
+    /// Issued by ACME, read from the state directory.
+    Acme,
+    /// `cert = "acme"` before its first certificate: a self-signed placeholder.
+    AcmePlaceholder,
 }
 
 /// `[[host.route]]`: a backend for the connections whose ALPN is one of `alpn`.
@@ -268,19 +284,29 @@ impl Routes {
             let label = host.label().to_owned();
             let at = |f: &str| (label.as_str(), format!("host[{h}].{f}"));
             let mut client_auth = None;
+            let mut source = CertSource::None;
             let (cert_id, not_after) = match host.mode {
                 HostMode::Terminate => {
-                    let (cert, key) = cert_and_key(at("cert"), &host.cert, &host.key)?;
-                    let (certified, not_after) =
-                        load_certified_key(&provider, at("cert"), at("key"), cert, key)?;
-                    for name in &host.names {
-                        check_name(&certified, name).map_err(|message| CertError {
-                            host: label.clone(),
-                            field: format!("host[{h}].names"),
-                            file: cert.display().to_string(),
-                            message,
-                        })?;
-                    }
+                    let (certified, not_after, from) = match &config.acme {
+                        Some(acme) if host.is_acme() => {
+                            acme_certificate(&provider, &Store::new(&acme.state_dir), host, &at)?
+                        }
+                        _ => {
+                            let (cert, key) = cert_and_key(at("cert"), &host.cert, &host.key)?;
+                            let (certified, not_after) =
+                                load_certified_key(&provider, at("cert"), at("key"), cert, key)?;
+                            for name in &host.names {
+                                check_name(&certified, name).map_err(|message| CertError {
+                                    host: label.clone(),
+                                    field: format!("host[{h}].names"),
+                                    file: cert.display().to_string(),
+                                    message,
+                                })?;
+                            }
+                            (certified, not_after, CertSource::File)
+                        }
+                    };
+                    source = from;
                     let id = cert_id(&certified);
                     client_auth = host
                         .client_auth()
@@ -319,6 +345,7 @@ impl Routes {
                 not_after,
                 cert_id,
                 client_auth,
+                source,
                 counters: Arc::default(),
             });
         }
@@ -348,6 +375,7 @@ impl Routes {
                 not_after: Some(not_after),
                 cert_id: Some(id),
                 client_auth,
+                source: CertSource::File,
                 counters: Arc::default(),
             });
             Some(routes.len() - 1)
@@ -548,6 +576,54 @@ fn load_certified_key(
         )
     })?;
     Ok((Arc::new(certified), not_after))
+}
+
+/// The certificate of a `cert = "acme"` host: the one issued last, from the state
+/// directory, when it covers every name of the host; else a self-signed placeholder until
+/// the ACME task has ordered one (a stored certificate that does not load or lacks a name
+/// the config has since gained is logged, and ordered again).
+fn acme_certificate<'a>(
+    provider: &CryptoProvider,
+    store: &Store,
+    host: &crate::config::HostConfig,
+    at: &impl Fn(&str) -> At<'a>,
+) -> Result<(Arc<CertifiedKey>, i64, CertSource), CertError> {
+    if let Some((cert, key)) = store.issued(host.label()) {
+        let issued = load_certified_key(provider, at("cert"), at("key"), &cert, &key)
+            .map_err(|e| e.to_string())
+            .and_then(|(certified, not_after)| {
+                host.names
+                    .iter()
+                    .try_for_each(|n| check_name(&certified, n))
+                    .map(|()| (certified, not_after))
+            });
+        match issued {
+            Ok((certified, not_after)) => return Ok((certified, not_after, CertSource::Acme)),
+            Err(why) => tracing::warn!(
+                host = host.label(),
+                file = %cert.display(),
+                error = %why,
+                "ACME certificate not used; a placeholder until a new one is issued"
+            ),
+        }
+    }
+    let (chain, key) = crate::acme::placeholder(&host.names).map_err(|e| CertError {
+        host: at("").0.to_owned(),
+        field: at("cert").1,
+        file: String::new(),
+        message: format!("ACME placeholder: {e}"),
+    })?;
+    let not_after = chain
+        .first()
+        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+        .map_or(0, |(_, x509)| x509.validity().not_after.timestamp());
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| CertError {
+        host: at("").0.to_owned(),
+        field: at("cert").1,
+        file: String::new(),
+        message: format!("ACME placeholder: {e}"),
+    })?;
+    Ok((Arc::new(certified), not_after, CertSource::AcmePlaceholder))
 }
 
 fn warn_if_world_readable(key: &Path) {

@@ -25,6 +25,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use crate::{
+    acme::challenges::Challenges,
     config::{Config, Limits},
     kernel::loader::FlowTable,
     terminator::conn::{
@@ -69,9 +70,16 @@ pub struct Shared {
     limits: Limits,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// TLS-ALPN-01 challenges the ACME task asks the workers to answer.
+    challenges: Arc<Challenges>,
 }
 
 impl Shared {
+    /// The challenge table the workers answer TLS-ALPN-01 from.
+    pub fn challenges(&self) -> Arc<Challenges> {
+        Arc::clone(&self.challenges)
+    }
+
     /// The routing table new connections get.
     pub fn routes(&self) -> Arc<Routes> {
         match self.routes.read() {
@@ -87,6 +95,7 @@ impl Shared {
             global: &self.global,
             limits: &self.limits,
             net,
+            challenges: &self.challenges,
         }
     }
 }
@@ -118,6 +127,7 @@ impl Terminator {
             limits: config.limits.clone(),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            challenges: Arc::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();

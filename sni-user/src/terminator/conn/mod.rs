@@ -35,6 +35,7 @@ use mio::Token;
 use sni_common::flow::verdict;
 
 use crate::{
+    acme::challenges::Challenges,
     config::Limits,
     terminator::{
         conn::{
@@ -79,6 +80,8 @@ pub struct Ctx<'a, S = Socket> {
     pub flows: Option<&'a dyn Flows>,
     /// Dials backends and registers their sockets.
     pub net: &'a dyn Net<S>,
+    /// TLS-ALPN-01 challenges pending (ACME).
+    pub challenges: &'a Challenges,
 }
 
 /// One client connection.

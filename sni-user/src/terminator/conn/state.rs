@@ -32,7 +32,7 @@ use crate::{
         },
         counters::{Failure, GlobalCounters, HostCounters},
         hello_reader::{self, HelloReader, Refused},
-        routes::Route,
+        routes::{CertSource, Route},
     },
 };
 
@@ -96,6 +96,9 @@ pub struct Handshake<S> {
     hand_off: HandOff,
     /// The ClientHello's name, kept for the PROXY header (only when the host sends one).
     authority: Option<Box<HostKey>>,
+    /// An ACME CA validating TLS-ALPN-01: closed once the handshake is done, and counted
+    /// apart (`acme_challenges`), not as the host's.
+    challenge: bool,
 }
 
 impl<S: Stream> State<S> {
@@ -343,7 +346,12 @@ impl<S: Stream> Hello<S> {
                     index,
                     ctx.routes,
                 );
-                let mut conn = match accepted.into_connection(config) {
+                // A TLS-ALPN-01 challenge pending for this name, asked for with
+                // `acme-tls/1`: its certificate, and no backend (RFC 8737 §3: the CA closes
+                // once the handshake is done).
+                let challenge = ctx.challenges.for_hello(&accepted);
+                let is_challenge = challenge.is_some();
+                let mut conn = match accepted.into_connection(challenge.unwrap_or(config)) {
                     Ok(conn) => conn,
                     Err((_, mut alert)) => {
                         let _ = alert.write_all(&mut self.client);
@@ -352,9 +360,13 @@ impl<S: Stream> Hello<S> {
                 };
                 conn.set_buffer_limit(Some(ctx.limits.buffer_size));
                 let pick = route.pick_negotiated(conn.alpn_protocol());
-                let backend = match self.dial(route, pick.backend, meta, ctx) {
-                    Ok(peer) => peer,
-                    Err(close) => return end(Some(host), close),
+                let backend = if is_challenge {
+                    Peer::Builtin { sni: None }
+                } else {
+                    match self.dial(route, pick.backend, meta, ctx) {
+                        Ok(peer) => peer,
+                        Err(close) => return end(Some(host), close),
+                    }
                 };
                 Step::Next(State::Handshake(Handshake {
                     tls: Tls {
@@ -369,6 +381,7 @@ impl<S: Stream> Hello<S> {
                     },
                     hand_off,
                     authority: name.filter(|_| route.proxy_protocol).map(Box::new),
+                    challenge: is_challenge,
                 }))
             }
         }
@@ -405,6 +418,11 @@ impl<S: Stream> Handshake<S> {
         if self.tls.conn.is_handshaking() {
             return Step::Next(State::Handshake(self));
         }
+        if self.challenge {
+            global.acme_challenges.fetch_add(1, Relaxed);
+            self.tls.say_goodbye();
+            return orderly(self.tls.relay.host);
+        }
         let resumed = self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let route = Arc::clone(self.tls.relay.route());
         let client_cert = self.tls.conn.peer_certificates();
@@ -438,6 +456,9 @@ impl<S: Stream> Handshake<S> {
         }
         let counters = &route.counters;
         handshake_done(global, counters, self.hand_off, meta.accepted, resumed);
+        if route.source == CertSource::AcmePlaceholder {
+            global.acme_placeholder_handshakes.fetch_add(1, Relaxed);
+        }
         if verified {
             counters.client_certs.fetch_add(1, Relaxed);
         }

@@ -296,6 +296,7 @@ struct World {
     limits: Limits,
     net: TestNet,
     flows: Option<OneFlow>,
+    challenges: crate::acme::challenges::Challenges,
 }
 
 impl World {
@@ -306,6 +307,7 @@ impl World {
             limits: Limits::default(),
             net: TestNet::new(),
             flows: None,
+            challenges: crate::acme::challenges::Challenges::default(),
         }
     }
 
@@ -316,6 +318,7 @@ impl World {
             limits: &self.limits,
             flows: self.flows.as_ref().map(|f| f as &dyn Flows),
             net: &self.net,
+            challenges: &self.challenges,
         }
     }
 

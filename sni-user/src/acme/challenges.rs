@@ -1,0 +1,216 @@
+//! TLS-ALPN-01 challenges (RFC 8737) the terminator answers while an order waits for them:
+//! for a name, a self-signed certificate carrying the `acmeIdentifier` extension (the
+//! SHA-256 of the key authorization), served only to a ClientHello that names that name and
+//! offers the ALPN `acme-tls/1`, and to nothing else. The ACME client (the daemon's task)
+//! adds one before it tells the CA the challenge is ready and removes it when the
+//! authorization is done; the workers look one up for each ClientHello that offers
+//! `acme-tls/1`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, RwLock,
+    },
+};
+
+use rustls::{
+    pki_types::{CertificateDer, PrivateKeyDer},
+    server::Accepted,
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use sni_common::HostKey;
+
+/// The ALPN protocol of TLS-ALPN-01.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The pending challenges, by name.
+#[derive(Debug, Default)]
+pub struct Challenges {
+    by_name: RwLock<HashMap<HostKey, Arc<ServerConfig>>>,
+    /// How many are pending: a ClientHello offering `acme-tls/1` looks further only then.
+    pending: AtomicUsize,
+    /// Challenge handshakes answered.
+    pub answered: AtomicU64,
+}
+
+/// Why a challenge could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ChallengeError {
+    /// The name is not a host name.
+    #[error("{0:?} is not a host name")]
+    Name(String),
+    /// rcgen could not make the certificate.
+    #[error("challenge certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused the certificate or the key.
+    #[error("challenge TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl Challenges {
+    /// Answers TLS-ALPN-01 for `name` with `digest` (SHA-256 of the key authorization) until
+    /// [`Challenges::remove`].
+    pub fn insert(&self, name: &str, digest: &[u8]) -> Result<(), ChallengeError> {
+        let key =
+            HostKey::from_name(name.as_bytes()).map_err(|_| ChallengeError::Name(name.into()))?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::new_acme_identifier(digest));
+        let signing = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&signing)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key_der = PrivateKeyDer::try_from(signing.serialize_der())
+            .map_err(|e| rustls::Error::General(e.to_owned()))?;
+        // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki,
+        // which refuses the critical acmeIdentifier extension that RFC 8737 requires.
+        let signing_key = provider.key_provider.load_private_key(key_der)?;
+        let certified =
+            CertifiedKey::new(vec![CertificateDer::from(cert.der().to_vec())], signing_key);
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(One(Arc::new(certified))));
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        // Nothing of a challenge handshake is worth resuming.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        if map.insert(key, Arc::new(config)).is_none() {
+            self.pending.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Stops answering for `name`.
+    pub fn remove(&self, name: &str) {
+        let Ok(key) = HostKey::from_name(name.as_bytes()) else {
+            return;
+        };
+        let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        if map.remove(&key).is_some() {
+            self.pending.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The challenge configuration for this ClientHello: only when it offers `acme-tls/1`
+    /// and names a name with a pending challenge.
+    pub fn for_hello(&self, hello: &Accepted) -> Option<Arc<ServerConfig>> {
+        if self.pending.load(Relaxed) == 0 {
+            return None;
+        }
+        let hello = hello.client_hello();
+        if !hello.alpn()?.any(|p| p == ACME_TLS_ALPN) {
+            return None;
+        }
+        let key = HostKey::from_name(hello.server_name()?.as_bytes()).ok()?;
+        let map = self.by_name.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&key).cloned()
+    }
+}
+
+/// The one certificate of a challenge.
+#[derive(Debug)]
+struct One(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for One {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// A fresh rustls `Acceptor` fed `hello` (tests).
+#[cfg(test)]
+fn accepted(hello: &[u8]) -> Accepted {
+    let mut a = rustls::server::Acceptor::default();
+    let mut rd = hello;
+    while !rd.is_empty() {
+        a.read_tls(&mut rd).expect("read");
+    }
+    a.accept().ok().flatten().expect("accepted")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(name: &str, alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCheck))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            rustls::pki_types::ServerName::try_from(name.to_owned()).expect("name"),
+        )
+        .expect("client");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("hello");
+        out
+    }
+
+    #[derive(Debug)]
+    struct NoCheck;
+
+    impl rustls::client::danger::ServerCertVerifier for NoCheck {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[test]
+    fn only_acme_tls_for_the_name_gets_the_challenge() {
+        let c = Challenges::default();
+        assert!(c
+            .for_hello(&accepted(&hello("a.example", &[ACME_TLS_ALPN])))
+            .is_none());
+        c.insert("A.example", &[7; 32]).expect("insert");
+        assert!(c
+            .for_hello(&accepted(&hello("a.example", &[ACME_TLS_ALPN])))
+            .is_some());
+        // Another name, another protocol, or none: not the challenge.
+        assert!(c
+            .for_hello(&accepted(&hello("b.example", &[ACME_TLS_ALPN])))
+            .is_none());
+        assert!(c
+            .for_hello(&accepted(&hello("a.example", &[b"h2"])))
+            .is_none());
+        assert!(c.for_hello(&accepted(&hello("a.example", &[]))).is_none());
+        c.remove("a.example");
+        assert!(c
+            .for_hello(&accepted(&hello("a.example", &[ACME_TLS_ALPN])))
+            .is_none());
+        assert_eq!(c.pending.load(Relaxed), 0);
+    }
+}

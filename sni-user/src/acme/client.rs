@@ -1,0 +1,450 @@
+//! The daemon's ACME task (tokio, instant-acme): one account, one order per host with
+//! `cert = "acme"` (all its names as SANs), TLS-ALPN-01 answered by the terminator through
+//! [`Challenges`], the certificate and its key written to the [`Store`], then the daemon told
+//! to swap it in (the path a reload takes: open connections keep theirs).
+//!
+//! When: at start for a host without a certificate (or one that lacks a name the config has
+//! since gained), then `renew_before` days before expiry (default: when a third of the
+//! lifetime is left). A failed order is logged with the CA's problem document, counted, and
+//! tried again after 1 minute, doubling up to 6 hours, with up to a quarter of jitter so that
+//! a fleet's machines spread out; the host keeps serving what it has meanwhile.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::{
+    acme::{
+        challenges::Challenges,
+        store::{write_atomic, Store},
+    },
+    config::{acme::AcmeConfig, Config},
+};
+
+/// Retry after a failed order: the first wait, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_secs(60);
+const BACKOFF_MOST: Duration = Duration::from_secs(6 * 3600);
+/// The longest sleep between looks at the certificates.
+const LOOK_EVERY: Duration = Duration::from_secs(3600);
+/// How long one order may wait on the CA (validation, issuance).
+const ORDER_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A host whose certificate comes by ACME.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeHost {
+    /// Its label (first name): the files' names in the store.
+    pub label: String,
+    /// Its names, the certificate's SANs.
+    pub names: Vec<String>,
+}
+
+/// What the task works from, taken again at each reload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// The hosts with `cert = "acme"`.
+    pub hosts: Vec<AcmeHost>,
+    /// `[acme] renew_before`, days.
+    pub renew_before: Option<f64>,
+}
+
+/// The plan of `config`.
+pub fn plan(config: &Config) -> Plan {
+    Plan {
+        hosts: config
+            .hosts
+            .iter()
+            .filter(|h| h.is_acme())
+            .map(|h| AcmeHost {
+                label: h.label().to_owned(),
+                names: h.names.clone(),
+            })
+            .collect(),
+        renew_before: config.acme.as_ref().and_then(|a| a.renew_before),
+    }
+}
+
+/// One host's ACME record, for `stats` and metrics.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct HostStatus {
+    /// Certificates issued since start.
+    pub issued: u64,
+    /// Orders that failed since start.
+    pub failures: u64,
+    /// Unix seconds of the last issuance (0: none since start).
+    pub last_issued: u64,
+    /// The last failure's message (the CA's problem document), empty after a success.
+    pub last_error: String,
+}
+
+/// Every ACME host's record.
+#[derive(Debug, Default)]
+pub struct Status {
+    hosts: Mutex<HashMap<String, HostStatus>>,
+    /// Failures to create or load the account.
+    pub account_failures: AtomicU64,
+}
+
+impl Status {
+    /// A copy of every host's record, by label.
+    pub fn snapshot(&self) -> Vec<(String, HostStatus)> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = hosts.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn update(&self, label: &str, f: impl FnOnce(&mut HostStatus)) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        f(hosts.entry(label.to_owned()).or_default());
+    }
+}
+
+/// What the task needs.
+pub struct Task {
+    /// `[acme]`.
+    pub config: AcmeConfig,
+    /// The hosts and `renew_before`; the daemon sends them again after a reload.
+    pub plan: watch::Receiver<Plan>,
+    /// Where the terminator finds the challenges.
+    pub challenges: Arc<Challenges>,
+    /// The label of each host with a new certificate in the store: the daemon swaps it in.
+    pub issued: mpsc::UnboundedSender<String>,
+    /// Counters.
+    pub status: Arc<Status>,
+}
+
+/// Runs until the daemon drops the other end of `plan`.
+pub async fn run(mut task: Task) {
+    let store = Store::new(&task.config.state_dir);
+    let account = loop {
+        match account(&task.config, &store).await {
+            Ok(a) => break a,
+            Err(e) => {
+                task.status.account_failures.fetch_add(1, Relaxed);
+                warn!(error = %format!("{e:#}"), directory = %task.config.directory, "ACME account unavailable; trying again in a minute");
+                if wait(&mut task.plan, Duration::from_secs(60)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    // Per label: failures in a row, and not before when to try again.
+    let mut backoff: HashMap<String, (u32, SystemTime)> = HashMap::new();
+    loop {
+        let Plan {
+            hosts,
+            renew_before,
+        } = task.plan.borrow_and_update().clone();
+        let now = SystemTime::now();
+        let mut sleep = LOOK_EVERY;
+        for host in &hosts {
+            let due = due(&store, host, renew_before);
+            let due = match backoff.get(&host.label) {
+                Some((_, after)) => due.max(*after),
+                None => due,
+            };
+            if let Ok(ahead) = due.duration_since(now) {
+                if !ahead.is_zero() {
+                    sleep = sleep.min(ahead);
+                    continue;
+                }
+            }
+            // Machines sharing the directory take turns; one that finds another's fresh
+            // certificate has nothing to order.
+            let lock = match store.lock() {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, dir = %task.config.state_dir.display(), "ACME state directory unusable");
+                    sleep = sleep.min(BACKOFF_FIRST);
+                    continue;
+                }
+            };
+            // Not due any more once the lock is held: another machine of the fleet stored
+            // a certificate meanwhile, to be taken in like one ordered here.
+            let fresh = !due_now(&store, host, renew_before)
+                || match order(&account, host, &task.challenges).await {
+                    Ok((chain, key)) => match store.save_certificate(&host.label, &chain, &key) {
+                        Ok(()) => {
+                            backoff.remove(&host.label);
+                            task.status.update(&host.label, |s| {
+                                s.issued += 1;
+                                s.last_issued = unix(SystemTime::now());
+                                s.last_error.clear();
+                            });
+                            info!(host = %host.label, names = ?host.names, "ACME certificate issued");
+                            true
+                        }
+                        Err(e) => {
+                            let e = anyhow!(e).context("writing the certificate");
+                            fail(&mut backoff, &task.status, host, &e);
+                            false
+                        }
+                    },
+                    Err(e) => {
+                        fail(&mut backoff, &task.status, host, &e);
+                        false
+                    }
+                };
+            drop(lock);
+            if fresh {
+                let _ = task.issued.send(host.label.clone());
+            }
+            if let Some((_, after)) = backoff.get(&host.label) {
+                if let Ok(ahead) = after.duration_since(SystemTime::now()) {
+                    sleep = sleep.min(ahead);
+                }
+            }
+        }
+        if wait(&mut task.plan, sleep).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sleeps `d`, or until the plan changes; Err when the daemon has gone.
+async fn wait(plan: &mut watch::Receiver<Plan>, d: Duration) -> Result<(), ()> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => Ok(()),
+        changed = plan.changed() => changed.map_err(|_| ()),
+    }
+}
+
+/// Counts and logs a failed order; sets when to try again.
+fn fail(
+    backoff: &mut HashMap<String, (u32, SystemTime)>,
+    status: &Status,
+    host: &AcmeHost,
+    e: &anyhow::Error,
+) {
+    let message = format!("{e:#}");
+    let entry = backoff
+        .entry(host.label.clone())
+        .or_insert((0, SystemTime::now()));
+    entry.0 = entry.0.saturating_add(1);
+    let wait = BACKOFF_FIRST
+        .saturating_mul(1 << entry.0.saturating_sub(1).min(12))
+        .min(BACKOFF_MOST);
+    let wait = wait + wait.mul_f64(jitter() * 0.25);
+    entry.1 = SystemTime::now() + wait;
+    status.update(&host.label, |s| {
+        s.failures += 1;
+        s.last_error.clone_from(&message);
+    });
+    warn!(host = %host.label, error = %message, retry_in_s = wait.as_secs(), "ACME order failed; the host keeps its certificate");
+}
+
+/// A number in [0, 1) from the clock's nanoseconds: enough to spread a fleet's retries.
+fn jitter() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// When `host`'s certificate is due: now when there is none or it lacks a name, else
+/// `renew_before` days (or a third of its lifetime) before it expires.
+fn due(store: &Store, host: &AcmeHost, renew_before: Option<f64>) -> SystemTime {
+    let Some((not_before, not_after)) = validity(store, host) else {
+        return UNIX_EPOCH;
+    };
+    let lead = match renew_before {
+        Some(days) => Duration::from_secs_f64(days * 86_400.0),
+        None => Duration::from_secs(not_after.saturating_sub(not_before) / 3),
+    };
+    (UNIX_EPOCH + Duration::from_secs(not_after))
+        .checked_sub(lead)
+        .unwrap_or(UNIX_EPOCH)
+}
+
+fn due_now(store: &Store, host: &AcmeHost, renew_before: Option<f64>) -> bool {
+    due(store, host, renew_before) <= SystemTime::now()
+}
+
+/// The stored leaf's validity (Unix seconds), when it covers every name of `host`.
+fn validity(store: &Store, host: &AcmeHost) -> Option<(u64, u64)> {
+    let (cert, _) = store.issued(&host.label)?;
+    let leaf = CertificateDer::pem_file_iter(&cert).ok()?.next()?.ok()?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&leaf).ok()?;
+    let sans: Vec<String> = x509
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::DNSName(n) => {
+                        Some(n.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !host
+        .names
+        .iter()
+        .all(|n| sans.contains(&n.to_ascii_lowercase()))
+    {
+        return None;
+    }
+    let v = x509.validity();
+    Some((
+        u64::try_from(v.not_before.timestamp()).ok()?,
+        u64::try_from(v.not_after.timestamp()).ok()?,
+    ))
+}
+
+/// The account of `store`, or a new one written there.
+async fn account(config: &AcmeConfig, store: &Store) -> Result<Account> {
+    store
+        .prepare()
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let builder = match &config.directory_ca {
+        Some(ca) => Account::builder_with_root(ca)
+            .with_context(|| format!("directory_ca {}", ca.display()))?,
+        None => Account::builder().context("the HTTPS client")?,
+    };
+    let path = store.account();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let credentials: AccountCredentials = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an account", path.display()))?;
+        let account = builder
+            .from_credentials(credentials)
+            .await
+            .context("loading the stored account")?;
+        info!(account = account.id(), "ACME account loaded");
+        return Ok(account);
+    }
+    let eab = match &config.eab {
+        Some(eab) => {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(eab.hmac_key.trim_end_matches('='))
+                .context("eab.hmac_key")?;
+            Some(ExternalAccountKey::new(eab.kid.clone(), &key))
+        }
+        None => None,
+    };
+    let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            config.directory.clone(),
+            eab.as_ref(),
+        )
+        .await
+        .context("creating the account")?;
+    write_atomic(&path, serde_json::to_string(&credentials)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    info!(account = account.id(), "ACME account created");
+    Ok(account)
+}
+
+/// Challenges answered for one order; removed however the order ends.
+struct Answered<'a> {
+    challenges: &'a Challenges,
+    names: Vec<String>,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        for n in &self.names {
+            self.challenges.remove(n);
+        }
+    }
+}
+
+/// One order for `host`: its chain (PEM) and key (PEM).
+async fn order(
+    account: &Account,
+    host: &AcmeHost,
+    challenges: &Challenges,
+) -> Result<(String, String)> {
+    let identifiers: Vec<Identifier> = host
+        .names
+        .iter()
+        .map(|n| Identifier::Dns(n.clone()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .context("new order")?;
+    let mut answered = Answered {
+        challenges,
+        names: Vec::new(),
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.context("authorization")?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => bail!("authorization for {} is {other:?}", authz.identifier()),
+        }
+        let name = authz.identifier().to_string();
+        let mut challenge = authz
+            .challenge(ChallengeType::TlsAlpn01)
+            .ok_or_else(|| anyhow!("the CA offers no tls-alpn-01 challenge for {name}"))?;
+        challenges
+            .insert(&name, challenge.key_authorization().digest().as_ref())
+            .with_context(|| format!("challenge for {name}"))?;
+        answered.names.push(name.clone());
+        challenge
+            .set_ready()
+            .await
+            .with_context(|| format!("challenge for {name}"))?;
+    }
+    let retries = RetryPolicy::new().timeout(ORDER_PATIENCE);
+    let status = order.poll_ready(&retries).await;
+    drop(answered);
+    match status {
+        Ok(OrderStatus::Ready) => {}
+        Ok(other) => bail!("order {other:?}{}", refusals(&mut order).await),
+        Err(e) => bail!("{e}{}", refusals(&mut order).await),
+    }
+    let key = order.finalize().await.context("finalizing")?;
+    let chain = order
+        .poll_certificate(&retries)
+        .await
+        .context("fetching the certificate")?;
+    Ok((chain, key))
+}
+
+/// What the CA said of each refused challenge: `; NAME: PROBLEM`.
+async fn refusals(order: &mut Order) -> String {
+    let mut out = String::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        let _ = authz.refresh().await;
+        for c in &authz.challenges {
+            if let Some(problem) = &c.error {
+                out.push_str(&format!("; {}: {problem}", authz.identifier()));
+            }
+        }
+    }
+    out
+}

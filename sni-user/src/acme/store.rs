@@ -1,0 +1,172 @@
+//! The ACME state directory (`[acme] state_dir`): the account, and each host's certificate
+//! chain and key, under names a person can read:
+//!
+//! ```text
+//! state_dir/            0700, the run user's
+//!   account.json        the account's URL and key (instant-acme's credentials), 0600
+//!   lock                held while an order runs (see `Store::lock`)
+//!   certs/<host>.crt    the chain, leaf first, as the CA sent it
+//!   certs/<host>.key    its key (PKCS#8 PEM), 0600
+//! ```
+//!
+//! `<host>` is the host's label (its first name). Every file is written whole to a
+//! temporary file in the same directory, synced, then renamed over the old one: a reader
+//! (a reload, another machine sharing the directory) sees the old file or the new one, never
+//! half of one.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// A state directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The directory at `dir` (not touched until [`Store::prepare`]).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Creates the directory and `certs/` (0700) if missing.
+    pub fn prepare(&self) -> io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.dir.join("certs"))
+    }
+
+    /// What the run user must own to keep the directory up: the directories and the files
+    /// already in them (handed over before privileges are dropped).
+    pub fn owned_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.dir.clone(), self.dir.join("certs")];
+        for dir in [&self.dir, &self.dir.join("certs")] {
+            if let Ok(entries) = fs::read_dir(dir) {
+                paths.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+            }
+        }
+        paths
+    }
+
+    /// The account's credentials.
+    pub fn account(&self) -> PathBuf {
+        self.dir.join("account.json")
+    }
+
+    /// The certificate chain of host `label`.
+    pub fn cert(&self, label: &str) -> PathBuf {
+        self.dir.join("certs").join(format!("{label}.crt"))
+    }
+
+    /// The key of host `label`.
+    pub fn key(&self, label: &str) -> PathBuf {
+        self.dir.join("certs").join(format!("{label}.key"))
+    }
+
+    /// The chain and key of host `label`, when both are there.
+    pub fn issued(&self, label: &str) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (self.cert(label), self.key(label));
+        (cert.is_file() && key.is_file()).then_some((cert, key))
+    }
+
+    /// Writes host `label`'s new key, then its chain (a reader that finds the new chain
+    /// finds its key).
+    pub fn save_certificate(&self, label: &str, chain_pem: &str, key_pem: &str) -> io::Result<()> {
+        write_atomic(&self.key(label), key_pem.as_bytes())?;
+        write_atomic(&self.cert(label), chain_pem.as_bytes())
+    }
+
+    /// Takes the directory's lock (`flock` on `lock`), waiting for another holder: machines
+    /// that share the directory order one at a time, and each finds the others' certificates
+    /// when its turn comes. Released when the value drops.
+    pub fn lock(&self) -> io::Result<Flock<File>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join("lock"))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
+    }
+}
+
+/// Writes `bytes` to `path` whole: a temporary file (0600) beside it, synced, renamed over
+/// it, the directory synced.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_are_written_whole_private_and_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(&dir.path().join("acme"));
+        store.prepare().expect("prepare");
+        assert!(store.issued("a.example").is_none());
+        store
+            .save_certificate("a.example", "CHAIN", "KEY")
+            .expect("save");
+        let (cert, key) = store.issued("a.example").expect("issued");
+        assert_eq!(fs::read_to_string(&cert).expect("cert"), "CHAIN");
+        assert_eq!(fs::read_to_string(&key).expect("key"), "KEY");
+        for p in [&cert, &key] {
+            let mode = fs::metadata(p).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+        }
+        let mode = fs::metadata(dir.path().join("acme"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Replaced whole, no temporary file left.
+        store
+            .save_certificate("a.example", "CHAIN2", "KEY2")
+            .expect("save");
+        assert_eq!(fs::read_to_string(&cert).expect("cert"), "CHAIN2");
+        let left: Vec<_> = fs::read_dir(dir.path().join("acme/certs"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        let _lock = store.lock().expect("lock");
+        assert!(store
+            .owned_paths()
+            .iter()
+            .any(|p| p.ends_with("certs/a.example.key")));
+    }
+}

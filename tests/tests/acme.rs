@@ -1,0 +1,308 @@
+//! ACME end to end (issue 18): hosts with `cert = "acme"` get certificates from Pebble (Let's
+//! Encrypt's test CA, Debian's package) in the client namespace, whose TLS-ALPN-01 validation
+//! reaches the terminator through the veth and the classifier. Issuance for two hosts (one
+//! with two names), each verified by curl against Pebble's root; a restart that reuses the
+//! account and the certificates without ordering; a renewal forced by a long `renew_before`
+//! that swaps the certificate while a connection made before it goes on; and a refused
+//! validation, reported with the CA's problem and counted, while the host is served with its
+//! placeholder.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use sni_tests::{
+    edge::{Edge, Setup, PORT},
+    netns::{wait_until, Pair, SERVER_V4},
+    pebble::Pebble,
+    require_root,
+};
+
+const ONE: &str = "one.sni-test.example";
+const TWO: &str = "two.sni-test.example";
+const WWW_TWO: &str = "www.two.sni-test.example";
+/// A name Pebble's DNS does not know: its validation fails.
+const NOWHERE: &str = "nowhere.sni-test.example";
+
+/// How long an issuance may take (Pebble validates at once; the task orders at start).
+const ISSUANCE: Duration = Duration::from_secs(60);
+
+/// `[acme]` for `pebble`, then `hosts`.
+fn config(pebble: &Pebble, state: &std::path::Path, extra: &str, hosts: &[&[&str]]) -> String {
+    let mut body = format!(
+        "[acme]\ndirectory = {:?}\ndirectory_ca = {:?}\nstate_dir = {:?}\n\
+         contact = [\"mailto:ops@sni-test.example\"]\n{extra}",
+        pebble.directory_url(),
+        pebble.directory_ca().display().to_string(),
+        state.display().to_string(),
+    );
+    for names in hosts {
+        body += &format!("[[host]]\nnames = {names:?}\ncert = \"acme\"\nbackend = \"builtin\"\n");
+    }
+    body
+}
+
+/// curl in the client namespace to `name`, trusting only Pebble's root: (success, output).
+fn curl(edge: &Edge, pebble: &Pebble, name: &str) -> (bool, String) {
+    let out = edge
+        .pair
+        .client
+        .cmd(["curl", "-sS", "--max-time", "10", "--cacert"])
+        .arg(pebble.root_path())
+        .args(["--resolve", &format!("{name}:{PORT}:{SERVER_V4}")])
+        .arg(format!("https://{name}:{PORT}/"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The serial and issuer of the certificate served for `name`.
+fn served_cert(edge: &Edge, name: &str) -> String {
+    let out = edge
+        .pair
+        .client
+        .cmd([
+            "sh",
+            "-c",
+            &format!(
+                "openssl s_client -connect {SERVER_V4}:{PORT} -servername {name} </dev/null \
+                 2>/dev/null | openssl x509 -noout -serial -issuer"
+            ),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many lines of the edge's log contain `what`.
+fn logged(edge: &Edge, what: &str) -> usize {
+    edge.log_text().matches(what).count()
+}
+
+/// A TLS connection held open by `openssl s_client` in the client namespace, its output
+/// read line by line.
+struct Held {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Held {
+    fn open(edge: &Edge, name: &str) -> Self {
+        let mut child = edge
+            .pair
+            .client
+            .cmd(["openssl", "s_client", "-quiet", "-connect"])
+            .arg(format!("{SERVER_V4}:{PORT}"))
+            .args(["-servername", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_client");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Sends a request for `name`; whether the builtin backend's answer came back.
+    fn request(&mut self, name: &str) -> bool {
+        let req = format!("GET / HTTP/1.1\r\nHost: {name}\r\n\r\n");
+        if self
+            .child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(req.as_bytes())
+            .is_err()
+        {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains("you reached host") => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
+    require_root();
+    let pair = Pair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(&pair, dir.path(), &[ONE, TWO, WWW_TWO], false);
+    let state = dir.path().join("state");
+    let hosts: &[&[&str]] = &[&[ONE], &[TWO, WWW_TWO]];
+    let mut edge = Edge::start_in(
+        pair,
+        Setup {
+            pin_prefix: "snia",
+            names: vec!["default.example"],
+            ..Setup::default()
+        },
+        &config(&pebble, &state, "", hosts),
+    );
+    let why = |edge: &Edge| format!("{}\nPebble:\n{}", edge.log_text(), pebble.log());
+    assert!(
+        wait_until(ISSUANCE, || logged(&edge, "ACME certificate in use") >= 2),
+        "no certificates: {}",
+        why(&edge)
+    );
+    // Each name is served its host's certificate, which Pebble's root vouches for.
+    for (name, label) in [(ONE, ONE), (TWO, TWO), (WWW_TWO, TWO)] {
+        let (ok, out) = curl(&edge, &pebble, name);
+        assert!(
+            ok && out.contains(&format!("you reached host {label:?}")),
+            "{name}: {out}"
+        );
+    }
+    let s = edge.stats();
+    let g = &s["terminator"]["global"];
+    assert!(g["acme_challenges"].as_u64().unwrap() >= 3, "{s}");
+    assert_eq!(logged(&edge, "ACME account created"), 1, "{}", why(&edge));
+    // The state directory: private, with what a restart needs.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    for f in [
+        "account.json",
+        &format!("certs/{ONE}.key"),
+        &format!("certs/{TWO}.crt"),
+    ] {
+        let mode = std::fs::metadata(state.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+
+    // A restart reuses the account and the certificates: nothing is ordered.
+    let before = served_cert(&edge, ONE);
+    assert!(before.contains("serial="), "{before}");
+    edge.restart();
+    assert!(
+        wait_until(Duration::from_secs(20), || logged(
+            &edge,
+            "ACME account loaded"
+        ) == 1),
+        "{}",
+        why(&edge)
+    );
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        logged(&edge, "ACME certificate issued"),
+        0,
+        "{}",
+        why(&edge)
+    );
+    assert_eq!(served_cert(&edge, ONE), before);
+    let (ok, out) = curl(&edge, &pebble, ONE);
+    assert!(ok, "{out}");
+
+    // A renewal: a connection made before it (handshake done, no request yet: the builtin
+    // backend answers one request a connection) is served after it; new ones get the new
+    // certificate.
+    let mut held = Held::open(&edge, ONE);
+    assert!(
+        wait_until(Duration::from_secs(10), || edge.stats()["terminator"]
+            ["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == ONE && h["active"] == 1)),
+        "the held connection"
+    );
+    edge.rewrite(&config(&pebble, &state, "renew_before = 100000.0\n", hosts));
+    let out = edge.reload();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(ISSUANCE, || logged(&edge, "ACME certificate in use") >= 2),
+        "no renewal: {}",
+        why(&edge)
+    );
+    let after = served_cert(&edge, ONE);
+    assert!(
+        after.contains("serial=") && after != before,
+        "{before} / {after}"
+    );
+    let (ok, out) = curl(&edge, &pebble, ONE);
+    assert!(ok, "{out}");
+    assert!(held.request(ONE), "the connection made before the renewal");
+}
+
+#[test]
+fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
+    require_root();
+    let pair = Pair::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Pebble's DNS knows ONE, not NOWHERE: NOWHERE's validation cannot reach the edge.
+    let pebble = Pebble::start(&pair, dir.path(), &[ONE], false);
+    let state = dir.path().join("state");
+    let edge = Edge::start_in(
+        pair,
+        Setup {
+            pin_prefix: "snib",
+            names: vec!["default.example"],
+            ..Setup::default()
+        },
+        &config(&pebble, &state, "", &[&[NOWHERE]]),
+    );
+    assert!(
+        wait_until(ISSUANCE, || logged(&edge, "ACME order failed") >= 1),
+        "{}\nPebble:\n{}",
+        edge.log_text(),
+        pebble.log()
+    );
+    let log = edge.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
+    // The CA's problem document, and which name.
+    assert!(
+        line.contains(NOWHERE) && line.contains("urn:ietf:params:acme:error"),
+        "{line}"
+    );
+    // Meanwhile the host is served with its self-signed placeholder, counted.
+    let cert = served_cert(&edge, NOWHERE);
+    assert!(cert.contains("sni ACME placeholder"), "{cert}");
+    let s = edge.stats();
+    assert!(
+        s["terminator"]["global"]["acme_placeholder_handshakes"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{s}"
+    );
+    assert_eq!(logged(&edge, "ACME certificate in use"), 0, "{log}");
+}
