@@ -28,6 +28,8 @@ const WWW_TWO: &str = "www.two.sni-test.example";
 /// A name Pebble's DNS does not know: its validation fails.
 const NOWHERE: &str = "nowhere.sni-test.example";
 
+/// The edge's metrics port (in the server namespace).
+const METRICS_PORT: u16 = 9469;
 /// How long an issuance may take (Pebble validates at once; the task orders at start).
 const ISSUANCE: Duration = Duration::from_secs(60);
 
@@ -83,6 +85,24 @@ fn served_cert(edge: &Edge, name: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sni-user check` of the edge's config, in its namespace (`ip netns exec`, whose /sys
+/// shows the namespace's interfaces).
+fn check(edge: &Edge) -> String {
+    let out = edge
+        .pair
+        .server
+        .cmd([sni_tests::sni_user_bin()])
+        .args(["check", "--config"])
+        .arg(&edge.config)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// How many lines of the edge's log contain `what`.
@@ -168,6 +188,7 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
         Setup {
             pin_prefix: "snia",
             names: vec!["default.example"],
+            metrics_port: Some(METRICS_PORT),
             ..Setup::default()
         },
         &config(&pebble, &state, "", hosts),
@@ -189,6 +210,39 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
     let s = edge.stats();
     let g = &s["terminator"]["global"];
     assert!(g["acme_challenges"].as_u64().unwrap() >= 3, "{s}");
+    // stats, metrics and check tell the state of each ACME host.
+    for h in s["terminator"]["acme"].as_array().unwrap() {
+        assert_eq!(h["placeholder"], false, "{s}");
+        assert_eq!(h["issued"], 1, "{s}");
+        assert!(
+            h["not_after"].as_i64().unwrap() > h["last_issued"].as_i64().unwrap(),
+            "{s}"
+        );
+    }
+    let metrics = String::from_utf8_lossy(
+        &edge
+            .pair
+            .client
+            .cmd(["curl", "-sS", "--max-time", "10"])
+            .arg(format!("http://{SERVER_V4}:{METRICS_PORT}/metrics"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    for line in [
+        format!("sni_acme_certificates_issued_total{{host=\"{ONE}\"}} 1"),
+        format!("sni_acme_placeholder{{host=\"{TWO}\"}} 0"),
+        format!("sni_tls_certificate_expiry_timestamp_seconds{{host=\"{TWO}\"}} "),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+    let check = check(&edge);
+    assert!(
+        check.contains(&format!("{ONE} ")) && check.contains("acme: "),
+        "{check}"
+    );
+    assert!(!check.contains("placeholder"), "{check}");
     assert_eq!(logged(&edge, "ACME account created"), 1, "{}", why(&edge));
     // The state directory: private, with what a restart needs.
     use std::os::unix::fs::PermissionsExt;
@@ -305,4 +359,20 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
         "{s}"
     );
     assert_eq!(logged(&edge, "ACME certificate in use"), 0, "{log}");
+    let acme = &s["terminator"]["acme"][0];
+    assert_eq!(acme["host"], NOWHERE, "{s}");
+    assert_eq!(acme["placeholder"], true, "{s}");
+    assert!(acme["failures"].as_u64().unwrap() >= 1, "{s}");
+    assert!(
+        acme["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("urn:ietf:params:acme:error"),
+        "{s}"
+    );
+    let check = check(&edge);
+    assert!(
+        check.contains("acme: none yet (self-signed placeholder)"),
+        "{check}"
+    );
 }

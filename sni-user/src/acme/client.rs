@@ -90,6 +90,20 @@ pub struct HostStatus {
     pub last_error: String,
 }
 
+/// An ACME host as `stats --json` shows it (under `terminator.acme`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct HostState {
+    /// The host's label.
+    pub host: String,
+    /// Served with the self-signed placeholder: no certificate issued yet.
+    pub placeholder: bool,
+    /// When the issued certificate expires, Unix seconds.
+    pub not_after: Option<i64>,
+    /// The orders since start.
+    #[serde(flatten)]
+    pub orders: HostStatus,
+}
+
 /// Every ACME host's record.
 #[derive(Debug, Default)]
 pub struct Status {

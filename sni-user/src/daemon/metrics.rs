@@ -388,6 +388,60 @@ fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), 
         let value = field(&t.global).load(Relaxed);
         counter_value(encoder, &format!("sni_tls_{name}"), help, value)?;
     }
+    encode_acme(encoder, &t.acme_snapshot())
+}
+
+/// The ACME hosts: orders issued and failed, the last issuance, and whether the host is
+/// still on its placeholder. (Their certificates' expiry is in the family above.)
+fn encode_acme(
+    encoder: &mut DescriptorEncoder,
+    hosts: &[crate::acme::client::HostState],
+) -> Result<(), std::fmt::Error> {
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    type Field = fn(&crate::acme::client::HostState) -> u64;
+    let counters: [(&str, &str, Field); 2] = [
+        (
+            "sni_acme_certificates_issued",
+            "Certificates issued by the ACME CA since start.",
+            |h| h.orders.issued,
+        ),
+        (
+            "sni_acme_order_failures",
+            "ACME orders that failed since start (the log has the CA's problem document).",
+            |h| h.orders.failures,
+        ),
+    ];
+    for (name, help, field) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for h in hosts {
+            family
+                .encode_family(&[("host", h.host.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&field(h), None)?;
+        }
+    }
+    let gauges: [(&str, &str, Field); 2] = [
+        (
+            "sni_acme_placeholder",
+            "1 while the host is served with its self-signed placeholder (no certificate yet).",
+            |h| u64::from(h.placeholder),
+        ),
+        (
+            "sni_acme_last_issued_timestamp_seconds",
+            "Unix time of the host's last issuance since start (0: none).",
+            |h| h.orders.last_issued,
+        ),
+    ];
+    for (name, help, field) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for h in hosts {
+            let v = i64::try_from(field(h)).unwrap_or(i64::MAX);
+            family
+                .encode_family(&[("host", h.host.as_str())])?
+                .encode_gauge(&v)?;
+        }
+    }
     Ok(())
 }
 

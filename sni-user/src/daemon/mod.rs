@@ -387,7 +387,6 @@ pub fn run(
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         // The ACME task runs beside the loop below; it hands back the label of each host
         // with a new certificate in the store, and gets its plan again after each reload.
-        let acme_status = Arc::new(acme::client::Status::default());
         let (acme_issued_tx, mut acme_issued) = tokio::sync::mpsc::unbounded_channel();
         let (acme_plan, acme_plan_rx) = tokio::sync::watch::channel(acme::client::plan(&config));
         if let (Some(acme), Some(_), Some(t)) = (&config.acme, &acme_store, &terminator) {
@@ -396,7 +395,7 @@ pub fn run(
                 plan: acme_plan_rx,
                 challenges: t.view().challenges(),
                 issued: acme_issued_tx.clone(),
-                status: Arc::clone(&acme_status),
+                status: t.view().acme_status(),
             }));
         }
         let mut daemon = Daemon {

@@ -33,7 +33,7 @@ use crate::{
         Conn, Ctx, Pumped,
     },
     terminator::counters::{GlobalCounters, HostSnapshot},
-    terminator::routes::{Route, Routes},
+    terminator::routes::{CertSource, Route, Routes},
 };
 
 const WAKER: Token = Token(usize::MAX);
@@ -72,12 +72,41 @@ pub struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// TLS-ALPN-01 challenges the ACME task asks the workers to answer.
     challenges: Arc<Challenges>,
+    /// The ACME task's record of each host's orders.
+    acme: Arc<crate::acme::client::Status>,
 }
 
 impl Shared {
     /// The challenge table the workers answer TLS-ALPN-01 from.
     pub fn challenges(&self) -> Arc<Challenges> {
         Arc::clone(&self.challenges)
+    }
+
+    /// The ACME task's record of its orders, shown with the counters.
+    pub fn acme_status(&self) -> Arc<crate::acme::client::Status> {
+        Arc::clone(&self.acme)
+    }
+
+    /// Each ACME host's state: its certificate (issued or the placeholder, and when it
+    /// expires) and the task's record of its orders.
+    pub fn acme_snapshot(&self) -> Vec<crate::acme::client::HostState> {
+        let records: HashMap<String, crate::acme::client::HostStatus> =
+            self.acme.snapshot().into_iter().collect();
+        self.routes()
+            .routes
+            .iter()
+            .filter(|r| matches!(r.source, CertSource::Acme | CertSource::AcmePlaceholder))
+            .map(|r| crate::acme::client::HostState {
+                host: r.label.clone(),
+                placeholder: r.source == CertSource::AcmePlaceholder,
+                not_after: if r.source == CertSource::Acme {
+                    r.not_after
+                } else {
+                    None
+                },
+                orders: records.get(&r.label).cloned().unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// The routing table new connections get.
@@ -128,6 +157,7 @@ impl Terminator {
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             challenges: Arc::default(),
+            acme: Arc::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -269,7 +299,12 @@ impl Shared {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.into()))
             .collect();
-        serde_json::json!({ "hosts": hosts, "global": global })
+        let acme = self.acme_snapshot();
+        if acme.is_empty() {
+            serde_json::json!({ "hosts": hosts, "global": global })
+        } else {
+            serde_json::json!({ "hosts": hosts, "global": global, "acme": acme })
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use sni_common::{pattern, HostPattern};
 
 use crate::{
     config::{locate, Action, Config, ConfigError, HostMode},
+    terminator::routes::CertSource,
     terminator::routes::Routes,
 };
 
@@ -302,6 +303,14 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
     if let Some(u) = &config.user {
         let _ = writeln!(out, "runs as: {u}");
     }
+    if let Some(a) = &config.acme {
+        let _ = writeln!(
+            out,
+            "acme: {} (state in {})",
+            a.directory,
+            a.state_dir.display()
+        );
+    }
     let _ = writeln!(out);
     let mut rows: Vec<[String; 7]> = vec![[
         "NAME".into(),
@@ -329,7 +338,15 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
                     |r| backend_text(r),
                 ),
                 action_text(host.action, host.hello_rate, host.hello_burst),
-                expiry(route.and_then(|r| r.not_after), now),
+                match route.map(|r| r.source) {
+                    Some(CertSource::AcmePlaceholder) => {
+                        "acme: none yet (self-signed placeholder)".into()
+                    }
+                    Some(CertSource::Acme) => {
+                        format!("acme: {}", expiry(route.and_then(|r| r.not_after), now))
+                    }
+                    _ => expiry(route.and_then(|r| r.not_after), now),
+                },
                 client_cert_text(route),
             ]);
         }
