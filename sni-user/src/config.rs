@@ -1383,6 +1383,65 @@ mod tests {
     }
 
     #[test]
+    fn acme_hosts_need_an_acme_table_no_key_and_no_wildcard() {
+        let acme = "[acme]\ndirectory = \"https://ca.example/dir\"\nstate_dir = \"acme\"\n";
+        let base = "[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\n";
+        let host = |extra: &str| {
+            format!("[[host]]\nnames = [\"a.example\"]\ncert = \"acme\"\nbackend = \"builtin\"\n{extra}")
+        };
+        let c = Config::parse(
+            &format!("{base}{acme}{}", host("")),
+            Path::new("/etc/sni/sni.toml"),
+        )
+        .expect("valid");
+        assert!(c.hosts[0].is_acme());
+        assert_eq!(
+            c.acme.as_ref().map(|a| a.state_dir.clone()),
+            Some(PathBuf::from("/etc/sni/acme"))
+        );
+        for (text, field, why) in [
+            (format!("{base}{}", host("")), "host[0] (a.example).cert", "needs an [acme] table"),
+            (format!("{base}{acme}{}", host("key = \"k\"\n")), "host[0] (a.example).key", "leave key out"),
+            (
+                format!("{base}{acme}[[host]]\nnames = [\"*.a.example\"]\ncert = \"acme\"\nbackend = \"builtin\"\n"),
+                "host[0] (*.a.example).names[0]",
+                "DNS-01",
+            ),
+            (
+                format!("{base}[acme]\ndirectory = \"http://ca.example/dir\"\nstate_dir = \"s\"\n"),
+                "acme.directory",
+                "https://",
+            ),
+            (
+                format!("{base}{acme}contact = [\"ops@example.com\"]\n"),
+                "acme.contact",
+                "mailto:",
+            ),
+            (
+                format!("[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\ncert = \"acme\"\nkey = \"k\"\n"),
+                "default.cert",
+                "no name",
+            ),
+        ] {
+            let e = parse(&text).expect_err(field);
+            assert!(e.to_string().contains(field) && e.to_string().contains(why), "{e}");
+        }
+        // renew_before follows a reload; the rest of [acme] needs a restart.
+        let other = parse(&format!("{base}{acme}renew_before = 3.0\n{}", host(""))).expect("valid");
+        let same = parse(&format!("{base}{acme}{}", host(""))).expect("valid");
+        assert!(same.needs_restart(&other).is_empty());
+        let moved = parse(&format!(
+            "{base}[acme]\ndirectory = \"https://ca.example/dir\"\nstate_dir = \"elsewhere\"\n{}",
+            host("")
+        ))
+        .expect("valid");
+        assert_eq!(
+            same.needs_restart(&moved),
+            ["[acme] (other than renew_before)"]
+        );
+    }
+
+    #[test]
     fn ticket_keys_is_relative_to_the_file_and_needs_a_listener() {
         let text = "ticket_keys = \"keys/ticket.keys\"\n[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\nreject = true\n";
         let c = Config::parse(text, Path::new("/etc/sni/sni.toml")).expect("valid");

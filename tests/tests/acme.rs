@@ -376,3 +376,72 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
         "{check}"
     );
 }
+
+/// Two machines sharing `state_dir` (here two processes in the server namespace): the one
+/// that orders publishes its challenge there, and the other, which the name leads the CA to,
+/// answers it.
+#[test]
+fn a_fleet_sharing_the_state_directory_answers_challenges_on_any_machine() {
+    require_root();
+    let pair = Pair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pebble = Pebble::start(&pair, dir.path(), &[ONE], false);
+    let state = dir.path().join("state");
+    // The machine the name leads to (SERVER_V4, behind the classifier).
+    let edge = Edge::start_in(
+        pair,
+        Setup {
+            pin_prefix: "snic",
+            names: vec!["default.example"],
+            ..Setup::default()
+        },
+        &config(&pebble, &state, "", &[&[ONE]]),
+    );
+    assert!(
+        wait_until(ISSUANCE, || logged(&edge, "ACME certificate in use") == 1),
+        "{}\nPebble:\n{}",
+        edge.log_text(),
+        pebble.log()
+    );
+    let answered = |edge: &Edge| {
+        edge.stats()["terminator"]["global"]["acme_challenges"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = answered(&edge);
+    // Another machine of the fleet, which no validation reaches (it listens on the
+    // namespace's loopback), renews: its challenge must be answered by the edge.
+    let other = edge.pki.path("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "control_socket = {:?}\n[[listen]]\naddress = \"127.0.0.1:18443\"\n\
+             [default]\nreject = true\n{}",
+            edge.pki.path("other.sock").display().to_string(),
+            config(&pebble, &state, "renew_before = 100000.0\n", &[&[ONE]])
+        ),
+    )
+    .unwrap();
+    let log = edge.pki.path("other.log");
+    let mut cmd = edge.pair.server.cmd_net_only([sni_tests::sni_user_bin()]);
+    cmd.args(["run", "--config"]).arg(&other);
+    let _other = sni_tests::netns::ChildGuard::spawn_ready(cmd, "other sni-user", &log, "ready;");
+    let other_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(ISSUANCE, || other_log().contains("ACME certificate issued")
+            || other_log().contains("ACME order failed")),
+        "{}",
+        other_log()
+    );
+    assert!(
+        other_log().contains("ACME certificate issued"),
+        "{}\nPebble:\n{}",
+        other_log(),
+        pebble.log()
+    );
+    assert!(answered(&edge) > before, "the edge answered no challenge");
+    assert!(
+        !state.join("challenges").read_dir().unwrap().any(|_| true),
+        "challenges left published"
+    );
+}

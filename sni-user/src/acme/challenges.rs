@@ -28,11 +28,22 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// The pending challenges, by name.
 #[derive(Debug, Default)]
 pub struct Challenges {
-    by_name: RwLock<HashMap<HostKey, Arc<ServerConfig>>>,
+    /// Each name's challenge.
+    by_name: RwLock<HashMap<HostKey, Entry>>,
     /// How many are pending: a ClientHello offering `acme-tls/1` looks further only then.
     pending: AtomicUsize,
     /// Challenge handshakes answered.
     pub answered: AtomicU64,
+}
+
+/// One name's challenge.
+#[derive(Debug)]
+struct Entry {
+    digest: Vec<u8>,
+    config: Arc<ServerConfig>,
+    /// For an order of this process (else published in the state directory by another
+    /// machine sharing it).
+    own: bool,
 }
 
 /// Why a challenge could not be set up.
@@ -53,8 +64,21 @@ impl Challenges {
     /// Answers TLS-ALPN-01 for `name` with `digest` (SHA-256 of the key authorization) until
     /// [`Challenges::remove`].
     pub fn insert(&self, name: &str, digest: &[u8]) -> Result<(), ChallengeError> {
+        self.put(name, digest, true)
+    }
+
+    fn put(&self, name: &str, digest: &[u8], own: bool) -> Result<(), ChallengeError> {
         let key =
             HostKey::from_name(name.as_bytes()).map_err(|_| ChallengeError::Name(name.into()))?;
+        {
+            let map = self.by_name.read().unwrap_or_else(|p| p.into_inner());
+            if map
+                .get(&key)
+                .is_some_and(|e| e.digest == digest && e.own == own)
+            {
+                return Ok(());
+            }
+        }
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
         params
             .custom_extensions
@@ -78,7 +102,12 @@ impl Challenges {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
-        if map.insert(key, Arc::new(config)).is_none() {
+        let entry = Entry {
+            digest: digest.to_vec(),
+            config: Arc::new(config),
+            own,
+        };
+        if map.insert(key, entry).is_none() {
             self.pending.fetch_add(1, Relaxed);
         }
         Ok(())
@@ -107,7 +136,35 @@ impl Challenges {
         }
         let key = HostKey::from_name(hello.server_name()?.as_bytes()).ok()?;
         let map = self.by_name.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).cloned()
+        map.get(&key).map(|e| Arc::clone(&e.config))
+    }
+
+    /// Makes the challenges of other machines what the state directory publishes
+    /// (`published`: name, digest); this process's own stay as they are.
+    pub fn sync(&self, published: &[(String, Vec<u8>)]) {
+        for (name, digest) in published {
+            let own = HostKey::from_name(name.as_bytes())
+                .ok()
+                .and_then(|k| {
+                    let map = self.by_name.read().unwrap_or_else(|p| p.into_inner());
+                    map.get(&k).map(|e| e.own)
+                })
+                .unwrap_or(false);
+            if own {
+                continue;
+            }
+            if let Err(e) = self.put(name, digest, false) {
+                tracing::debug!(name, error = %e, "published challenge not served");
+            }
+        }
+        let keep: Vec<HostKey> = published
+            .iter()
+            .filter_map(|(n, _)| HostKey::from_name(n.as_bytes()).ok())
+            .collect();
+        let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|k, e| e.own || keep.contains(k));
+        self.pending.fetch_sub(before - map.len(), Relaxed);
     }
 }
 
@@ -212,5 +269,15 @@ mod tests {
             .for_hello(&accepted(&hello("a.example", &[ACME_TLS_ALPN])))
             .is_none());
         assert_eq!(c.pending.load(Relaxed), 0);
+        // Another machine's, published in a shared state directory: served while published;
+        // this process's own are not touched by the sync.
+        let asks = |name: &str| c.for_hello(&accepted(&hello(name, &[ACME_TLS_ALPN])));
+        c.insert("own.example", &[1; 32]).expect("insert");
+        c.sync(&[("b.example".to_owned(), vec![9; 32])]);
+        assert!(asks("b.example").is_some());
+        c.sync(&[]);
+        assert!(asks("b.example").is_none());
+        assert!(asks("own.example").is_some());
+        assert_eq!(c.pending.load(Relaxed), 1);
     }
 }

@@ -144,6 +144,7 @@ pub struct Task {
 /// Runs until the daemon drops the other end of `plan`.
 pub async fn run(mut task: Task) {
     let store = Store::new(&task.config.state_dir);
+    tokio::spawn(share(store.clone(), Arc::clone(&task.challenges)));
     let account = loop {
         match account(&task.config, &store).await {
             Ok(a) => break a,
@@ -190,7 +191,7 @@ pub async fn run(mut task: Task) {
             // Not due any more once the lock is held: another machine of the fleet stored
             // a certificate meanwhile, to be taken in like one ordered here.
             let fresh = !due_now(&store, host, renew_before)
-                || match order(&account, host, &task.challenges).await {
+                || match order(&account, host, &task.challenges, &store).await {
                     Ok((chain, key)) => match store.save_certificate(&host.label, &chain, &key) {
                         Ok(()) => {
                             backoff.remove(&host.label);
@@ -378,9 +379,11 @@ async fn account(config: &AcmeConfig, store: &Store) -> Result<Account> {
     Ok(account)
 }
 
-/// Challenges answered for one order; removed however the order ends.
+/// Challenges answered for one order (here, and published in the state directory for the
+/// machines sharing it); withdrawn however the order ends.
 struct Answered<'a> {
     challenges: &'a Challenges,
+    store: &'a Store,
     names: Vec<String>,
 }
 
@@ -388,7 +391,24 @@ impl Drop for Answered<'_> {
     fn drop(&mut self) {
         for n in &self.names {
             self.challenges.remove(n);
+            self.store.withdraw_challenge(n);
         }
+    }
+}
+
+/// How often the challenges that machines sharing the state directory publish are read.
+pub const SHARE_EVERY: Duration = Duration::from_secs(1);
+/// How long an order waits after publishing its challenges before the CA may validate, so
+/// that every machine sharing the directory has read them.
+const SHARE_DELAY: Duration = Duration::from_millis(2500);
+
+/// Serves the challenges other machines publish in the state directory: the CA's
+/// validation may reach any machine behind the name, not only the one that ordered.
+pub async fn share(store: Store, challenges: Arc<Challenges>) {
+    let mut tick = tokio::time::interval(SHARE_EVERY);
+    loop {
+        tick.tick().await;
+        challenges.sync(&store.challenges());
     }
 }
 
@@ -397,6 +417,7 @@ async fn order(
     account: &Account,
     host: &AcmeHost,
     challenges: &Challenges,
+    store: &Store,
 ) -> Result<(String, String)> {
     let identifiers: Vec<Identifier> = host
         .names
@@ -409,8 +430,11 @@ async fn order(
         .context("new order")?;
     let mut answered = Answered {
         challenges,
+        store,
         names: Vec::new(),
     };
+    // First every challenge is answered here and published for the machines sharing the
+    // state directory; once they have had time to read them, the CA is told to validate.
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.context("authorization")?;
@@ -420,13 +444,31 @@ async fn order(
             other => bail!("authorization for {} is {other:?}", authz.identifier()),
         }
         let name = authz.identifier().to_string();
+        let challenge = authz
+            .challenge(ChallengeType::TlsAlpn01)
+            .ok_or_else(|| anyhow!("the CA offers no tls-alpn-01 challenge for {name}"))?;
+        let digest = challenge.key_authorization().digest();
+        challenges
+            .insert(&name, digest.as_ref())
+            .with_context(|| format!("challenge for {name}"))?;
+        answered.names.push(name.clone());
+        store
+            .publish_challenge(&name, digest.as_ref())
+            .with_context(|| format!("publishing the challenge for {name}"))?;
+    }
+    if !answered.names.is_empty() {
+        tokio::time::sleep(SHARE_DELAY).await;
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.context("authorization")?;
+        if authz.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let name = authz.identifier().to_string();
         let mut challenge = authz
             .challenge(ChallengeType::TlsAlpn01)
             .ok_or_else(|| anyhow!("the CA offers no tls-alpn-01 challenge for {name}"))?;
-        challenges
-            .insert(&name, challenge.key_authorization().digest().as_ref())
-            .with_context(|| format!("challenge for {name}"))?;
-        answered.names.push(name.clone());
         challenge
             .set_ready()
             .await

@@ -7,6 +7,7 @@
 //!   lock                held while an order runs (see `Store::lock`)
 //!   certs/<host>.crt    the chain, leaf first, as the CA sent it
 //!   certs/<host>.key    its key (PKCS#8 PEM), 0600
+//!   challenges/<name>   a TLS-ALPN-01 digest (hex) while an order waits for it
 //! ```
 //!
 //! `<host>` is the host's label (its first name). Every file is written whole to a
@@ -83,6 +84,53 @@ impl Store {
     pub fn save_certificate(&self, label: &str, chain_pem: &str, key_pem: &str) -> io::Result<()> {
         write_atomic(&self.key(label), key_pem.as_bytes())?;
         write_atomic(&self.cert(label), chain_pem.as_bytes())
+    }
+
+    /// The challenge of `name` while its order waits: the hex SHA-256 of its key
+    /// authorization, for every machine sharing the directory to answer (the CA's
+    /// validation may reach any of them).
+    pub fn challenge(&self, name: &str) -> PathBuf {
+        self.dir.join("challenges").join(name)
+    }
+
+    /// Publishes `name`'s challenge digest.
+    pub fn publish_challenge(&self, name: &str, digest: &[u8]) -> io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.dir.join("challenges"))?;
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        write_atomic(&self.challenge(name), hex.as_bytes())
+    }
+
+    /// Withdraws `name`'s challenge.
+    pub fn withdraw_challenge(&self, name: &str) {
+        let _ = fs::remove_file(self.challenge(name));
+    }
+
+    /// Every published challenge: (name, digest). Files that are not one are skipped.
+    pub fn challenges(&self) -> Vec<(String, Vec<u8>)> {
+        let Ok(entries) = fs::read_dir(self.dir.join("challenges")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                if name.starts_with('.') {
+                    return None;
+                }
+                let hex = fs::read_to_string(e.path()).ok()?;
+                let hex = hex.trim();
+                if hex.len() != 64 {
+                    return None;
+                }
+                let digest = (0..32)
+                    .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()?;
+                Some((name, digest))
+            })
+            .collect()
     }
 
     /// Takes the directory's lock (`flock` on `lock`), waiting for another holder: machines
@@ -164,6 +212,15 @@ mod tests {
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
         let _lock = store.lock().expect("lock");
+        store
+            .publish_challenge("a.example", &[0xab; 32])
+            .expect("publish");
+        assert_eq!(
+            store.challenges(),
+            vec![("a.example".to_owned(), vec![0xab; 32])]
+        );
+        store.withdraw_challenge("a.example");
+        assert!(store.challenges().is_empty());
         assert!(store
             .owned_paths()
             .iter()
