@@ -1418,7 +1418,8 @@ mod tests {
                 "mailto:",
             ),
             (
-                format!("[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\ncert = \"acme\"\nkey = \"k\"\n"),
+                "[[listen]]\naddress = \"127.0.0.1:1\"\n[default]\ncert = \"acme\"\nkey = \"k\"\n"
+                    .to_owned(),
                 "default.cert",
                 "no name",
             ),
