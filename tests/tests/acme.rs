@@ -48,6 +48,38 @@ fn config(pebble: &Pebble, state: &std::path::Path, extra: &str, hosts: &[&[&str
     body
 }
 
+/// Pebble in a new pair's client namespace (its DNS leading `known` to the server), and an
+/// edge in the server one with `hosts` (each a list of names, `cert = "acme"`) and `extra`
+/// in `[acme]`. Fields drop in order: the edge first.
+struct World {
+    edge: Edge,
+    pebble: Pebble,
+    state: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn start(setup: Setup, known: &[&str], hosts: &[&[&str]]) -> Self {
+        require_root();
+        let pair = Pair::new();
+        let dir = tempfile::tempdir().unwrap();
+        let pebble = Pebble::start(&pair, dir.path(), known, false);
+        let state = dir.path().join("state");
+        let edge = Edge::start_in(pair, setup, &config(&pebble, &state, "", hosts));
+        Self {
+            edge,
+            pebble,
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// The edge's log and Pebble's, for a failed assertion.
+    fn why(&self) -> String {
+        format!("{}\nPebble:\n{}", self.edge.log_text(), self.pebble.log())
+    }
+}
+
 /// curl in the client namespace to `name`, trusting only Pebble's root: (success, output).
 fn curl(edge: &Edge, pebble: &Pebble, name: &str) -> (bool, String) {
     let out = edge
@@ -177,31 +209,28 @@ impl Drop for Held {
 
 #[test]
 fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
-    require_root();
-    let pair = Pair::new();
-    let dir = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(&pair, dir.path(), &[ONE, TWO, WWW_TWO], false);
-    let state = dir.path().join("state");
     let hosts: &[&[&str]] = &[&[ONE], &[TWO, WWW_TWO]];
-    let mut edge = Edge::start_in(
-        pair,
+    let mut world = World::start(
         Setup {
             pin_prefix: "snia",
             names: vec!["default.example"],
             metrics_port: Some(METRICS_PORT),
             ..Setup::default()
         },
-        &config(&pebble, &state, "", hosts),
+        &[ONE, TWO, WWW_TWO],
+        hosts,
     );
+    let (pebble, state) = (&world.pebble, world.state.clone());
+    let edge = &mut world.edge;
     let why = |edge: &Edge| format!("{}\nPebble:\n{}", edge.log_text(), pebble.log());
     assert!(
-        wait_until(ISSUANCE, || logged(&edge, "ACME certificate in use") >= 2),
+        wait_until(ISSUANCE, || logged(edge, "ACME certificate in use") >= 2),
         "no certificates: {}",
-        why(&edge)
+        why(edge)
     );
     // Each name is served its host's certificate, which Pebble's root vouches for.
     for (name, label) in [(ONE, ONE), (TWO, TWO), (WWW_TWO, TWO)] {
-        let (ok, out) = curl(&edge, &pebble, name);
+        let (ok, out) = curl(edge, pebble, name);
         assert!(
             ok && out.contains(&format!("you reached host {label:?}")),
             "{name}: {out}"
@@ -230,6 +259,20 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
             .stdout,
     )
     .into_owned();
+    // Every ACME metric the alert rules use is served (`operations.rs` checks the others).
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/prometheus/alerts.yml"),
+    )
+    .unwrap();
+    for used in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("sni_acme_"))
+    {
+        assert!(
+            metrics.contains(&format!("\n{used}{{")),
+            "{used} not served:\n{metrics}"
+        );
+    }
     for line in [
         format!("sni_acme_certificates_issued_total{{host=\"{ONE}\"}} 1"),
         format!("sni_acme_placeholder{{host=\"{TWO}\"}} 0"),
@@ -237,13 +280,13 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
     ] {
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     }
-    let check = check(&edge);
+    let check = check(edge);
     assert!(
         check.contains(&format!("{ONE} ")) && check.contains("acme: "),
         "{check}"
     );
     assert!(!check.contains("placeholder"), "{check}");
-    assert_eq!(logged(&edge, "ACME account created"), 1, "{}", why(&edge));
+    assert_eq!(logged(edge, "ACME account created"), 1, "{}", why(edge));
     // The state directory: private, with what a restart needs.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&state).unwrap().permissions().mode();
@@ -261,32 +304,27 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
     }
 
     // A restart reuses the account and the certificates: nothing is ordered.
-    let before = served_cert(&edge, ONE);
+    let before = served_cert(edge, ONE);
     assert!(before.contains("serial="), "{before}");
     edge.restart();
     assert!(
         wait_until(Duration::from_secs(20), || logged(
-            &edge,
+            edge,
             "ACME account loaded"
         ) == 1),
         "{}",
-        why(&edge)
+        why(edge)
     );
     thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        logged(&edge, "ACME certificate issued"),
-        0,
-        "{}",
-        why(&edge)
-    );
-    assert_eq!(served_cert(&edge, ONE), before);
-    let (ok, out) = curl(&edge, &pebble, ONE);
+    assert_eq!(logged(edge, "ACME certificate issued"), 0, "{}", why(edge));
+    assert_eq!(served_cert(edge, ONE), before);
+    let (ok, out) = curl(edge, pebble, ONE);
     assert!(ok, "{out}");
 
     // A renewal: a connection made before it (handshake done, no request yet: the builtin
     // backend answers one request a connection) is served after it; new ones get the new
     // certificate.
-    let mut held = Held::open(&edge, ONE);
+    let mut held = Held::open(edge, ONE);
     assert!(
         wait_until(Duration::from_secs(10), || edge.stats()["terminator"]
             ["hosts"]
@@ -296,46 +334,41 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
             .any(|h| h["host"] == ONE && h["active"] == 1)),
         "the held connection"
     );
-    edge.rewrite(&config(&pebble, &state, "renew_before = 100000.0\n", hosts));
+    edge.rewrite(&config(pebble, &state, "renew_before = 100000.0\n", hosts));
     let out = edge.reload();
     assert!(out.status.success(), "{out:?}");
     assert!(
-        wait_until(ISSUANCE, || logged(&edge, "ACME certificate in use") >= 2),
+        wait_until(ISSUANCE, || logged(edge, "ACME certificate in use") >= 2),
         "no renewal: {}",
-        why(&edge)
+        why(edge)
     );
-    let after = served_cert(&edge, ONE);
+    let after = served_cert(edge, ONE);
     assert!(
         after.contains("serial=") && after != before,
         "{before} / {after}"
     );
-    let (ok, out) = curl(&edge, &pebble, ONE);
+    let (ok, out) = curl(edge, pebble, ONE);
     assert!(ok, "{out}");
     assert!(held.request(ONE), "the connection made before the renewal");
 }
 
 #[test]
 fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
-    require_root();
-    let pair = Pair::new();
-    let dir = tempfile::tempdir().unwrap();
     // Pebble's DNS knows ONE, not NOWHERE: NOWHERE's validation cannot reach the edge.
-    let pebble = Pebble::start(&pair, dir.path(), &[ONE], false);
-    let state = dir.path().join("state");
-    let edge = Edge::start_in(
-        pair,
+    let world = World::start(
         Setup {
             pin_prefix: "snib",
             names: vec!["default.example"],
             ..Setup::default()
         },
-        &config(&pebble, &state, "", &[&[NOWHERE]]),
+        &[ONE],
+        &[&[NOWHERE]],
     );
+    let edge = &world.edge;
     assert!(
-        wait_until(ISSUANCE, || logged(&edge, "ACME order failed") >= 1),
-        "{}\nPebble:\n{}",
-        edge.log_text(),
-        pebble.log()
+        wait_until(ISSUANCE, || logged(edge, "ACME order failed") >= 1),
+        "{}",
+        world.why()
     );
     let log = edge.log_text();
     let line = log
@@ -348,7 +381,7 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
         "{line}"
     );
     // Meanwhile the host is served with its self-signed placeholder, counted.
-    let cert = served_cert(&edge, NOWHERE);
+    let cert = served_cert(edge, NOWHERE);
     assert!(cert.contains("sni ACME placeholder"), "{cert}");
     let s = edge.stats();
     assert!(
@@ -358,7 +391,7 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
             >= 1,
         "{s}"
     );
-    assert_eq!(logged(&edge, "ACME certificate in use"), 0, "{log}");
+    assert_eq!(logged(edge, "ACME certificate in use"), 0, "{log}");
     let acme = &s["terminator"]["acme"][0];
     assert_eq!(acme["host"], NOWHERE, "{s}");
     assert_eq!(acme["placeholder"], true, "{s}");
@@ -370,7 +403,7 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
             .contains("urn:ietf:params:acme:error"),
         "{s}"
     );
-    let check = check(&edge);
+    let check = check(edge);
     assert!(
         check.contains("acme: none yet (self-signed placeholder)"),
         "{check}"
@@ -382,33 +415,28 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
 /// answers it.
 #[test]
 fn a_fleet_sharing_the_state_directory_answers_challenges_on_any_machine() {
-    require_root();
-    let pair = Pair::new();
-    let dir = tempfile::tempdir().unwrap();
-    let pebble = Pebble::start(&pair, dir.path(), &[ONE], false);
-    let state = dir.path().join("state");
     // The machine the name leads to (SERVER_V4, behind the classifier).
-    let edge = Edge::start_in(
-        pair,
+    let world = World::start(
         Setup {
             pin_prefix: "snic",
             names: vec!["default.example"],
             ..Setup::default()
         },
-        &config(&pebble, &state, "", &[&[ONE]]),
+        &[ONE],
+        &[&[ONE]],
     );
+    let (edge, pebble, state) = (&world.edge, &world.pebble, &world.state);
     assert!(
-        wait_until(ISSUANCE, || logged(&edge, "ACME certificate in use") == 1),
-        "{}\nPebble:\n{}",
-        edge.log_text(),
-        pebble.log()
+        wait_until(ISSUANCE, || logged(edge, "ACME certificate in use") == 1),
+        "{}",
+        world.why()
     );
     let answered = |edge: &Edge| {
         edge.stats()["terminator"]["global"]["acme_challenges"]
             .as_u64()
             .unwrap()
     };
-    let before = answered(&edge);
+    let before = answered(edge);
     // Another machine of the fleet, which no validation reaches (it listens on the
     // namespace's loopback), renews: its challenge must be answered by the edge.
     let other = edge.pki.path("other.toml");
@@ -418,7 +446,7 @@ fn a_fleet_sharing_the_state_directory_answers_challenges_on_any_machine() {
             "control_socket = {:?}\n[[listen]]\naddress = \"127.0.0.1:18443\"\n\
              [default]\nreject = true\n{}",
             edge.pki.path("other.sock").display().to_string(),
-            config(&pebble, &state, "renew_before = 100000.0\n", &[&[ONE]])
+            config(pebble, state, "renew_before = 100000.0\n", &[&[ONE]])
         ),
     )
     .unwrap();
@@ -439,7 +467,7 @@ fn a_fleet_sharing_the_state_directory_answers_challenges_on_any_machine() {
         other_log(),
         pebble.log()
     );
-    assert!(answered(&edge) > before, "the edge answered no challenge");
+    assert!(answered(edge) > before, "the edge answered no challenge");
     assert!(
         !state.join("challenges").read_dir().unwrap().any(|_| true),
         "challenges left published"

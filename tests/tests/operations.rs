@@ -396,7 +396,12 @@ fn metrics_agree_with_stats_and_a_prometheus_server_scrapes_them() {
             })
             .collect();
         assert!(!used.is_empty(), "{file} uses no sni_ metric");
-        let unknown: Vec<&String> = used.iter().filter(|u| !served.contains(*u)).collect();
+        // The ACME families have samples only with ACME hosts: `acme.rs` checks that the
+        // ones the alert rules use are served there.
+        let unknown: Vec<&String> = used
+            .iter()
+            .filter(|u| !served.contains(*u) && !u.starts_with("sni_acme_"))
+            .collect();
         assert!(
             unknown.is_empty(),
             "{file} uses metrics not served: {unknown:?}"
