@@ -77,6 +77,18 @@ impl Pebble {
     /// fetches the issuing root; panics with the logs otherwise, or with the reason when a
     /// binary is missing.
     pub fn start(pair: &Pair, dir: &Path, names: &[&str], always_valid: bool) -> Self {
+        Self::start_with(pair, dir, names, always_valid, None)
+    }
+
+    /// As [`Pebble::start`]; with `eab` (a key id and its base64url MAC key), Pebble
+    /// requires external account binding with that key.
+    pub fn start_with(
+        pair: &Pair,
+        dir: &Path,
+        names: &[&str],
+        always_valid: bool,
+        eab: Option<(&str, &str)>,
+    ) -> Self {
         for bin in ["/usr/bin/pebble", "/usr/bin/pebble-challtestsrv"] {
             assert!(
                 Path::new(bin).is_file(),
@@ -118,7 +130,10 @@ impl Pebble {
                 "httpPort": HTTP_PORT,
                 "tlsPort": TLS_ALPN_PORT,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
+                "externalAccountBindingRequired": eab.is_some(),
+                "externalAccountMACKeys": eab
+                    .map(|(kid, key)| serde_json::json!({ kid: key }))
+                    .unwrap_or_else(|| serde_json::json!({})),
             }
         });
         std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();

@@ -5,7 +5,8 @@
 //! account and the certificates without ordering; a renewal forced by a long `renew_before`
 //! that swaps the certificate while a connection made before it goes on; and a refused
 //! validation, reported with the CA's problem and counted, while the host is served with its
-//! placeholder.
+//! placeholder (against a Pebble that requires external account binding); and two machines
+//! sharing the state directory, either answering the other's challenges.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -28,6 +29,9 @@ const WWW_TWO: &str = "www.two.sni-test.example";
 /// A name Pebble's DNS does not know: its validation fails.
 const NOWHERE: &str = "nowhere.sni-test.example";
 
+/// An external account binding Pebble is given (the key: 48 random bytes, base64url).
+const EAB_KID: &str = "sni-test-kid";
+const EAB_KEY: &str = "MflbXTZcxYUnwl6_W59OQcIrZjvN7Z5bebaIXlI7U-TzVa8c2eZJAz2Vtl1thG9s";
 /// The edge's metrics port (in the server namespace).
 const METRICS_PORT: u16 = 9469;
 /// How long an issuance may take (Pebble validates at once; the task orders at start).
@@ -60,12 +64,26 @@ struct World {
 
 impl World {
     fn start(setup: Setup, known: &[&str], hosts: &[&[&str]]) -> Self {
+        Self::start_with(setup, known, hosts, None)
+    }
+
+    /// As [`World::start`], Pebble requiring external account binding with `eab` (key id,
+    /// base64url MAC key), which the edge's `[acme]` then gives.
+    fn start_with(
+        setup: Setup,
+        known: &[&str],
+        hosts: &[&[&str]],
+        eab: Option<(&str, &str)>,
+    ) -> Self {
         require_root();
         let pair = Pair::new();
         let dir = tempfile::tempdir().unwrap();
-        let pebble = Pebble::start(&pair, dir.path(), known, false);
+        let pebble = Pebble::start_with(&pair, dir.path(), known, false, eab);
         let state = dir.path().join("state");
-        let edge = Edge::start_in(pair, setup, &config(&pebble, &state, "", hosts));
+        let extra = eab.map_or_else(String::new, |(kid, key)| {
+            format!("eab = {{ kid = {kid:?}, hmac_key = {key:?} }}\n")
+        });
+        let edge = Edge::start_in(pair, setup, &config(&pebble, &state, &extra, hosts));
         Self {
             edge,
             pebble,
@@ -342,6 +360,15 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
         "no renewal: {}",
         why(edge)
     );
+    assert_eq!(
+        logged(
+            edge,
+            "renew_before is longer than the certificate's lifetime"
+        ),
+        2,
+        "{}",
+        why(edge)
+    );
     let after = served_cert(edge, ONE);
     assert!(
         after.contains("serial=") && after != before,
@@ -354,8 +381,9 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
 
 #[test]
 fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
-    // Pebble's DNS knows ONE, not NOWHERE: NOWHERE's validation cannot reach the edge.
-    let world = World::start(
+    // Pebble's DNS knows ONE, not NOWHERE: NOWHERE's validation cannot reach the edge. This
+    // Pebble also requires external account binding, which the edge's `[acme] eab` gives.
+    let world = World::start_with(
         Setup {
             pin_prefix: "snib",
             names: vec!["default.example"],
@@ -363,6 +391,7 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
         },
         &[ONE],
         &[&[NOWHERE]],
+        Some((EAB_KID, EAB_KEY)),
     );
     let edge = &world.edge;
     assert!(
@@ -371,6 +400,7 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
         world.why()
     );
     let log = edge.log_text();
+    assert_eq!(logged(edge, "ACME account created"), 1, "{log}");
     let line = log
         .lines()
         .find(|l| l.contains("ACME order failed"))

@@ -188,6 +188,17 @@ pub async fn run(mut task: Task) {
                     continue;
                 }
             };
+            if let (Some(days), Some((not_before, not_after))) =
+                (renew_before, validity(&store, host))
+            {
+                if days * 86_400.0 >= not_after.saturating_sub(not_before) as f64 {
+                    warn!(
+                        host = %host.label,
+                        renew_before_days = days,
+                        "renew_before is longer than the certificate's lifetime: it is renewed at every look (hourly, and at each reload)"
+                    );
+                }
+            }
             // Not due any more once the lock is held: another machine of the fleet stored
             // a certificate meanwhile, to be taken in like one ordered here.
             let fresh = !due_now(&store, host, renew_before)
