@@ -433,6 +433,18 @@ fn a_refused_validation_is_reported_and_the_placeholder_served_meanwhile() {
             .contains("urn:ietf:params:acme:error"),
         "{s}"
     );
+    let table = std::process::Command::new(sni_tests::sni_user_bin())
+        .args(["stats", "--pin-dir"])
+        .arg(&*edge.pin_dir)
+        .arg("--control")
+        .arg(&edge.control)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("placeholder (none yet)") && table.contains("urn:ietf:params:acme:error"),
+        "{table}"
+    );
     let check = check(edge);
     assert!(
         check.contains("acme: none yet (self-signed placeholder)"),

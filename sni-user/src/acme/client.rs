@@ -40,6 +40,8 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(60);
 const BACKOFF_MOST: Duration = Duration::from_secs(6 * 3600);
 /// The longest sleep between looks at the certificates.
 const LOOK_EVERY: Duration = Duration::from_secs(3600);
+/// How soon to look again when another machine holds the state directory's lock.
+const LOCK_RETRY: Duration = Duration::from_secs(5);
 /// How long one order may wait on the CA (validation, issuance).
 const ORDER_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -180,8 +182,13 @@ pub async fn run(mut task: Task) {
             }
             // Machines sharing the directory take turns; one that finds another's fresh
             // certificate has nothing to order.
-            let lock = match store.lock() {
-                Ok(l) => l,
+            // Never waited for: the daemon's loop shares this thread.
+            let lock = match store.try_lock() {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    sleep = sleep.min(LOCK_RETRY);
+                    continue;
+                }
                 Err(e) => {
                     warn!(error = %e, dir = %task.config.state_dir.display(), "ACME state directory unusable");
                     sleep = sleep.min(BACKOFF_FIRST);
@@ -455,6 +462,11 @@ async fn order(
             other => bail!("authorization for {} is {other:?}", authz.identifier()),
         }
         let name = authz.identifier().to_string();
+        // The CA names what it authorizes: only a name this order asked for becomes a
+        // challenge (and a file name in the state directory).
+        if !host.names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            bail!("the CA asks to authorize {name:?}, which this order did not ask for");
+        }
         let challenge = authz
             .challenge(ChallengeType::TlsAlpn01)
             .ok_or_else(|| anyhow!("the CA offers no tls-alpn-01 challenge for {name}"))?;

@@ -133,17 +133,21 @@ impl Store {
             .collect()
     }
 
-    /// Takes the directory's lock (`flock` on `lock`), waiting for another holder: machines
-    /// that share the directory order one at a time, and each finds the others' certificates
-    /// when its turn comes. Released when the value drops.
-    pub fn lock(&self) -> io::Result<Flock<File>> {
+    /// Takes the directory's lock (`flock` on `lock`) if no one holds it (None: another
+    /// machine sharing the directory does): machines order one at a time, and each finds
+    /// the others' certificates when its turn comes. Released when the value drops.
+    pub fn try_lock(&self) -> io::Result<Option<Flock<File>>> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
             .open(self.dir.join("lock"))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(io::Error::from(e)),
+        }
     }
 }
 
@@ -211,7 +215,10 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left.len(), 2, "{left:?}");
-        let _lock = store.lock().expect("lock");
+        let lock = store.try_lock().expect("lock").expect("free");
+        // Held: a second taker (another open file description, as another machine) waits.
+        assert!(store.try_lock().expect("lock").is_none());
+        drop(lock);
         store
             .publish_challenge("a.example", &[0xab; 32])
             .expect("publish");

@@ -114,6 +114,30 @@ impl Snapshot {
             for (name, value) in t["global"].as_object().into_iter().flatten() {
                 let _ = writeln!(out, "  {name:<24} {value}");
             }
+            if let Some(acme) = t["acme"].as_array().filter(|a| !a.is_empty()) {
+                let _ = writeln!(out);
+                let _ = writeln!(
+                    out,
+                    "{:<width$}  {:<28}  {:>6}  {:>8}  LAST ERROR",
+                    "ACME", "CERTIFICATE", "ISSUED", "FAILURES"
+                );
+                for h in acme {
+                    let certificate = match h["not_after"].as_i64() {
+                        _ if h["placeholder"] == true => "placeholder (none yet)".to_owned(),
+                        Some(t) => x509_parser::time::ASN1Time::from_timestamp(t)
+                            .map_or_else(|_| t.to_string(), |a| format!("until {a}")),
+                        None => "-".to_owned(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{:<width$}  {certificate:<28}  {:>6}  {:>8}  {}",
+                        h["host"].as_str().unwrap_or(""),
+                        h["issued"].as_u64().unwrap_or(0),
+                        h["failures"].as_u64().unwrap_or(0),
+                        h["last_error"].as_str().unwrap_or("")
+                    );
+                }
+            }
         }
         out
     }
