@@ -4,8 +4,9 @@
 //! to swap it in (the path a reload takes: open connections keep theirs).
 //!
 //! When: at start for a host without a certificate (or one that lacks a name the config has
-//! since gained), then `renew_before` days before expiry (default: when a third of the
-//! lifetime is left). A failed order is logged with the CA's problem document, counted, and
+//! since gained), then `renew_before` days before expiry; without `renew_before`, at a time
+//! picked at random in the window the CA's renewal information (ARI, RFC 9773) suggests when
+//! it offers it, else when a third of the lifetime is left. A failed order is logged with the CA's problem document, counted, and
 //! tried again after 1 minute, doubling up to 6 hours, with up to a quarter of jitter so that
 //! a fleet's machines spread out; the host keeps serving what it has meanwhile.
 
@@ -20,8 +21,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::sync::{mpsc, watch};
@@ -161,15 +162,20 @@ pub async fn run(mut task: Task) {
     };
     // Per label: failures in a row, and not before when to try again.
     let mut backoff: HashMap<String, (u32, SystemTime)> = HashMap::new();
+    let mut ari = Ari::default();
     loop {
         let Plan {
             hosts,
             renew_before,
         } = task.plan.borrow_and_update().clone();
+        if renew_before.is_none() {
+            ari.refresh(&account, &store, &hosts).await;
+        }
         let now = SystemTime::now();
         let mut sleep = LOOK_EVERY;
         for host in &hosts {
-            let due = due(&store, host, renew_before);
+            let suggested = ari.renew_at(&store, host);
+            let due = due(&store, host, renew_before, suggested);
             let due = match backoff.get(&host.label) {
                 Some((_, after)) => due.max(*after),
                 None => due,
@@ -208,8 +214,16 @@ pub async fn run(mut task: Task) {
             }
             // Not due any more once the lock is held: another machine of the fleet stored
             // a certificate meanwhile, to be taken in like one ordered here.
-            let fresh = !due_now(&store, host, renew_before)
-                || match order(&account, host, &task.challenges, &store).await {
+            let fresh = !due_now(&store, host, renew_before, suggested)
+                || match order(
+                    &account,
+                    host,
+                    &task.challenges,
+                    &store,
+                    ari.replaces(&store, host),
+                )
+                .await
+                {
                     Ok((chain, key)) => match store.save_certificate(&host.label, &chain, &key) {
                         Ok(()) => {
                             backoff.remove(&host.label);
@@ -293,28 +307,128 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// When `host`'s certificate is due: now when there is none or it lacks a name, else
-/// `renew_before` days (or a third of its lifetime) before it expires.
-fn due(store: &Store, host: &AcmeHost, renew_before: Option<f64>) -> SystemTime {
+/// `renew_before` days before it expires, else at the time picked in the CA's suggested
+/// window (`suggested`), else when a third of its lifetime is left.
+fn due(
+    store: &Store,
+    host: &AcmeHost,
+    renew_before: Option<f64>,
+    suggested: Option<SystemTime>,
+) -> SystemTime {
     let Some((not_before, not_after)) = validity(store, host) else {
         return UNIX_EPOCH;
     };
-    let lead = match renew_before {
-        Some(days) => Duration::from_secs_f64(days * 86_400.0),
-        None => Duration::from_secs(not_after.saturating_sub(not_before) / 3),
+    let lead = match (renew_before, suggested) {
+        (Some(days), _) => Duration::from_secs_f64(days * 86_400.0),
+        (None, Some(at)) => return at,
+        (None, None) => Duration::from_secs(not_after.saturating_sub(not_before) / 3),
     };
     (UNIX_EPOCH + Duration::from_secs(not_after))
         .checked_sub(lead)
         .unwrap_or(UNIX_EPOCH)
 }
 
-fn due_now(store: &Store, host: &AcmeHost, renew_before: Option<f64>) -> bool {
-    due(store, host, renew_before) <= SystemTime::now()
+fn due_now(
+    store: &Store,
+    host: &AcmeHost,
+    renew_before: Option<f64>,
+    suggested: Option<SystemTime>,
+) -> bool {
+    due(store, host, renew_before, suggested) <= SystemTime::now()
+}
+
+/// The stored leaf of `host`.
+fn leaf(store: &Store, host: &AcmeHost) -> Option<CertificateDer<'static>> {
+    let (cert, _) = store.issued(&host.label)?;
+    CertificateDer::pem_file_iter(&cert).ok()?.next()?.ok()
+}
+
+/// How often renewal information is fetched again, at least and at most, whatever the CA's
+/// `Retry-After` says.
+const ARI_REFETCH_LEAST: Duration = Duration::from_secs(3600);
+const ARI_REFETCH_MOST: Duration = Duration::from_secs(86_400);
+
+/// ACME renewal information (RFC 9773), while the CA offers it: per host, the certificate
+/// it is for (its ARI identifier), the renewal time picked in the suggested window, and
+/// when to ask again.
+#[derive(Debug, Default)]
+struct Ari {
+    /// None until the CA answered once; false: its directory has no `renewalInfo`.
+    offered: Option<bool>,
+    hosts: HashMap<String, (String, SystemTime, SystemTime)>,
+}
+
+impl Ari {
+    /// Asks the CA for the hosts whose answer is stale or whose certificate changed.
+    async fn refresh(&mut self, account: &Account, store: &Store, hosts: &[AcmeHost]) {
+        if self.offered == Some(false) {
+            return;
+        }
+        let now = SystemTime::now();
+        for host in hosts {
+            let Some(cert_id) =
+                leaf(store, host).and_then(|l| CertificateIdentifier::try_from(&l).ok())
+            else {
+                continue;
+            };
+            let id = cert_id.to_string();
+            if let Some((cert, _, fetch_after)) = self.hosts.get(&host.label) {
+                if *cert == id && *fetch_after > now {
+                    continue;
+                }
+            }
+            match account.renewal_info(&cert_id).await {
+                Ok((info, retry)) => {
+                    self.offered = Some(true);
+                    let w = &info.suggested_window;
+                    let at = pick(SystemTime::from(w.start), SystemTime::from(w.end), jitter());
+                    let again = now + retry.clamp(ARI_REFETCH_LEAST, ARI_REFETCH_MOST);
+                    self.hosts.insert(host.label.clone(), (id, at, again));
+                }
+                Err(instant_acme::Error::Unsupported(_)) => {
+                    self.offered = Some(false);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(host = %host.label, error = %e, "ACME renewal information unavailable");
+                    // The last answer for this certificate stands; ask again later.
+                    if let Some(entry) = self.hosts.get_mut(&host.label) {
+                        entry.2 = now + ARI_REFETCH_LEAST;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The renewal time picked for `host`'s stored certificate, if the CA suggested one for
+    /// that very certificate.
+    fn renew_at(&self, store: &Store, host: &AcmeHost) -> Option<SystemTime> {
+        let (cert, at, _) = self.hosts.get(&host.label)?;
+        let id = CertificateIdentifier::try_from(&leaf(store, host)?).ok()?;
+        (id.to_string() == *cert).then_some(*at)
+    }
+
+    /// The certificate a renewal of `host` replaces (RFC 9773 §5), when the CA offers ARI.
+    fn replaces(&self, store: &Store, host: &AcmeHost) -> Option<CertificateIdentifier<'static>> {
+        if self.offered != Some(true) {
+            return None;
+        }
+        CertificateIdentifier::try_from(&leaf(store, host)?).ok()
+    }
+}
+
+/// A time in `[start, end]` at `fraction` (0..1) of the way: RFC 9773 §4.2 asks for one
+/// picked at random, so that clients spread out.
+fn pick(start: SystemTime, end: SystemTime, fraction: f64) -> SystemTime {
+    match end.duration_since(start) {
+        Ok(width) => start + width.mul_f64(fraction.clamp(0.0, 1.0)),
+        Err(_) => start,
+    }
 }
 
 /// The stored leaf's validity (Unix seconds), when it covers every name of `host`.
 fn validity(store: &Store, host: &AcmeHost) -> Option<(u64, u64)> {
-    let (cert, _) = store.issued(&host.label)?;
-    let leaf = CertificateDer::pem_file_iter(&cert).ok()?.next()?.ok()?;
+    let leaf = leaf(store, host)?;
     let (_, x509) = x509_parser::parse_x509_certificate(&leaf).ok()?;
     let sans: Vec<String> = x509
         .subject_alternative_name()
@@ -436,16 +550,18 @@ async fn order(
     host: &AcmeHost,
     challenges: &Challenges,
     store: &Store,
+    replaces: Option<CertificateIdentifier<'static>>,
 ) -> Result<(String, String)> {
     let identifiers: Vec<Identifier> = host
         .names
         .iter()
         .map(|n| Identifier::Dns(n.clone()))
         .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .context("new order")?;
+    let new_order = match replaces {
+        Some(id) => NewOrder::new(&identifiers).replaces(id),
+        None => NewOrder::new(&identifiers),
+    };
+    let mut order = account.new_order(&new_order).await.context("new order")?;
     let mut answered = Answered {
         challenges,
         store,
@@ -526,4 +642,62 @@ async fn refusals(order: &mut Order) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_time_is_picked_inside_the_suggested_window() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(86_400);
+        assert_eq!(pick(start, end, 0.0), start);
+        assert_eq!(pick(start, end, 1.0), end);
+        assert_eq!(pick(start, end, 0.5), start + Duration::from_secs(43_200));
+        // Out of range fractions stay inside; a window that ends before it starts is its
+        // start.
+        assert_eq!(pick(start, end, 7.0), end);
+        assert_eq!(pick(end, start, 0.5), end);
+    }
+
+    #[test]
+    fn renew_before_then_the_suggestion_then_a_third_of_the_lifetime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        store.prepare().expect("prepare");
+        let host = AcmeHost {
+            label: "a.example".into(),
+            names: vec!["a.example".into()],
+        };
+        // No certificate: due at once.
+        assert_eq!(due(&store, &host, Some(30.0), None), UNIX_EPOCH);
+        let mut params =
+            rcgen::CertificateParams::new(vec!["a.example".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 4, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        store
+            .save_certificate("a.example", &cert.pem(), &key.serialize_pem())
+            .expect("save");
+        let (nb, na) = validity(&store, &host).expect("validity");
+        let not_after = UNIX_EPOCH + Duration::from_secs(na);
+        let suggested = UNIX_EPOCH + Duration::from_secs(nb + 5);
+        assert_eq!(
+            due(&store, &host, Some(10.0), Some(suggested)),
+            not_after - Duration::from_secs(10 * 86_400)
+        );
+        assert_eq!(due(&store, &host, None, Some(suggested)), suggested);
+        assert_eq!(
+            due(&store, &host, None, None),
+            not_after - Duration::from_secs((na - nb) / 3)
+        );
+        // A certificate that lacks a name of the host is due at once.
+        let more = AcmeHost {
+            names: vec!["a.example".into(), "b.example".into()],
+            ..host
+        };
+        assert_eq!(due(&store, &more, None, None), UNIX_EPOCH);
+    }
 }
