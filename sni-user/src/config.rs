@@ -719,12 +719,17 @@ impl Config {
                 ("metrics", format!("{:?}", c.metrics)),
                 (
                     "[acme] (other than renew_before)",
+                    // The EAB key too, which Debug leaves out: compared, never shown.
                     format!(
-                        "{:?}",
+                        "{:?} {:?}",
                         c.acme.as_ref().map(|a| acme::AcmeConfig {
                             renew_before: None,
                             ..a.clone()
-                        })
+                        }),
+                        c.acme
+                            .as_ref()
+                            .and_then(|a| a.eab.as_ref())
+                            .map(|e| &e.hmac_key)
                     ),
                 ),
             ]

@@ -128,8 +128,8 @@ fn served_cert(edge: &Edge, name: &str) -> String {
             "sh",
             "-c",
             &format!(
-                "openssl s_client -connect {SERVER_V4}:{PORT} -servername {name} </dev/null \
-                 2>/dev/null | openssl x509 -noout -serial -issuer"
+                "timeout 10 openssl s_client -connect {SERVER_V4}:{PORT} -servername {name} \
+                 </dev/null 2>/dev/null | openssl x509 -noout -serial -issuer"
             ),
         ])
         .output()
@@ -352,7 +352,7 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
             .any(|h| h["host"] == ONE && h["active"] == 1)),
         "the held connection"
     );
-    edge.rewrite(&config(pebble, &state, "renew_before = 100000.0\n", hosts));
+    edge.rewrite(&config(pebble, &state, "renew_before = 20000.0\n", hosts));
     let out = edge.reload();
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -488,7 +488,7 @@ fn a_fleet_sharing_the_state_directory_answers_challenges_on_any_machine() {
             "control_socket = {:?}\n[[listen]]\naddress = \"127.0.0.1:18443\"\n\
              [default]\nreject = true\n{}",
             edge.pki.path("other.sock").display().to_string(),
-            config(pebble, state, "renew_before = 100000.0\n", &[&[ONE]])
+            config(pebble, state, "renew_before = 20000.0\n", &[&[ONE]])
         ),
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! TLS-ALPN-01 challenges (RFC 8737) the terminator answers while an order waits for them:
 //! for a name, a self-signed certificate carrying the `acmeIdentifier` extension (the
 //! SHA-256 of the key authorization), served only to a ClientHello that names that name and
-//! offers the ALPN `acme-tls/1`, and to nothing else. The ACME client (the daemon's task)
+//! offers the ALPN `acme-tls/1` alone, and to nothing else. The ACME client (the daemon's task)
 //! adds one before it tells the CA the challenge is ready and removes it when the
 //! authorization is done; the workers look one up for each ClientHello that offers
 //! `acme-tls/1`.
@@ -131,7 +131,9 @@ impl Challenges {
             return None;
         }
         let hello = hello.client_hello();
-        if !hello.alpn()?.any(|p| p == ACME_TLS_ALPN) {
+        // RFC 8737 §3: the validation offers `acme-tls/1` as its only protocol.
+        let mut alpn = hello.alpn()?;
+        if alpn.next() != Some(ACME_TLS_ALPN) || alpn.next().is_some() {
             return None;
         }
         let key = HostKey::from_name(hello.server_name()?.as_bytes()).ok()?;
@@ -262,6 +264,10 @@ mod tests {
             .is_none());
         assert!(c
             .for_hello(&accepted(&hello("a.example", &[b"h2"])))
+            .is_none());
+        // `acme-tls/1` beside another protocol is no validation (RFC 8737 §3).
+        assert!(c
+            .for_hello(&accepted(&hello("a.example", &[ACME_TLS_ALPN, b"h2"])))
             .is_none());
         assert!(c.for_hello(&accepted(&hello("a.example", &[]))).is_none());
         c.remove("a.example");

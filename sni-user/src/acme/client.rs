@@ -45,6 +45,9 @@ const LOOK_EVERY: Duration = Duration::from_secs(3600);
 const LOCK_RETRY: Duration = Duration::from_secs(5);
 /// How long one order may wait on the CA (validation, issuance).
 const ORDER_PATIENCE: Duration = Duration::from_secs(120);
+/// How long a whole order may take, every request to the CA included (the state
+/// directory's lock is held meanwhile); an order past it has failed.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A host whose certificate comes by ACME.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +76,12 @@ pub fn plan(config: &Config) -> Plan {
             .filter(|h| h.is_acme())
             .map(|h| AcmeHost {
                 label: h.label().to_owned(),
-                names: h.names.clone(),
+                // As the CA and the certificate name them: lowercase, no trailing dot.
+                names: h
+                    .names
+                    .iter()
+                    .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
             })
             .collect(),
         renew_before: config.acme.as_ref().and_then(|a| a.renew_before),
@@ -148,8 +156,17 @@ pub struct Task {
 pub async fn run(mut task: Task) {
     let store = Store::new(&task.config.state_dir);
     tokio::spawn(share(store.clone(), Arc::clone(&task.challenges)));
+    // No account is made or loaded before a host asks for ACME (a reload may add the first).
+    while task.plan.borrow_and_update().hosts.is_empty() {
+        if task.plan.changed().await.is_err() {
+            return;
+        }
+    }
     let account = loop {
-        match account(&task.config, &store).await {
+        let made = tokio::time::timeout(ORDER_TIMEOUT, account(&task.config, &store))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("no answer from the CA within {ORDER_TIMEOUT:?}")));
+        match made {
             Ok(a) => break a,
             Err(e) => {
                 task.status.account_failures.fetch_add(1, Relaxed);
@@ -163,6 +180,10 @@ pub async fn run(mut task: Task) {
     // Per label: failures in a row, and not before when to try again.
     let mut backoff: HashMap<String, (u32, SystemTime)> = HashMap::new();
     let mut ari = Ari::default();
+    // Per label: the leaf the terminator serves, as far as this task knows (at start, what
+    // the routes read from the store). A different one in the store (ordered here, or by
+    // another machine sharing the directory) is handed to the daemon to take in.
+    let mut served: HashMap<String, Option<Vec<u8>>> = HashMap::new();
     loop {
         let Plan {
             hosts,
@@ -174,6 +195,17 @@ pub async fn run(mut task: Task) {
         let now = SystemTime::now();
         let mut sleep = LOOK_EVERY;
         for host in &hosts {
+            let stored = leaf(&store, host).map(|l| l.to_vec());
+            match served.get(&host.label) {
+                None => {
+                    served.insert(host.label.clone(), stored);
+                }
+                Some(known) if *known != stored && stored.is_some() => {
+                    let _ = task.issued.send(host.label.clone());
+                    served.insert(host.label.clone(), stored);
+                }
+                Some(_) => {}
+            }
             let suggested = ari.renew_at(&store, host);
             let due = due(&store, host, renew_before, suggested);
             let due = match backoff.get(&host.label) {
@@ -212,43 +244,41 @@ pub async fn run(mut task: Task) {
                     );
                 }
             }
+            // Stale challenges of an order that died (a crash) are no one's.
+            store.sweep_challenges(ORDER_TIMEOUT);
             // Not due any more once the lock is held: another machine of the fleet stored
-            // a certificate meanwhile, to be taken in like one ordered here.
-            let fresh = !due_now(&store, host, renew_before, suggested)
-                || match order(
-                    &account,
-                    host,
-                    &task.challenges,
-                    &store,
-                    ari.replaces(&store, host),
+            // a certificate meanwhile, taken in below like one ordered here.
+            if due_now(&store, host, renew_before, suggested) {
+                let replaces = ari.replaces(&store, host);
+                let ordered = tokio::time::timeout(
+                    ORDER_TIMEOUT,
+                    order(&account, host, &task.challenges, &store, replaces),
                 )
                 .await
-                {
-                    Ok((chain, key)) => match store.save_certificate(&host.label, &chain, &key) {
-                        Ok(()) => {
-                            backoff.remove(&host.label);
-                            task.status.update(&host.label, |s| {
-                                s.issued += 1;
-                                s.last_issued = unix(SystemTime::now());
-                                s.last_error.clear();
-                            });
-                            info!(host = %host.label, names = ?host.names, "ACME certificate issued");
-                            true
-                        }
-                        Err(e) => {
-                            let e = anyhow!(e).context("writing the certificate");
-                            fail(&mut backoff, &task.status, host, &e);
-                            false
-                        }
-                    },
-                    Err(e) => {
-                        fail(&mut backoff, &task.status, host, &e);
-                        false
+                .unwrap_or_else(|_| Err(anyhow!("no answer from the CA within {ORDER_TIMEOUT:?}")))
+                .and_then(|(chain, key)| {
+                    store
+                        .save_certificate(&host.label, &chain, &key)
+                        .context("writing the certificate")
+                });
+                match ordered {
+                    Ok(()) => {
+                        backoff.remove(&host.label);
+                        task.status.update(&host.label, |s| {
+                            s.issued += 1;
+                            s.last_issued = unix(SystemTime::now());
+                            s.last_error.clear();
+                        });
+                        info!(host = %host.label, names = ?host.names, "ACME certificate issued");
                     }
-                };
+                    Err(e) => fail(&mut backoff, &task.status, host, &e),
+                }
+            }
             drop(lock);
-            if fresh {
+            let stored = leaf(&store, host).map(|l| l.to_vec());
+            if stored.is_some() && served.get(&host.label) != Some(&stored) {
                 let _ = task.issued.send(host.label.clone());
+                served.insert(host.label.clone(), stored);
             }
             if let Some((_, after)) = backoff.get(&host.label) {
                 if let Ok(ahead) = after.duration_since(SystemTime::now()) {
@@ -289,7 +319,8 @@ fn fail(
     entry.1 = SystemTime::now() + wait;
     status.update(&host.label, |s| {
         s.failures += 1;
-        s.last_error.clone_from(&message);
+        // The CA's words, bounded: stats show them, and a CA can say a lot.
+        s.last_error = message.chars().take(1024).collect();
     });
     warn!(host = %host.label, error = %message, retry_in_s = wait.as_secs(), "ACME order failed; the host keeps its certificate");
 }
@@ -319,7 +350,7 @@ fn due(
         return UNIX_EPOCH;
     };
     let lead = match (renew_before, suggested) {
-        (Some(days), _) => Duration::from_secs_f64(days * 86_400.0),
+        (Some(days), _) => Duration::try_from_secs_f64(days * 86_400.0).unwrap_or(Duration::MAX),
         (None, Some(at)) => return at,
         (None, None) => Duration::from_secs(not_after.saturating_sub(not_before) / 3),
     };
@@ -472,16 +503,34 @@ async fn account(config: &AcmeConfig, store: &Store) -> Result<Account> {
         None => Account::builder().context("the HTTPS client")?,
     };
     let path = store.account();
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let credentials: AccountCredentials = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an account", path.display()))?;
-        let account = builder
-            .from_credentials(credentials)
-            .await
-            .context("loading the stored account")?;
-        info!(account = account.id(), "ACME account loaded");
-        return Ok(account);
-    }
+    // Machines sharing the directory make one account: the first to hold the lock.
+    let _lock = loop {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let credentials: AccountCredentials = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not an account", path.display()))?;
+                let account = builder
+                    .from_credentials(credentials)
+                    .await
+                    .context("loading the stored account")?;
+                info!(account = account.id(), "ACME account loaded");
+                return Ok(account);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Unreadable is not missing: a new account would replace the one in use.
+            Err(e) => bail!("{}: {e}", path.display()),
+        }
+        match store.try_lock() {
+            // Read again under the lock: another machine may have made it meanwhile.
+            Ok(Some(lock)) => {
+                if !path.exists() {
+                    break lock;
+                }
+            }
+            Ok(None) => tokio::time::sleep(LOCK_RETRY).await,
+            Err(e) => bail!("{}: the lock: {e}", config.state_dir.display()),
+        }
+    };
     let eab = match &config.eab {
         Some(eab) => {
             use base64::Engine as _;
@@ -538,9 +587,14 @@ const SHARE_DELAY: Duration = Duration::from_millis(2500);
 /// validation may reach any machine behind the name, not only the one that ordered.
 pub async fn share(store: Store, challenges: Arc<Challenges>) {
     let mut tick = tokio::time::interval(SHARE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        challenges.sync(&store.challenges());
+        // Off the daemon's thread: the directory may be on a slow network file system.
+        let store = store.clone();
+        if let Ok(published) = tokio::task::spawn_blocking(move || store.challenges()).await {
+            challenges.sync(&published);
+        }
     }
 }
 

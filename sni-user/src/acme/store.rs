@@ -40,17 +40,38 @@ impl Store {
 
     /// Creates the directory and `certs/` (0700) if missing.
     pub fn prepare(&self) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(self.dir.join("certs"))
+        // Parents as any directory (so that the run user can reach its own inside), the
+        // directory and its subdirectories private.
+        if let Some(parent) = self.dir.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
+        for dir in [
+            self.dir.clone(),
+            self.dir.join("certs"),
+            self.dir.join("challenges"),
+        ] {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// What the run user must own to keep the directory up: the directories and the files
     /// already in them (handed over before privileges are dropped).
     pub fn owned_paths(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.dir.clone(), self.dir.join("certs")];
-        for dir in [&self.dir, &self.dir.join("certs")] {
+        let dirs = [
+            self.dir.clone(),
+            self.dir.join("certs"),
+            self.dir.join("challenges"),
+        ];
+        let mut paths = dirs.to_vec();
+        for dir in &dirs {
             if let Ok(entries) = fs::read_dir(dir) {
                 paths.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
             }
@@ -108,6 +129,25 @@ impl Store {
         let _ = fs::remove_file(self.challenge(name));
     }
 
+    /// Withdraws challenges published more than `age` ago: an order that ran that long has
+    /// failed, and a machine that crashed mid-order leaves its files behind.
+    pub fn sweep_challenges(&self, age: std::time::Duration) {
+        let Ok(entries) = fs::read_dir(self.dir.join("challenges")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|elapsed| elapsed > age);
+            if old {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Every published challenge: (name, digest). Files that are not one are skipped.
     pub fn challenges(&self) -> Vec<(String, Vec<u8>)> {
         let Ok(entries) = fs::read_dir(self.dir.join("challenges")) else {
@@ -159,11 +199,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique across the machines sharing the directory (where every pod's process may be
+    // PID 1): the time's nanoseconds besides the PID, and never an existing file.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = dir.join(format!(".{name}.{}.{nanos:x}.tmp", std::process::id()));
     let written = (|| {
         let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o600)
             .open(&tmp)?;

@@ -15,6 +15,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// The largest `renew_before`, in days (a century: beyond any certificate's lifetime).
+pub const MAX_RENEW_BEFORE_DAYS: f64 = 36_500.0;
+
 /// The value of a host's `cert` that asks for ACME instead of a file.
 pub const ACME_CERT: &str = "acme";
 
@@ -75,8 +78,11 @@ impl AcmeConfig {
             return Err(("contact", format!("{c:?}: contacts are mailto: URLs")));
         }
         if let Some(days) = self.renew_before {
-            if !(days > 0.0 && days.is_finite()) {
-                return Err(("renew_before", "must be a positive number of days".into()));
+            if !(days > 0.0 && days <= MAX_RENEW_BEFORE_DAYS) {
+                return Err((
+                    "renew_before",
+                    format!("must be a number of days above 0 and at most {MAX_RENEW_BEFORE_DAYS}"),
+                ));
             }
         }
         if let Some(eab) = &self.eab {

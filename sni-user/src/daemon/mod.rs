@@ -348,7 +348,8 @@ pub fn run(
         };
         // The ACME state directory, made (and handed to the user) before the drop.
         let acme_store = match (&config.acme, &terminator) {
-            (Some(acme), Some(_)) if !acme::client::plan(&config).hosts.is_empty() => {
+            // Made even without ACME hosts yet: a reload may add the first.
+            (Some(acme), Some(_)) => {
                 let store = acme::store::Store::new(&acme.state_dir);
                 store
                     .prepare()
@@ -365,8 +366,19 @@ pub fn run(
             let mut reread = vec![config.source.clone()];
             reread.extend(config.ticket_keys.iter().cloned());
             for h in &config.hosts {
-                reread.extend(h.cert.iter().chain(h.key.iter()).cloned());
+                if !h.is_acme() {
+                    reread.extend(h.cert.iter().chain(h.key.iter()).cloned());
+                }
+                reread.extend(h.client_ca.iter().chain(&h.client_crl).cloned());
             }
+            reread.extend(
+                config
+                    .default
+                    .client_ca
+                    .iter()
+                    .chain(&config.default.client_crl)
+                    .cloned(),
+            );
             reread.extend(
                 config
                     .default

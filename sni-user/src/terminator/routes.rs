@@ -307,7 +307,13 @@ impl Routes {
                         }
                     };
                     source = from;
-                    let id = cert_id(&certified);
+                    // A placeholder is made anew at each load: it counts as the same
+                    // certificate, so that it rotates no session cache or ticket key.
+                    let id = if from == CertSource::AcmePlaceholder {
+                        PLACEHOLDER_ID
+                    } else {
+                        cert_id(&certified)
+                    };
                     client_auth = host
                         .client_auth()
                         .map(|c| client_check(&provider, &at, c))
@@ -486,6 +492,9 @@ impl Routes {
             .or(self.default)
     }
 }
+
+/// The [`cert_id`] every ACME placeholder has.
+const PLACEHOLDER_ID: u64 = 0;
 
 /// FNV-1a of the leaf certificate's DER.
 fn cert_id(certified: &CertifiedKey) -> u64 {
