@@ -109,7 +109,8 @@ impl Daemon {
             Some(c) => Some(c.plan(&new)?),
             None => None,
         };
-        // Certificates and keys are read again here, and only here after start.
+        // Certificates and keys are read again here, and when an ACME certificate is taken
+        // in (`swap_certificates`): never per connection.
         let routes = match &self.terminator {
             Some(t) => {
                 let mut routes = Routes::reload(&new, &t.view().routes())?;

@@ -428,8 +428,8 @@ impl<S: Stream> Handshake<S> {
         let client_cert = self.tls.conn.peer_certificates();
         if let Some(check) = &route.client_auth {
             // rustls verified the certificate of a full handshake; a resumed session's is
-            // checked again against the host's CA and CRLs of now. No alert can follow a
-            // finished handshake: the connection just closes.
+            // checked again against the host's CA and CRLs of now. rustls sends no alert of
+            // our choosing once the handshake is done: the connection just closes.
             if resumed && !check.admits_resumed(client_cert) {
                 return end(
                     Some(self.tls.relay.host),
