@@ -311,8 +311,8 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
     assert_eq!(mode & 0o777, 0o700);
     for f in [
         "account.json",
-        &format!("certs/{ONE}.key"),
-        &format!("certs/{TWO}.crt"),
+        &format!("certs/{ONE}.pem"),
+        &format!("certs/{TWO}.pem"),
     ] {
         let mode = std::fs::metadata(state.join(f))
             .unwrap()

@@ -370,8 +370,10 @@ fn due_now(
 
 /// The stored leaf of `host`.
 fn leaf(store: &Store, host: &AcmeHost) -> Option<CertificateDer<'static>> {
-    let (cert, _) = store.issued(&host.label)?;
-    CertificateDer::pem_file_iter(&cert).ok()?.next()?.ok()
+    CertificateDer::pem_file_iter(store.issued(&host.label)?)
+        .ok()?
+        .next()?
+        .ok()
 }
 
 /// How often renewal information is fetched again, at least and at most, whatever the CA's

@@ -5,8 +5,8 @@
 //! state_dir/            0700, the run user's
 //!   account.json        the account's URL and key (instant-acme's credentials), 0600
 //!   lock                held while an order runs (see `Store::lock`)
-//!   certs/<host>.crt    the chain, leaf first, as the CA sent it
-//!   certs/<host>.key    its key (PKCS#8 PEM), 0600
+//!   certs/<host>.pem    the chain, leaf first, as the CA sent it, then its key (PKCS#8),
+//!                       in one file so that they are replaced together; 0600
 //!   challenges/<name>   a TLS-ALPN-01 digest (hex) while an order waits for it
 //! ```
 //!
@@ -84,27 +84,28 @@ impl Store {
         self.dir.join("account.json")
     }
 
-    /// The certificate chain of host `label`.
-    pub fn cert(&self, label: &str) -> PathBuf {
-        self.dir.join("certs").join(format!("{label}.crt"))
+    /// Host `label`'s chain and key, in one file: replaced together, never one without the
+    /// other.
+    pub fn certificate(&self, label: &str) -> PathBuf {
+        self.dir.join("certs").join(format!("{label}.pem"))
     }
 
-    /// The key of host `label`.
-    pub fn key(&self, label: &str) -> PathBuf {
-        self.dir.join("certs").join(format!("{label}.key"))
+    /// The file of host `label`'s chain and key, when there is one (give it as both the
+    /// certificate and the key: each reader takes its own PEM blocks).
+    pub fn issued(&self, label: &str) -> Option<PathBuf> {
+        let path = self.certificate(label);
+        path.is_file().then_some(path)
     }
 
-    /// The chain and key of host `label`, when both are there.
-    pub fn issued(&self, label: &str) -> Option<(PathBuf, PathBuf)> {
-        let (cert, key) = (self.cert(label), self.key(label));
-        (cert.is_file() && key.is_file()).then_some((cert, key))
-    }
-
-    /// Writes host `label`'s new key, then its chain (a reader that finds the new chain
-    /// finds its key).
+    /// Writes host `label`'s new chain and key, whole.
     pub fn save_certificate(&self, label: &str, chain_pem: &str, key_pem: &str) -> io::Result<()> {
-        write_atomic(&self.key(label), key_pem.as_bytes())?;
-        write_atomic(&self.cert(label), chain_pem.as_bytes())
+        let mut both = String::with_capacity(chain_pem.len() + key_pem.len() + 1);
+        both.push_str(chain_pem);
+        if !both.ends_with('\n') {
+            both.push('\n');
+        }
+        both.push_str(key_pem);
+        write_atomic(&self.certificate(label), both.as_bytes())
     }
 
     /// The challenge of `name` while its order waits: the hex SHA-256 of its key
@@ -236,13 +237,10 @@ mod tests {
         store
             .save_certificate("a.example", "CHAIN", "KEY")
             .expect("save");
-        let (cert, key) = store.issued("a.example").expect("issued");
-        assert_eq!(fs::read_to_string(&cert).expect("cert"), "CHAIN");
-        assert_eq!(fs::read_to_string(&key).expect("key"), "KEY");
-        for p in [&cert, &key] {
-            let mode = fs::metadata(p).expect("meta").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
-        }
+        let file = store.issued("a.example").expect("issued");
+        assert_eq!(fs::read_to_string(&file).expect("file"), "CHAIN\nKEY");
+        let mode = fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(dir.path().join("acme"))
             .expect("meta")
             .permissions()
@@ -250,15 +248,15 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         // Replaced whole, no temporary file left.
         store
-            .save_certificate("a.example", "CHAIN2", "KEY2")
+            .save_certificate("a.example", "CHAIN2\n", "KEY2")
             .expect("save");
-        assert_eq!(fs::read_to_string(&cert).expect("cert"), "CHAIN2");
+        assert_eq!(fs::read_to_string(&file).expect("file"), "CHAIN2\nKEY2");
         let left: Vec<_> = fs::read_dir(dir.path().join("acme/certs"))
             .expect("dir")
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left.len(), 1, "{left:?}");
         let lock = store.try_lock().expect("lock").expect("free");
         // Held: a second taker (another open file description, as another machine) waits.
         assert!(store.try_lock().expect("lock").is_none());
@@ -275,6 +273,6 @@ mod tests {
         assert!(store
             .owned_paths()
             .iter()
-            .any(|p| p.ends_with("certs/a.example.key")));
+            .any(|p| p.ends_with("certs/a.example.pem")));
     }
 }

@@ -597,8 +597,8 @@ fn acme_certificate<'a>(
     host: &crate::config::HostConfig,
     at: &impl Fn(&str) -> At<'a>,
 ) -> Result<(Arc<CertifiedKey>, i64, CertSource), CertError> {
-    if let Some((cert, key)) = store.issued(host.label()) {
-        let issued = load_certified_key(provider, at("cert"), at("key"), &cert, &key)
+    if let Some(cert) = store.issued(host.label()) {
+        let issued = load_certified_key(provider, at("cert"), at("key"), &cert, &cert)
             .map_err(|e| e.to_string())
             .and_then(|(certified, not_after)| {
                 host.names
