@@ -543,3 +543,49 @@ fn proxy_v2_carries_the_verified_client_cn() {
     }
     done.join().unwrap();
 }
+
+/// A host that verifies client certificates dials its backend only once the client showed
+/// one: a client without (or with a refused one) costs the backend nothing.
+#[test]
+fn the_backend_is_dialled_only_for_a_client_that_showed_its_certificate() {
+    use std::io::{Read, Write};
+    let pki = mtls_pki();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let term = Term::start(
+        &pki,
+        &format!(
+            "[default]\nreject = true\n\
+             [[host]]\nnames = [\"req.example\"]\ncert = \"req.pem\"\nkey = \"req.key\"\n\
+             backend = \"{addr}\"\nclient_ca = \"client-ca.pem\"\n"
+        ),
+    );
+    for cert in [None, Some("other")] {
+        let (ok, out) = curl_cert(&pki, &term, "req.example", cert);
+        assert!(!ok, "{cert:?}: {out}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        listener.accept().is_err(),
+        "the backend was dialled for a client that showed no good certificate"
+    );
+    let served = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the request ended early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+            .unwrap();
+    });
+    let (ok, out) = curl_cert(&pki, &term, "req.example", Some("good"));
+    assert!(ok && out.contains("ok"), "{out}");
+    served.join().unwrap();
+}

@@ -51,14 +51,18 @@ pub enum CertGiven {
 }
 
 impl TlsFacts {
-    /// What a finished handshake tells.
-    pub fn of(conn: &ServerConnection) -> Self {
+    /// What a finished handshake tells; `verifies`: the host checks client certificates
+    /// (else a certificate a resumed session carries counts for nothing).
+    pub fn of(conn: &ServerConnection, verifies: bool) -> Self {
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "unknown",
         };
-        let leaf = conn.peer_certificates().and_then(<[_]>::first);
+        let leaf = conn
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .filter(|_| verifies);
         let cert = match (leaf, conn.handshake_kind()) {
             (None, _) => CertGiven::No,
             (Some(_), Some(rustls::HandshakeKind::Resumed)) => CertGiven::ResumedSession,

@@ -48,6 +48,12 @@ pub enum Peer<S> {
         /// The server_name the client sent.
         sni: Option<String>,
     },
+    /// Not dialled yet: once the handshake is done (a host that verifies client
+    /// certificates dials only for a client that showed one).
+    Later {
+        /// What to dial.
+        backend: Backend,
+    },
 }
 
 impl<S: Stream> Peer<S> {
@@ -96,6 +102,8 @@ impl<S: Stream> Relay<S> {
                     *moved = true;
                 }
             }
+            // Nothing to move: plaintext waits in rustls until the handshake is done.
+            Peer::Later { .. } => {}
             Peer::Builtin { sni } => {
                 let label = self.host.route().label.as_str();
                 *moved |= builtin_respond(&mut self.up, &mut self.down, label, sni.as_deref());

@@ -89,7 +89,8 @@ pub struct Hello<S> {
     early: Option<(Arc<Route>, Peer<S>)>,
 }
 
-/// A TLS handshake under way.
+/// A TLS handshake under way (the backend dialled, or for a host that verifies client
+/// certificates, [`Peer::Later`]).
 pub struct Handshake<S> {
     tls: Tls<S>,
     /// Counted with the handshake, once it is done.
@@ -116,7 +117,7 @@ impl<S: Stream> State<S> {
     pub fn step(self, meta: &Meta, ctx: &Ctx<'_, S>, moved: &mut bool) -> Step<S> {
         match self {
             Self::Hello(h) => h.step(meta, ctx, moved),
-            Self::Handshake(h) => h.step(meta, ctx.global, moved),
+            Self::Handshake(h) => h.step(meta, ctx, moved),
             Self::Terminate(mut t) => match t.round(true, moved) {
                 Err(close) => end(Some(t.relay.host), close),
                 Ok(()) if t.relay.finished() => orderly(t.relay.host),
@@ -253,8 +254,12 @@ impl<S: Stream> Hello<S> {
         else {
             return;
         };
-        // A host whose ALPN picks the backend waits for the ClientHello.
-        if route.backend == Backend::Builtin || !route.alpn_routes.is_empty() {
+        // A host whose ALPN picks the backend waits for the ClientHello; one that verifies
+        // client certificates, for the handshake.
+        if route.backend == Backend::Builtin
+            || !route.alpn_routes.is_empty()
+            || route.client_auth.is_some()
+        {
             return;
         }
         if let Ok(peer) = Peer::open(&route.backend, ctx.net, meta.backend_token, || None) {
@@ -362,6 +367,12 @@ impl<S: Stream> Hello<S> {
                 let pick = route.pick_negotiated(conn.alpn_protocol());
                 let backend = if is_challenge {
                     Peer::Builtin { sni: None }
+                } else if route.client_auth.is_some() && *pick.backend != Backend::Builtin {
+                    // A host that verifies client certificates: no backend connection for a
+                    // client that has not shown one.
+                    Peer::Later {
+                        backend: pick.backend.clone(),
+                    }
                 } else {
                     match self.dial(route, pick.backend, meta, ctx) {
                         Ok(peer) => peer,
@@ -411,7 +422,8 @@ impl<S: Stream> Hello<S> {
 
 impl<S: Stream> Handshake<S> {
     /// One round; once rustls is done, the handshake is counted and the relay begins.
-    fn step(mut self, meta: &Meta, global: &GlobalCounters, moved: &mut bool) -> Step<S> {
+    fn step(mut self, meta: &Meta, ctx: &Ctx<'_, S>, moved: &mut bool) -> Step<S> {
+        let global = ctx.global;
         if let Err(close) = self.tls.round(false, moved) {
             return end(Some(self.tls.relay.host), close);
         }
@@ -438,13 +450,22 @@ impl<S: Stream> Handshake<S> {
             }
         }
         let verified = route.client_auth.is_some() && client_cert.is_some();
+        if let Peer::Later { backend } = &self.tls.relay.backend {
+            match Peer::open(backend, ctx.net, meta.backend_token, || None) {
+                Ok(peer) => self.tls.relay.backend = peer,
+                Err(close) => return end(Some(self.tls.relay.host), close),
+            }
+        }
         if route.proxy_protocol {
             // Before any plaintext: the round leaves it in rustls until the handshake is
             // counted (`through`).
             let facts = proxy::Facts {
                 authority: self.authority.as_deref().map(HostKey::as_bytes),
                 alpn: self.tls.conn.alpn_protocol(),
-                tls: Some(proxy::TlsFacts::of(&self.tls.conn)),
+                tls: Some(proxy::TlsFacts::of(
+                    &self.tls.conn,
+                    route.client_auth.is_some(),
+                )),
             };
             let Some(header) = proxy::header(meta.peer, meta.local, &facts) else {
                 return end(
