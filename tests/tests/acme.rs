@@ -352,9 +352,33 @@ fn acme_hosts_are_issued_kept_across_a_restart_and_renewed_live() {
             .any(|h| h["host"] == ONE && h["active"] == 1)),
         "the held connection"
     );
-    edge.rewrite(&config(pebble, &state, "renew_before = 20000.0\n", hosts));
+    // The reload also names a ticket key file, made unreadable as a key file right after:
+    // taking the renewed certificates in (which reads it, as a reload does) fails until it
+    // is mended, and is tried again meanwhile.
+    let keys = state.with_file_name("ticket.keys");
+    let key = sni_tests::netns::run(
+        std::process::Command::new("sh").args(["-c", "openssl rand 80 | base64 -w0"]),
+    )
+    .stdout;
+    std::fs::write(&keys, &key).unwrap();
+    edge.rewrite(&format!(
+        "ticket_keys = {:?}\n{}",
+        keys.display().to_string(),
+        config(pebble, &state, "renew_before = 20000.0\n", hosts)
+    ));
     let out = edge.reload();
     assert!(out.status.success(), "{out:?}");
+    std::fs::write(&keys, "not a key\n").unwrap();
+    assert!(
+        wait_until(ISSUANCE, || logged(
+            edge,
+            "ACME certificate not taken in yet"
+        ) >= 1),
+        "no failed swap: {}",
+        why(edge)
+    );
+    assert_eq!(logged(edge, "ACME certificate in use"), 0, "{}", why(edge));
+    std::fs::write(&keys, &key).unwrap();
     assert!(
         wait_until(ISSUANCE, || logged(edge, "ACME certificate in use") >= 2),
         "no renewal: {}",

@@ -83,6 +83,9 @@ struct Daemon {
     terminator: Option<Terminator>,
     reloads: Arc<ReloadCounters>,
     metrics_other_hosts: Arc<AtomicUsize>,
+    /// ACME certificates stored but not taken in yet (a swap failed: tried again on the
+    /// next tick), by host.
+    swaps_pending: Vec<String>,
 }
 
 impl Daemon {
@@ -173,6 +176,9 @@ impl Daemon {
     /// Serves the certificate the ACME task just stored for host `label`: the routes are
     /// built again from the running configuration (the file is not read), as a reload
     /// would, and new connections get them; open ones keep theirs.
+    ///
+    /// A failed swap (another file unreadable at that moment) is logged once and tried
+    /// again on every tick until it succeeds or a reload takes the certificate in.
     fn swap_certificates(&mut self, label: &str) {
         let Some(t) = &self.terminator else { return };
         let routes = Routes::reload(&self.config, &t.view().routes()).map(|mut routes| {
@@ -184,11 +190,29 @@ impl Daemon {
         match routes {
             Ok(routes) => {
                 t.reload(routes);
-                info!(host = label, "ACME certificate in use for new connections");
+                // One table for all hosts: every pending swap is done.
+                let pending = std::mem::take(&mut self.swaps_pending);
+                for host in pending
+                    .iter()
+                    .map(String::as_str)
+                    .chain((!pending.iter().any(|h| h == label)).then_some(label))
+                {
+                    info!(host, "ACME certificate in use for new connections");
+                }
             }
             Err(e) => {
-                warn!(host = label, error = %e, "ACME certificate not taken in; the running certificates stay")
+                if !self.swaps_pending.iter().any(|h| h == label) {
+                    warn!(host = label, error = %e, "ACME certificate not taken in yet; the running certificates stay, and it is tried again");
+                    self.swaps_pending.push(label.to_owned());
+                }
             }
+        }
+    }
+
+    /// Tries again the swaps that failed.
+    fn retry_swaps(&mut self) {
+        if let Some(label) = self.swaps_pending.first().cloned() {
+            self.swap_certificates(&label);
         }
     }
 
@@ -200,6 +224,8 @@ impl Daemon {
     ) -> Result<control::Reloaded, String> {
         match self.reload(overrides) {
             Ok(()) => {
+                // The new table read every stored ACME certificate.
+                self.swaps_pending.clear();
                 self.reloads.reloads.fetch_add(1, Relaxed);
                 self.reloads.last_success.store(unix_now(), Relaxed);
                 info!(
@@ -418,6 +444,7 @@ pub fn run(
             terminator,
             reloads,
             metrics_other_hosts,
+            swaps_pending: Vec::new(),
         };
         info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP or `sni-user reload`");
         loop {
@@ -438,7 +465,10 @@ pub fn run(
                         logger.flush();
                     }
                 }
-                _ = ticket_keys_tick.tick() => daemon.refresh_ticket_keys(),
+                _ = ticket_keys_tick.tick() => {
+                    daemon.refresh_ticket_keys();
+                    daemon.retry_swaps();
+                }
                 Some(label) = acme_issued.recv() => daemon.swap_certificates(&label),
             }
         }
