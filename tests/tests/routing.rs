@@ -134,6 +134,13 @@ fn alpn_picks_the_backend_of_a_terminated_host() {
     term.wait_stats("six handshakes of one host", |s| {
         host(s, "r.example")["handshakes"] == 6 && host(s, "r.example")["active"] == 0
     });
+    // The route counts what it took: the three that negotiated h2.
+    let s = term.stats();
+    assert_eq!(
+        host(&s, "r.example")["routes"],
+        serde_json::json!([{ "alpn": "h2", "connections": 3 }]),
+        "{s}"
+    );
     // `check` shows the route.
     let out = Command::new(sni_tests::sni_user_bin())
         .args(["check", "--config"])

@@ -371,6 +371,21 @@ fn encode_terminator(encoder: &mut DescriptorEncoder, t: &Shared) -> Result<(), 
     }
     {
         let mut family = encoder.encode_descriptor(
+            "sni_tls_route_connections",
+            "Connections a [[host.route]] took, by the ALPN protocols it lists.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &routes {
+            for a in &r.alpn_routes {
+                family
+                    .encode_family(&[("host", r.label.as_str()), ("alpn", a.alpn_text().as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&a.connections.load(Relaxed), None)?;
+            }
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
             "sni_tls_certificate_expiry_timestamp_seconds",
             "Unix time at which the host's certificate stops being valid (notAfter).",
             None,

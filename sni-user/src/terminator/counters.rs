@@ -147,6 +147,7 @@ impl HostCounters {
                 .map(|(n, v)| ((*n).to_owned(), v.load(Relaxed).into()))
                 .collect(),
             handshake_seconds_mean: if count > 0 { sum / count as f64 } else { 0.0 },
+            routes: Vec::new(),
         }
     }
 }
@@ -296,6 +297,18 @@ pub struct HostSnapshot {
     pub failures: serde_json::Map<String, serde_json::Value>,
     /// Mean handshake duration, seconds.
     pub handshake_seconds_mean: f64,
+    /// Connections each `[[host.route]]` took (none: the host has no routes by ALPN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSnapshot>,
+}
+
+/// A `[[host.route]]`'s count.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RouteSnapshot {
+    /// Its protocols, comma-separated.
+    pub alpn: String,
+    /// Connections it took.
+    pub connections: u64,
 }
 
 #[cfg(test)]

@@ -114,6 +114,20 @@ pub struct AlpnRoute {
     pub alpn: Vec<Vec<u8>>,
     /// Where they go.
     pub backend: Backend,
+    /// Connections it took: kept across reloads while its host and protocols stay.
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AlpnRoute {
+    /// Its protocols as written in the config, comma-separated (`h2,h2c`).
+    pub fn alpn_text(&self) -> String {
+        let names: Vec<_> = self
+            .alpn
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        names.join(",")
+    }
 }
 
 /// Where a connection of a host goes, by its ALPN.
@@ -126,6 +140,16 @@ pub struct Pick<'a> {
     pub alpn: Option<&'a [u8]>,
     /// Which `[[host.route]]` chose it (None: the host's own backend).
     pub route: Option<usize>,
+}
+
+impl Pick<'_> {
+    /// Counts the connection for the `[[host.route]]` that took it, if one did.
+    pub fn count(&self, route: &Route) {
+        if let Some(r) = self.route.and_then(|i| route.alpn_routes.get(i)) {
+            r.connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Route {
@@ -337,6 +361,7 @@ impl Routes {
                     Ok(AlpnRoute {
                         alpn: route.alpn.iter().map(|a| a.as_bytes().to_vec()).collect(),
                         backend: backend(at(&format!("route[{r}].backend")), Some(&route.backend))?,
+                        connections: Arc::default(),
                     })
                 })
                 .collect::<Result<_, CertError>>()?;
@@ -481,6 +506,17 @@ impl Routes {
                 (old.get(route.label.as_str()), Arc::get_mut(route))
             {
                 route.counters = Arc::clone(counters);
+                // A route by ALPN keeps its count while it takes the same protocols.
+                let before = previous.routes.iter().find(|r| r.label == route.label);
+                for alpn_route in &mut route.alpn_routes {
+                    if let Some(kept) = before
+                        .into_iter()
+                        .flat_map(|r| &r.alpn_routes)
+                        .find(|r| r.alpn == alpn_route.alpn)
+                    {
+                        alpn_route.connections = Arc::clone(&kept.connections);
+                    }
+                }
             }
         }
     }

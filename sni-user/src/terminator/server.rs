@@ -291,7 +291,18 @@ impl Shared {
         let hosts: Vec<HostSnapshot> = self
             .counted_routes()
             .iter()
-            .map(|r| r.counters.snapshot(&r.label))
+            .map(|r| {
+                let mut snapshot = r.counters.snapshot(&r.label);
+                snapshot.routes = r
+                    .alpn_routes
+                    .iter()
+                    .map(|a| crate::terminator::counters::RouteSnapshot {
+                        alpn: a.alpn_text(),
+                        connections: a.connections.load(Relaxed),
+                    })
+                    .collect();
+                snapshot
+            })
             .collect();
         let global: serde_json::Map<String, serde_json::Value> = self
             .global

@@ -407,12 +407,7 @@ fn backend_text(r: &crate::terminator::routes::Route) -> String {
     };
     let mut b = String::new();
     for route in &r.alpn_routes {
-        let alpn: Vec<_> = route
-            .alpn
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let _ = write!(b, "{} → {}; else ", alpn.join(","), name(&route.backend));
+        let _ = write!(b, "{} → {}; else ", route.alpn_text(), name(&route.backend));
     }
     b.push_str(&name(&r.backend));
     if r.proxy_protocol {

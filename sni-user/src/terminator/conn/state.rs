@@ -290,6 +290,7 @@ impl<S: Stream> Hello<S> {
                     hello_reader::offered_alpn(&hello)
                 };
                 let pick = route.pick_offered(&offered);
+                pick.count(route);
                 let backend = match self.dial(route, pick.backend, meta, ctx) {
                     Ok(peer) => peer,
                     Err(close) => return end(Some(host), close),
@@ -365,6 +366,9 @@ impl<S: Stream> Hello<S> {
                 };
                 conn.set_buffer_limit(Some(ctx.limits.buffer_size));
                 let pick = route.pick_negotiated(conn.alpn_protocol());
+                if !is_challenge {
+                    pick.count(route);
+                }
                 let backend = if is_challenge {
                     Peer::Builtin { sni: None }
                 } else if route.client_auth.is_some() && *pick.backend != Backend::Builtin {
