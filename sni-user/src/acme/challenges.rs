@@ -14,12 +14,7 @@ use std::{
     },
 };
 
-use rustls::{
-    pki_types::{CertificateDer, PrivateKeyDer},
-    server::Accepted,
-    sign::CertifiedKey,
-    ServerConfig,
-};
+use rustls::{server::Accepted, sign::CertifiedKey, ServerConfig};
 use sni_common::HostKey;
 
 /// The ALPN protocol of TLS-ALPN-01.
@@ -83,16 +78,12 @@ impl Challenges {
         params
             .custom_extensions
             .push(rcgen::CustomExtension::new_acme_identifier(digest));
-        let signing = rcgen::KeyPair::generate()?;
-        let cert = params.self_signed(&signing)?;
+        let (chain, key_der) = super::self_signed(&params)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let key_der = PrivateKeyDer::try_from(signing.serialize_der())
-            .map_err(|e| rustls::Error::General(e.to_owned()))?;
         // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki,
         // which refuses the critical acmeIdentifier extension that RFC 8737 requires.
         let signing_key = provider.key_provider.load_private_key(key_der)?;
-        let certified =
-            CertifiedKey::new(vec![CertificateDer::from(cert.der().to_vec())], signing_key);
+        let certified = CertifiedKey::new(chain, signing_key);
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
@@ -196,9 +187,9 @@ mod tests {
     use super::*;
 
     fn hello(name: &str, alpn: &[&[u8]]) -> Vec<u8> {
+        // Only the ClientHello is wanted: no server certificate is ever checked.
         let mut config = rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCheck))
+            .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let mut conn = rustls::ClientConnection::new(
@@ -209,43 +200,6 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).expect("hello");
         out
-    }
-
-    #[derive(Debug)]
-    struct NoCheck;
-
-    impl rustls::client::danger::ServerCertVerifier for NoCheck {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::aws_lc_rs::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
     }
 
     #[test]

@@ -462,31 +462,14 @@ fn pick(start: SystemTime, end: SystemTime, fraction: f64) -> SystemTime {
 /// The stored leaf's validity (Unix seconds), when it covers every name of `host`.
 fn validity(store: &Store, host: &AcmeHost) -> Option<(u64, u64)> {
     let leaf = leaf(store, host)?;
-    let (_, x509) = x509_parser::parse_x509_certificate(&leaf).ok()?;
-    let sans: Vec<String> = x509
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|g| match g {
-                    x509_parser::extensions::GeneralName::DNSName(n) => {
-                        Some(n.to_ascii_lowercase())
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     if !host
         .names
         .iter()
-        .all(|n| sans.contains(&n.to_ascii_lowercase()))
+        .all(|n| crate::terminator::routes::covers(&leaf, n).is_ok())
     {
         return None;
     }
+    let (_, x509) = x509_parser::parse_x509_certificate(&leaf).ok()?;
     let v = x509.validity();
     Some((
         u64::try_from(v.not_before.timestamp()).ok()?,

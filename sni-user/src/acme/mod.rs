@@ -26,6 +26,14 @@ pub fn placeholder(
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "sni ACME placeholder");
+    self_signed(&params)
+}
+
+/// `params` self-signed with a new key: the certificate and its key (PKCS#8), as rustls
+/// takes them. The placeholders and the TLS-ALPN-01 challenge certificates are made so.
+pub fn self_signed(
+    params: &rcgen::CertificateParams,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), rcgen::Error> {
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     let key_der = PrivateKeyDer::try_from(key.serialize_der())

@@ -683,6 +683,17 @@ fn warn_if_world_readable(key: &Path) {
 /// Checks that the leaf certificate covers `name` (a wildcard name must be covered by a
 /// wildcard certificate: any label under it must be valid).
 fn check_name(certified: &CertifiedKey, name: &str) -> Result<(), String> {
+    let leaf = certified
+        .cert
+        .first()
+        .ok_or_else(|| "empty chain".to_owned())?;
+    covers(leaf, name)
+}
+
+/// Whether the certificate `leaf` covers the configured name `name` (a wildcard name must be
+/// covered by a wildcard certificate), as a client's check would decide: one rule for the
+/// configured certificates and for the ACME task's look at its own.
+pub fn covers(leaf: &CertificateDer<'_>, name: &str) -> Result<(), String> {
     let pattern = HostPattern::parse(name.as_bytes())
         .map_err(|e| format!("{name:?} is not a host name ({e:?})"))?;
     let key = String::from_utf8_lossy(pattern.key().as_bytes());
@@ -692,10 +703,6 @@ fn check_name(certified: &CertifiedKey, name: &str) -> Result<(), String> {
     };
     let server_name =
         ServerName::try_from(probe).map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
-    let leaf = certified
-        .cert
-        .first()
-        .ok_or_else(|| "empty chain".to_owned())?;
     let ee = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| format!("unparsable leaf certificate: {e}"))?;
     ee.verify_is_valid_for_subject_name(&server_name)

@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, SocketAddrV6};
 
-use ppp::v2::{Addresses, Builder, Command, Protocol, Type, Version};
+use ppp::v2::{Addresses, Builder, Command, Protocol, Type, Version, WriteToHeader as _};
 use rustls::server::ServerConnection;
 
 /// `PP2_CLIENT_SSL`: the client connected over TLS.
@@ -76,8 +76,9 @@ impl TlsFacts {
         Self { version, cert, cn }
     }
 
-    /// The value of the `PP2_TYPE_SSL` TLV: client flags, verify result, sub-TLVs.
-    fn value(&self) -> Vec<u8> {
+    /// The value of the `PP2_TYPE_SSL` TLV: client flags, verify result, sub-TLVs (None
+    /// only if a sub-TLV outgrows its length field, which a version and a CN cannot).
+    fn value(&self) -> Option<Vec<u8>> {
         let client = CLIENT_SSL
             | match self.cert {
                 CertGiven::No => 0,
@@ -88,20 +89,16 @@ impl TlsFacts {
         let verify: u32 = u32::from(self.cert == CertGiven::No);
         let mut v = vec![client];
         v.extend_from_slice(&verify.to_be_bytes());
-        sub_tlv(&mut v, Type::SSLVersion, self.version.as_bytes());
+        v.extend(
+            (Type::SSLVersion, self.version.as_bytes())
+                .to_bytes()
+                .ok()?,
+        );
         if let Some(cn) = &self.cn {
-            sub_tlv(&mut v, Type::SSLCommonName, cn.as_bytes());
+            v.extend((Type::SSLCommonName, cn.as_bytes()).to_bytes().ok()?);
         }
-        v
+        Some(v)
     }
-}
-
-/// Appends one TLV, its value cut to what a length field holds.
-fn sub_tlv(out: &mut Vec<u8>, kind: Type, value: &[u8]) {
-    let value = value.get(..usize::from(u16::MAX)).unwrap_or(value);
-    out.push(kind as u8);
-    out.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
-    out.extend_from_slice(value);
 }
 
 /// The header for a connection from `src` to `dst` (TCP; IPv4 when both are, else IPv6 with
@@ -120,7 +117,7 @@ pub fn header(src: SocketAddr, dst: SocketAddr, facts: &Facts<'_>) -> Option<Vec
         b = b.write_tlv(Type::ALPN, alpn).ok()?;
     }
     if let Some(tls) = &facts.tls {
-        b = b.write_tlv(Type::SSL, &tls.value()).ok()?;
+        b = b.write_tlv(Type::SSL, &tls.value()?).ok()?;
     }
     b.build().ok()
 }
@@ -211,11 +208,11 @@ mod tests {
             cert: CertGiven::No,
             cn: None,
         };
-        assert_eq!(t.value()[..5], [0x01, 0, 0, 0, 1]);
+        assert_eq!(t.value().expect("value")[..5], [0x01, 0, 0, 0, 1]);
         let resumed = TlsFacts {
             cert: CertGiven::ResumedSession,
             ..t
         };
-        assert_eq!(resumed.value()[..5], [0x05, 0, 0, 0, 0]);
+        assert_eq!(resumed.value().expect("value")[..5], [0x05, 0, 0, 0, 0]);
     }
 }
