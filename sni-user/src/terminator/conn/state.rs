@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! Hello ──passthrough──────────────────────────→ Passthrough ──┐
-//!   └───terminate──→ Handshake ──handshake done──→ Terminate ──┴─→ End (both ends passed on)
+//!   ├───terminate──→ Handshake ──handshake done──→ Terminate ──┴─→ End (both ends passed on)
+//!   └───TLS-ALPN-01 challenge──→ Validation ──handshake done──→ End (closed: RFC 8737 §3)
 //! any state ──failure or deadline──→ End (Close { side, why })
 //! ```
 
@@ -62,6 +63,9 @@ pub enum State<S> {
     Hello(Hello<S>),
     /// Routed to a terminated host, TLS handshake under way; the backend dialled.
     Handshake(Handshake<S>),
+    /// An ACME CA's TLS-ALPN-01 validation, served the challenge certificate: closed once
+    /// the handshake is done, counted apart (`acme_challenges`), not as the host's.
+    Validation(Tls<S>),
     /// TLS terminated, plaintext relayed.
     Terminate(Tls<S>),
     /// Routed to a passthrough host, bytes relayed as they are.
@@ -97,9 +101,6 @@ pub struct Handshake<S> {
     hand_off: HandOff,
     /// The ClientHello's name, kept for the PROXY header (only when the host sends one).
     authority: Option<Box<HostKey>>,
-    /// An ACME CA validating TLS-ALPN-01: closed once the handshake is done, and counted
-    /// apart (`acme_challenges`), not as the host's.
-    challenge: bool,
 }
 
 impl<S: Stream> State<S> {
@@ -118,6 +119,15 @@ impl<S: Stream> State<S> {
         match self {
             Self::Hello(h) => h.step(meta, ctx, moved),
             Self::Handshake(h) => h.step(meta, ctx, moved),
+            Self::Validation(mut v) => match v.round(false, moved) {
+                Err(close) => end(Some(v.relay.host), close),
+                Ok(()) if v.conn.is_handshaking() => Step::Next(Self::Validation(v)),
+                Ok(()) => {
+                    ctx.global.acme_challenges.fetch_add(1, Relaxed);
+                    v.say_goodbye();
+                    orderly(v.relay.host)
+                }
+            },
             Self::Terminate(mut t) => match t.round(true, moved) {
                 Err(close) => end(Some(t.relay.host), close),
                 Ok(()) if t.relay.finished() => orderly(t.relay.host),
@@ -140,8 +150,8 @@ impl<S: Stream> State<S> {
     pub fn expire(self) -> End {
         let (host, close) = match self {
             Self::Hello(_) => (None, Close::client(Why::HelloTimeout)),
-            Self::Handshake(h) => (
-                Some(h.tls.relay.host),
+            Self::Handshake(Handshake { tls, .. }) | Self::Validation(tls) => (
+                Some(tls.relay.host),
                 Close::host(Side::Client, Failure::HandshakeTimeout),
             ),
             Self::Terminate(mut t) => {
@@ -365,13 +375,22 @@ impl<S: Stream> Hello<S> {
                     }
                 };
                 conn.set_buffer_limit(Some(ctx.limits.buffer_size));
-                let pick = route.pick_negotiated(conn.alpn_protocol());
-                if !is_challenge {
-                    pick.count(route);
+                let relay = |host, client, backend| Relay {
+                    host,
+                    client,
+                    backend,
+                    up: Half::new(ctx.limits.buffer_size),
+                    down: Half::new(ctx.limits.buffer_size),
+                };
+                if is_challenge {
+                    return Step::Next(State::Validation(Tls {
+                        conn: Box::new(conn),
+                        relay: relay(host, self.client, Peer::Builtin { sni: None }),
+                    }));
                 }
-                let backend = if is_challenge {
-                    Peer::Builtin { sni: None }
-                } else if route.client_auth.is_some() && *pick.backend != Backend::Builtin {
+                let pick = route.pick_negotiated(conn.alpn_protocol());
+                pick.count(route);
+                let backend = if route.client_auth.is_some() && *pick.backend != Backend::Builtin {
                     // A host that verifies client certificates: no backend connection for a
                     // client that has not shown one.
                     Peer::Later {
@@ -386,17 +405,10 @@ impl<S: Stream> Hello<S> {
                 Step::Next(State::Handshake(Handshake {
                     tls: Tls {
                         conn: Box::new(conn),
-                        relay: Relay {
-                            host,
-                            client: self.client,
-                            backend,
-                            up: Half::new(ctx.limits.buffer_size),
-                            down: Half::new(ctx.limits.buffer_size),
-                        },
+                        relay: relay(host, self.client, backend),
                     },
                     hand_off,
                     authority: name.filter(|_| route.proxy_protocol).map(Box::new),
-                    challenge: is_challenge,
                 }))
             }
         }
@@ -433,11 +445,6 @@ impl<S: Stream> Handshake<S> {
         }
         if self.tls.conn.is_handshaking() {
             return Step::Next(State::Handshake(self));
-        }
-        if self.challenge {
-            global.acme_challenges.fetch_add(1, Relaxed);
-            self.tls.say_goodbye();
-            return orderly(self.tls.relay.host);
         }
         let resumed = self.tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let route = Arc::clone(self.tls.relay.route());

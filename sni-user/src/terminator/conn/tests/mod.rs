@@ -391,6 +391,7 @@ fn state_name(conn: &Conn<End>) -> &'static str {
     match conn.state {
         State::Hello(_) => "hello",
         State::Handshake(_) => "handshake",
+        State::Validation(_) => "validation",
         State::Terminate(_) => "terminate",
         State::Passthrough(_) => "passthrough",
         State::Closed => "closed",
