@@ -134,7 +134,7 @@ impl CachedFlow {
         Some((self.flow.owner()?, self.packets, self.bytes))
     }
 }
-const _: () = assert!(core::mem::size_of::<CachedFlow>() == 80);
+const _: () = assert!(core::mem::size_of::<CachedFlow>() == 88);
 
 /// Whose counters a flow's packets count toward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -183,8 +183,10 @@ pub struct Flow {
     pub verdict: u8,
     /// Zero.
     pub _pad: [u8; 2],
+    /// [`crate::ja4::Ja4Key::hash64`] of the ClientHello's fingerprint; 0 without one.
+    pub ja4: u64,
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+const _: () = assert!(core::mem::size_of::<Flow>() == 24);
 
 impl Flow {
     /// Whose counters this flow's packets count toward: none for a flow without a name.
@@ -214,13 +216,19 @@ pub struct Pending {
 const _: () = assert!(core::mem::size_of::<Pending>() == Parser::SIZE + 16);
 
 impl Pending {
-    /// A ClientHello whose first segment is about to be read.
-    pub const NEW: Self = Self {
-        parser: Parser::NEW,
-        next_seq: 0,
-        segments: 0,
-        bytes: 0,
-    };
+    /// A ClientHello whose first segment is about to be read, up to its name.
+    pub const NEW: Self = Self::new(false);
+
+    /// A ClientHello whose first segment is about to be read: to its end and its JA4 when
+    /// `ja4`, else up to its name.
+    pub const fn new(ja4: bool) -> Self {
+        Self {
+            parser: Parser::new(ja4),
+            next_seq: 0,
+            segments: 0,
+            bytes: 0,
+        }
+    }
 
     /// Takes account of a segment of `len` payload bytes at `seq`, in a frame of `frame_len`
     /// bytes, that the parser just read.

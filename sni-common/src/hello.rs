@@ -25,7 +25,10 @@
 //! struct { NameType name_type = 0; HostName host_name<1..2^16-1>; } ServerName;
 //! ```
 
-use crate::host::{lower, HostKey, MAX_NAME_LEN};
+use crate::{
+    host::{lower, HostKey, MAX_NAME_LEN},
+    ja4::{ext as ja4_ext, Ja4State},
+};
 
 /// TLS ContentType `handshake` (RFC 8446 §5.1).
 const CONTENT_TYPE_HANDSHAKE: u8 = 22;
@@ -303,6 +306,9 @@ const F_SSLV2_HEADER: u8 = 16;
 /// An SSLv2-compatible ClientHello was read (RFC 5246 appendix E.2): it has no extensions,
 /// so no server_name.
 const F_SSLV2: u8 = 32;
+/// The parser reads the whole ClientHello and its JA4 ([`Parser::ja4`]), not only up to the
+/// name.
+const F_JA4: u8 = 64;
 
 // Stages: the field the parser is in. `int` fields accumulate big-endian into `acc`, `skip`
 // fields are passed over, the name is copied.
@@ -313,17 +319,26 @@ const S_RANDOM: u8 = 3; // skip 32
 const S_SID_LEN: u8 = 4; // int 1
 const S_SID: u8 = 5; // skip
 const S_CS_LEN: u8 = 6; // int 2
-const S_CS: u8 = 7; // skip
-const S_COMP_LEN: u8 = 8; // int 1
-const S_COMP: u8 = 9; // skip
-const S_EXTS_LEN: u8 = 10; // int 2
-const S_EXT_TYPE: u8 = 11; // int 2
-const S_EXT_LEN: u8 = 12; // int 2
-const S_EXT_BODY: u8 = 13; // skip
-const S_SNI_LIST_LEN: u8 = 14; // int 2
-const S_SNI_TYPE: u8 = 15; // int 1
-const S_SNI_NAME_LEN: u8 = 16; // int 2
-const S_SNI_NAME: u8 = 17; // copy
+const S_CS: u8 = 7; // skip (without JA4)
+const S_CIPHER: u8 = 8; // int 2, one cipher suite (with JA4)
+const S_COMP_LEN: u8 = 9; // int 1
+const S_COMP: u8 = 10; // skip
+const S_EXTS_LEN: u8 = 11; // int 2
+const S_EXT_TYPE: u8 = 12; // int 2
+const S_EXT_LEN: u8 = 13; // int 2
+const S_EXT_BODY: u8 = 14; // skip
+                           // Inside an extension whose length is in `ext_left` (every stage from here on).
+const S_SNI_LIST_LEN: u8 = 15; // int 2
+const S_SNI_TYPE: u8 = 16; // int 1
+const S_SNI_NAME_LEN: u8 = 17; // int 2
+const S_SNI_NAME: u8 = 18; // copy
+const S_ALPN_LIST_LEN: u8 = 19; // int 2
+const S_ALPN_LEN: u8 = 20; // int 1
+const S_ALPN_NAME: u8 = 21; // the first value's ends
+const S_VERSIONS_LEN: u8 = 22; // int 1
+const S_VERSION_ITEM: u8 = 23; // int 2
+const S_SIG_ALGS_LEN: u8 = 24; // int 2
+const S_SIG_ALG: u8 = 25; // int 2
 
 /// Parse state of one ClientHello; fixed size, plain data, all-zero when new.
 #[repr(C)]
@@ -341,7 +356,7 @@ pub struct Parser {
     acc: u32,
     /// Bytes left in the current TLS record; 0 while reading a record header.
     rec_left: u16,
-    /// Bytes left in the current server_name extension.
+    /// Bytes left in the current extension, while inside one (stages from `S_SNI_LIST_LEN`).
     ext_left: u16,
     /// Type of the current extension.
     ext_type: u16,
@@ -359,7 +374,12 @@ pub struct Parser {
     status: u8,
     /// [`Reason`] as a byte.
     reason: u8,
-    _pad: [u8; 3],
+    _pad: u8,
+    /// Bytes left in the list being read value by value (cipher suites, versions, signature
+    /// algorithms).
+    list_left: u16,
+    /// What the JA4 is made of, gathered with [`F_JA4`].
+    ja4: Ja4State,
 }
 const _: () = assert!(core::mem::size_of::<Parser>() == Parser::SIZE);
 
@@ -384,27 +404,35 @@ impl core::fmt::Debug for Parser {
 
 impl Parser {
     /// Size in bytes (it is stored in BPF maps).
-    pub const SIZE: usize = 288;
+    pub const SIZE: usize = 288 + Ja4State::SIZE;
 
-    /// A parser at the first byte of a stream.
-    pub const NEW: Self = Self {
-        host: HostKey::EMPTY,
-        hs_left: 0,
-        exts_left: 0,
-        need: 1,
-        acc: 0,
-        rec_left: 0,
-        ext_left: 0,
-        ext_type: 0,
-        stage: S_HS_TYPE,
-        rec_hdr: 0,
-        rec_len_hi: 0,
-        records: 0,
-        flags: 0,
-        status: ST_NEED_MORE,
-        reason: 0,
-        _pad: [0; 3],
-    };
+    /// A parser at the first byte of a stream that reads up to the name.
+    pub const NEW: Self = Self::new(false);
+
+    /// A parser at the first byte of a stream that reads the whole ClientHello and its JA4
+    /// when `ja4`, else up to the name.
+    pub const fn new(ja4: bool) -> Self {
+        Self {
+            host: HostKey::EMPTY,
+            hs_left: 0,
+            exts_left: 0,
+            need: 1,
+            acc: 0,
+            rec_left: 0,
+            ext_left: 0,
+            ext_type: 0,
+            stage: S_HS_TYPE,
+            rec_hdr: 0,
+            rec_len_hi: 0,
+            records: 0,
+            flags: if ja4 { F_JA4 } else { 0 },
+            status: ST_NEED_MORE,
+            reason: 0,
+            _pad: 0,
+            list_left: 0,
+            ja4: Ja4State::NEW,
+        }
+    }
 
     /// Steps needed at most to consume `len` bytes (see the module docs).
     pub const fn max_steps(len: usize) -> usize {
@@ -451,12 +479,19 @@ impl Parser {
         self.flags & F_CONFIRMED != 0
     }
 
-    /// Whether the next bytes of the stream are needed: the ClientHello goes on and its name
-    /// (if it has one) has not been read yet. Once the name is read, nothing more is needed
-    /// to count or route the flow.
+    /// Whether the next bytes of the stream are needed: the ClientHello goes on, and either
+    /// its JA4 is read or its name (if it has one) has not been read yet. Without JA4, once
+    /// the name is read, nothing more is needed to count or route the flow.
     #[inline(always)]
     pub fn wants_more(&self) -> bool {
-        self.status == ST_NEED_MORE && !self.has_name()
+        self.status == ST_NEED_MORE && (self.flags & F_JA4 != 0 || !self.has_name())
+    }
+
+    /// What the JA4 of a ClientHello read to its end is made of; `None` without JA4, before
+    /// the end, for a broken ClientHello or an SSLv2-compatible one.
+    #[inline(always)]
+    pub fn ja4(&self) -> Option<&Ja4State> {
+        (self.flags & (F_JA4 | F_SSLV2) == F_JA4 && self.status == ST_DONE).then_some(&self.ja4)
     }
 
     /// What the ClientHello came to, as counted: with the bytes read so far, a ClientHello
@@ -549,6 +584,10 @@ impl Parser {
                 self.host.name[i] = lower(b);
                 self.host.len += 1;
             }
+        } else if self.stage == S_ALPN_NAME {
+            // `acc` counts the value's bytes here.
+            self.ja4.alpn_byte(self.acc, b);
+            self.acc += 1;
         } else {
             self.acc = (self.acc << 8) | u32::from(b);
         }
@@ -664,6 +703,23 @@ impl Parser {
         self.status = ST_DONE;
     }
 
+    /// Passes over what is left of the current extension.
+    fn rest_of_extension(&mut self) {
+        let rest = u32::from(self.ext_left);
+        self.enter(S_EXT_BODY, rest);
+    }
+
+    /// The next two-byte value of the list JA4 reads in the current extension (supported
+    /// versions or signature algorithms) as stage `item`, or the rest of the extension when
+    /// the list, or the extension, has no room for another.
+    fn list_items(&mut self, item: u8) {
+        if self.list_left < 2 || self.ext_left < 2 {
+            return self.rest_of_extension();
+        }
+        self.list_left -= 2;
+        self.enter(item, 2);
+    }
+
     /// The current field is complete: check it and move to the next.
     fn field_done(&mut self) {
         let v = self.acc;
@@ -688,6 +744,7 @@ impl Parser {
                 if v >> 8 != u32::from(VERSION_MAJOR) {
                     return self.malformed(Reason::BadHelloVersion);
                 }
+                self.ja4.legacy_version = v as u16;
                 self.enter(S_RANDOM, 32);
             }
             S_RANDOM => self.enter(S_SID_LEN, 1),
@@ -702,9 +759,21 @@ impl Parser {
                 if v < 2 || !v.is_multiple_of(2) {
                     return self.malformed(Reason::BadCipherSuitesLength);
                 }
+                if self.flags & F_JA4 != 0 {
+                    self.list_left = v as u16;
+                    return self.enter(S_CIPHER, 2);
+                }
                 self.enter(S_CS, v);
             }
             S_CS => self.enter(S_COMP_LEN, 1),
+            S_CIPHER => {
+                self.ja4.cipher(v as u16);
+                self.list_left -= 2;
+                if self.list_left == 0 {
+                    return self.enter(S_COMP_LEN, 1);
+                }
+                self.enter(S_CIPHER, 2);
+            }
             S_COMP_LEN => {
                 if v == 0 {
                     return self.malformed(Reason::BadCompressionLength);
@@ -736,6 +805,13 @@ impl Parser {
                 if v > self.exts_left {
                     return self.malformed(Reason::ExtensionOverrun);
                 }
+                let ja4 = self.flags & F_JA4 != 0;
+                if ja4 {
+                    self.ja4.extension(self.ext_type);
+                }
+                // Inner lengths of the extensions JA4 reads are not checked: a lie only ends
+                // the reading of the values early (`list_items`).
+                self.ext_left = v as u16;
                 match self.ext_type {
                     EXT_SERVER_NAME => {
                         if self.flags & F_SNI_EXT != 0 {
@@ -747,15 +823,44 @@ impl Parser {
                             return self.malformed(Reason::BadServerNameList);
                         }
                         self.flags |= F_SNI_EXT;
-                        self.ext_left = v as u16;
                         self.enter(S_SNI_LIST_LEN, 2);
                     }
                     EXT_ECH => {
                         self.flags |= F_ECH;
                         self.enter(S_EXT_BODY, v);
                     }
+                    ja4_ext::ALPN if ja4 && v >= 4 && self.ja4.wants_alpn() => {
+                        self.ja4.alpn_seen();
+                        self.enter(S_ALPN_LIST_LEN, 2);
+                    }
+                    ja4_ext::SUPPORTED_VERSIONS if ja4 && v >= 1 => self.enter(S_VERSIONS_LEN, 1),
+                    ja4_ext::SIGNATURE_ALGORITHMS if ja4 && v >= 2 => self.enter(S_SIG_ALGS_LEN, 2),
                     _ => self.enter(S_EXT_BODY, v),
                 }
+            }
+            S_ALPN_LIST_LEN => self.enter(S_ALPN_LEN, 1),
+            S_ALPN_LEN => {
+                if v == 0 || v > u32::from(self.ext_left) {
+                    return self.rest_of_extension();
+                }
+                self.enter(S_ALPN_NAME, v);
+            }
+            S_ALPN_NAME => self.rest_of_extension(),
+            S_VERSIONS_LEN => {
+                self.list_left = v as u16;
+                self.list_items(S_VERSION_ITEM);
+            }
+            S_VERSION_ITEM => {
+                self.ja4.supported_version(v as u16);
+                self.list_items(S_VERSION_ITEM);
+            }
+            S_SIG_ALGS_LEN => {
+                self.list_left = v as u16;
+                self.list_items(S_SIG_ALG);
+            }
+            S_SIG_ALG => {
+                self.ja4.sig_alg(v as u16);
+                self.list_items(S_SIG_ALG);
             }
             S_EXT_BODY => {
                 if self.exts_left == 0 {
@@ -773,8 +878,7 @@ impl Parser {
             S_SNI_TYPE => {
                 if v != NAME_TYPE_HOST {
                     // An unknown NameType: no host name here; pass over the rest.
-                    let rest = u32::from(self.ext_left);
-                    return self.enter(S_EXT_BODY, rest);
+                    return self.rest_of_extension();
                 }
                 self.enter(S_SNI_NAME_LEN, 2);
             }

@@ -6,6 +6,7 @@
 //!   `sni-user classify` and wherever bytes must be read without terminating TLS.
 //! - [`flow`]: per-flow state: where a segment continues a ClientHello, a flow's host and
 //!   verdict, the per-host rate limit.
+//! - [`ja4`]: JA4 client fingerprints: what the parser gathers, the kernel's key, the string.
 //! - [`host`]: host-name normalisation and the fixed-size host key used by every map.
 //! - [`pattern`]: configured names (exact or `*.`) and the one rule for which covers a name.
 //! - [`maps`]: map names, `#[repr(C)]` map keys and values, and global counter indices.
@@ -15,6 +16,7 @@
 pub mod flow;
 pub mod hello;
 pub mod host;
+pub mod ja4;
 pub mod maps;
 pub mod pattern;
 

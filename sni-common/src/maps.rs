@@ -62,9 +62,32 @@ pub const MAP_PENDING: &str = "SNI_PENDING";
 pub const MAP_PORTS: &str = "SNI_PORTS";
 /// Per-CPU scratch space of the XDP program (packet bytes and parser state): kernel only.
 pub const MAP_SCRATCH: &str = "SNI_SCRATCH";
+/// Configured fingerprints' keys: `HashMap<Ja4Key, u32>` from a [`crate::ja4::Ja4Key`] to the
+/// fingerprint slot (1-based index of its `[[fingerprint]]`). Userspace writes a key once it
+/// learns that the key's JA4 is configured ([`MAP_JA4_EVENTS`]).
+pub const MAP_JA4_SLOTS: &str = "SNI_JA4_SLOTS";
+/// Configured fingerprints' actions: `Array<Policy>` by fingerprint slot (slot 0 unused).
+pub const MAP_JA4_POLICY: &str = "SNI_JA4_POLICY";
+/// Configured fingerprints' rate-limit state: `Array<Bucket>` by fingerprint slot.
+pub const MAP_JA4_BUCKETS: &str = "SNI_JA4_BUCKETS";
+/// Configured fingerprints' counters: `Array<Ja4Stats>` by fingerprint slot, shared by every
+/// CPU and added to atomically; never evicted.
+pub const MAP_JA4_STATS: &str = "SNI_JA4_STATS";
+/// Every other fingerprint's counters: `LruHashMap<Ja4Key, Ja4Stats>`, shared by every CPU;
+/// under a flood of random fingerprints the least recently seen go first. A key's insertion
+/// here is what sends its lists to userspace.
+pub const MAP_JA4_OTHER: &str = "SNI_JA4_OTHER";
+/// Counters per (host, fingerprint): `LruHashMap<HostJa4, Ja4Stats>`, shared by every CPU;
+/// readers keep the top of each host and sum the rest.
+pub const MAP_JA4_HOSTS: &str = "SNI_JA4_HOSTS";
+/// Fingerprints seen for the first time: a ring buffer of [`crate::ja4::Ja4State`] records
+/// (the lists), from which userspace computes the JA4 strings. Bounded: a full buffer loses
+/// the record (counted as `ja4_lost`), and the key is sent again when it comes back after
+/// leaving [`MAP_JA4_OTHER`].
+pub const MAP_JA4_EVENTS: &str = "SNI_JA4_EVENTS";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_GLOBAL,
     MAP_HOSTS,
     MAP_HOST_STATS,
@@ -75,6 +98,10 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_FLOWS,
     MAP_FLOW_CACHE,
     MAP_PORTS,
+    MAP_JA4_SLOTS,
+    MAP_JA4_STATS,
+    MAP_JA4_OTHER,
+    MAP_JA4_HOSTS,
 ];
 
 /// Default capacity of [`MAP_OTHER_HOSTS`] and [`MAP_OTHER_NAMES`]: 16 Ki names; 48 bytes of
@@ -84,7 +111,7 @@ pub const OTHER_HOSTS_DEFAULT_ENTRIES: u32 = 16 * 1024;
 pub const FLOWS_DEFAULT_ENTRIES: u32 = 128 * 1024;
 /// Flow cache entries per CPU, at the fewest and at the most (see [`flow_cache_entries`]).
 pub const FLOW_CACHE_MIN_ENTRIES: u32 = 1024;
-/// See [`FLOW_CACHE_MIN_ENTRIES`]: 64 Ki entries of 80 bytes is 5 MiB per CPU.
+/// See [`FLOW_CACHE_MIN_ENTRIES`]: 64 Ki entries of 88 bytes is 5.5 MiB per CPU.
 pub const FLOW_CACHE_MAX_ENTRIES: u32 = 64 * 1024;
 
 /// Entries per CPU of [`MAP_FLOW_CACHE`] for a flow table of `flows` entries on `cpus` CPUs:
@@ -100,6 +127,16 @@ pub fn flow_cache_entries(flows: u32, cpus: u32) -> u32 {
 
 /// Default capacity of [`MAP_PENDING`]: ClientHellos in flight across segments at once.
 pub const PENDING_DEFAULT_ENTRIES: u32 = 8 * 1024;
+
+/// Default capacity of [`MAP_JA4_OTHER`]: fingerprints not configured, 64 bytes each.
+pub const JA4_OTHER_DEFAULT_ENTRIES: u32 = 16 * 1024;
+/// Default capacity of [`MAP_JA4_HOSTS`]: (host, fingerprint) pairs, 88 bytes each.
+pub const JA4_HOSTS_DEFAULT_ENTRIES: u32 = 64 * 1024;
+/// Capacity of [`MAP_JA4_SLOTS`]: keys of configured fingerprints (a JA4 has one key unless
+/// its lists overflow what the kernel keeps).
+pub const JA4_SLOTS_ENTRIES: u32 = 4096;
+/// Size of [`MAP_JA4_EVENTS`] in bytes (a power of two): about 470 records of 552 bytes.
+pub const JA4_EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Defines the global counters once: each one's index constant, its name (the key in
 /// `sni-user stats --json` and the metric's suffix) and its help text (the constant's doc and
@@ -165,6 +202,11 @@ pub mod counter {
             "Packets dropped because their ClientHello came over its host's hello_rate.";
         SSLV2 = 17, "sslv2",
             "SSLv2-compatible ClientHellos (old clients, scanners): no extensions, no name.";
+        JA4 = 18, "ja4", "ClientHellos read to their end whose JA4 fingerprint was taken.";
+        JA4_NEW = 19, "ja4_new",
+            "Fingerprints the kernel had not seen (or had forgotten): their lists were sent.";
+        JA4_LOST = 20, "ja4_lost",
+            "New fingerprints whose lists the full ring buffer could not take.";
     }
 }
 
@@ -200,6 +242,45 @@ impl HostStats {
         self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
     }
 }
+
+/// Counters of a fingerprint, or of a (host, fingerprint) pair; shared by every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ja4Stats {
+    /// ClientHellos with this fingerprint.
+    pub client_hellos: u64,
+    /// Those whose flow was dropped by an action (the host's or the fingerprint's).
+    pub dropped: u64,
+    /// Those whose flow was dropped by a hello_rate (the host's or the fingerprint's).
+    pub rate_limited: u64,
+}
+const _: () = assert!(core::mem::size_of::<Ja4Stats>() == 24);
+
+impl Ja4Stats {
+    /// Adds `other` to `self`, saturating.
+    pub fn add(&mut self, other: &Self) {
+        self.client_hellos = self.client_hellos.saturating_add(other.client_hellos);
+        self.dropped = self.dropped.saturating_add(other.dropped);
+        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
+    }
+}
+
+/// Key of [`MAP_JA4_HOSTS`]: a host (as a flow names its owner) and a fingerprint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostJa4 {
+    /// The fingerprint.
+    pub ja4: crate::ja4::Ja4Key,
+    /// [`crate::flow::Flow::name_hash`] of a name not configured, else 0.
+    pub name_hash: u64,
+    /// The host slot of a configured host, else 0.
+    pub slot: u32,
+    /// [`crate::flow::kind`] of the flow.
+    pub kind: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<HostJa4>() == 56);
 
 /// The set of watched TCP destination ports, one bit per port.
 #[repr(C)]

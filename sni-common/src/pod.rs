@@ -7,7 +7,8 @@ use crate::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
     hello::Parser,
     host::{HostKey, NameEntry, NameKeys},
-    maps::{HostStats, PortSet},
+    ja4::{Ja4Key, Ja4State},
+    maps::{HostJa4, HostStats, Ja4Stats, PortSet},
 };
 
 /// Marks each type as `aya::Pod`.
@@ -23,5 +24,5 @@ macro_rules! pod {
 
 pod!(
     HostKey, NameKeys, NameEntry, HostStats, PortSet, Parser, FlowKey, Flow, Pending, Policy,
-    Bucket, CachedFlow,
+    Bucket, CachedFlow, Ja4Key, Ja4State, Ja4Stats, HostJa4,
 );

@@ -90,10 +90,30 @@ fn corpus() -> Vec<(String, Vec<u8>, Option<String>)> {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Parses `chunks` in order, checking the step bound on each: when the parser still needs
-/// more, every byte of the chunk must have been consumed within `Parser::max_steps`.
+/// Parses `chunks` in order with a parser that reads up to the name and with one that reads
+/// the JA4 too: both must come to the same answer (the JA4 is read without changing what the
+/// parser accepts). Returns the JA4 one.
 fn parse_chunks(chunks: &[&[u8]]) -> Parser {
-    let mut p = Parser::NEW;
+    let name_only = parse_chunks_with(Parser::NEW, chunks);
+    let ja4 = parse_chunks_with(Parser::new(true), chunks);
+    assert_eq!(name_only.progress(), ja4.progress(), "{ja4:?}");
+    assert_eq!(name_only.reason(), ja4.reason(), "{ja4:?}");
+    assert_eq!(name_only.name(), ja4.name(), "{ja4:?}");
+    assert_eq!(name_only.outcome(), ja4.outcome(), "{ja4:?}");
+    assert_eq!(name_only.records(), ja4.records(), "{ja4:?}");
+    assert_eq!(name_only.ja4(), None);
+    ja4
+}
+
+/// The JA4 key and string of a ClientHello read to its end.
+fn ja4_of(p: &Parser) -> Option<(sni_common::ja4::Ja4Key, Option<String>)> {
+    p.ja4()
+        .map(|j| (j.key(), j.ja4().map(|s| s.as_str().to_owned())))
+}
+
+/// Parses `chunks` in order from `p`, checking the step bound on each: when the parser still
+/// needs more, every byte of the chunk must have been consumed within `Parser::max_steps`.
+fn parse_chunks_with(mut p: Parser, chunks: &[&[u8]]) -> Parser {
     for chunk in chunks {
         let mut pos = 0;
         let mut steps = 0;
@@ -332,10 +352,16 @@ fn name_is_known_as_soon_as_its_last_byte_arrives() {
 fn every_split_into_two_and_three_chunks_gives_the_same_answer() {
     for (label, bytes, name) in corpus() {
         let n = bytes.len();
+        let whole = ja4_of(&parse(&bytes));
+        assert!(
+            matches!(&whole, Some((_, Some(s))) if s.len() == 36),
+            "{label}: {whole:?}"
+        );
         for i in 0..=n {
             let p = parse_chunks(&[&bytes[..i], &bytes[i..]]);
             assert_eq!(p.progress(), Progress::Done, "{label} split at {i}");
             assert_eq!(name_of(&p), name, "{label} split at {i}");
+            assert_eq!(ja4_of(&p), whole, "{label} split at {i}");
         }
         // Three chunks: every first cut, second cuts on a stride (all pairs of the large
         // rustls hello would be a million parses).
@@ -344,6 +370,7 @@ fn every_split_into_two_and_three_chunks_gives_the_same_answer() {
             for j in (i..=n).step_by(stride) {
                 let p = parse_chunks(&[&bytes[..i], &bytes[i..j], &bytes[j..]]);
                 assert_eq!(name_of(&p), name, "{label} split at {i},{j}");
+                assert_eq!(ja4_of(&p), whole, "{label} split at {i},{j}");
                 assert_eq!(p.progress(), Progress::Done, "{label} split at {i},{j}");
             }
         }
@@ -355,10 +382,12 @@ fn hello_split_across_records_of_every_size() {
     for (label, bytes, name) in corpus() {
         let hello = Hello::from_records(&bytes);
         let hs_len = hello.handshake().len();
+        let whole = ja4_of(&parse(&bytes));
         for size in (1..64).chain([100, 255, 256, 511, 1000, hs_len - 1, hs_len]) {
             let framed = hello.records(size);
             let p = parse(&framed);
             assert_eq!(p.progress(), Progress::Done, "{label} records of {size}");
+            assert_eq!(ja4_of(&p), whole, "{label} records of {size}");
             assert_eq!(name_of(&p), name, "{label} records of {size}");
             assert!(usize::from(p.records()) >= hs_len.div_ceil(size).min(255));
         }
@@ -397,12 +426,15 @@ fn extensions_in_any_order() {
             o.insert(target, sni);
             orders.push(o);
         }
+        // JA4 sorts the extensions: their order does not change it.
+        let whole = ja4_of(&parse(&bytes));
         for o in orders {
             let mut h = hello.clone();
             h.extensions = Some(o);
             let p = parse(&h.records(16384));
             assert_eq!(p.progress(), Progress::Done, "{label}");
             assert_eq!(name_of(&p).as_deref(), Some(name.as_str()), "{label}");
+            assert_eq!(ja4_of(&p), whole, "{label}");
         }
     }
 }
@@ -426,6 +458,8 @@ fn grease_extensions_and_suites_are_passed_over() {
             let p = parse(&h.records(16384));
             assert_eq!(p.progress(), Progress::Done, "{label} grease {g:#06x}");
             assert_eq!(name_of(&p), name, "{label} grease {g:#06x}");
+            // JA4 leaves GREASE out.
+            assert_eq!(ja4_of(&p), ja4_of(&parse(&bytes)), "{label} grease {g:#06x}");
         }
     }
 }
