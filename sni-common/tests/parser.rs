@@ -459,7 +459,11 @@ fn grease_extensions_and_suites_are_passed_over() {
             assert_eq!(p.progress(), Progress::Done, "{label} grease {g:#06x}");
             assert_eq!(name_of(&p), name, "{label} grease {g:#06x}");
             // JA4 leaves GREASE out.
-            assert_eq!(ja4_of(&p), ja4_of(&parse(&bytes)), "{label} grease {g:#06x}");
+            assert_eq!(
+                ja4_of(&p),
+                ja4_of(&parse(&bytes)),
+                "{label} grease {g:#06x}"
+            );
         }
     }
 }
