@@ -80,6 +80,10 @@ pub const MAP_JA4_OTHER: &str = "SNI_JA4_OTHER";
 /// Counters per (host, fingerprint): `LruHashMap<HostJa4, Ja4Stats>`, shared by every CPU;
 /// readers keep the top of each host and sum the rest.
 pub const MAP_JA4_HOSTS: &str = "SNI_JA4_HOSTS";
+/// The JA4 strings of the fingerprints seen: `LruHashMap<Ja4Key, Ja4Name>`, written by the
+/// daemon as it learns them from [`MAP_JA4_EVENTS`], read by every reader (`stats`, `top`,
+/// `/metrics`) to show JA4 strings, never keys. The kernel does not use it.
+pub const MAP_JA4_NAMES: &str = "SNI_JA4_NAMES";
 /// Fingerprints seen for the first time: a ring buffer of [`crate::ja4::Ja4State`] records
 /// (the lists), from which userspace computes the JA4 strings. Bounded: a full buffer loses
 /// the record (counted as `ja4_lost`), and the key is sent again when it comes back after
@@ -87,7 +91,7 @@ pub const MAP_JA4_HOSTS: &str = "SNI_JA4_HOSTS";
 pub const MAP_JA4_EVENTS: &str = "SNI_JA4_EVENTS";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 16] = [
     MAP_GLOBAL,
     MAP_HOSTS,
     MAP_HOST_STATS,
@@ -99,9 +103,11 @@ pub const PINNED_MAPS: [&str; 14] = [
     MAP_FLOW_CACHE,
     MAP_PORTS,
     MAP_JA4_SLOTS,
+    MAP_JA4_POLICY,
     MAP_JA4_STATS,
     MAP_JA4_OTHER,
     MAP_JA4_HOSTS,
+    MAP_JA4_NAMES,
 ];
 
 /// Default capacity of [`MAP_OTHER_HOSTS`] and [`MAP_OTHER_NAMES`]: 16 Ki names; 48 bytes of
@@ -132,6 +138,8 @@ pub const PENDING_DEFAULT_ENTRIES: u32 = 8 * 1024;
 pub const JA4_OTHER_DEFAULT_ENTRIES: u32 = 16 * 1024;
 /// Default capacity of [`MAP_JA4_HOSTS`]: (host, fingerprint) pairs, 88 bytes each.
 pub const JA4_HOSTS_DEFAULT_ENTRIES: u32 = 64 * 1024;
+/// Default capacity of [`MAP_JA4_NAMES`]: JA4 strings known, 80 bytes each.
+pub const JA4_NAMES_DEFAULT_ENTRIES: u32 = 64 * 1024;
 /// Capacity of [`MAP_JA4_SLOTS`]: keys of configured fingerprints (a JA4 has one key unless
 /// its lists overflow what the kernel keeps).
 pub const JA4_SLOTS_ENTRIES: u32 = 4096;
@@ -264,6 +272,20 @@ impl Ja4Stats {
         self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
     }
 }
+
+/// A JA4 string as [`MAP_JA4_NAMES`] keeps it: 36 ASCII bytes; `known` is 0 when the lists
+/// were too long to compute it (then `ja4` holds JA4_a and zeros).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ja4Name {
+    /// The JA4 string.
+    pub ja4: [u8; 36],
+    /// 1 when `ja4` is the whole string.
+    pub known: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Ja4Name>() == 40);
 
 /// Key of [`MAP_JA4_HOSTS`]: a host (as a flow names its owner) and a fingerprint.
 #[repr(C)]

@@ -8,7 +8,7 @@ use crate::{
     hello::Parser,
     host::{HostKey, NameEntry, NameKeys},
     ja4::{Ja4Key, Ja4State},
-    maps::{HostJa4, HostStats, Ja4Stats, PortSet},
+    maps::{HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet},
 };
 
 /// Marks each type as `aya::Pod`.
@@ -24,5 +24,5 @@ macro_rules! pod {
 
 pod!(
     HostKey, NameKeys, NameEntry, HostStats, PortSet, Parser, FlowKey, Flow, Pending, Policy,
-    Bucket, CachedFlow, Ja4Key, Ja4State, Ja4Stats, HostJa4,
+    Bucket, CachedFlow, Ja4Key, Ja4State, Ja4Stats, HostJa4, Ja4Name,
 );

@@ -27,7 +27,7 @@ use crate::{
     error::Error,
     flow,
     headers::{ptr_at, Segment},
-    maps::{SNI_PENDING, SNI_SCRATCH},
+    maps::{ja4_enabled, SNI_PENDING, SNI_SCRATCH},
 };
 
 /// Payload chunks parsed at most per packet: 4 × 4 KiB covers a 16 KiB ClientHello (the
@@ -84,7 +84,7 @@ pub fn read(
     unsafe {
         (*scratch).pending = match (resumed, pending) {
             (true, Some(p)) => *p,
-            _ => Pending::NEW,
+            _ => Pending::new(ja4_enabled()),
         };
     }
     parse(ctx, scratch, seg.payload_off + skip, seg.payload_len - skip)?;

@@ -5,13 +5,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sni_common::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
     host::{NameEntry, NameKeys},
+    ja4::Ja4Key,
     maps::{
-        counter, HostStats, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES, FLOW_CACHE_MIN_ENTRIES,
+        counter, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
+        FLOW_CACHE_MIN_ENTRIES, JA4_EVENTS_BYTES, JA4_HOSTS_DEFAULT_ENTRIES,
+        JA4_NAMES_DEFAULT_ENTRIES, JA4_OTHER_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES,
         OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES,
     },
     HostKey,
@@ -87,6 +90,47 @@ pub static SNI_PORTS: Array<PortSet> = Array::with_max_entries(1, 0);
 #[map]
 pub static SNI_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Configured fingerprints' keys → fingerprint slot (written by userspace as it learns them).
+#[map]
+pub static SNI_JA4_SLOTS: HashMap<Ja4Key, u32> = HashMap::with_max_entries(JA4_SLOTS_ENTRIES, 0);
+
+/// Actions by fingerprint slot (sized by the loader; slot 0 unused).
+#[map]
+pub static SNI_JA4_POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+
+/// Rate-limit state by fingerprint slot, shared by every CPU.
+#[map]
+pub static SNI_JA4_BUCKETS: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Counters by fingerprint slot, shared by every CPU.
+#[map]
+pub static SNI_JA4_STATS: Array<Ja4Stats> = Array::with_max_entries(1, 0);
+
+/// Counters of every other fingerprint, shared by every CPU; least recently used go first.
+#[map]
+pub static SNI_JA4_OTHER: LruHashMap<Ja4Key, Ja4Stats> =
+    LruHashMap::with_max_entries(JA4_OTHER_DEFAULT_ENTRIES, 0);
+
+/// Counters per (host, fingerprint), shared by every CPU.
+#[map]
+pub static SNI_JA4_HOSTS: LruHashMap<HostJa4, Ja4Stats> =
+    LruHashMap::with_max_entries(JA4_HOSTS_DEFAULT_ENTRIES, 0);
+
+/// JA4 strings by key, for userspace readers (written by the daemon; the program never reads
+/// it).
+#[map]
+pub static SNI_JA4_NAMES: LruHashMap<Ja4Key, Ja4Name> =
+    LruHashMap::with_max_entries(JA4_NAMES_DEFAULT_ENTRIES, 0);
+
+/// The lists of fingerprints seen for the first time, for userspace to hash.
+#[map]
+pub static SNI_JA4_EVENTS: RingBuf = RingBuf::with_byte_size(JA4_EVENTS_BYTES, 0);
+
+/// 1 when ClientHellos are read to their end for their JA4 fingerprint (the default); 0 reads
+/// them up to the name only.
+#[no_mangle]
+static SNI_JA4: u8 = 1;
+
 /// 1 when the loader was asked (`--debug`) to log every ClientHello; off the per-packet path
 /// otherwise.
 #[no_mangle]
@@ -111,6 +155,13 @@ pub fn debug_enabled() -> bool {
     // SAFETY: a plain read of a constant the loader may patch; volatile so that the compiler
     // does not fold the default.
     unsafe { core::ptr::read_volatile(&SNI_DEBUG) != 0 }
+}
+
+/// Whether ClientHellos are read for their JA4 fingerprint.
+#[inline(always)]
+pub fn ja4_enabled() -> bool {
+    // SAFETY: as in `debug_enabled`.
+    unsafe { core::ptr::read_volatile(&SNI_JA4) != 0 }
 }
 
 /// Whether any configured name is a wildcard pattern.
