@@ -218,6 +218,8 @@ const _: () = assert!(core::mem::size_of::<Pending>() == Parser::SIZE + 16);
 impl Pending {
     /// A ClientHello whose first segment is about to be read, up to its name.
     pub const NEW: Self = Self::new(false);
+    /// A ClientHello whose first segment is about to be read, to its end and its JA4.
+    pub const JA4: Self = Self::new(true);
 
     /// A ClientHello whose first segment is about to be read: to its end and its JA4 when
     /// `ja4`, else up to its name.
