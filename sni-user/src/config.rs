@@ -12,6 +12,9 @@
 //! action = "pass"      # pass | drop, applied in XDP at the ClientHello and to the flow
 //! hello_rate = 100     # new ClientHellos per second (token bucket; over it: dropped)
 //! hello_burst = 200    # bucket depth (default: hello_rate)
+//! [[fingerprint]]      # a client's JA4 fingerprint: see [`fingerprint`]
+//! ja4 = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+//! action = "drop"
 //! ```
 
 use std::{
@@ -21,6 +24,7 @@ use std::{
 };
 
 pub mod acme;
+pub mod fingerprint;
 
 use serde::Deserialize;
 use sni_common::{
@@ -189,6 +193,10 @@ pub struct Config {
     /// names by the classifier (never evicted).
     #[serde(default, rename = "host")]
     pub hosts: Vec<HostConfig>,
+    /// `[[fingerprint]]`: clients the operator knows by their JA4 fingerprint, with an
+    /// action; counted apart from other fingerprints (never evicted).
+    #[serde(default, rename = "fingerprint")]
+    pub fingerprints: Vec<fingerprint::FingerprintConfig>,
     /// `[[listen]]`: addresses the terminator listens on; none means no terminator.
     #[serde(default)]
     pub listen: Vec<ListenConfig>,
@@ -254,6 +262,20 @@ pub struct XdpConfig {
     /// hosts configured at start plus a quarter, at least 64 more).
     #[serde(default)]
     pub hosts_capacity: Option<u32>,
+    /// Whether ClientHellos are read to their end and fingerprinted (JA4); false reads them
+    /// up to the name only, and `[[fingerprint]]` tables are refused.
+    #[serde(default = "fingerprint::default_ja4")]
+    pub ja4: bool,
+    /// Capacity of the map of fingerprints not configured (least recently seen are evicted).
+    #[serde(default = "fingerprint::default_other_capacity")]
+    pub ja4_other_capacity: u32,
+    /// Capacity of the map of (host, fingerprint) pairs (least recently seen are evicted).
+    #[serde(default = "fingerprint::default_hosts_capacity")]
+    pub ja4_hosts_capacity: u32,
+    /// Fingerprints shown per host by `stats`, `top` and `/metrics`, the most ClientHellos
+    /// first; the rest are summed.
+    #[serde(default = "fingerprint::default_top")]
+    pub ja4_top: usize,
 }
 
 /// What the classifier does with a host's flows.
@@ -606,6 +628,10 @@ impl XdpConfig {
             flows_capacity: FLOWS_DEFAULT_ENTRIES,
             pending_capacity: PENDING_DEFAULT_ENTRIES,
             hosts_capacity: None,
+            ja4: fingerprint::default_ja4(),
+            ja4_other_capacity: fingerprint::default_other_capacity(),
+            ja4_hosts_capacity: fingerprint::default_hosts_capacity(),
+            ja4_top: fingerprint::default_top(),
         }
     }
 }
@@ -698,19 +724,23 @@ impl Config {
     /// What differs from `other` among the settings a running process cannot take in place
     /// (sockets bound, program attached, maps sized, privileges dropped): each by its name
     /// in the file. Hosts, names, certificates, keys, backends, actions, rate limits, the
-    /// watched ports and `[default]` all change in place.
+    /// watched ports, `[[fingerprint]]`, `ja4_top` and `[default]` all change in place.
     pub fn needs_restart(&self, other: &Self) -> Vec<&'static str> {
         let xdp = |c: &Self| {
             c.xdp.as_ref().map(|x| {
                 let mut x = x.clone();
                 x.ports.clear();
+                x.ja4_top = 0;
                 x
             })
         };
         let fixed = |c: &Self| -> [(&'static str, String); 9] {
             [
                 ("pin_dir", format!("{:?}", c.pin_dir)),
-                ("[xdp] (other than ports)", format!("{:?}", xdp(c))),
+                (
+                    "[xdp] (other than ports and ja4_top)",
+                    format!("{:?}", xdp(c)),
+                ),
                 ("[[listen]]", format!("{:?}", c.listen)),
                 ("[limits]", format!("{:?}", c.limits)),
                 ("workers", format!("{:?}", c.workers)),
@@ -774,6 +804,7 @@ impl Config {
             pin_dir: default_pin_dir(),
             xdp: Some(XdpConfig::demo()),
             hosts: Vec::new(),
+            fingerprints: Vec::new(),
             listen: Vec::new(),
             default: DefaultConfig::default(),
             limits: Limits::default(),
@@ -879,10 +910,21 @@ impl Config {
                 ("xdp.other_hosts_capacity", xdp.other_hosts_capacity),
                 ("xdp.flows_capacity", xdp.flows_capacity),
                 ("xdp.pending_capacity", xdp.pending_capacity),
+                ("xdp.ja4_other_capacity", xdp.ja4_other_capacity),
+                ("xdp.ja4_hosts_capacity", xdp.ja4_hosts_capacity),
             ] {
                 if v == 0 {
                     return Err(self.invalid(field, "must be at least 1"));
                 }
+            }
+            if xdp.ja4_top > fingerprint::MAX_JA4_TOP {
+                return Err(self.invalid(
+                    "xdp.ja4_top",
+                    format!(
+                        "at most {} (each is a row per host in stats and a series in /metrics)",
+                        fingerprint::MAX_JA4_TOP
+                    ),
+                ));
             }
         }
         if !self.listen.is_empty() {
@@ -899,6 +941,7 @@ impl Config {
                 "at most 1000 (each is a set of series on every scrape)",
             ));
         }
+        self.validate_fingerprints()?;
         if let Err((field, m)) = self.default.actions().check() {
             return Err(self.invalid(format!("default.{field}"), m));
         }
@@ -1102,6 +1145,30 @@ impl Config {
             )?;
         }
         Ok(())
+    }
+
+    /// `[[fingerprint]]` tables: valid, each once, and with a classifier that takes
+    /// fingerprints.
+    fn validate_fingerprints(&self) -> Result<(), ConfigError> {
+        if self.fingerprints.is_empty() {
+            return Ok(());
+        }
+        match &self.xdp {
+            None => {
+                return Err(self.invalid(
+                    "fingerprint",
+                    "has no use without [xdp]: fingerprints are taken and acted on in XDP",
+                ))
+            }
+            Some(xdp) if !xdp.ja4 => {
+                return Err(self.invalid(
+                    "fingerprint",
+                    "has no use with [xdp] ja4 = false: ClientHellos are not fingerprinted",
+                ))
+            }
+            Some(_) => {}
+        }
+        fingerprint::check(&self.fingerprints).map_err(|(field, m)| self.invalid(field, m))
     }
 
     /// `client_auth` and `client_crl` mean something only with `client_ca`.

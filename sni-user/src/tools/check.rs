@@ -287,6 +287,19 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
             xdp.ports,
             config.pin_dir.display()
         );
+        if xdp.ja4 {
+            let _ = writeln!(
+                out,
+                "fingerprints (JA4): {} configured; {} others and {} (host, fingerprint) pairs \
+                 counted; top {} per host shown",
+                config.fingerprints.len(),
+                xdp.ja4_other_capacity,
+                xdp.ja4_hosts_capacity,
+                xdp.ja4_top
+            );
+        } else {
+            let _ = writeln!(out, "fingerprints (JA4): off (ja4 = false)");
+        }
     }
     if !config.listen.is_empty() {
         let listen: Vec<String> = config
@@ -381,6 +394,25 @@ fn table(config: &Config, routes: Option<&Routes>, now: i64) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
+    if !config.fingerprints.is_empty() {
+        let _ = writeln!(out);
+        let width = config
+            .fingerprints
+            .iter()
+            .map(|f| f.ja4.len())
+            .max()
+            .unwrap_or(0)
+            .max("FINGERPRINT (JA4)".len());
+        let _ = writeln!(out, "{:<width$}  XDP", "FINGERPRINT (JA4)");
+        for f in &config.fingerprints {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {}",
+                f.ja4,
+                action_text(f.action, f.hello_rate, f.hello_burst)
+            );
+        }
+    }
     out
 }
 
@@ -435,6 +467,34 @@ mod tests {
         assert!(o[0].message.contains("same host"), "{}", o[0]);
         assert_eq!(o[1].field, "host[1].names[0]");
         assert!(o[1].message.contains("host[0] never gets"), "{}", o[1]);
+    }
+
+    #[test]
+    fn fingerprints_are_listed_with_their_action() {
+        let c = Config::parse(
+            "[xdp]\ninterfaces = [\"lo\"]\nja4_top = 4\n\
+             [[fingerprint]]\nja4 = \"t13d1516h2_8daaf6152771_e5627efa2ab1\"\naction = \"drop\"\n\
+             [[fingerprint]]\nja4 = \"t13i0000h1_000000000000_000000000000\"\nhello_rate = 2\n",
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        let t = table(&c, None, 0);
+        assert!(t.contains("fingerprints (JA4): 2 configured"), "{t}");
+        assert!(t.contains("top 4 per host"), "{t}");
+        assert!(
+            t.contains("t13d1516h2_8daaf6152771_e5627efa2ab1  drop\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("t13i0000h1_000000000000_000000000000  pass, 2/s burst 2\n"),
+            "{t}"
+        );
+        let c = Config::parse(
+            "[xdp]\ninterfaces = [\"lo\"]\nja4 = false\n",
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert!(table(&c, None, 0).contains("fingerprints (JA4): off"));
     }
 
     #[test]
