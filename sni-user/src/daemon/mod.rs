@@ -6,9 +6,11 @@
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`privileges`]: dropping to `user` after start.
 //! - [`demo`]: the configuration `cargo xtask run` starts with no file.
+//! - [`ja4_events`]: the thread that reads the kernel's ring buffer of new fingerprints.
 
 pub mod control;
 pub mod demo;
+pub mod ja4_events;
 pub mod metrics;
 pub mod privileges;
 
@@ -34,7 +36,12 @@ use crate::{
     terminator::{routes::Routes, server::Terminator},
 };
 
-/// How often the kernel's log records are forwarded.
+/// Records of the ring buffer of new fingerprints taken per turn of the loop at most: the
+/// loop then serves its other events before it reads on.
+const JA4_EVENTS_PER_TURN: usize = 256;
+
+/// How often the kernel's log records are forwarded (and fingerprint keys learned a second
+/// ago swept again).
 const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often the `ticket_keys` file is looked at (its inode, size and times; read only when
 /// they change).
@@ -108,7 +115,7 @@ impl Daemon {
                 fixed.join(", ")
             );
         }
-        let slots = match &self.classifier {
+        let plan = match &self.classifier {
             Some(c) => Some(c.plan(&new)?),
             None => None,
         };
@@ -117,8 +124,8 @@ impl Daemon {
         let routes = match &self.terminator {
             Some(t) => {
                 let mut routes = Routes::reload(&new, &t.view().routes())?;
-                if let Some(slots) = &slots {
-                    routes.set_slots(slots);
+                if let Some(plan) = &plan {
+                    routes.set_slots(&plan.hosts);
                 }
                 Some(routes)
             }
@@ -126,8 +133,8 @@ impl Daemon {
         };
         // Everything is valid: apply. The kernel first, so that a flow the terminator looks
         // up carries a slot the new routes know.
-        if let (Some(c), Some(slots)) = (self.classifier.as_mut(), slots) {
-            c.apply(&self.config, &new, slots)
+        if let (Some(c), Some(plan)) = (self.classifier.as_mut(), plan) {
+            c.apply(&self.config, &new, plan)
                 .context("updating the classifier's maps")?;
         }
         if let (Some(t), Some(routes)) = (&self.terminator, routes) {
@@ -314,6 +321,14 @@ pub fn run(
             Some(xdp) => Some(Classifier::start(&config, xdp, opts)?),
             None => None,
         };
+        // The kernel's ring buffer of new fingerprints, read as it becomes readable.
+        let mut ja4_events = match (classifier.as_mut(), &config.xdp) {
+            (Some(c), Some(xdp)) => c
+                .take_ja4_events(xdp)?
+                .map(ja4_events::Ja4Events::spawn)
+                .transpose()?,
+            _ => None,
+        };
         let terminator = match routes.take() {
             Some(mut routes) => {
                 let flows = match &classifier {
@@ -464,6 +479,21 @@ pub fn run(
                     if let Some(logger) = logger.as_mut() {
                         logger.flush();
                     }
+                    if let Some(c) = daemon.classifier.as_mut() {
+                        c.sweep_fingerprints(std::time::Instant::now());
+                    }
+                }
+                Some(record) = ja4_record(&mut ja4_events) => {
+                    if let Some(c) = daemon.classifier.as_mut() {
+                        c.learn(&record);
+                        // More that came meanwhile, up to a bound per turn.
+                        if let Some(events) = ja4_events.as_mut() {
+                            for _ in 1..JA4_EVENTS_PER_TURN {
+                                let Ok(record) = events.records.try_recv() else { break };
+                                c.learn(&record);
+                            }
+                        }
+                    }
                 }
                 _ = ticket_keys_tick.tick() => {
                     daemon.refresh_ticket_keys();
@@ -473,6 +503,9 @@ pub fn run(
             }
         }
         drop(logger);
+        if let Some(events) = ja4_events {
+            events.stop();
+        }
         drop(acme_issued_tx);
         control.stop();
         if let Some(t) = daemon.terminator {
@@ -483,6 +516,15 @@ pub fn run(
         }
         Ok(())
     })
+}
+
+/// The next record of the ring buffer of new fingerprints; never without one (None once its
+/// thread ended).
+async fn ja4_record(events: &mut Option<ja4_events::Ja4Events>) -> Option<Vec<u8>> {
+    match events {
+        Some(e) => e.records.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reloads of the running process (SIGHUP or `sni-user reload`), for stats and metrics.

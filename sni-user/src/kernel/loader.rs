@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -20,10 +20,14 @@ use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
     flow::{kind, verdict, Bucket, CachedFlow, Flow, FlowKey, Owner, Policy},
     host::{NameEntry, NameKeys},
+    ja4::Ja4Key,
     maps::{
-        flow_cache_entries, HostStats, PortSet, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE,
-        MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS,
-        MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
+        flow_cache_entries, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet,
+        JA4_NAMES_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS,
+        MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_JA4_BUCKETS, MAP_JA4_EVENTS,
+        MAP_JA4_HOSTS, MAP_JA4_NAMES, MAP_JA4_OTHER, MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS,
+        MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS, MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY,
+        MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -31,7 +35,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Action, Config, Mode, XdpConfig},
-    kernel::slots::{self, Slots},
+    kernel::{
+        fingerprints::{self, Fingerprints, LearnCounters},
+        slots::{self, Slots},
+    },
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at build time.
@@ -58,6 +65,8 @@ pub struct Classifier {
     names_capacity: u32,
     /// Whether the program was loaded to look up `*.` patterns.
     wildcards: bool,
+    /// Configured fingerprints' slots and learned keys.
+    fingerprints: Fingerprints,
     /// Held while running: a second `sni-user run` on the same pin_dir is refused.
     _lock: Flock<fs::File>,
 }
@@ -103,6 +112,7 @@ impl Classifier {
                 config.hosts.iter().map(|h| h.patterns().count()).sum(),
             ),
             wildcards: has_wildcards(config),
+            fingerprints: Fingerprints::initial(config)?,
             _lock: lock,
         };
         for iface in &xdp.interfaces {
@@ -178,10 +188,11 @@ impl Classifier {
         &self.slots
     }
 
-    /// Checks that `new` fits the loaded program and its maps, and gives its host slots.
-    /// Nothing changes.
-    pub fn plan(&self, new: &Config) -> Result<Slots> {
+    /// Checks that `new` fits the loaded program and its maps, and gives its host and
+    /// fingerprint slots. Nothing changes.
+    pub fn plan(&self, new: &Config) -> Result<Plan> {
         let slots = self.slots.next(new).map_err(|e| anyhow!(e))?;
+        let fingerprints = self.fingerprints.plan(new)?;
         let names = slots.names(new).len();
         if names > self.names_capacity as usize {
             bail!(
@@ -196,7 +207,39 @@ impl Classifier {
                  wildcard lookups"
             );
         }
-        Ok(slots)
+        Ok(Plan {
+            hosts: slots,
+            fingerprints,
+        })
+    }
+
+    /// The kernel's ring buffer of new fingerprints, taken out of the object for the daemon
+    /// to read ([`Classifier::learn`] each record); None once taken, or when fingerprints are
+    /// off.
+    pub fn take_ja4_events(&mut self, xdp: &XdpConfig) -> Result<Option<RingBuf<MapData>>> {
+        if !xdp.ja4 {
+            return Ok(None);
+        }
+        match self.ebpf.take_map(MAP_JA4_EVENTS) {
+            Some(map) => Ok(Some(RingBuf::try_from(map)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes one record of the ring buffer of new fingerprints (see
+    /// [`Fingerprints::learn`]).
+    pub fn learn(&mut self, record: &[u8]) {
+        self.fingerprints.learn(&mut self.ebpf, record);
+    }
+
+    /// Sweeps the keys learned a while ago once more (see [`Fingerprints::sweep`]).
+    pub fn sweep_fingerprints(&mut self, now: std::time::Instant) {
+        self.fingerprints.sweep(&mut self.ebpf, now);
+    }
+
+    /// The counters of learning fingerprints.
+    pub fn learn_counters(&self) -> std::sync::Arc<LearnCounters> {
+        self.fingerprints.counters()
     }
 
     /// Takes `new` (planned by [`Classifier::plan`]) into the running program's maps, in an
@@ -205,7 +248,14 @@ impl Classifier {
     /// then old names out. Flows already classified follow a changed action (pass → drop
     /// drops them from the next packet; drop → pass lets them through); flows of a removed
     /// host stop counting toward its slot.
-    pub fn apply(&mut self, old: &Config, new: &Config, slots: Slots) -> Result<()> {
+    pub fn apply(&mut self, old: &Config, new: &Config, plan: Plan) -> Result<()> {
+        let Plan {
+            hosts: slots,
+            fingerprints,
+        } = plan;
+        self.fingerprints
+            .apply(&mut self.ebpf, new, fingerprints)
+            .context("updating the fingerprints")?;
         let xdp = new
             .xdp
             .as_ref()
@@ -354,6 +404,15 @@ impl Drop for Classifier {
     fn drop(&mut self) {
         self.detach_and_unpin();
     }
+}
+
+/// What a reload will do to the slots, from [`Classifier::plan`].
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Host slots.
+    pub hosts: Slots,
+    /// Fingerprint slots (by JA4 string).
+    pub fingerprints: Slots,
 }
 
 /// Makes `slots`, which a reload gives to new hosts, start from nothing: what the flow caches
@@ -545,6 +604,18 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         flow_cache_entries(xdp.flows_capacity, u32::try_from(cpus).unwrap_or(u32::MAX));
     let cache_mask = cache_entries - 1;
     let cache_seed = random_u64().context("a seed for the flow cache")?;
+    let ja4 = u8::from(xdp.ja4);
+    let ja4_slots = fingerprints::capacity(config);
+    let ja4_initial = Slots::of_labels(
+        config.fingerprints.iter().map(|f| f.ja4.as_str()),
+        ja4_slots,
+    )
+    .ok_or_else(|| anyhow!("the fingerprints do not fit their maps"))?;
+    // Every name of the LRU of others, and of the configured keys.
+    let ja4_names = xdp
+        .ja4_other_capacity
+        .saturating_add(JA4_SLOTS_ENTRIES)
+        .max(JA4_NAMES_DEFAULT_ENTRIES);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_HOSTS, names_capacity)
         .map_max_entries(MAP_HOST_STATS, slots)
@@ -556,6 +627,15 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
         .map_max_entries(MAP_FLOW_CACHE, cache_entries)
+        .map_max_entries(MAP_JA4_POLICY, ja4_slots)
+        .map_max_entries(MAP_JA4_BUCKETS, ja4_slots)
+        // Two rows per slot: the kernel's, and the counts the daemon moved (see
+        // `fingerprints`).
+        .map_max_entries(MAP_JA4_STATS, ja4_slots.saturating_mul(2))
+        .map_max_entries(MAP_JA4_OTHER, xdp.ja4_other_capacity)
+        .map_max_entries(MAP_JA4_HOSTS, xdp.ja4_hosts_capacity)
+        .map_max_entries(MAP_JA4_NAMES, ja4_names)
+        .override_global("SNI_JA4", &ja4, true)
         .override_global("SNI_DEBUG", &debug, true)
         .override_global("SNI_WILDCARDS", &wildcards, true)
         .override_global("SNI_CACHE_MASK", &cache_mask, true)
@@ -610,6 +690,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
             .set(slot, host.actions().policy(), 0)
             .context("writing host policies")?;
     }
+    Fingerprints::write_policies(&mut ebpf, config, &ja4_initial)?;
     Ok(ebpf)
 }
 
@@ -792,6 +873,19 @@ pub struct PinnedMaps {
     pub flow_cache: PerCpuArray<MapData, CachedFlow>,
     /// Other hosts' names by name hash.
     pub other_names: HashMap<MapData, u64, HostKey>,
+    /// Learned keys of configured fingerprints, with their slot.
+    pub ja4_slots: HashMap<MapData, Ja4Key, u32>,
+    /// Configured fingerprints' policies by slot (its length is the number of slots).
+    pub ja4_policy: Array<MapData, Policy>,
+    /// Configured fingerprints' counters: the kernel's by slot, then the daemon's (moved from
+    /// the others) at `slots + slot`.
+    pub ja4_stats: Array<MapData, Ja4Stats>,
+    /// Other fingerprints' counters by key.
+    pub ja4_other: HashMap<MapData, Ja4Key, Ja4Stats>,
+    /// Counters per (host, fingerprint).
+    pub ja4_hosts: HashMap<MapData, HostJa4, Ja4Stats>,
+    /// JA4 strings by key.
+    pub ja4_names: HashMap<MapData, Ja4Key, Ja4Name>,
 }
 
 /// The kernel's flow table, as the terminator reads it (hand-off).
@@ -819,6 +913,12 @@ impl PinnedMaps {
             other: open(MAP_OTHER_HOSTS)?.try_into()?,
             flow_cache: open(MAP_FLOW_CACHE)?.try_into()?,
             other_names: open(MAP_OTHER_NAMES)?.try_into()?,
+            ja4_slots: open(MAP_JA4_SLOTS)?.try_into()?,
+            ja4_policy: open(MAP_JA4_POLICY)?.try_into()?,
+            ja4_stats: open(MAP_JA4_STATS)?.try_into()?,
+            ja4_other: open(MAP_JA4_OTHER)?.try_into()?,
+            ja4_hosts: open(MAP_JA4_HOSTS)?.try_into()?,
+            ja4_names: open(MAP_JA4_NAMES)?.try_into()?,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! Host slots: the classifier's per-host map entries (counters, label, policy, rate bucket)
+//! Host slots (and fingerprint slots, the same way by JA4 string): the classifier's per-host map entries (counters, label, policy, rate bucket)
 //! are indexed by a slot, and a flow's record names its host by slot. Slot 0 is `[default]`.
 //!
 //! At start `[[host]]` `i` gets slot `i + 1`. A reload keeps the slot of every host that keeps
@@ -21,7 +21,8 @@ pub struct Slots {
 }
 
 /// Slots to make for `hosts` configured hosts (slot 0 included) unless the config says:
-/// room for a quarter more hosts, at least 64, to be added by reloads.
+/// room for a quarter more hosts, at least 64, to be added by reloads. Fingerprint slots
+/// (`[[fingerprint]]` by JA4 string) are made the same way.
 pub fn default_capacity(hosts: usize) -> u32 {
     let hosts = u32::try_from(hosts).unwrap_or(u32::MAX / 2);
     hosts.saturating_add((hosts / 4).max(64)).saturating_add(1)
@@ -38,43 +39,55 @@ pub fn names_capacity(names: usize) -> u32 {
 impl Slots {
     /// Slots at start: `[[host]]` `i` at `i + 1`, in maps of `capacity` slots.
     pub fn initial(config: &Config, capacity: u32) -> Result<Self, String> {
-        let needed = config.hosts.len() + 1;
-        if (capacity as usize) < needed {
-            return Err(format!(
-                "{} hosts need {needed} slots; xdp.hosts_capacity allows {}",
+        Self::of_labels(config.hosts.iter().map(|h| h.label()), capacity).ok_or_else(|| {
+            format!(
+                "{} hosts need {} slots; xdp.hosts_capacity allows {}",
                 config.hosts.len(),
+                config.hosts.len() + 1,
                 capacity.saturating_sub(1)
-            ));
-        }
-        Ok(Self {
-            by_label: config
-                .hosts
-                .iter()
-                .zip(1u32..)
-                .map(|(h, slot)| (h.label().to_owned(), slot))
-                .collect(),
-            capacity,
+            )
         })
+    }
+
+    /// Slots at start for entries known by `labels` (hosts' first names, fingerprints' JA4
+    /// strings): the `i`-th at `i + 1`, in maps of `capacity` slots; None when they do not
+    /// fit.
+    pub fn of_labels<'a>(labels: impl IntoIterator<Item = &'a str>, capacity: u32) -> Option<Self> {
+        let by_label: HashMap<String, u32> = labels
+            .into_iter()
+            .zip(1u32..)
+            .map(|(l, slot)| (l.to_owned(), slot))
+            .collect();
+        (by_label.len() < capacity as usize).then_some(Self { by_label, capacity })
     }
 
     /// The slots for `config` after a reload from `self`: kept labels keep theirs, new ones
     /// take the lowest slots free before the reload. Err when they do not fit.
     pub fn next(&self, config: &Config) -> Result<Self, String> {
+        self.next_labels(config.hosts.iter().map(|h| h.label()))
+            .map_err(|l| {
+                format!(
+                    "no free host slot for {l:?}: the classifier was started with room for \
+                     {} hosts (xdp.hosts_capacity), and slots of hosts removed by this \
+                     reload are reused only by the next one",
+                    self.capacity.saturating_sub(1)
+                )
+            })
+    }
+
+    /// The slots of `labels` after a reload from `self`, as [`Slots::next`] gives them; Err
+    /// names the first label that found no free slot.
+    pub fn next_labels<'a>(
+        &self,
+        labels: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, String> {
         let used: std::collections::HashSet<u32> = self.by_label.values().copied().collect();
         let mut free = (1..self.capacity).filter(|s| !used.contains(s));
         let mut by_label = HashMap::new();
-        for h in &config.hosts {
-            let l = h.label();
+        for l in labels {
             let slot = match self.by_label.get(l) {
                 Some(s) => *s,
-                None => free.next().ok_or_else(|| {
-                    format!(
-                        "no free host slot for {l:?}: the classifier was started with room for \
-                         {} hosts (xdp.hosts_capacity), and slots of hosts removed by this \
-                         reload are reused only by the next one",
-                        self.capacity.saturating_sub(1)
-                    )
-                })?,
+                None => free.next().ok_or_else(|| l.to_owned())?,
             };
             by_label.insert(l.to_owned(), slot);
         }
