@@ -95,7 +95,10 @@ fn the_kernels_fingerprint_is_the_parsers_and_its_lists_give_the_ja4() {
     for (_, hello) in hellos() {
         send(&prog, &hello, &[]);
     }
-    assert!(prog.ja4_events().is_empty(), "known keys are not sent again");
+    assert!(
+        prog.ja4_events().is_empty(),
+        "known keys are not sent again"
+    );
     let other = prog.ja4_other();
     for (label, key, _) in &expected {
         assert_eq!(other[key].client_hellos, 2 * same_key(key), "{label}");
