@@ -172,7 +172,9 @@ impl Prog {
             .maps()
             .filter_map(|(name, map)| {
                 let (data, per_cpu) = match map {
-                    Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => (d, false),
+                    Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::RingBuf(d) => {
+                        (d, false)
+                    }
                     Map::PerCpuArray(d) | Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => {
                         (d, true)
                     }
