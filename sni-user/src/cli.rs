@@ -298,11 +298,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             control,
             interval,
         } => {
+            let view = fingerprint_view(config.as_deref());
             let (pin_dir, control) = running(pin_dir, config, control)?;
             crate::tools::top::run(crate::tools::top::Options {
                 pin_dir,
                 control,
                 interval,
+                view,
             })
         }
         Command::Stats {
@@ -311,8 +313,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
             control,
         } => {
+            let view = fingerprint_view(config.as_deref());
             let (pin_dir, control) = running(pin_dir, config, control)?;
-            let snapshot = Snapshot::read(&pin_dir, &control)?;
+            let snapshot = Snapshot::read(&pin_dir, &control, &view)?;
             if json {
                 output(&(serde_json::to_string(&snapshot)? + "\n"))?;
             } else {
@@ -321,6 +324,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// How `stats` and `top` show fingerprints: as the config file says (`ja4_top`, the
+/// configured fingerprints, also those not seen yet) when it is given and valid, else the
+/// defaults and what the maps hold.
+fn fingerprint_view(config: Option<&std::path::Path>) -> crate::kernel::fingerprint_rows::View {
+    config
+        .and_then(|p| Config::load(p).ok())
+        .map(|c| crate::kernel::fingerprint_rows::View::of(&c))
+        .unwrap_or_default()
 }
 
 /// The pin directory and control socket of a running `sni-user run`: as given, else from its

@@ -4,10 +4,12 @@
 //!   ([`loader::Classifier::apply`]); the flow table as the terminator reads it.
 //! - [`fingerprints`]: configured JA4 fingerprints in the maps, and learning which kernel
 //!   keys stand for them from the kernel's ring buffer of new fingerprints.
+//! - [`fingerprint_rows`]: what readers see of fingerprints, by JA4 string.
 //! - [`slots`]: which host owns which slot of the per-host maps, across reloads.
 //! - [`readers`]: what readers of the pinned maps see: host counters (with what the flow
 //!   caches still owe them), global counters, snapshots.
 
+pub mod fingerprint_rows;
 pub mod fingerprints;
 pub mod loader;
 pub mod readers;

@@ -13,7 +13,10 @@ use sni_common::{
     HostKey,
 };
 
-use crate::kernel::loader::PinnedMaps;
+use crate::kernel::{
+    fingerprint_rows::{FingerprintRows, View},
+    loader::PinnedMaps,
+};
 
 /// One host's counters.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -78,6 +81,8 @@ pub struct Snapshot {
     pub hosts: Vec<HostRow>,
     /// Global counters by name (`sni_common::maps::counter::NAMES`).
     pub global: serde_json::Map<String, serde_json::Value>,
+    /// Fingerprints (JA4): configured, others, per host.
+    pub fingerprints: FingerprintRows,
     /// The terminator's counters (`{"hosts":[…],"global":{…}}`), when one is running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub terminator: Option<serde_json::Value>,
@@ -91,7 +96,13 @@ impl Snapshot {
     /// the global counters that host rows add up to are read before and after, and the read
     /// is made again (up to [`READ_ATTEMPTS`] in all) while they move: once traffic to the
     /// hosts pauses, the two agree. Traffic elsewhere (other ports) costs no second read.
-    pub fn from_maps(maps: &PinnedMaps, terminator: Option<serde_json::Value>) -> Result<Self> {
+    ///
+    /// Fingerprints are read once, after the hosts, and shown as `view` says.
+    pub fn from_maps(
+        maps: &PinnedMaps,
+        terminator: Option<serde_json::Value>,
+        view: &View,
+    ) -> Result<Self> {
         let mut before = global_counters(maps)?;
         let mut attempt = 1;
         loop {
@@ -101,6 +112,7 @@ impl Snapshot {
                 return Ok(Self {
                     hosts,
                     global,
+                    fingerprints: FingerprintRows::read(maps, view)?,
                     terminator,
                 });
             }
@@ -205,6 +217,8 @@ impl Monotonic {
 pub struct MapsReader {
     maps: PinnedMaps,
     monotonic: Monotonic,
+    /// How fingerprints are shown (the running config's; a reload changes it).
+    pub view: View,
 }
 
 impl MapsReader {
@@ -213,12 +227,13 @@ impl MapsReader {
         Self {
             maps,
             monotonic: Monotonic::default(),
+            view: View::default(),
         }
     }
 
     /// The classifier's counters now.
     pub fn read(&mut self) -> Result<Snapshot> {
-        let mut snapshot = Snapshot::from_maps(&self.maps, None)?;
+        let mut snapshot = Snapshot::from_maps(&self.maps, None, &self.view)?;
         self.monotonic.apply(&mut snapshot);
         Ok(snapshot)
     }
@@ -308,6 +323,7 @@ mod tests {
         Snapshot {
             hosts,
             global: serde_json::Map::new(),
+            fingerprints: FingerprintRows::default(),
             terminator: None,
         }
     }

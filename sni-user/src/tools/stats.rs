@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::{
     daemon::control,
     kernel::{
+        fingerprint_rows::{FingerprintRows, View},
         loader::{pins_are_held, PinnedMaps},
         readers::Snapshot,
     },
@@ -16,7 +17,7 @@ use crate::{
 impl Snapshot {
     /// Reads the classifier's counters from the maps pinned under `pin_dir` and the
     /// terminator's from `control`; either may be absent (not running), not both.
-    pub fn read(pin_dir: &Path, control: &Path) -> Result<Self> {
+    pub fn read(pin_dir: &Path, control: &Path, view: &View) -> Result<Self> {
         let terminator = control::query(control).ok().filter(|t| !t.is_null());
         let maps = match PinnedMaps::open(pin_dir).and_then(|maps| {
             if pins_are_held(pin_dir) == Some(false) {
@@ -35,12 +36,13 @@ impl Snapshot {
                 return Ok(Self {
                     hosts: Vec::new(),
                     global: serde_json::Map::new(),
+                    fingerprints: FingerprintRows::default(),
                     terminator,
                 });
             }
             Err(e) => return Err(e),
         };
-        Self::from_maps(&maps, terminator)
+        Self::from_maps(&maps, terminator, view)
     }
 
     /// Human-readable table: hosts, then the global counters.
@@ -79,6 +81,7 @@ impl Snapshot {
         if self.hosts.is_empty() {
             let _ = writeln!(out, "(no host seen yet)");
         }
+        self.fingerprints_table(&mut out);
         let _ = writeln!(out);
         let _ = writeln!(out, "GLOBAL");
         for (name, value) in &self.global {
@@ -140,5 +143,70 @@ impl Snapshot {
             }
         }
         out
+    }
+
+    /// The fingerprints' part of [`Snapshot::table`]: configured, others, per host.
+    fn fingerprints_table(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let f = &self.fingerprints;
+        if f.configured.is_empty() && f.other.is_empty() {
+            return;
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<36}  {:>13}  {:>8}  {:>12}  ACTION",
+            "FINGERPRINT (JA4)", "CLIENT_HELLOS", "DROPPED", "RATE_LIMITED"
+        );
+        for c in &f.configured {
+            let r = &c.row;
+            let action = match c.hello_rate {
+                Some(rate) => format!("{} {rate}/s", c.action),
+                None => c.action.to_owned(),
+            };
+            let seen = if c.learned { "" } else { " (not seen yet)" };
+            let _ = writeln!(
+                out,
+                "{:<36}  {:>13}  {:>8}  {:>12}  {action}{seen}",
+                r.ja4, r.client_hellos, r.dropped, r.rate_limited
+            );
+        }
+        for r in &f.other {
+            let _ = writeln!(
+                out,
+                "{:<36}  {:>13}  {:>8}  {:>12}  (other)",
+                r.ja4, r.client_hellos, r.dropped, r.rate_limited
+            );
+        }
+        if f.hosts.is_empty() {
+            return;
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<36}  {:>13}  {:>8}  {:>12}  HOST",
+            "HOST'S FINGERPRINTS", "CLIENT_HELLOS", "DROPPED", "RATE_LIMITED"
+        );
+        for h in &f.hosts {
+            for r in &h.top {
+                let _ = writeln!(
+                    out,
+                    "{:<36}  {:>13}  {:>8}  {:>12}  {}",
+                    r.ja4, r.client_hellos, r.dropped, r.rate_limited, h.host
+                );
+            }
+            if h.rest_fingerprints > 0 {
+                let r = &h.rest;
+                let _ = writeln!(
+                    out,
+                    "{:<36}  {:>13}  {:>8}  {:>12}  {}",
+                    format!("({} others)", h.rest_fingerprints),
+                    r.client_hellos,
+                    r.dropped,
+                    r.rate_limited,
+                    h.host
+                );
+            }
+        }
     }
 }

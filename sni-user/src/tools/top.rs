@@ -61,6 +61,8 @@ pub struct Options {
     pub control: PathBuf,
     /// Time between reads.
     pub interval: Duration,
+    /// How fingerprints are shown.
+    pub view: crate::kernel::fingerprint_rows::View,
 }
 
 /// Parses `--interval`: seconds, more than 0 and at most 60.
@@ -85,7 +87,7 @@ pub fn run(opts: Options) -> Result<()> {
         bail!("top needs a terminal; use `sni-user stats` for scripts");
     }
     let mut monotonic = Monotonic::default();
-    let mut first = Snapshot::read(&opts.pin_dir, &opts.control)?;
+    let mut first = Snapshot::read(&opts.pin_dir, &opts.control, &opts.view)?;
     monotonic.apply(&mut first);
     let mut app = App::new(&opts, Instant::now());
     app.update(Instant::now(), &first);
@@ -137,7 +139,7 @@ fn event_loop(
         }
         let now = Instant::now();
         if now >= next_read {
-            match Snapshot::read(&opts.pin_dir, &opts.control) {
+            match Snapshot::read(&opts.pin_dir, &opts.control, &opts.view) {
                 Ok(mut snapshot) => {
                     monotonic.apply(&mut snapshot);
                     app.update(now, &snapshot);
@@ -999,6 +1001,7 @@ mod tests {
         Snapshot {
             hosts,
             global,
+            fingerprints: crate::kernel::fingerprint_rows::FingerprintRows::default(),
             terminator,
         }
     }
@@ -1008,6 +1011,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/sni".into(),
             control: "/run/sni/control.sock".into(),
             interval: Duration::from_secs(1),
+            view: crate::kernel::fingerprint_rows::View::default(),
         }
     }
 
