@@ -6,7 +6,8 @@
 //!
 //! Label cardinality is bounded: configured hosts by their label, the `metrics_other_hosts`
 //! names not configured with the most ClientHellos by name, and every other name summed into
-//! `host="other"`; a scan of random names adds nothing beyond that.
+//! `host="other"`; a scan of random names adds nothing beyond that. Fingerprints likewise
+//! ([`super::fingerprint_metrics`]).
 
 use std::{
     convert::Infallible,
@@ -32,8 +33,12 @@ use prometheus_client::{
 use sni_common::maps::{counter, HostStats};
 
 use crate::{
-    daemon::ReloadCounters,
-    kernel::readers::{HostRow, MapsReader, Snapshot},
+    daemon::{fingerprint_metrics, ReloadCounters},
+    kernel::{
+        fingerprint_rows::View,
+        fingerprints::LearnCounters,
+        readers::{HostRow, MapsReader, Snapshot},
+    },
     terminator::{
         counters::{Failure, GlobalCounters},
         server::Shared,
@@ -60,6 +65,10 @@ pub struct Sources {
     pub reloads: Arc<ReloadCounters>,
     /// `metrics_other_hosts`, updated by reloads.
     pub other_hosts: Arc<AtomicUsize>,
+    /// How fingerprints are read (`ja4_top`, the configured ones), updated by reloads.
+    pub ja4_view: Arc<Mutex<View>>,
+    /// What the daemon did with the kernel's fingerprint events (None: no classifier).
+    pub ja4_learning: Option<Arc<LearnCounters>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -90,14 +99,35 @@ impl Collector for Sources {
             .encode_family(&build)?
             .encode_gauge(&1i64)?;
         if let Some(maps) = &self.maps {
+            let view = match self.ja4_view.lock() {
+                Ok(v) => v.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
             let read = match maps.lock() {
-                Ok(mut m) => m.read(),
-                Err(poisoned) => poisoned.into_inner().read(),
+                Ok(mut m) => {
+                    m.view = view;
+                    m.read()
+                }
+                Err(poisoned) => {
+                    let mut m = poisoned.into_inner();
+                    m.view = view;
+                    m.read()
+                }
             };
             match read {
-                Ok(snapshot) => self.encode_xdp(&mut encoder, &snapshot)?,
+                Ok(snapshot) => {
+                    self.encode_xdp(&mut encoder, &snapshot)?;
+                    fingerprint_metrics::encode(
+                        &mut encoder,
+                        &snapshot.fingerprints,
+                        self.other_hosts.load(Relaxed),
+                    )?;
+                }
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "metrics: reading the maps"),
             }
+        }
+        if let Some(learning) = &self.ja4_learning {
+            fingerprint_metrics::encode_learning(&mut encoder, learning)?;
         }
         if let Some(t) = &self.terminator {
             encode_terminator(&mut encoder, t)?;

@@ -6,10 +6,12 @@
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`privileges`]: dropping to `user` after start.
 //! - [`demo`]: the configuration `cargo xtask run` starts with no file.
+//! - [`fingerprint_metrics`]: the fingerprints' part of the metrics.
 //! - [`ja4_events`]: the thread that reads the kernel's ring buffer of new fingerprints.
 
 pub mod control;
 pub mod demo;
+pub mod fingerprint_metrics;
 pub mod ja4_events;
 pub mod metrics;
 pub mod privileges;
@@ -30,6 +32,7 @@ use crate::{
     acme,
     config::{Config, Mode, XdpConfig},
     kernel::{
+        fingerprint_rows::View,
         loader::{error_chain, Classifier, PinnedMaps, StartOptions},
         readers::MapsReader,
     },
@@ -90,6 +93,8 @@ struct Daemon {
     terminator: Option<Terminator>,
     reloads: Arc<ReloadCounters>,
     metrics_other_hosts: Arc<AtomicUsize>,
+    /// How the metrics show fingerprints.
+    ja4_view: Arc<Mutex<View>>,
     /// ACME certificates stored but not taken in yet (a swap failed: tried again on the
     /// next tick), by host.
     swaps_pending: Vec<String>,
@@ -150,6 +155,10 @@ impl Daemon {
         }
         self.metrics_other_hosts
             .store(new.metrics_other_hosts, Relaxed);
+        match self.ja4_view.lock() {
+            Ok(mut v) => *v = View::of(&new),
+            Err(poisoned) => *poisoned.into_inner() = View::of(&new),
+        }
         self.config = new;
         Ok(())
     }
@@ -345,6 +354,7 @@ pub fn run(
         let reloads = Arc::new(ReloadCounters::default());
         reloads.last_success.store(unix_now(), Relaxed);
         let metrics_other_hosts = Arc::new(AtomicUsize::new(config.metrics_other_hosts));
+        let ja4_view = Arc::new(Mutex::new(View::of(&config)));
         if let Some(addr) = config.metrics {
             let maps = match &classifier {
                 Some(_) => Some(Mutex::new(MapsReader::new(PinnedMaps::open(
@@ -359,6 +369,8 @@ pub fn run(
                     terminator: terminator.as_ref().map(Terminator::view),
                     reloads: reloads.clone(),
                     other_hosts: metrics_other_hosts.clone(),
+                    ja4_view: ja4_view.clone(),
+                    ja4_learning: classifier.as_ref().map(Classifier::learn_counters),
                 },
             );
             match served {
@@ -459,6 +471,7 @@ pub fn run(
             terminator,
             reloads,
             metrics_other_hosts,
+            ja4_view,
             swaps_pending: Vec::new(),
         };
         info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP or `sni-user reload`");
