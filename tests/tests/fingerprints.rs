@@ -23,6 +23,9 @@ key = KEY
 backend = "builtin"
 "#;
 
+/// Where the metrics endpoint listens (on the server's address).
+const METRICS_PORT: u16 = 9100;
+
 /// How long a test waits for the daemon to learn a key or for counters to settle.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -159,8 +162,16 @@ fn configured_counts(edge: &Edge, ja4: &str, hellos: u64, dropped: u64) -> Value
 }
 
 #[test]
-fn stats_show_each_clients_ja4_with_its_counts_per_host() {
-    let edge = edge(HOST);
+fn stats_and_metrics_show_each_clients_ja4_with_its_counts_per_host() {
+    let edge = Edge::start(
+        Setup {
+            pin_prefix: "sni-fp-",
+            names: vec!["fp.test"],
+            metrics_port: Some(METRICS_PORT),
+            ..Setup::default()
+        },
+        HOST,
+    );
     let (h2, h1) = learn_curl(&edge);
     for _ in 0..2 {
         assert!(ok(&curl(&edge)));
@@ -206,6 +217,26 @@ fn stats_show_each_clients_ja4_with_its_counts_per_host() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&h2) && text.contains(&h1), "{text}");
+    // Metrics: by JA4 string, the rest folded into ja4="other"; what learning did.
+    let out = edge
+        .pair
+        .client
+        .cmd(["curl", "-sS", "--max-time", "10"])
+        .arg(format!("http://{SERVER_V4}:{METRICS_PORT}/metrics"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("sni_ja4_client_hellos_total{{ja4=\"{h2}\",configured=\"false\"}} 3"),
+        format!("sni_ja4_client_hellos_total{{ja4=\"{h1}\",configured=\"false\"}} 1"),
+        format!("sni_ja4_dropped_total{{ja4=\"{h2}\",configured=\"false\"}} 0"),
+        "sni_ja4_client_hellos_total{ja4=\"other\",configured=\"false\"} 0".to_owned(),
+        "sni_ja4_events_total 2".to_owned(),
+        "sni_ja4_events_malformed_total 0".to_owned(),
+        "sni_ja4_learned_keys_total 0".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
 }
 
 #[test]
