@@ -130,7 +130,8 @@ enum Command {
     ///
     /// Keys: q, Esc or Ctrl-C quit; sort by h hellos/s (default), d drops/s, r rate-limited/s,
     /// f handshake failures, n name, t total hellos; / filter by name (Enter keeps it, Esc
-    /// clears it); o shows or hides hosts that are not configured; up, down, PgUp, PgDn
+    /// clears it); o shows or hides hosts that are not configured; j shows the JA4
+    /// fingerprints instead (with a filter: the matching hosts' own); up, down, PgUp, PgDn
     /// scroll.
     Top {
         /// Pin directory of the running classifier.

@@ -35,7 +35,10 @@ use ratatui::{
 };
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 
-use crate::kernel::readers::{Monotonic, Snapshot};
+use crate::{
+    kernel::readers::{Monotonic, Snapshot},
+    tools::top_fingerprints,
+};
 
 /// Samples of ClientHellos/s kept per host for its sparkline: a minute at the default interval.
 pub const HISTORY_LEN: usize = 60;
@@ -635,6 +638,10 @@ pub struct App {
     pub editing: bool,
     /// Whether hosts that are not configured are shown.
     pub show_other: bool,
+    /// Whether the fingerprint view (key `j`) is shown instead of the hosts.
+    pub show_fingerprints: bool,
+    /// The fingerprints and their rates.
+    pub fingerprints: top_fingerprints::Panel,
     /// First row shown.
     pub scroll: usize,
     /// Rows the table showed last (the PgUp/PgDn step).
@@ -658,6 +665,8 @@ impl App {
             filter: String::new(),
             editing: false,
             show_other: true,
+            show_fingerprints: false,
+            fingerprints: top_fingerprints::Panel::default(),
             scroll: 0,
             page: 10,
             error: None,
@@ -674,6 +683,7 @@ impl App {
         let entries = join(snapshot);
         let globals = Globals::of(snapshot, &entries);
         self.model.update(at, entries, globals);
+        self.fingerprints.update(at, &snapshot.fingerprints);
         self.error = None;
         self.last_ok = Some(at);
     }
@@ -723,6 +733,10 @@ impl App {
                 self.show_other = !self.show_other;
                 self.scroll = 0;
             }
+            KeyCode::Char('j') => {
+                self.show_fingerprints = !self.show_fingerprints;
+                self.scroll = 0;
+            }
             KeyCode::Up => self.scroll = self.scroll.saturating_sub(1),
             KeyCode::Down => self.scroll = self.scroll.saturating_add(1),
             KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(self.page.max(1)),
@@ -743,6 +757,21 @@ impl App {
             Constraint::Length(1),
         ])
         .areas(frame.area());
+        if self.show_fingerprints {
+            let rows = self.fingerprints.visible(&self.filter);
+            let hosts = self
+                .model
+                .visible(&self.filter, self.show_other, self.sort)
+                .len();
+            frame.render_widget(self.header(now, hosts), head);
+            self.page = usize::from(body.height.saturating_sub(1)).max(1);
+            self.scroll = self.scroll.min(rows.len().saturating_sub(self.page));
+            let shown: Vec<_> = rows.into_iter().skip(self.scroll).collect();
+            let drill_down = !self.filter.is_empty();
+            frame.render_widget(top_fingerprints::table(&shown, drill_down, body), body);
+            frame.render_widget(self.footer(), foot);
+            return;
+        }
         let rows = self.model.visible(&self.filter, self.show_other, self.sort);
         frame.render_widget(self.header(now, rows.len()), head);
         self.page = usize::from(body.height.saturating_sub(1)).max(1);
@@ -816,7 +845,8 @@ impl App {
             )
         } else {
             "q quit   sort: h hellos/s  d drops  r ratelim  f failures  n name  t total   \
-             / filter   o other hosts   ↑↓ PgUp PgDn scroll"
+             / filter   o other hosts   j fingerprints (/ a host: its own)   ↑↓ PgUp PgDn \
+             scroll"
                 .to_owned()
         };
         Paragraph::new(text).style(Style::new().add_modifier(Modifier::REVERSED))
@@ -1434,6 +1464,44 @@ mod tests {
             out.push('\n');
         }
         out
+    }
+
+    #[test]
+    fn j_shows_the_fingerprints_and_a_filter_the_hosts_own() {
+        use crate::kernel::fingerprint_rows::{FingerprintRows, HostFingerprints, Ja4Row};
+        let mut app = App::new(&opts(), Instant::now());
+        let mut snap = snapshot(vec![xdp("a.example", 3, 0, 0, true)], None);
+        let ja4 = "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6";
+        let row = Ja4Row {
+            ja4: ja4.to_owned(),
+            client_hellos: 3,
+            ..Ja4Row::default()
+        };
+        snap.fingerprints = FingerprintRows {
+            configured: Vec::new(),
+            other: vec![row.clone()],
+            hosts: vec![HostFingerprints {
+                host: "a.example".to_owned(),
+                configured: true,
+                top: vec![row],
+                rest_fingerprints: 0,
+                rest: Ja4Row::default(),
+            }],
+        };
+        app.update(Instant::now(), &snap);
+        assert!(!screen(&mut app, 140, 10).contains(ja4));
+        app.on_key(key(KeyCode::Char('j')));
+        let s = screen(&mut app, 140, 10);
+        assert!(s.contains("FINGERPRINT (JA4)") && s.contains(ja4), "{s}");
+        assert!(!s.contains("HOST "), "{s}");
+        for c in "/a.ex".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        app.on_key(key(KeyCode::Enter));
+        let s = screen(&mut app, 140, 10);
+        assert!(s.contains("a.example") && s.contains(ja4), "{s}");
+        app.on_key(key(KeyCode::Char('j')));
+        assert!(!app.show_fingerprints);
     }
 
     #[test]
