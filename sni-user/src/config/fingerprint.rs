@@ -22,7 +22,7 @@
 use serde::Deserialize;
 use sni_common::{
     ja4::Ja4,
-    maps::{JA4_HOSTS_DEFAULT_ENTRIES, JA4_OTHER_DEFAULT_ENTRIES},
+    maps::{JA4_HOSTS_DEFAULT_ENTRIES, JA4_OTHER_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES},
 };
 
 use super::{Action, ActionConfig};
@@ -69,6 +69,15 @@ impl FingerprintConfig {
 /// What is wrong with the `[[fingerprint]]` tables, as (field, message): a JA4 string that
 /// does not parse, one configured twice, or the action fields as a host's are checked.
 pub(super) fn check(fingerprints: &[FingerprintConfig]) -> Result<(), (String, String)> {
+    if fingerprints.len() > JA4_SLOTS_ENTRIES as usize {
+        return Err((
+            "fingerprint".to_owned(),
+            format!(
+                "{} tables: the kernel's map of configured keys holds {JA4_SLOTS_ENTRIES}",
+                fingerprints.len()
+            ),
+        ));
+    }
     let mut seen: std::collections::HashMap<Ja4, usize> = std::collections::HashMap::new();
     for (i, f) in fingerprints.iter().enumerate() {
         let ja4 = Ja4::parse(&f.ja4)

@@ -161,8 +161,10 @@ impl FingerprintRows {
             if let Ok(moved) = maps.ja4_stats.get(&(slots + slot), 0) {
                 s.add(&moved);
             }
-            if s != Ja4Stats::default() || by_slot.contains_key(&slot) {
-                by_slot.entry(slot).or_default().1 = s;
+            // A slot without keys is free, or configured and not seen yet (zero): what a CPU
+            // added there while a reload removed its fingerprint is cleared when it is reused.
+            if let Some(e) = by_slot.get_mut(&slot) {
+                e.1 = s;
             }
         }
         let mut configured: Vec<ConfiguredRow> = Vec::new();

@@ -297,10 +297,15 @@ impl Fingerprints {
         }
         if self.learned.insert(key, slot).is_none() {
             self.counters.learned.fetch_add(1, Relaxed);
+            let ja4 = self
+                .configured
+                .iter()
+                .find(|(_, s)| **s == slot)
+                .map(|(j, _)| j.to_string())
+                .unwrap_or_default();
             info!(
                 slot,
-                ja4 = %String::from_utf8_lossy(&key.a),
-                "a configured fingerprint's key learned"
+                ja4, "a configured fingerprint's key learned: acted on from now"
             );
         }
         if let Err(e) = self.move_counts(ebpf, &key, slot) {
