@@ -491,6 +491,12 @@ impl Parser {
         self.status == ST_NEED_MORE && (self.flags & F_JA4 != 0 || !self.has_name())
     }
 
+    /// Whether this parser reads the whole ClientHello and its JA4 ([`Parser::new`]).
+    #[inline(always)]
+    pub fn reads_ja4(&self) -> bool {
+        self.flags & F_JA4 != 0
+    }
+
     /// What the JA4 of a ClientHello read to its end is made of; `None` without JA4, before
     /// the end, for a broken ClientHello or an SSLv2-compatible one.
     #[inline(always)]
