@@ -7,6 +7,7 @@
 pub mod edge;
 pub mod frame;
 pub mod hellos;
+pub mod ja4;
 pub mod netns;
 pub mod pebble;
 pub mod pki;
