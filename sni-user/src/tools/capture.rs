@@ -385,11 +385,11 @@ pub fn table(report: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{} -> {}  {what}  ja4={}  ech={}  segments={}{}",
+            "{} -> {}  {what}  ech={}  ja4={}  segments={}{}",
             f.client,
             f.server,
-            f.ja4.as_deref().unwrap_or("-"),
             if f.ech { "yes" } else { "no" },
+            f.ja4.as_deref().unwrap_or("-"),
             f.segments,
             if f.retransmits > 0 {
                 format!("  retransmits={}", f.retransmits)
