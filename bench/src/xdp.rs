@@ -341,7 +341,6 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     let hello = hellos::rustls_hello("host1.bench.test");
     let browser = hellos::browser_size_hello("host2.bench.test");
     let mss = 1448;
-    let (first, second) = browser.split_at(mss);
     let data = app_data(1400);
     let data_seq = 1 + hello.len() as u32;
 
@@ -535,7 +534,8 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
         rows.push(pps);
     }
 
-    // New flows: a SYN flood, ClientHellos in one segment and split over two.
+    // New flows: a SYN flood, ClientHellos in one segment and split over two; the ClientHellos
+    // with JA4 fingerprinting on (the default), then off, so that its cost shows beside.
     let prog = Prog::with_config(&config());
     let pair = Pair {
         prog: &prog,
@@ -558,80 +558,138 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     );
     print_row(&r);
     rows.push(r);
-
-    let one = NewFlows {
-        template: seg(0, 443, 1, PSH_ACK, &hello),
-        base: flows_per_case,
-        before: None,
+    let cases = Hellos {
+        one: &hello,
+        browser: &browser,
+        mss,
+        calls,
+        how: &call_how("a new flow each"),
+        after_first: &call_how("the first segment run untimed before each"),
     };
-    let path = Expect::start(&prog);
-    let runs = pair.per_call(&one, calls)?;
-    path.check("ClientHello", "sni", flows_per_case)?;
-    let r = row(
-        format!(
-            "ClientHello with SNI in its first segment ({} B, rustls, X25519MLKEM768)",
-            hello.len()
-        ),
-        runs,
-        Some(Goal::Above(800.0)),
-        &call_how("a new flow each"),
-    );
-    print_row(&r);
-    let hello_one = r.difference().unwrap_or(0.0);
-    rows.push(r);
-
-    let first_frame = seg(0, 443, 1, PSH_ACK, first);
-    let second_frame = seg(0, 443, 1 + mss as u32, PSH_ACK, second);
-    let split1 = NewFlows {
-        template: first_frame.clone(),
-        base: 2 * flows_per_case,
-        before: None,
+    let on = cases.rows(&pair, "", true)?;
+    let off_prog = Prog::with_config(&config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1));
+    let off_pair = Pair {
+        prog: &off_prog,
+        noop: &noop,
     };
-    let path = Expect::start(&prog);
-    let runs1 = pair.per_call(&split1, calls)?;
-    path.check("split, first segment", "split", flows_per_case)?;
-    let split2 = NewFlows {
-        template: second_frame,
-        base: 3 * flows_per_case,
-        before: Some(first_frame),
-    };
-    let path = Expect::start(&prog);
-    let runs2 = pair.per_call(&split2, calls)?;
-    path.check("split, second segment", "sni", flows_per_case)?;
-    // Both segments: round by round, the sum of the two cases' rounds.
-    let sum = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
-    let both = (sum(&runs1.0, &runs2.0), sum(&runs1.1, &runs2.1));
-    for r in [
-        row(
-            format!(
-                "split browser-size ClientHello ({} B), first segment ({mss} B, state saved)",
-                browser.len()
-            ),
-            runs1,
-            None,
-            &call_how("a new flow each"),
-        ),
-        row(
-            format!(
-                "split browser-size ClientHello, second segment ({} B, SNI read)",
-                second.len()
-            ),
-            runs2,
-            None,
-            &call_how("the first segment run untimed before each"),
-        ),
-        row(
-            "split browser-size ClientHello, both segments".to_owned(),
-            both,
-            Some(Goal::Above(1200.0)),
-            "the two rows above added round by round",
-        ),
+    let off = cases.rows(&off_pair, ", fingerprinting off", false)?;
+    let hello_one = on[0].difference().unwrap_or(0.0);
+    let split_both = on[3].difference().unwrap_or(0.0);
+    for (label, i) in [
+        ("one-segment ClientHello", 0),
+        ("split ClientHello, both segments", 3),
     ] {
+        let (Some(with), Some(without)) = (on[i].difference(), off[i].difference()) else {
+            continue;
+        };
+        let r = Row {
+            section: "xdp",
+            case: format!("JA4 fingerprinting's cost: {label}"),
+            unit: "ns/ClientHello",
+            value: with - without,
+            baseline_name: "fingerprinting off",
+            baseline: None,
+            better: Better::Lower,
+            goal: Some(Goal::Most(200.0)),
+            spread: None,
+            above: None,
+            note: "derived: the median above the no-op with fingerprinting on less the one with it off (rows above)".to_owned(),
+        };
         print_row(&r);
+        rows.extend([on[i].clone(), off[i].clone()]);
         rows.push(r);
     }
-    let split_both = rows.last().and_then(Row::difference).unwrap_or(0.0);
+    rows.extend([on[1].clone(), on[2].clone(), off[1].clone(), off[2].clone()]);
     Ok((rows, hello_one.max(split_both)))
+}
+
+/// The ClientHello cases: one in one segment, a browser-size one split in two.
+struct Hellos<'a> {
+    one: &'a [u8],
+    browser: &'a [u8],
+    mss: usize,
+    calls: u64,
+    how: &'a str,
+    after_first: &'a str,
+}
+
+impl Hellos<'_> {
+    /// Rows, in this order: one segment, split first segment, split second segment, split
+    /// both segments; each case's label ends with `suffix`. Goals apply when `goals`.
+    fn rows(&self, pair: &Pair<'_>, suffix: &str, goals: bool) -> Result<Vec<Row>> {
+        let flows_per_case = self.calls * ROUNDS as u64;
+        let (first, second) = self.browser.split_at(self.mss);
+        let one = NewFlows {
+            template: seg(0, 443, 1, PSH_ACK, self.one),
+            base: flows_per_case,
+            before: None,
+        };
+        let path = Expect::start(pair.prog);
+        let runs = pair.per_call(&one, self.calls)?;
+        path.check("ClientHello", "sni", flows_per_case)?;
+        let mut rows = vec![row(
+            format!(
+                "ClientHello with SNI in its first segment ({} B, rustls, X25519MLKEM768){suffix}",
+                self.one.len()
+            ),
+            runs,
+            goals.then_some(Goal::Above(800.0)),
+            self.how,
+        )];
+        let first_frame = seg(0, 443, 1, PSH_ACK, first);
+        let second_frame = seg(0, 443, 1 + self.mss as u32, PSH_ACK, second);
+        let split1 = NewFlows {
+            template: first_frame.clone(),
+            base: 2 * flows_per_case,
+            before: None,
+        };
+        let path = Expect::start(pair.prog);
+        let runs1 = pair.per_call(&split1, self.calls)?;
+        path.check("split, first segment", "split", flows_per_case)?;
+        let split2 = NewFlows {
+            template: second_frame,
+            base: 3 * flows_per_case,
+            before: Some(first_frame),
+        };
+        let path = Expect::start(pair.prog);
+        let runs2 = pair.per_call(&split2, self.calls)?;
+        path.check("split, second segment", "sni", flows_per_case)?;
+        // Both segments: round by round, the sum of the two cases' rounds.
+        let sum =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+        let both = (sum(&runs1.0, &runs2.0), sum(&runs1.1, &runs2.1));
+        rows.extend([
+            row(
+                format!(
+                    "split browser-size ClientHello ({} B), first segment ({} B, state saved){suffix}",
+                    self.browser.len(),
+                    self.mss
+                ),
+                runs1,
+                None,
+                self.how,
+            ),
+            row(
+                format!(
+                    "split browser-size ClientHello, second segment ({} B, SNI read){suffix}",
+                    second.len()
+                ),
+                runs2,
+                None,
+                self.after_first,
+            ),
+            row(
+                format!("split browser-size ClientHello, both segments{suffix}"),
+                both,
+                goals.then_some(Goal::Above(1200.0)),
+                "the two rows above added round by round",
+            ),
+        ]);
+        for r in &rows {
+            print_row(r);
+        }
+        Ok(rows)
+    }
 }
 
 fn print_row(r: &Row) {

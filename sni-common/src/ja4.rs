@@ -246,6 +246,46 @@ impl Ja4State {
         }
     }
 
+    /// A state from the bytes of one (a ring buffer record of the kernel, native byte order);
+    /// `None` when they are not [`Ja4State::SIZE`] long. Read field by field, so any bytes
+    /// make some state.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::SIZE {
+            return None;
+        }
+        let u64_at = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i..i + 8]);
+            u64::from_ne_bytes(x)
+        };
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        let mut s = Self::NEW;
+        s.cipher_sum = u64_at(0);
+        s.ext_sum = u64_at(8);
+        s.sig_hash = u64_at(16);
+        s.n_ciphers = u16_at(24);
+        s.n_extensions = u16_at(26);
+        s.n_sig_algs = u16_at(28);
+        s.legacy_version = u16_at(30);
+        s.max_supported = u16_at(32);
+        s.alpn_first = b[34];
+        s.alpn_last = b[35];
+        s.flags = b[36];
+        let lists = 40;
+        for (i, v) in s.lists.ciphers.iter_mut().enumerate() {
+            *v = u16_at(lists + 2 * i);
+        }
+        let exts = lists + 2 * MAX_CIPHERS;
+        for (i, v) in s.lists.extensions.iter_mut().enumerate() {
+            *v = u16_at(exts + 2 * i);
+        }
+        let sigs = exts + 2 * MAX_EXTENSIONS;
+        for (i, v) in s.lists.sig_algs.iter_mut().enumerate() {
+            *v = u16_at(sigs + 2 * i);
+        }
+        Some(s)
+    }
+
     /// Whether the lists hold every value seen, so that the JA4 string can be computed.
     pub fn complete(&self) -> bool {
         usize::from(self.n_ciphers) <= MAX_CIPHERS
@@ -480,6 +520,8 @@ pub use string::Ja4;
 
 #[cfg(all(test, feature = "user"))]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     /// The specification's example (JA4.md): its lists in their original order, GREASE added.
@@ -557,6 +599,36 @@ mod tests {
         }
         assert_ne!(a.key(), c.key());
         assert_ne!(a.ja4(), c.ja4());
+    }
+
+    #[test]
+    fn a_state_reads_back_from_its_bytes() {
+        let s = spec_example(true);
+        let mut bytes = std::vec::Vec::new();
+        bytes.extend_from_slice(&s.cipher_sum.to_ne_bytes());
+        bytes.extend_from_slice(&s.ext_sum.to_ne_bytes());
+        bytes.extend_from_slice(&s.sig_hash.to_ne_bytes());
+        for v in [
+            s.n_ciphers,
+            s.n_extensions,
+            s.n_sig_algs,
+            s.legacy_version,
+            s.max_supported,
+        ] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        bytes.extend_from_slice(&[s.alpn_first, s.alpn_last, s.flags, 0, 0, 0]);
+        for v in s
+            .lists
+            .ciphers
+            .iter()
+            .chain(&s.lists.extensions)
+            .chain(&s.lists.sig_algs)
+        {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert_eq!(Ja4State::from_bytes(&bytes), Some(s));
+        assert_eq!(Ja4State::from_bytes(&bytes[1..]), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Stage 4, the host: a ClientHello read to its outcome is counted, its name found among the
 //! configured hosts (exactly, or by a `*.` pattern one label up) or among the other names
-//! seen, its verdict decided (stage 5), and its flow remembered (stage 2).
+//! seen, its fingerprint taken (stage 4b, `fingerprint`), its verdict decided (stage 5), and
+//! its flow remembered (stage 2).
 
 use core::ffi::c_void;
 
@@ -16,7 +17,7 @@ use sni_common::{
 use crate::{
     atomic::add,
     counters::{self, charge, count},
-    flow,
+    fingerprint, flow,
     headers::Segment,
     maps::{
         debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_NAME_KEYS, SNI_OTHER_NAMES, SNI_SCRATCH,
@@ -50,6 +51,9 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         Outcome::Incomplete => counter::INCOMPLETE,
         Outcome::Sslv2 => counter::SSLV2,
     });
+    // Read to its end with `SNI_JA4` on: its fingerprint.
+    let fp = p.ja4().map(fingerprint::read);
+    let ja4_slot = fp.as_ref().map_or(0, |f| f.slot);
     let mut flow = Flow::default();
     let mut stats = None;
     if outcome == Outcome::Sni {
@@ -63,11 +67,11 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
             keep_name(flow.name_hash, &p.host);
         }
         stats = flow.owner().and_then(counters::of);
-        flow.verdict = verdict::decide(slot);
+        flow.verdict = verdict::decide(slot, ja4_slot);
     } else if outcome == Outcome::NoSni || outcome == Outcome::Sslv2 {
         // Without a name: `[default]`'s action and rate.
         flow.kind = kind::NO_NAME;
-        flow.verdict = verdict::decide(0);
+        flow.verdict = verdict::decide(0, ja4_slot);
     }
     let (segments, bytes) = (pending.segments, pending.bytes);
     if let Some(v) = stats {
@@ -79,6 +83,10 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
             }
             charge(v, u64::from(segments), bytes, flow.verdict);
         }
+    }
+    if let Some(fp) = &fp {
+        flow.ja4 = fp.key.hash64();
+        fingerprint::charge(fp, &flow);
     }
     flow::remember(&seg.key, &flow);
     if debug_enabled() {

@@ -7,8 +7,10 @@
 //!    host and gets its verdict (per-CPU cache in front of the flow table) — most packets end
 //!    here;
 //! 3. [`hello`]: a segment that starts or continues a ClientHello is parsed, across segments;
-//! 4. [`host`]: a ClientHello read to its outcome finds its host and is counted;
-//! 5. [`verdict`]: the host's action and rate limit decide the flow's fate.
+//! 4. [`host`]: a ClientHello read to its outcome finds its host and is counted, and
+//!    [`fingerprint`] its JA4 key, counted per fingerprint and per (host, fingerprint);
+//! 5. [`verdict`]: the host's and the fingerprint's actions and rate limits decide the flow's
+//!    fate (the stricter wins).
 //!
 //! [`maps`] holds every map, [`counters`] the counting ([`atomic`] its shared adds),
 //! [`error`] the one error type, counted once here at the entry point. It never rewrites. It
@@ -30,6 +32,8 @@ mod atomic;
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod error;
+#[cfg(target_arch = "bpf")]
+mod fingerprint;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]

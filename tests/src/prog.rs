@@ -8,14 +8,16 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, Map, PerCpuArray, RingBuf},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use sni_common::{
     flow::{Flow, FlowKey, Owner},
+    ja4::{Ja4Key, Ja4State},
     maps::{
-        counter, HostStats, MAP_FLOWS, MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOST_STATS, MAP_OTHER_HOSTS,
+        counter, HostJa4, HostStats, Ja4Stats, MAP_FLOWS, MAP_FLOW_CACHE, MAP_GLOBAL,
+        MAP_HOST_STATS, MAP_JA4_EVENTS, MAP_JA4_HOSTS, MAP_JA4_OTHER, MAP_OTHER_HOSTS,
         MAP_OTHER_NAMES, MAP_PENDING, PROGRAM,
     },
     HostKey,
@@ -170,7 +172,9 @@ impl Prog {
             .maps()
             .filter_map(|(name, map)| {
                 let (data, per_cpu) = match map {
-                    Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) => (d, false),
+                    Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::RingBuf(d) => {
+                        (d, false)
+                    }
                     Map::PerCpuArray(d) | Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => {
                         (d, true)
                     }
@@ -242,4 +246,33 @@ pub fn assert_outcomes_add_up(g: &HashMap<&'static str, u64>) {
         g["sni"] + g["no_sni"] + g["malformed"] + g["incomplete"] + g["sslv2"],
         "outcomes do not add up: {g:?}"
     );
+}
+
+/// Fingerprints (issue 19): the kernel's counters by key and the lists it sent.
+impl Prog {
+    /// Counters of the fingerprints not configured, by key.
+    pub fn ja4_other(&self) -> HashMap<Ja4Key, Ja4Stats> {
+        let map: BpfHashMap<_, Ja4Key, Ja4Stats> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_JA4_OTHER).expect("ja4 other")).expect("hash");
+        map.iter().map(|r| r.expect("an entry")).collect()
+    }
+
+    /// Counters per (host, fingerprint).
+    pub fn ja4_hosts(&self) -> HashMap<HostJa4, Ja4Stats> {
+        let map: BpfHashMap<_, HostJa4, Ja4Stats> =
+            BpfHashMap::try_from(self.ebpf.map(MAP_JA4_HOSTS).expect("ja4 hosts")).expect("hash");
+        map.iter().map(|r| r.expect("an entry")).collect()
+    }
+
+    /// The records of new fingerprints the kernel sent since the last call.
+    pub fn ja4_events(&mut self) -> Vec<Ja4State> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut(MAP_JA4_EVENTS).expect("events"))
+            .expect("ring buffer");
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), Ja4State::SIZE, "a record is one Ja4State");
+            out.push(Ja4State::from_bytes(&item).expect("a record is one Ja4State"));
+        }
+        out
+    }
 }

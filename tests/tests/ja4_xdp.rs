@@ -1,0 +1,181 @@
+//! JA4 fingerprints in the XDP program (`BPF_PROG_TEST_RUN`): the kernel's key for every real
+//! ClientHello of the tests equals the one the shared parser computes over the whole
+//! ClientHello in userspace, in one segment and split into two (at every byte) and three;
+//! the lists it sends for a new key give its JA4 string; counters per fingerprint and per
+//! (host, fingerprint); and with fingerprinting off, the flow has none.
+
+use sni_common::{
+    flow::{kind, Pending},
+    ja4::{Ja4Key, Ja4State},
+    Progress,
+};
+use sni_tests::{
+    fixture,
+    frame::{self, Seg, PSH_ACK},
+    hellos::{browser_size_hello, rustls_hello},
+    prog::{v4_key, Prog, XDP_PASS},
+};
+
+const PORT: u16 = 443;
+const ISN: u32 = 0xffff_fe00; // close to the wrap, so that the splits cross it
+
+/// The real ClientHellos of the tests: captures of openssl, curl and Python, rustls's
+/// post-quantum one, and a browser-size one whose name is past the first segment.
+fn hellos() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("openssl", fixture("openssl-sni.bin")),
+        ("openssl without SNI", fixture("openssl-nosni.bin")),
+        ("openssl TLS 1.2", fixture("openssl-tls12.bin")),
+        ("curl", fixture("curl.bin")),
+        ("python", fixture("python-ssl.bin")),
+        ("openssl punycode", fixture("openssl-punycode.bin")),
+        ("rustls post-quantum", rustls_hello("pq.example.org")),
+        ("browser-size", browser_size_hello("browser.example.org")),
+    ]
+}
+
+/// The JA4 state the shared parser reads from the whole ClientHello in userspace.
+fn userspace(hello: &[u8]) -> Ja4State {
+    let mut p = Pending::JA4.parser;
+    assert_eq!(p.feed(hello), Progress::Done);
+    *p.ja4().expect("a ClientHello read to its end has a JA4")
+}
+
+/// Sends `hello` on a new flow cut at `cuts`; returns the flow's fingerprint hash.
+fn send(prog: &Prog, hello: &[u8], cuts: &[usize]) -> u64 {
+    let port = frame::next_port();
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(hello.len());
+    for w in bounds.windows(2) {
+        let seg = Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq: ISN.wrapping_add(w[0] as u32),
+            flags: PSH_ACK,
+        };
+        let verdict = prog.run(&frame::v4_segment(&seg, &hello[w[0]..w[1]]));
+        assert_eq!(verdict, XDP_PASS, "cuts {cuts:?}");
+    }
+    prog.flow(&v4_key(port, PORT))
+        .unwrap_or_else(|| panic!("cuts {cuts:?}: no flow ({:?})", prog.global()))
+        .ja4
+}
+
+#[test]
+fn the_kernels_fingerprint_is_the_parsers_and_its_lists_give_the_ja4() {
+    let mut prog = Prog::load(&[PORT], &["www.example.com"], 1024);
+    let mut expected = Vec::new();
+    for (label, hello) in hellos() {
+        let state = userspace(&hello);
+        let key = state.key();
+        assert_eq!(send(&prog, &hello, &[]), key.hash64(), "{label}");
+        expected.push((label, key, state));
+    }
+    // ClientHellos of one client with different names share a key (openssl's two).
+    let same_key = |key: &Ja4Key| expected.iter().filter(|e| e.1 == *key).count() as u64;
+    let distinct = {
+        let mut keys: Vec<_> = expected.iter().map(|e| e.1).collect();
+        keys.sort();
+        keys.dedup();
+        keys.len() as u64
+    };
+    // Each new key sent its lists once, and they give the same key and JA4 string.
+    let events = prog.ja4_events();
+    assert_eq!(events.len() as u64, distinct);
+    let other = prog.ja4_other();
+    for (label, key, state) in &expected {
+        let sent: Vec<_> = events.iter().filter(|e| e.key() == *key).collect();
+        assert_eq!(sent.len(), 1, "{label}: one record of its lists");
+        let ja4 = sent[0].ja4().expect("lists within their room");
+        assert_eq!(Some(ja4), state.ja4(), "{label}");
+        assert_eq!(other[key].client_hellos, same_key(key), "{label}");
+    }
+    // Sent again: counted, not sent again.
+    for (_, hello) in hellos() {
+        send(&prog, &hello, &[]);
+    }
+    assert!(
+        prog.ja4_events().is_empty(),
+        "known keys are not sent again"
+    );
+    let other = prog.ja4_other();
+    for (label, key, _) in &expected {
+        assert_eq!(other[key].client_hellos, 2 * same_key(key), "{label}");
+    }
+    let g = prog.global();
+    assert_eq!(g["ja4"], 2 * expected.len() as u64, "{g:?}");
+    assert_eq!(g["ja4_new"], distinct, "{g:?}");
+    assert_eq!(g["ja4_lost"], 0, "{g:?}");
+    // Per (host, fingerprint): the configured host's pair, and the others by name.
+    let pairs = prog.ja4_hosts();
+    let openssl = expected[0].1;
+    let configured = pairs
+        .iter()
+        .find(|(k, _)| k.ja4 == openssl && k.kind == kind::CONFIGURED)
+        .expect("the configured host's pair");
+    assert_eq!(configured.0.slot, 1);
+    assert_eq!(configured.1.client_hellos, 2);
+    let no_name = expected[1].1;
+    assert!(
+        pairs
+            .iter()
+            .any(|(k, v)| k.ja4 == no_name && k.kind == kind::NO_NAME && v.client_hellos == 2),
+        "the ClientHello without a name has its pair: {pairs:?}"
+    );
+}
+
+#[test]
+fn split_at_every_byte_into_two_segments_and_into_three_the_fingerprint_is_the_same() {
+    for (label, hello) in hellos() {
+        if !matches!(label, "curl" | "browser-size") {
+            continue;
+        }
+        let prog = Prog::load(&[PORT], &[], 1024);
+        let want = userspace(&hello).key().hash64();
+        for cut in 1..hello.len() {
+            assert_eq!(send(&prog, &hello, &[cut]), want, "{label} cut at {cut}");
+        }
+        for first in (1..hello.len()).step_by(61) {
+            for second in (first + 1..hello.len()).step_by(97) {
+                assert_eq!(
+                    send(&prog, &hello, &[first, second]),
+                    want,
+                    "{label} cut at {first} and {second}"
+                );
+            }
+        }
+        // One key, whatever the cuts.
+        assert_eq!(prog.ja4_other().len(), 1, "{label}");
+    }
+}
+
+#[test]
+fn keys_differ_where_the_ja4_differs() {
+    let hellos = hellos();
+    let mut keys: Vec<(&str, Ja4Key)> = Vec::new();
+    for (label, hello) in &hellos {
+        keys.push((label, userspace(hello).key()));
+    }
+    // The captures of different clients have different JA4s, and so different keys; the
+    // openssl ones with and without a name differ in JA4_a (d or i) only.
+    for (i, (a, ka)) in keys.iter().enumerate() {
+        for (b, kb) in &keys[i + 1..] {
+            let ja = userspace(&hellos.iter().find(|h| h.0 == *a).unwrap().1).ja4();
+            let jb = userspace(&hellos.iter().find(|h| h.0 == *b).unwrap().1).ja4();
+            assert_eq!(ka == kb, ja == jb, "{a} and {b}: {ja:?} {jb:?}");
+        }
+    }
+}
+
+#[test]
+fn with_fingerprinting_off_a_flow_has_no_fingerprint() {
+    let prog = Prog::with_config(&format!(
+        "[xdp]\ninterfaces = [\"lo\"]\nports = [{PORT}]\nja4 = false\n"
+    ));
+    for (label, hello) in hellos() {
+        assert_eq!(send(&prog, &hello, &[]), 0, "{label}");
+    }
+    assert!(prog.ja4_other().is_empty());
+    assert_eq!(prog.global()["ja4"], 0);
+}
