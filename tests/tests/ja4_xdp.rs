@@ -1,7 +1,8 @@
 //! JA4 fingerprints in the XDP program (`BPF_PROG_TEST_RUN`): the kernel's key for every real
 //! ClientHello of the tests equals the one the shared parser computes over the whole
 //! ClientHello in userspace, in one segment and split into two (at every byte) and three;
-//! the lists it sends for a new key give its JA4 string; counters per fingerprint and per
+//! the lists it sends for a new key give its JA4 string, the one the specification gives
+//! (`sni_tests::ja4::reference`, independent of the parser); counters per fingerprint and per
 //! (host, fingerprint); and with fingerprinting off, the flow has none.
 
 use sni_common::{
@@ -13,6 +14,7 @@ use sni_tests::{
     fixture,
     frame::{self, Seg, PSH_ACK},
     hellos::{browser_size_hello, rustls_hello},
+    ja4::reference,
     prog::{v4_key, Prog, XDP_PASS},
 };
 
@@ -89,6 +91,14 @@ fn the_kernels_fingerprint_is_the_parsers_and_its_lists_give_the_ja4() {
         assert_eq!(sent.len(), 1, "{label}: one record of its lists");
         let ja4 = sent[0].ja4().expect("lists within their room");
         assert_eq!(Some(ja4), state.ja4(), "{label}");
+        // And that string is the specification's, computed independently over the bytes.
+        let hello = &hellos()
+            .into_iter()
+            .find(|h| h.0 == *label)
+            .expect("the hello")
+            .1;
+        let want = reference(hello).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(ja4.as_str(), want.ja4, "{label}: reference {}", want.raw);
         assert_eq!(other[key].client_hellos, same_key(key), "{label}");
     }
     // Sent again: counted, not sent again.
