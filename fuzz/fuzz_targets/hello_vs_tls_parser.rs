@@ -65,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
         for (h, b) in head.iter_mut().zip(data) {
             *h = *b;
         }
-        assert!(data.len() >= 5 && starts_sslv2_client_hello(head), "{ours:?}");
+        assert!(
+            data.len() >= 5 && starts_sslv2_client_hello(head),
+            "{ours:?}"
+        );
         assert_eq!(ours.name(), None);
         return;
     }

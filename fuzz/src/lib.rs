@@ -39,10 +39,11 @@ pub fn chunks<'a>(cuts: &[u8], mut stream: &'a [u8]) -> Vec<&'a [u8]> {
     out
 }
 
-/// Feeds `chunks` to a new parser one `step` at a time, as the kernel does, checking the step
-/// bound of `Parser::max_steps` and that a parser still wanting bytes took the whole chunk.
-pub fn parse_chunks(chunks: &[&[u8]]) -> Parser {
-    let mut p = Parser::NEW;
+/// Feeds `chunks` to a new parser (reading the JA4 too when `ja4`) one `step` at a time, as
+/// the kernel does, checking the step bound of `Parser::max_steps` and that a parser still
+/// wanting bytes took the whole chunk.
+pub fn parse_chunks(chunks: &[&[u8]], ja4: bool) -> Parser {
+    let mut p = Parser::new(ja4);
     for chunk in chunks {
         let mut pos = 0;
         let mut steps = 0;
@@ -109,10 +110,7 @@ pub fn check_consistent(p: &Parser) {
         Progress::Done => {
             assert!(seen.is_client_hello && seen.reason == Reason::None, "{p:?}");
             // An SSLv2-compatible ClientHello has no TLS record.
-            assert!(
-                seen.records >= 1 || p.outcome() == Outcome::Sslv2,
-                "{p:?}"
-            );
+            assert!(seen.records >= 1 || p.outcome() == Outcome::Sslv2, "{p:?}");
         }
         Progress::NeedMore => assert_eq!(seen.reason, Reason::None, "{p:?}"),
         Progress::NotClientHello | Progress::Malformed => {
@@ -121,6 +119,21 @@ pub fn check_consistent(p: &Parser) {
     }
     assert_eq!(
         seen.wants_more,
-        seen.progress == Progress::NeedMore && seen.name.is_none()
+        seen.progress == Progress::NeedMore && (p.reads_ja4() || seen.name.is_none())
     );
+    // A fingerprint exactly for a ClientHello read to its end (not an SSLv2-compatible one)
+    // by a parser that reads them.
+    assert_eq!(
+        p.ja4().is_some(),
+        p.reads_ja4() && seen.progress == Progress::Done && seen.outcome != Outcome::Sslv2,
+        "{p:?}"
+    );
+    if let Some(j) = p.ja4() {
+        // JA4_a is letters and digits, and a ClientHello read to its end has cipher suites.
+        assert!(j.key().a.iter().all(u8::is_ascii_alphanumeric), "{p:?}");
+        assert!(
+            j.n_ciphers >= 1 || j.lists.ciphers.iter().all(|c| *c == 0),
+            "{p:?}"
+        );
+    }
 }

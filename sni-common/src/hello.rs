@@ -340,6 +340,10 @@ const S_VERSION_ITEM: u8 = 23; // int 2
 const S_SIG_ALGS_LEN: u8 = 24; // int 2
 const S_SIG_ALG: u8 = 25; // int 2
 
+/// Bytes of an integer field or of a name a step reads at most: integers are at most three
+/// bytes, so one step reads each; a name takes a step per four bytes.
+const BYTES_PER_STEP: usize = 4;
+
 /// Parse state of one ClientHello; fixed size, plain data, all-zero when new.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -487,6 +491,12 @@ impl Parser {
         self.status == ST_NEED_MORE && (self.flags & F_JA4 != 0 || !self.has_name())
     }
 
+    /// Whether this parser reads the whole ClientHello and its JA4 ([`Parser::new`]).
+    #[inline(always)]
+    pub fn reads_ja4(&self) -> bool {
+        self.flags & F_JA4 != 0
+    }
+
     /// What the JA4 of a ClientHello read to its end is made of; `None` without JA4, before
     /// the end, for a broken ClientHello or an SSLv2-compatible one.
     #[inline(always)]
@@ -557,27 +567,38 @@ impl Parser {
             self.record_header_byte(b);
             return true;
         }
-        if is_skip {
-            let avail = len - at;
-            let take = min3(avail, usize::from(self.rec_left), self.need as usize);
-            // `take` is at most `rec_left` (a u16), so it fits in u32.
-            let take32 = take as u32;
-            if !self.consume(take32) {
-                return false;
-            }
-            *pos = at + take;
-            self.need -= take32;
-            if self.need == 0 {
-                self.field_done();
-            }
-            return true;
-        }
-        let b = input.byte(at);
-        *pos = at + 1;
-        if !self.consume(1) {
+        // As many bytes of the field as the input, the record and the field have: all of a
+        // skipped field, up to `BYTES_PER_STEP` of an integer or of bytes to copy.
+        let take = min3(len - at, usize::from(self.rec_left), self.need as usize);
+        let take = if is_skip || take < BYTES_PER_STEP {
+            take
+        } else {
+            BYTES_PER_STEP
+        };
+        // `take` is at most `rec_left` (a u16), so it fits in u32.
+        let take32 = take as u32;
+        if !self.consume(take32) {
             return false;
         }
-        self.need = self.need.saturating_sub(1);
+        if !is_skip {
+            for k in 0..BYTES_PER_STEP {
+                if k < take {
+                    self.absorb(input.byte(at + k));
+                }
+            }
+        }
+        *pos = at + take;
+        self.need -= take32;
+        if self.need == 0 {
+            self.field_done();
+        }
+        true
+    }
+
+    /// The next byte of an integer field (into `acc`), of the name (copied, lowercased) or of
+    /// the first ALPN value (its ends kept).
+    #[inline(always)]
+    fn absorb(&mut self, b: u8) {
         if self.stage == S_SNI_NAME {
             let i = usize::from(self.host.len);
             if i < MAX_NAME_LEN {
@@ -591,10 +612,6 @@ impl Parser {
         } else {
             self.acc = (self.acc << 8) | u32::from(b);
         }
-        if self.need == 0 {
-            self.field_done();
-        }
-        true
     }
 
     fn record_header_byte(&mut self, b: u8) {

@@ -7,7 +7,9 @@
 pub mod edge;
 pub mod frame;
 pub mod hellos;
+pub mod ja4;
 pub mod netns;
+pub mod pcap;
 pub mod pebble;
 pub mod pki;
 pub mod prog;

@@ -1,7 +1,8 @@
 //! JA4 fingerprints in the XDP program (`BPF_PROG_TEST_RUN`): the kernel's key for every real
 //! ClientHello of the tests equals the one the shared parser computes over the whole
 //! ClientHello in userspace, in one segment and split into two (at every byte) and three;
-//! the lists it sends for a new key give its JA4 string; counters per fingerprint and per
+//! the lists it sends for a new key give its JA4 string, the one the specification gives
+//! (`sni_tests::ja4::reference`, independent of the parser); counters per fingerprint and per
 //! (host, fingerprint); and with fingerprinting off, the flow has none.
 
 use sni_common::{
@@ -13,6 +14,7 @@ use sni_tests::{
     fixture,
     frame::{self, Seg, PSH_ACK},
     hellos::{browser_size_hello, rustls_hello},
+    ja4::reference,
     prog::{v4_key, Prog, XDP_PASS},
 };
 
@@ -89,6 +91,14 @@ fn the_kernels_fingerprint_is_the_parsers_and_its_lists_give_the_ja4() {
         assert_eq!(sent.len(), 1, "{label}: one record of its lists");
         let ja4 = sent[0].ja4().expect("lists within their room");
         assert_eq!(Some(ja4), state.ja4(), "{label}");
+        // And that string is the specification's, computed independently over the bytes.
+        let hello = &hellos()
+            .into_iter()
+            .find(|h| h.0 == *label)
+            .expect("the hello")
+            .1;
+        let want = reference(hello).unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(ja4.as_str(), want.ja4, "{label}: reference {}", want.raw);
         assert_eq!(other[key].client_hellos, same_key(key), "{label}");
     }
     // Sent again: counted, not sent again.
@@ -178,4 +188,59 @@ fn with_fingerprinting_off_a_flow_has_no_fingerprint() {
     }
     assert!(prog.ja4_other().is_empty());
     assert_eq!(prog.global()["ja4"], 0);
+}
+
+/// `hello` (one record, openssl's or curl's capture) with its cipher suites replaced by
+/// `suites` (same count), lengths unchanged.
+fn with_suites(hello: &[u8], suites: &[u16]) -> Vec<u8> {
+    let mut out = hello.to_vec();
+    // Record 5, handshake header 4, version 2, random 32, session id.
+    let sid = 5 + 4 + 2 + 32;
+    let at = sid + 1 + usize::from(out[sid]);
+    let len = usize::from(u16::from_be_bytes([out[at], out[at + 1]]));
+    assert_eq!(len, 2 * suites.len(), "as many suites as the capture has");
+    for (i, s) in suites.iter().enumerate() {
+        out[at + 2 + 2 * i..at + 4 + 2 * i].copy_from_slice(&s.to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn a_flood_of_random_fingerprints_keeps_the_maps_bounded_and_loses_nothing_silently() {
+    let mut prog = Prog::load(&[PORT], &[], 1024);
+    let curl = fixture("curl.bin");
+    let n_suites = userspace(&curl).n_ciphers as usize;
+    let mut rng = sni_tests::Rng::new(19);
+    // More fingerprints than the LRU of others holds (16 Ki by default), and than the ring
+    // buffer holds records while nothing reads it.
+    let flood = 20_000u64;
+    let mut received = 0u64;
+    for i in 0..flood {
+        let suites: Vec<u16> = (0..n_suites)
+            .map(|_| (rng.next_u64() as u16) | 0x0101)
+            .collect();
+        send(&prog, &with_suites(&curl, &suites), &[]);
+        // Read the ring buffer now and then, as the daemon does, but not always in time.
+        if i % 5_000 == 4_999 {
+            received += prog.ja4_events().len() as u64;
+        }
+    }
+    received += prog.ja4_events().len() as u64;
+    let g = prog.global();
+    assert_eq!(g["ja4"], flood, "{g:?}");
+    assert_eq!(g["ja4_new"], flood, "every fingerprint was new: {g:?}");
+    assert_eq!(
+        received + g["ja4_lost"],
+        flood,
+        "each new fingerprint's lists were received or counted lost: {g:?}"
+    );
+    assert!(g["ja4_lost"] > 0, "the flood outran the ring buffer: {g:?}");
+    let other = prog.ja4_other().len() as u64;
+    assert!(
+        other <= u64::from(sni_common::maps::JA4_OTHER_DEFAULT_ENTRIES),
+        "{other} entries"
+    );
+    assert!(
+        prog.ja4_hosts().len() as u64 <= u64::from(sni_common::maps::JA4_HOSTS_DEFAULT_ENTRIES)
+    );
 }

@@ -201,6 +201,10 @@ fn chromium_over_mtu_1500_is_attributed_on_every_connection() {
     assert_eq!(t["xdp_agreed"], handshakes, "{s}");
     assert_eq!(t["xdp_disagreed"], 0, "{s}");
     assert_eq!(t["xdp_unknown"], 0, "{s}");
+    // And its JA4 fingerprint of each ClientHello is the terminator's.
+    assert_eq!(t["ja4_agreed"], handshakes, "{s}");
+    assert_eq!(t["ja4_disagreed"], 0, "{s}");
+    assert_eq!(t["ja4_unknown"], 0, "{s}");
     // Per host, the kernel saw a ClientHello for every connection the terminator handled.
     for (xdp, term) in [("alpha.test", "alpha.test"), ("beta.test", "beta.test")] {
         let x = xdp_host(&s, xdp);
@@ -250,6 +254,14 @@ fn chromium_over_mtu_1500_is_attributed_on_every_connection() {
         .filter(|f| f["segments"].as_u64().unwrap() > 1)
         .count() as u64;
     assert_eq!(split, g["split"].as_u64().unwrap(), "{report}\n{s}");
+    // One browser, one fingerprint: Chrome shuffles its extensions, JA4 sorts them (tests/ja4.rs
+    // checks Chromium's against the independent reference).
+    let ja4s: std::collections::BTreeSet<&str> = flows
+        .iter()
+        .map(|f| f["ja4"].as_str().unwrap_or("(none)"))
+        .collect();
+    assert_eq!(ja4s.len(), 1, "{ja4s:?}: {report}");
+    assert!(ja4s.iter().all(|j| j.starts_with("t13d")), "{ja4s:?}");
 
     // The text form: one line per ClientHello and a summary.
     let out = run(Command::new(sni_user_bin()).arg("classify").arg(&capture));

@@ -177,6 +177,12 @@ pub struct GlobalCounters {
     pub xdp_disagreed: AtomicU64,
     /// Hand-off: no classifier, or it had no host for the flow.
     pub xdp_unknown: AtomicU64,
+    /// Hand-off: the classifier's JA4 fingerprint of the flow is the terminator's.
+    pub ja4_agreed: AtomicU64,
+    /// Hand-off: the classifier's JA4 fingerprint of the flow differs from the terminator's.
+    pub ja4_disagreed: AtomicU64,
+    /// Hand-off: no classifier record, or no fingerprint on one side.
+    pub ja4_unknown: AtomicU64,
     /// Closed while waiting for a ClientHello the classifier drops (`action = "drop"`, or
     /// over `hello_rate`).
     pub xdp_blocked: AtomicU64,
@@ -197,7 +203,7 @@ type GlobalField = (
 
 impl GlobalCounters {
     /// Every counter once, in a fixed order: what `stats --json` and the metrics show.
-    pub const FIELDS: [GlobalField; 14] = [
+    pub const FIELDS: [GlobalField; 17] = [
         ("accepted", "Connections accepted.", |g| &g.accepted),
         (
             "over_max_connections",
@@ -250,6 +256,21 @@ impl GlobalCounters {
             |g| &g.xdp_unknown,
         ),
         (
+            "ja4_agreed",
+            "Handshakes whose ClientHello the XDP classifier fingerprinted the same (JA4).",
+            |g| &g.ja4_agreed,
+        ),
+        (
+            "ja4_disagreed",
+            "Handshakes whose ClientHello the XDP classifier fingerprinted otherwise (JA4).",
+            |g| &g.ja4_disagreed,
+        ),
+        (
+            "ja4_unknown",
+            "Handshakes without a JA4 fingerprint from the classifier or from the terminator.",
+            |g| &g.ja4_unknown,
+        ),
+        (
             "xdp_blocked",
             "Connections closed while waiting for a ClientHello the XDP classifier drops.",
             |g| &g.xdp_blocked,
@@ -268,7 +289,7 @@ impl GlobalCounters {
 
     /// Names and values, in [`Self::FIELDS`] order: the keys of `stats --json`'s terminator
     /// `global`.
-    pub fn values(&self) -> [(&'static str, u64); 14] {
+    pub fn values(&self) -> [(&'static str, u64); 17] {
         Self::FIELDS.map(|(name, _, field)| (name, field(self).load(Relaxed)))
     }
 }

@@ -1,7 +1,9 @@
 //! The terminator's ClientHello reader, without the socket: the bytes a client sends until its
 //! ClientHello ends, read through the shared parser (the one the XDP program runs) under a size
 //! cap; then the hand-over of those bytes to rustls' `Acceptor`, and the name rustls read,
-//! normalised as the parser normalises.
+//! normalised as the parser normalises. The parser reads in JA4 mode, as the XDP program does
+//! by default, so that the terminator has the ClientHello's fingerprint to check the kernel's
+//! against.
 //!
 //! [`crate::terminator::conn`] reads the socket and pushes what it read; the fuzz targets push any bytes in
 //! any chunking. The bytes kept are every byte pushed, in order: past the end of the ClientHello
@@ -9,7 +11,7 @@
 //! and a passthrough backend must get them too.
 
 use rustls::server::{Accepted, AcceptedAlert, Acceptor};
-use sni_common::{HostKey, Outcome, Parser, Progress};
+use sni_common::{ja4::Ja4State, HostKey, Outcome, Parser, Progress};
 
 /// Where the reader stands after the bytes pushed so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,8 @@ pub enum Step {
 pub struct HelloReader {
     /// Every byte pushed (up to the push that ended the ClientHello).
     bytes: Vec<u8>,
-    /// Boxed: the parser is 288 bytes and a connection holds it only while it peeks.
+    /// Boxed: the parser is [`Parser::SIZE`] bytes (most of them the JA4 lists) and a
+    /// connection holds it only while it peeks.
     parser: Box<Parser>,
     /// Most bytes kept ([`crate::config::Limits::max_client_hello`]).
     cap: usize,
@@ -46,7 +49,7 @@ impl HelloReader {
     pub fn new(cap: usize) -> Self {
         Self {
             bytes: Vec::with_capacity(Self::INITIAL_CAPACITY.min(cap)),
-            parser: Box::new(Parser::NEW),
+            parser: Box::new(Parser::new(true)),
             cap,
             step: Step::NeedMore,
         }
@@ -96,6 +99,12 @@ impl HelloReader {
     /// The normalised server_name, once read (it can come before the ClientHello ends).
     pub fn name(&self) -> Option<&HostKey> {
         self.parser.name()
+    }
+
+    /// What the JA4 fingerprint of the ClientHello is made of, once it is read whole
+    /// ([`Step::Done`]); `None` before, or for one the parser could not read.
+    pub fn ja4(&self) -> Option<&Ja4State> {
+        self.parser.ja4()
     }
 
     /// The parser, for its reason and flags.
@@ -211,10 +220,17 @@ pub(crate) mod tests {
         let (last, head) = CURL.split_last().expect("not empty");
         for b in head {
             assert_eq!(bytes.push(&[*b]), Step::NeedMore);
+            assert!(bytes.ja4().is_none(), "no fingerprint before the end");
         }
         assert_eq!(bytes.push(&[*last]), Step::Done);
         assert_eq!(bytes.bytes(), CURL);
         assert_eq!(bytes.name(), whole.name());
+        // The same fingerprint either way, with its string.
+        let key = |r: &HelloReader| r.ja4().map(Ja4State::key);
+        assert!(key(&whole).is_some());
+        assert_eq!(key(&bytes), key(&whole));
+        let ja4 = whole.ja4().and_then(Ja4State::ja4).expect("a JA4 string");
+        assert!(ja4.as_str().starts_with("t13d"), "{ja4}");
     }
 
     #[test]

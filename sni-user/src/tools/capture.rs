@@ -4,7 +4,8 @@
 //! Every TCP flow whose first payload starts a ClientHello is followed exactly as the XDP
 //! program follows it: the same parser (`sni_common::hello`), the same placement of segments
 //! against the next expected byte (`sni_common::flow::Step`), the same rule that a SYN starts
-//! the 5-tuple over. Frames are decoded by etherparse (Ethernet, VLAN, Linux cooked, raw IP),
+//! the 5-tuple over. Each ClientHello is read to its end, as the kernel reads it by default
+//! (`SNI_JA4`), and its JA4 fingerprint (`sni_common::ja4`) reported. Frames are decoded by etherparse (Ethernet, VLAN, Linux cooked, raw IP),
 //! captures read by pcap-parser.
 
 use std::{
@@ -41,6 +42,9 @@ pub struct FlowReport {
     /// The name, when read (non-printable bytes escaped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// The JA4 fingerprint of a ClientHello read to its end (`null` for one cut short,
+    /// malformed, SSLv2-compatible, or with more values than the parser keeps).
+    pub ja4: Option<String>,
     /// Why there is no name: the parser's reason, `out_of_order`, `restarted` or
     /// `capture_ended`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,7 +150,7 @@ impl Tracker {
                     retransmits,
                 }),
             ) => (pending, retransmits, skip as usize),
-            (Step::Parse { .. }, _) => (Box::new(Pending::NEW), 0, 0),
+            (Step::Parse { .. }, _) => (Box::new(Pending::JA4), 0, 0),
             (
                 Step::Retransmit,
                 Some(State::Pending {
@@ -229,6 +233,7 @@ impl Tracker {
                 .name()
                 .map(|n| n.as_bytes().escape_ascii().to_string())
                 .filter(|_| outcome == Outcome::Sni),
+            ja4: p.ja4().and_then(|s| s.ja4()).map(|j| j.as_str().to_owned()),
             reason: reason.map(str::to_owned),
             ech: p.has_ech(),
             segments: pending.segments,
@@ -380,10 +385,11 @@ pub fn table(report: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "{} -> {}  {what}  ech={}  segments={}{}",
+            "{} -> {}  {what}  ech={}  ja4={}  segments={}{}",
             f.client,
             f.server,
             if f.ech { "yes" } else { "no" },
+            f.ja4.as_deref().unwrap_or("-"),
             f.segments,
             if f.retransmits > 0 {
                 format!("  retransmits={}", f.retransmits)

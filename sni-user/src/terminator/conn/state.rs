@@ -99,6 +99,8 @@ pub struct Handshake<S> {
     tls: Tls<S>,
     /// Counted with the handshake, once it is done.
     hand_off: HandOff,
+    /// The classifier's fingerprint against the ClientHello's, counted with it.
+    ja4: HandOff,
     /// The ClientHello's name, kept for the PROXY header (only when the host sends one).
     authority: Option<Box<HostKey>>,
 }
@@ -290,6 +292,7 @@ impl<S: Stream> Hello<S> {
             return end(None, Close::host(Side::Internal, Failure::Internal));
         };
         let host = Host::new(Arc::clone(route));
+        let ja4 = hand_off::compare_ja4(meta.peer, self.xdp.as_ref(), self.reader.ja4());
         let hello = self.reader.take_bytes();
         let counters = &route.counters;
         match route.mode {
@@ -325,7 +328,8 @@ impl<S: Stream> Hello<S> {
                     index,
                     ctx.routes,
                 );
-                handshake_done(ctx.global, counters, hand_off, meta.accepted, false);
+                let compared = (hand_off, ja4);
+                handshake_done(ctx.global, counters, compared, meta.accepted, false);
                 Step::Next(State::Passthrough(Relay {
                     host,
                     client: self.client,
@@ -408,6 +412,7 @@ impl<S: Stream> Hello<S> {
                         relay: relay(host, self.client, backend),
                     },
                     hand_off,
+                    ja4,
                     authority: name.filter(|_| route.proxy_protocol).map(Box::new),
                 }))
             }
@@ -487,7 +492,8 @@ impl<S: Stream> Handshake<S> {
             self.tls.relay.up.buf.prepend(&header);
         }
         let counters = &route.counters;
-        handshake_done(global, counters, self.hand_off, meta.accepted, resumed);
+        let compared = (self.hand_off, self.ja4);
+        handshake_done(global, counters, compared, meta.accepted, resumed);
         if route.source == CertSource::AcmePlaceholder {
             global.acme_placeholder_handshakes.fetch_add(1, Relaxed);
         }
@@ -499,11 +505,12 @@ impl<S: Stream> Handshake<S> {
 }
 
 /// A handshake is done (or a passthrough connection routed): counts it with its hand-off
-/// result, so that agreed + disagreed + unknown = handshakes.
+/// results, the host's and the fingerprint's, so that agreed + disagreed + unknown =
+/// handshakes for each.
 fn handshake_done(
     g: &GlobalCounters,
     counters: &HostCounters,
-    hand_off: HandOff,
+    (hand_off, ja4): (HandOff, HandOff),
     accepted: Instant,
     resumed: bool,
 ) {
@@ -516,5 +523,10 @@ fn handshake_done(
         HandOff::Agreed => g.xdp_agreed.fetch_add(1, Relaxed),
         HandOff::Disagreed => g.xdp_disagreed.fetch_add(1, Relaxed),
         HandOff::Unknown => g.xdp_unknown.fetch_add(1, Relaxed),
+    };
+    match ja4 {
+        HandOff::Agreed => g.ja4_agreed.fetch_add(1, Relaxed),
+        HandOff::Disagreed => g.ja4_disagreed.fetch_add(1, Relaxed),
+        HandOff::Unknown => g.ja4_unknown.fetch_add(1, Relaxed),
     };
 }

@@ -18,7 +18,7 @@ use mio::Token;
 use rustls::{pki_types::ServerName, ClientConfig, ClientConnection, RootCertStore};
 use sni_common::{
     flow::{kind, Flow, FlowKey},
-    HostKey,
+    HostKey, Parser,
 };
 
 use super::{
@@ -385,6 +385,23 @@ impl World {
             RefCell::new(Vec::new()),
         ));
     }
+
+    /// The classifier's record (made by [`Self::classify`]) carries `ja4` as its fingerprint.
+    fn fingerprint(&mut self, ja4: u64) {
+        self.flows.as_mut().expect("classify first").0.ja4 = ja4;
+    }
+}
+
+/// The fingerprint the classifier records for the ClientHello `bytes` (`Flow::ja4`): its
+/// `Ja4Key::hash64`, read by the shared parser in JA4 mode, as the kernel reads it.
+fn ja4_of(bytes: &[u8]) -> u64 {
+    let mut parser = Parser::new(true);
+    parser.feed(bytes);
+    parser
+        .ja4()
+        .expect("a ClientHello read whole")
+        .key()
+        .hash64()
 }
 
 fn state_name(conn: &Conn<End>) -> &'static str {
