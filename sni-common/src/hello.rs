@@ -320,12 +320,11 @@ const S_SID_LEN: u8 = 4; // int 1
 const S_SID: u8 = 5; // skip
 const S_CS_LEN: u8 = 6; // int 2
 const S_CS: u8 = 7; // skip (without JA4)
-const S_CIPHER: u8 = 8; // int 2, one cipher suite (with JA4)
+const S_CIPHER: u8 = 8; // int 2 or 4, one or two cipher suites (with JA4)
 const S_COMP_LEN: u8 = 9; // int 1
 const S_COMP: u8 = 10; // skip
 const S_EXTS_LEN: u8 = 11; // int 2
-const S_EXT_TYPE: u8 = 12; // int 2
-const S_EXT_LEN: u8 = 13; // int 2
+const S_EXT_HEAD: u8 = 12; // int 4: extension type and length
 const S_EXT_BODY: u8 = 14; // skip
                            // Inside an extension whose length is in `ext_left` (every stage from here on).
 const S_SNI_LIST_LEN: u8 = 15; // int 2
@@ -336,9 +335,9 @@ const S_ALPN_LIST_LEN: u8 = 19; // int 2
 const S_ALPN_LEN: u8 = 20; // int 1
 const S_ALPN_NAME: u8 = 21; // the first value's ends
 const S_VERSIONS_LEN: u8 = 22; // int 1
-const S_VERSION_ITEM: u8 = 23; // int 2
+const S_VERSION_ITEM: u8 = 23; // int 2 or 4, one or two versions
 const S_SIG_ALGS_LEN: u8 = 24; // int 2
-const S_SIG_ALG: u8 = 25; // int 2
+const S_SIG_ALG: u8 = 25; // int 2 or 4, one or two signature algorithms
 
 /// Bytes of an integer field or of a name a step reads at most: integers are at most three
 /// bytes, so one step reads each; a name takes a step per four bytes.
@@ -378,7 +377,8 @@ pub struct Parser {
     status: u8,
     /// [`Reason`] as a byte.
     reason: u8,
-    _pad: u8,
+    /// 1 when the list field being read holds two values (four bytes), not one.
+    pair: u8,
     /// Bytes left in the list being read value by value (cipher suites, versions, signature
     /// algorithms).
     list_left: u16,
@@ -432,7 +432,7 @@ impl Parser {
             flags: if ja4 { F_JA4 } else { 0 },
             status: ST_NEED_MORE,
             reason: 0,
-            _pad: 0,
+            pair: 0,
             list_left: 0,
             ja4: Ja4State::NEW,
         }
@@ -688,7 +688,7 @@ impl Parser {
             }
             self.hs_left -= n;
         }
-        if self.stage >= S_EXT_TYPE {
+        if self.stage >= S_EXT_HEAD {
             if n > self.exts_left {
                 self.malformed(Reason::ExtensionOverrun);
                 return false;
@@ -733,8 +733,31 @@ impl Parser {
         if self.list_left < 2 || self.ext_left < 2 {
             return self.rest_of_extension();
         }
-        self.list_left -= 2;
-        self.enter(item, 2);
+        let room = if self.list_left < self.ext_left {
+            self.list_left
+        } else {
+            self.ext_left
+        };
+        self.enter_values(item, room);
+    }
+
+    /// Enters list stage `item` for the next two values when `room` (what the list, and the
+    /// extension it is in, have left) holds both, else for the next one: a step reads up to
+    /// four bytes. The list has room for one at least.
+    fn enter_values(&mut self, item: u8, room: u16) {
+        let n: u16 = if room >= 4 { 4 } else { 2 };
+        self.list_left = self.list_left.saturating_sub(n);
+        self.pair = u8::from(n == 4);
+        self.enter(item, u32::from(n));
+    }
+
+    /// The one or two values of a list field just read (see `pair`).
+    fn values(&self, v: u32) -> (u16, Option<u16>) {
+        if self.pair != 0 {
+            ((v >> 16) as u16, Some(v as u16))
+        } else {
+            (v as u16, None)
+        }
     }
 
     /// The current field is complete: check it and move to the next.
@@ -778,18 +801,21 @@ impl Parser {
                 }
                 if self.flags & F_JA4 != 0 {
                     self.list_left = v as u16;
-                    return self.enter(S_CIPHER, 2);
+                    return self.enter_values(S_CIPHER, v as u16);
                 }
                 self.enter(S_CS, v);
             }
             S_CS => self.enter(S_COMP_LEN, 1),
             S_CIPHER => {
-                self.ja4.cipher(v as u16);
-                self.list_left -= 2;
+                let (first, second) = self.values(v);
+                self.ja4.cipher(first);
+                if let Some(second) = second {
+                    self.ja4.cipher(second);
+                }
                 if self.list_left == 0 {
                     return self.enter(S_COMP_LEN, 1);
                 }
-                self.enter(S_CIPHER, 2);
+                self.enter_values(S_CIPHER, self.list_left);
             }
             S_COMP_LEN => {
                 if v == 0 {
@@ -812,13 +838,11 @@ impl Parser {
                 if v == 0 {
                     return self.done();
                 }
-                self.enter(S_EXT_TYPE, 2);
+                self.enter(S_EXT_HEAD, 4);
             }
-            S_EXT_TYPE => {
-                self.ext_type = v as u16;
-                self.enter(S_EXT_LEN, 2);
-            }
-            S_EXT_LEN => {
+            S_EXT_HEAD => {
+                self.ext_type = (v >> 16) as u16;
+                let v = v & 0xffff;
                 if v > self.exts_left {
                     return self.malformed(Reason::ExtensionOverrun);
                 }
@@ -868,7 +892,11 @@ impl Parser {
                 self.list_items(S_VERSION_ITEM);
             }
             S_VERSION_ITEM => {
-                self.ja4.supported_version(v as u16);
+                let (first, second) = self.values(v);
+                self.ja4.supported_version(first);
+                if let Some(second) = second {
+                    self.ja4.supported_version(second);
+                }
                 self.list_items(S_VERSION_ITEM);
             }
             S_SIG_ALGS_LEN => {
@@ -876,14 +904,18 @@ impl Parser {
                 self.list_items(S_SIG_ALG);
             }
             S_SIG_ALG => {
-                self.ja4.sig_alg(v as u16);
+                let (first, second) = self.values(v);
+                self.ja4.sig_alg(first);
+                if let Some(second) = second {
+                    self.ja4.sig_alg(second);
+                }
                 self.list_items(S_SIG_ALG);
             }
             S_EXT_BODY => {
                 if self.exts_left == 0 {
                     return self.done();
                 }
-                self.enter(S_EXT_TYPE, 2);
+                self.enter(S_EXT_HEAD, 4);
             }
             S_SNI_LIST_LEN => {
                 // The list fills the extension and holds at least one entry header.
