@@ -320,7 +320,7 @@ const S_SID_LEN: u8 = 4; // int 1
 const S_SID: u8 = 5; // skip
 const S_CS_LEN: u8 = 6; // int 2
 const S_CS: u8 = 7; // skip (without JA4)
-const S_CIPHER: u8 = 8; // int 2 or 4, one or two cipher suites (with JA4)
+const S_CIPHER: u8 = 8; // list: cipher suites, up to eight a field (with JA4)
 const S_COMP_LEN: u8 = 9; // int 1
 const S_COMP: u8 = 10; // skip
 const S_EXTS_LEN: u8 = 11; // int 2
@@ -335,13 +335,18 @@ const S_ALPN_LIST_LEN: u8 = 19; // int 2
 const S_ALPN_LEN: u8 = 20; // int 1
 const S_ALPN_NAME: u8 = 21; // the first value's ends
 const S_VERSIONS_LEN: u8 = 22; // int 1
-const S_VERSION_ITEM: u8 = 23; // int 2 or 4, one or two versions
+const S_VERSION_ITEM: u8 = 23; // list: versions
 const S_SIG_ALGS_LEN: u8 = 24; // int 2
-const S_SIG_ALG: u8 = 25; // int 2 or 4, one or two signature algorithms
+const S_SIG_ALG: u8 = 25; // list: signature algorithms
 
-/// Bytes of an integer field or of a name a step reads at most: integers are at most three
-/// bytes, so one step reads each; a name takes a step per four bytes.
-const BYTES_PER_STEP: usize = 4;
+/// Bytes of a field a step reads at most (but a skipped field's, read in one step): of a
+/// name, or of a list of two-byte values (four of them). 16 is past the kernel verifier's
+/// budget (one step per `bpf_loop` call, the debug build).
+const BYTES_PER_STEP: usize = 8;
+/// Bytes of the longest integer field: an extension's type and length read together.
+const INT_MAX_LEN: usize = 4;
+/// Bytes of a TLS record header.
+const RECORD_HEADER_LEN: usize = 5;
 
 /// Parse state of one ClientHello; fixed size, plain data, all-zero when new.
 #[repr(C)]
@@ -377,8 +382,7 @@ pub struct Parser {
     status: u8,
     /// [`Reason`] as a byte.
     reason: u8,
-    /// 1 when the list field being read holds two values (four bytes), not one.
-    pair: u8,
+    _pad: u8,
     /// Bytes left in the list being read value by value (cipher suites, versions, signature
     /// algorithms).
     list_left: u16,
@@ -432,7 +436,7 @@ impl Parser {
             flags: if ja4 { F_JA4 } else { 0 },
             status: ST_NEED_MORE,
             reason: 0,
-            pair: 0,
+            _pad: 0,
             list_left: 0,
             ja4: Ja4State::NEW,
         }
@@ -562,13 +566,20 @@ impl Parser {
             return false;
         }
         if self.rec_left == 0 {
-            let b = input.byte(at);
-            *pos = at + 1;
-            self.record_header_byte(b);
+            // A record header: as many of its five bytes as the input has.
+            let mut at = at;
+            for _ in 0..RECORD_HEADER_LEN {
+                if at >= len || self.rec_left != 0 || self.status != ST_NEED_MORE {
+                    break;
+                }
+                self.record_header_byte(input.byte(at));
+                at += 1;
+            }
+            *pos = at;
             return true;
         }
         // As many bytes of the field as the input, the record and the field have: all of a
-        // skipped field, up to `BYTES_PER_STEP` of an integer or of bytes to copy.
+        // skipped field, up to `BYTES_PER_STEP` of any other (an integer has at most four).
         let take = min3(len - at, usize::from(self.rec_left), self.need as usize);
         let take = if is_skip || take < BYTES_PER_STEP {
             take
@@ -581,11 +592,7 @@ impl Parser {
             return false;
         }
         if !is_skip {
-            for k in 0..BYTES_PER_STEP {
-                if k < take {
-                    self.absorb(input.byte(at + k));
-                }
-            }
+            self.absorb(input, at, take);
         }
         *pos = at + take;
         self.need -= take32;
@@ -595,22 +602,64 @@ impl Parser {
         true
     }
 
-    /// The next byte of an integer field (into `acc`), of the name (copied, lowercased) or of
-    /// the first ALPN value (its ends kept).
+    /// The `take` bytes at `at` of the current field: an integer's (into `acc`), the name's
+    /// (copied, lowercased), the first ALPN value's (its ends kept), or a list's (each value
+    /// gathered as its second byte comes; `acc` holds the first meanwhile). The stage is
+    /// looked at once, then its bytes taken in a loop of its own.
     #[inline(always)]
-    fn absorb(&mut self, b: u8) {
-        if self.stage == S_SNI_NAME {
-            let i = usize::from(self.host.len);
-            if i < MAX_NAME_LEN {
-                self.host.name[i] = lower(b);
-                self.host.len += 1;
+    fn absorb<I: Input + ?Sized>(&mut self, input: &I, at: usize, take: usize) {
+        match self.stage {
+            S_SNI_NAME => {
+                for k in 0..BYTES_PER_STEP {
+                    if k < take {
+                        let i = usize::from(self.host.len);
+                        if i < MAX_NAME_LEN {
+                            self.host.name[i] = lower(input.byte(at + k));
+                            self.host.len += 1;
+                        }
+                    }
+                }
             }
-        } else if self.stage == S_ALPN_NAME {
-            // `acc` counts the value's bytes here.
-            self.ja4.alpn_byte(self.acc, b);
-            self.acc += 1;
-        } else {
-            self.acc = (self.acc << 8) | u32::from(b);
+            S_ALPN_NAME => {
+                // `acc` counts the value's bytes here.
+                for k in 0..BYTES_PER_STEP {
+                    if k < take {
+                        self.ja4.alpn_byte(self.acc, input.byte(at + k));
+                        self.acc += 1;
+                    }
+                }
+            }
+            S_CIPHER | S_VERSION_ITEM | S_SIG_ALG => {
+                // The field is a whole number of values: a value ends at each byte after
+                // which an even number of the field's bytes are left.
+                let left = self.need as usize;
+                for k in 0..BYTES_PER_STEP {
+                    if k < take {
+                        self.acc = (self.acc << 8) | u32::from(input.byte(at + k));
+                        if (left - k - 1) % 2 == 0 {
+                            self.list_value(self.acc as u16);
+                            self.acc = 0;
+                        }
+                    }
+                }
+            }
+            _ => {
+                for k in 0..INT_MAX_LEN {
+                    if k < take {
+                        self.acc = (self.acc << 8) | u32::from(input.byte(at + k));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A value of the list being read (by stage).
+    #[inline(always)]
+    fn list_value(&mut self, v: u16) {
+        match self.stage {
+            S_CIPHER => self.ja4.cipher(v),
+            S_VERSION_ITEM => self.ja4.supported_version(v),
+            _ => self.ja4.sig_alg(v),
         }
     }
 
@@ -723,41 +772,51 @@ impl Parser {
     /// Passes over what is left of the current extension.
     fn rest_of_extension(&mut self) {
         let rest = u32::from(self.ext_left);
-        self.enter(S_EXT_BODY, rest);
+        self.skip_extension(rest);
     }
 
-    /// The next two-byte value of the list JA4 reads in the current extension (supported
-    /// versions or signature algorithms) as stage `item`, or the rest of the extension when
-    /// the list, or the extension, has no room for another.
-    fn list_items(&mut self, item: u8) {
-        if self.list_left < 2 || self.ext_left < 2 {
-            return self.rest_of_extension();
+    /// Passes over `len` bytes of extension body, then goes to the next extension; at once
+    /// when there is nothing to pass over.
+    fn skip_extension(&mut self, len: u32) {
+        if len == 0 {
+            return self.next_extension();
         }
+        self.enter(S_EXT_BODY, len);
+    }
+
+    /// The next extension, or the end of the ClientHello after the last one.
+    fn next_extension(&mut self) {
+        if self.exts_left == 0 {
+            return self.done();
+        }
+        self.enter(S_EXT_HEAD, INT_MAX_LEN as u32);
+    }
+
+    /// The next values of the list JA4 reads in the current extension (supported versions
+    /// or signature algorithms) as stage `item`, or the rest of the extension when the list,
+    /// or the extension, has no room for another.
+    fn list_items(&mut self, item: u8) {
         let room = if self.list_left < self.ext_left {
             self.list_left
         } else {
             self.ext_left
         };
+        if room < 2 {
+            return self.rest_of_extension();
+        }
         self.enter_values(item, room);
     }
 
-    /// Enters list stage `item` for the next two values when `room` (what the list, and the
-    /// extension it is in, have left) holds both, else for the next one: a step reads up to
-    /// four bytes. The list has room for one at least.
+    /// Enters list stage `item` for as many whole two-byte values as `room` (what the list,
+    /// and the extension it is in, have left) holds, up to a step's bytes.
     fn enter_values(&mut self, item: u8, room: u16) {
-        let n: u16 = if room >= 4 { 4 } else { 2 };
-        self.list_left = self.list_left.saturating_sub(n);
-        self.pair = u8::from(n == 4);
-        self.enter(item, u32::from(n));
-    }
-
-    /// The one or two values of a list field just read (see `pair`).
-    fn values(&self, v: u32) -> (u16, Option<u16>) {
-        if self.pair != 0 {
-            ((v >> 16) as u16, Some(v as u16))
+        let n = if usize::from(room) < BYTES_PER_STEP {
+            room & !1
         } else {
-            (v as u16, None)
-        }
+            BYTES_PER_STEP as u16
+        };
+        self.list_left = self.list_left.saturating_sub(n);
+        self.enter(item, u32::from(n));
     }
 
     /// The current field is complete: check it and move to the next.
@@ -807,11 +866,6 @@ impl Parser {
             }
             S_CS => self.enter(S_COMP_LEN, 1),
             S_CIPHER => {
-                let (first, second) = self.values(v);
-                self.ja4.cipher(first);
-                if let Some(second) = second {
-                    self.ja4.cipher(second);
-                }
                 if self.list_left == 0 {
                     return self.enter(S_COMP_LEN, 1);
                 }
@@ -868,7 +922,7 @@ impl Parser {
                     }
                     EXT_ECH => {
                         self.flags |= F_ECH;
-                        self.enter(S_EXT_BODY, v);
+                        self.skip_extension(v);
                     }
                     ja4_ext::ALPN if ja4 && v >= 4 && self.ja4.wants_alpn() => {
                         self.ja4.alpn_seen();
@@ -876,7 +930,7 @@ impl Parser {
                     }
                     ja4_ext::SUPPORTED_VERSIONS if ja4 && v >= 1 => self.enter(S_VERSIONS_LEN, 1),
                     ja4_ext::SIGNATURE_ALGORITHMS if ja4 && v >= 2 => self.enter(S_SIG_ALGS_LEN, 2),
-                    _ => self.enter(S_EXT_BODY, v),
+                    _ => self.skip_extension(v),
                 }
             }
             S_ALPN_LIST_LEN => self.enter(S_ALPN_LEN, 1),
@@ -891,32 +945,13 @@ impl Parser {
                 self.list_left = v as u16;
                 self.list_items(S_VERSION_ITEM);
             }
-            S_VERSION_ITEM => {
-                let (first, second) = self.values(v);
-                self.ja4.supported_version(first);
-                if let Some(second) = second {
-                    self.ja4.supported_version(second);
-                }
-                self.list_items(S_VERSION_ITEM);
-            }
+            S_VERSION_ITEM => self.list_items(S_VERSION_ITEM),
             S_SIG_ALGS_LEN => {
                 self.list_left = v as u16;
                 self.list_items(S_SIG_ALG);
             }
-            S_SIG_ALG => {
-                let (first, second) = self.values(v);
-                self.ja4.sig_alg(first);
-                if let Some(second) = second {
-                    self.ja4.sig_alg(second);
-                }
-                self.list_items(S_SIG_ALG);
-            }
-            S_EXT_BODY => {
-                if self.exts_left == 0 {
-                    return self.done();
-                }
-                self.enter(S_EXT_HEAD, 4);
-            }
+            S_SIG_ALG => self.list_items(S_SIG_ALG),
+            S_EXT_BODY => self.next_extension(),
             S_SNI_LIST_LEN => {
                 // The list fills the extension and holds at least one entry header.
                 if v != u32::from(self.ext_left) || v < 3 {
@@ -954,7 +989,7 @@ impl Parser {
                     return self.malformed(Reason::BadServerNameList);
                 }
                 self.flags |= F_NAME;
-                self.enter(S_EXT_BODY, 0);
+                self.next_extension();
             }
             _ => self.malformed(Reason::Overrun),
         }

@@ -276,3 +276,20 @@ impl Prog {
         out
     }
 }
+
+impl Prog {
+    /// Instructions the verifier processed to accept the program (its budget is a million).
+    pub fn verified_insns(&self) -> u32 {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        program
+            .info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions (5.16 and later)")
+    }
+}

@@ -429,3 +429,19 @@ fn the_debug_build_of_the_path_loads_and_counts_the_same() {
     assert_eq!(verdicts, [XDP_DROP]);
     assert_eq!(prog.host("open.example.org").unwrap().0.client_hellos, 1);
 }
+
+#[test]
+fn the_program_passes_the_verifier_with_room_to_spare() {
+    // The verifier gives up past a million instructions processed. A change that nears it
+    // fails here first, with the figure, rather than as a program that no longer loads.
+    const BUDGET: u32 = 1_000_000;
+    for debug in [false, true] {
+        let prog = Prog::with_options(ACTIONS, sni_user::kernel::loader::StartOptions { debug });
+        let n = prog.verified_insns();
+        eprintln!("verified instructions (debug {debug}): {n}");
+        assert!(
+            n <= BUDGET / 10 * 9,
+            "the verifier processed {n} instructions (debug {debug}): within 10% of its budget"
+        );
+    }
+}
