@@ -636,7 +636,7 @@ impl Parser {
                 for k in 0..BYTES_PER_STEP {
                     if k < take {
                         self.acc = (self.acc << 8) | u32::from(input.byte(at + k));
-                        if (left - k - 1) % 2 == 0 {
+                        if (left - k - 1).is_multiple_of(2) {
                             self.list_value(self.acc as u16);
                             self.acc = 0;
                         }
