@@ -66,6 +66,10 @@ pub const MAP_SCRATCH: &str = "SNI_SCRATCH";
 /// fingerprint slot (1-based index of its `[[fingerprint]]`). Userspace writes a key once it
 /// learns that the key's JA4 is configured ([`MAP_JA4_EVENTS`]).
 pub const MAP_JA4_SLOTS: &str = "SNI_JA4_SLOTS";
+/// How many keys [`MAP_JA4_SLOTS`] holds: `Array<u32>` with one entry, written by userspace
+/// after each change to it. While it is 0 (no configured fingerprint seen yet, the usual
+/// case without `[[fingerprint]]`), the kernel does not look keys up there.
+pub const MAP_JA4_LEARNED: &str = "SNI_JA4_LEARNED";
 /// Configured fingerprints' actions: `Array<Policy>` by fingerprint slot (slot 0 unused).
 pub const MAP_JA4_POLICY: &str = "SNI_JA4_POLICY";
 /// Configured fingerprints' rate-limit state: `Array<Bucket>` by fingerprint slot.

@@ -16,7 +16,9 @@ use sni_common::{
 use crate::{
     atomic::add,
     counters::count,
-    maps::{SNI_JA4_EVENTS, SNI_JA4_HOSTS, SNI_JA4_OTHER, SNI_JA4_SLOTS, SNI_JA4_STATS},
+    maps::{
+        SNI_JA4_EVENTS, SNI_JA4_HOSTS, SNI_JA4_LEARNED, SNI_JA4_OTHER, SNI_JA4_SLOTS, SNI_JA4_STATS,
+    },
 };
 
 /// A ClientHello's fingerprint: its key, its configured slot (0 when not configured), and its
@@ -35,7 +37,9 @@ pub struct Fingerprint {
 pub fn read(state: &Ja4State) -> Fingerprint {
     count(counter::JA4);
     let key = state.key();
-    if let Some(slot) = SNI_JA4_SLOTS.get_ptr(&key) {
+    // Configured fingerprints' keys are looked up only once userspace has learnt one.
+    let learned = SNI_JA4_LEARNED.get(0).is_some_and(|n| *n != 0);
+    if let Some(slot) = learned.then(|| SNI_JA4_SLOTS.get_ptr(&key)).flatten() {
         // SAFETY: a map value of one integer.
         let slot = unsafe { *slot };
         return Fingerprint {

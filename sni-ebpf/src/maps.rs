@@ -94,6 +94,10 @@ pub static SNI_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 
 #[map]
 pub static SNI_JA4_SLOTS: HashMap<Ja4Key, u32> = HashMap::with_max_entries(JA4_SLOTS_ENTRIES, 0);
 
+/// Keys in `SNI_JA4_SLOTS` (one entry, written by userspace): 0 spares the lookup.
+#[map]
+pub static SNI_JA4_LEARNED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Actions by fingerprint slot (sized by the loader; slot 0 unused).
 #[map]
 pub static SNI_JA4_POLICY: Array<Policy> = Array::with_max_entries(1, 0);

@@ -39,8 +39,8 @@ use sni_common::{
     flow::{Bucket, Policy},
     ja4::{Ja4, Ja4Key, Ja4State},
     maps::{
-        Ja4Name, Ja4Stats, MAP_JA4_BUCKETS, MAP_JA4_NAMES, MAP_JA4_OTHER, MAP_JA4_POLICY,
-        MAP_JA4_SLOTS, MAP_JA4_STATS,
+        Ja4Name, Ja4Stats, MAP_JA4_BUCKETS, MAP_JA4_LEARNED, MAP_JA4_NAMES, MAP_JA4_OTHER,
+        MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS,
     },
 };
 use tracing::{debug, info};
@@ -180,6 +180,7 @@ impl Fingerprints {
                 let _ = map.remove(key);
                 self.learned.remove(key);
             }
+            self.write_learned_count(ebpf);
             let mut policy = Array::<_, Policy>::try_from(map_mut(ebpf, MAP_JA4_POLICY)?)?;
             for slot in &removed {
                 policy
@@ -296,6 +297,7 @@ impl Fingerprints {
             return;
         }
         if self.learned.insert(key, slot).is_none() {
+            self.write_learned_count(ebpf);
             self.counters.learned.fetch_add(1, Relaxed);
             let ja4 = self
                 .configured
@@ -312,6 +314,18 @@ impl Fingerprints {
             self.failed("moving a fingerprint's counts", &e);
         }
         self.sweep_at = Some(Instant::now() + SWEEP_DELAY);
+    }
+
+    /// Tells the kernel how many keys `SNI_JA4_SLOTS` holds (it looks keys up there only when
+    /// some are): written after every change to it.
+    fn write_learned_count(&self, ebpf: &mut Ebpf) {
+        let count = u32::try_from(self.learned.len()).unwrap_or(u32::MAX);
+        let written = map_mut(ebpf, MAP_JA4_LEARNED)
+            .and_then(|m| Ok(Array::<_, u32>::try_from(m)?))
+            .and_then(|mut a| Ok(a.set(0, count, 0)?));
+        if let Err(e) = written {
+            self.failed("writing the count of learned fingerprint keys", &e);
+        }
     }
 
     /// Adds what `SNI_JA4_OTHER` holds for `key` to the daemon's row of `slot`, and removes
