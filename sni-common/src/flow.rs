@@ -181,14 +181,30 @@ pub struct Flow {
     pub kind: u8,
     /// [`verdict`].
     pub verdict: u8,
-    /// Zero.
-    pub _pad: [u8; 2],
+    /// Fingerprint slot of a configured fingerprint (1-based index of its `[[fingerprint]]`)
+    /// whose key the ClientHello had, else 0: a reload that changes its action rewrites the
+    /// verdict, as for a host's.
+    pub ja4_slot: u16,
     /// [`crate::ja4::Ja4Key::hash64`] of the ClientHello's fingerprint; 0 without one.
     pub ja4: u64,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 24);
 
 impl Flow {
+    /// The verdict a flow already classified takes after a reload that changed its host's or
+    /// its fingerprint's action: dropped when either drops now (the stricter wins, as for a
+    /// new ClientHello), let through when it was dropped and neither drops now. A rate
+    /// limit's verdict stays: a rate is judged per ClientHello, not per flow.
+    pub fn reloaded(verdict: u8, host_drops: bool, ja4_drops: bool) -> u8 {
+        if host_drops || ja4_drops {
+            verdict::DROP
+        } else if verdict == verdict::DROP {
+            verdict::PASS
+        } else {
+            verdict
+        }
+    }
+
     /// Whose counters this flow's packets count toward: none for a flow without a name.
     #[inline(always)]
     pub fn owner(&self) -> Option<Owner> {
@@ -391,6 +407,18 @@ pub const fn gcra(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_stricter_of_host_and_fingerprint() {
+        use verdict::{DROP, PASS, RATE_LIMITED};
+        for v in [PASS, DROP, RATE_LIMITED] {
+            assert_eq!(Flow::reloaded(v, true, false), DROP);
+            assert_eq!(Flow::reloaded(v, false, true), DROP);
+        }
+        assert_eq!(Flow::reloaded(DROP, false, false), PASS);
+        assert_eq!(Flow::reloaded(PASS, false, false), PASS);
+        assert_eq!(Flow::reloaded(RATE_LIMITED, false, false), RATE_LIMITED);
+    }
 
     #[test]
     fn cache_index_stays_in_the_mask_and_spreads() {

@@ -127,7 +127,7 @@ pub enum Outcome {
     Sni,
     /// Read to the end without a server_name.
     NoSni,
-    /// It breaks the TLS grammar.
+    /// It breaks the TLS grammar (before its name, if it has one).
     Malformed,
     /// Given up before its name was read.
     Incomplete,
@@ -509,13 +509,15 @@ impl Parser {
     }
 
     /// What the ClientHello came to, as counted: with the bytes read so far, a ClientHello
-    /// still wanting more is `Incomplete`.
+    /// still wanting more is `Incomplete`. One whose name was read is `Sni` even if it breaks
+    /// the grammar or is given up after its name: its host is known, and judged, as when
+    /// reading stopped at the name (the terminator still refuses a broken one).
     #[inline(always)]
     pub fn outcome(&self) -> Outcome {
         match self.progress() {
+            _ if self.has_name() => Outcome::Sni,
             Progress::Malformed | Progress::NotClientHello => Outcome::Malformed,
             _ if self.flags & F_SSLV2 != 0 => Outcome::Sslv2,
-            _ if self.has_name() => Outcome::Sni,
             Progress::Done => Outcome::NoSni,
             Progress::NeedMore => Outcome::Incomplete,
         }
@@ -929,7 +931,10 @@ impl Parser {
                         self.enter(S_ALPN_LIST_LEN, 2);
                     }
                     ja4_ext::SUPPORTED_VERSIONS if ja4 && v >= 1 => self.enter(S_VERSIONS_LEN, 1),
-                    ja4_ext::SIGNATURE_ALGORITHMS if ja4 && v >= 2 => self.enter(S_SIG_ALGS_LEN, 2),
+                    ja4_ext::SIGNATURE_ALGORITHMS if ja4 && v >= 2 && self.ja4.wants_sig_algs() => {
+                        self.ja4.sig_algs_seen();
+                        self.enter(S_SIG_ALGS_LEN, 2);
+                    }
                     _ => self.skip_extension(v),
                 }
             }

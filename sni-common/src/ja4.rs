@@ -46,11 +46,17 @@ pub const fn is_grease(v: u16) -> bool {
     v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
 }
 
-/// A 64-bit mix of one list value (the splitmix64 finaliser), so that sums of them are
-/// digests of the multiset: `salt` keeps the lists apart.
+/// A 64-bit mix of one list value, so that sums of them are digests of the multiset: `salt`
+/// (a few bits) keeps the lists apart.
 #[inline(always)]
 const fn mix(v: u16, salt: u64) -> u64 {
-    let mut x = (v as u64 | salt << 16).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mix64(v as u64 | salt << 16)
+}
+
+/// The splitmix64 finaliser: every bit of `x` moves every bit of the result.
+#[inline(always)]
+const fn mix64(x: u64) -> u64 {
+    let mut x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
@@ -108,6 +114,8 @@ const J_SNI: u8 = 1;
 const J_ALPN_SEEN: u8 = 2;
 /// The first ALPN value is not empty: `alpn_first` and `alpn_last` hold its ends.
 const J_ALPN_VALUE: u8 = 4;
+/// A signature_algorithms extension was seen (the first one is read).
+const J_SIG_ALGS_SEEN: u8 = 8;
 
 impl Ja4State {
     /// Size in bytes (it is part of the parser, stored in BPF maps and sent to userspace).
@@ -192,6 +200,19 @@ impl Ja4State {
     #[inline(always)]
     pub fn wants_alpn(&self) -> bool {
         self.flags & J_ALPN_SEEN == 0
+    }
+
+    /// Whether the signature_algorithms extension is yet to be read: only the first one
+    /// counts, as only the first ALPN does.
+    #[inline(always)]
+    pub fn wants_sig_algs(&self) -> bool {
+        self.flags & J_SIG_ALGS_SEEN == 0
+    }
+
+    /// The first signature_algorithms extension starts.
+    #[inline(always)]
+    pub fn sig_algs_seen(&mut self) {
+        self.flags |= J_SIG_ALGS_SEEN;
     }
 
     /// The first ALPN extension starts.
@@ -367,8 +388,8 @@ impl Ja4Key {
             i += 1;
         }
         let tail = u64::from(self.a[8]) | u64::from(self.a[9]) << 8;
-        let h = mix(0, u64::from_le_bytes(a))
-            ^ mix(1, tail).rotate_left(13)
+        let h = mix64(u64::from_le_bytes(a))
+            ^ mix64(tail | 1 << 16).rotate_left(13)
             ^ self.ciphers.rotate_left(23)
             ^ self.extensions.rotate_left(37)
             ^ self.sig_algs;

@@ -140,7 +140,7 @@ pub const PENDING_DEFAULT_ENTRIES: u32 = 8 * 1024;
 
 /// Default capacity of [`MAP_JA4_OTHER`]: fingerprints not configured, 64 bytes each.
 pub const JA4_OTHER_DEFAULT_ENTRIES: u32 = 16 * 1024;
-/// Default capacity of [`MAP_JA4_HOSTS`]: (host, fingerprint) pairs, 88 bytes each.
+/// Default capacity of [`MAP_JA4_HOSTS`]: (host, fingerprint) pairs, 80 bytes each.
 pub const JA4_HOSTS_DEFAULT_ENTRIES: u32 = 64 * 1024;
 /// Default capacity of [`MAP_JA4_NAMES`]: JA4 strings known, 80 bytes each.
 pub const JA4_NAMES_DEFAULT_ENTRIES: u32 = 64 * 1024;

@@ -57,7 +57,16 @@ pub fn read(state: &Ja4State) -> Fingerprint {
         {
             count(counter::JA4_NEW);
             if SNI_JA4_EVENTS.output::<Ja4State>(state, 0).is_err() {
+                // The ring buffer is full: the key leaves again, so that its next ClientHello
+                // sends its lists again (a key that stayed would never be named or learnt).
+                // This ClientHello is counted only in `ja4` and `ja4_lost`.
                 count(counter::JA4_LOST);
+                let _ = SNI_JA4_OTHER.remove(&key);
+                return Fingerprint {
+                    key,
+                    slot: 0,
+                    stats: None,
+                };
             }
         }
         stats = SNI_JA4_OTHER.get_ptr_mut(&key);

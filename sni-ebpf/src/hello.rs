@@ -74,7 +74,15 @@ pub fn read(
         (Step::Gap, Some(p)) => {
             count(counter::OUT_OF_ORDER);
             // SAFETY: as above, read before the entry goes.
-            let hello = unsafe { (*p).parser.is_client_hello() };
+            let (hello, named) = unsafe { ((*p).parser.is_client_hello(), (*p).parser.has_name()) };
+            if named {
+                // Its name was read before the hole (reading goes on past the name for the
+                // JA4): its host is known, counted and judged, without a fingerprint.
+                // SAFETY: this CPU's scratch; the pending state is copied whole into it.
+                unsafe { (*scratch).pending = *p };
+                let _ = SNI_PENDING.remove(seg.key.flow_key());
+                return Ok(Some(scratch));
+            }
             let _ = SNI_PENDING.remove(seg.key.flow_key());
             count_abandoned(hello);
             // Remembered, so that its later segments are not parsed as new ClientHellos.

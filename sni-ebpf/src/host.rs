@@ -86,6 +86,8 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     }
     if let Some(fp) = &fp {
         flow.ja4 = fp.key.hash64();
+        // Slots are far fewer than 2^16 (`JA4_SLOTS_ENTRIES` and a quarter more).
+        flow.ja4_slot = fp.slot as u16;
         fingerprint::charge(fp, &flow);
     }
     flow::remember(&seg.key, &flow);

@@ -16,10 +16,7 @@ use sni_tests::{
     hellos::rustls_hello,
     prog::{v4_key, Prog, XDP_DROP, XDP_PASS},
 };
-use sni_user::{
-    config::Action,
-    kernel::loader::{configured_slot, reset_slots, rewrite_flows},
-};
+use sni_user::kernel::loader::{configured_slot, reset_slots, rewrite_flows, ActionChanges};
 
 const PORT: u16 = 443;
 const ISN: u32 = 1000;
@@ -107,7 +104,11 @@ fn a_reload_that_drops_a_host_drops_its_cached_flows_on_every_core() {
 
     // What `sni-user reload` does to classified flows when gone.example.org (slot 2) turns
     // to `action = "drop"`.
-    let changed = HashMap::from([(2u32, Action::Drop)]);
+    let changed = ActionChanges {
+        hosts: HashSet::from([2]),
+        host_drops: HashSet::from([2]),
+        ..ActionChanges::default()
+    };
     let rewritten = rewrite_flows(prog.ebpf_mut(), &changed, &[]).unwrap();
     assert_eq!(rewritten, 2);
 
@@ -130,7 +131,10 @@ fn a_reload_that_drops_a_host_drops_its_cached_flows_on_every_core() {
     assert_eq!(prog.global()["dropped"], 2);
 
     // And back to pass: the flows pass again, the next packet cached again.
-    let changed = HashMap::from([(2u32, Action::Pass)]);
+    let changed = ActionChanges {
+        hosts: HashSet::from([2]),
+        ..ActionChanges::default()
+    };
     assert_eq!(rewrite_flows(prog.ebpf_mut(), &changed, &[]).unwrap(), 2);
     for (cpu, data) in &gone {
         pin(*cpu);
@@ -228,7 +232,7 @@ fn a_slot_given_to_a_new_host_starts_from_nothing_on_every_core() {
     // A reload removes gone.example.org (its flows turn to a name not configured); a later
     // one gives its slot to a new host. The packets both cores' caches still owe the slot
     // were the old host's.
-    rewrite_flows(prog.ebpf_mut(), &HashMap::new(), &[slot]).unwrap();
+    rewrite_flows(prog.ebpf_mut(), &ActionChanges::default(), &[slot]).unwrap();
     reset_slots(prog.ebpf_mut(), &HashSet::from([slot])).unwrap();
     // (The test keeps the old name in the host table, so it still finds the slot.)
     assert_eq!(

@@ -244,3 +244,83 @@ fn a_flood_of_random_fingerprints_keeps_the_maps_bounded_and_loses_nothing_silen
         prog.ja4_hosts().len() as u64 <= u64::from(sni_common::maps::JA4_HOSTS_DEFAULT_ENTRIES)
     );
 }
+
+#[test]
+fn a_fingerprints_action_drops_new_and_reloaded_flows_and_the_stricter_wins() {
+    use aya::maps::{Array, HashMap as BpfHashMap};
+    use sni_common::{
+        flow::Policy,
+        maps::{MAP_JA4_LEARNED, MAP_JA4_POLICY, MAP_JA4_SLOTS},
+    };
+    use sni_tests::prog::XDP_DROP;
+    use sni_user::kernel::loader::{rewrite_flows, ActionChanges};
+
+    let curl = fixture("curl.bin");
+    let state = userspace(&curl);
+    let ja4 = state.ja4().expect("curl's JA4");
+    let mut prog = Prog::with_config(&format!(
+        "[xdp]\ninterfaces = [\"lo\"]\nports = [{PORT}]\n\n[[fingerprint]]\nja4 = \"{ja4}\"\n"
+    ));
+    // What the daemon does once it has learnt that curl's key is configured fingerprint 1.
+    let learn = |prog: &mut Prog, drop: bool| {
+        let ebpf = prog.ebpf_mut();
+        let mut slots: BpfHashMap<_, Ja4Key, u32> =
+            BpfHashMap::try_from(ebpf.map_mut(MAP_JA4_SLOTS).unwrap()).unwrap();
+        slots.insert(state.key(), 1, 0).unwrap();
+        let mut learned: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(MAP_JA4_LEARNED).unwrap()).unwrap();
+        learned.set(0, 1, 0).unwrap();
+        let mut policy: Array<_, Policy> =
+            Array::try_from(ebpf.map_mut(MAP_JA4_POLICY).unwrap()).unwrap();
+        policy.set(1, Policy::new(drop, None, None), 0).unwrap();
+    };
+    learn(&mut prog, false);
+    // A flow of curl's fingerprint, passed; its next packet too.
+    let port = frame::next_port();
+    let at = |seq: u32| Seg {
+        src_port: port,
+        dst_port: PORT,
+        seq: ISN.wrapping_add(seq),
+        flags: PSH_ACK,
+    };
+    assert_eq!(prog.run(&frame::v4_segment(&at(0), &curl)), XDP_PASS);
+    let data = frame::v4_segment(&at(curl.len() as u32), b"application data");
+    assert_eq!(prog.run(&data), XDP_PASS);
+    let flow = prog.flow(&v4_key(port, PORT)).unwrap();
+    assert_eq!(flow.ja4_slot, 1, "{flow:?}");
+
+    // The fingerprint turns to drop: a new ClientHello of it is dropped in XDP…
+    learn(&mut prog, true);
+    let other = frame::next_port();
+    let hello = frame::v4_segment(
+        &Seg {
+            src_port: other,
+            ..at(0)
+        },
+        &curl,
+    );
+    assert_eq!(prog.run(&hello), XDP_DROP);
+    // …and a reload rewrites the flows already classified with it.
+    let drop_it = ActionChanges {
+        ja4: [1].into(),
+        ja4_drops: [1].into(),
+        ..ActionChanges::default()
+    };
+    assert_eq!(rewrite_flows(prog.ebpf_mut(), &drop_it, &[]).unwrap(), 1);
+    assert_eq!(prog.run(&data), XDP_DROP);
+    // The host's action changing (to pass) does not let it through: the stricter wins.
+    let host_passes = ActionChanges {
+        hosts: [0].into(),
+        ja4_drops: [1].into(),
+        ..ActionChanges::default()
+    };
+    rewrite_flows(prog.ebpf_mut(), &host_passes, &[]).unwrap();
+    assert_eq!(prog.run(&data), XDP_DROP);
+    // The fingerprint back to pass (or removed): through again.
+    let pass_it = ActionChanges {
+        ja4: [1].into(),
+        ..ActionChanges::default()
+    };
+    rewrite_flows(prog.ebpf_mut(), &pass_it, &[]).unwrap();
+    assert_eq!(prog.run(&data), XDP_PASS);
+}

@@ -82,6 +82,17 @@ pub(super) fn check(fingerprints: &[FingerprintConfig]) -> Result<(), (String, S
     for (i, f) in fingerprints.iter().enumerate() {
         let ja4 = Ja4::parse(&f.ja4)
             .map_err(|m| (format!("fingerprint[{i}].ja4"), format!("{:?}: {m}", f.ja4)))?;
+        if !f.ja4.starts_with('t') {
+            // QUIC (q) and DTLS (d) ClientHellos never reach a TCP classifier: such a table
+            // could never match.
+            return Err((
+                format!("fingerprint[{i}].ja4"),
+                format!(
+                    "{:?}: the classifier reads TLS over TCP, whose JA4 starts with t",
+                    f.ja4
+                ),
+            ));
+        }
         if let Some(first) = seen.insert(ja4, i) {
             return Err((
                 format!("fingerprint[{i}].ja4"),

@@ -46,7 +46,7 @@ use sni_common::{
 use tracing::{debug, info};
 
 use crate::{
-    config::Config,
+    config::{Action, Config},
     kernel::slots::{self, Slots},
 };
 
@@ -314,6 +314,41 @@ impl Fingerprints {
             self.failed("moving a fingerprint's counts", &e);
         }
         self.sweep_at = Some(Instant::now() + SWEEP_DELAY);
+    }
+
+    /// Adds to `changes` what a reload from `old` to `new` (with the fingerprint slots `slots`
+    /// planned for `new`) does to fingerprints' actions: the slots whose action changed (a
+    /// removed fingerprint's slot: to pass), and those that drop in `new`.
+    pub fn action_changes(
+        &self,
+        old: &Config,
+        new: &Config,
+        slots: &Slots,
+        changes: &mut super::loader::ActionChanges,
+    ) {
+        let before: StdHashMap<&str, Action> = old
+            .fingerprints
+            .iter()
+            .map(|f| (f.ja4.as_str(), f.action))
+            .collect();
+        for f in &new.fingerprints {
+            let Some(slot) = slots.get(&f.ja4) else {
+                continue;
+            };
+            if before.get(f.ja4.as_str()).is_some_and(|a| *a != f.action) {
+                changes.ja4.insert(slot);
+            }
+            if f.action == Action::Drop {
+                changes.ja4_drops.insert(slot);
+            }
+        }
+        for f in &old.fingerprints {
+            if slots.get(&f.ja4).is_none() {
+                if let Some(slot) = self.slots.get(&f.ja4) {
+                    changes.ja4.insert(slot);
+                }
+            }
+        }
     }
 
     /// Tells the kernel how many keys `SNI_JA4_SLOTS` holds (it looks keys up there only when

@@ -18,7 +18,7 @@ use aya::{
 };
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
-    flow::{kind, verdict, Bucket, CachedFlow, Flow, FlowKey, Owner, Policy},
+    flow::{kind, Bucket, CachedFlow, Flow, FlowKey, Owner, Policy},
     host::{NameEntry, NameKeys},
     ja4::Ja4Key,
     maps::{
@@ -253,6 +253,9 @@ impl Classifier {
             hosts: slots,
             fingerprints,
         } = plan;
+        let mut changes = ActionChanges::default();
+        self.fingerprints
+            .action_changes(old, new, &fingerprints, &mut changes);
         self.fingerprints
             .apply(&mut self.ebpf, new, fingerprints)
             .context("updating the fingerprints")?;
@@ -269,10 +272,11 @@ impl Classifier {
 
         let old_actions: std::collections::HashMap<&str, Action> =
             old.hosts.iter().map(|h| (h.label(), h.action)).collect();
-        // Slot → the action it changed to (slot 0: the default's).
-        let mut changed: std::collections::HashMap<u32, Action> = std::collections::HashMap::new();
         if old.default.action != new.default.action {
-            changed.insert(0, new.default.action);
+            changes.hosts.insert(0);
+        }
+        if new.default.action == Action::Drop {
+            changes.host_drops.insert(0);
         }
         let new_slots: std::collections::HashSet<u32> = new
             .hosts
@@ -289,7 +293,10 @@ impl Classifier {
                 .ok_or_else(|| anyhow!("no slot planned for {label:?}"))?;
             // A host that was there before (a new one's action is no change to flows).
             if old_actions.get(label).is_some_and(|a| *a != host.action) {
-                changed.insert(slot, host.action);
+                changes.hosts.insert(slot);
+            }
+            if host.action == Action::Drop {
+                changes.host_drops.insert(slot);
             }
             let key = HostKey::from_name(label.as_bytes()).unwrap_or(HostKey::EMPTY);
             Array::<_, HostKey>::try_from(map_mut(&mut self.ebpf, MAP_LABELS)?)?
@@ -346,8 +353,8 @@ impl Classifier {
                 .set(*slot, HostKey::EMPTY, 0)
                 .context("clearing a host label")?;
         }
-        if !changed.is_empty() || !removed.is_empty() {
-            let rewritten = rewrite_flows(&mut self.ebpf, &changed, &removed)?;
+        if !changes.is_empty() || !removed.is_empty() {
+            let rewritten = rewrite_flows(&mut self.ebpf, &changes, &removed)?;
             info!(flows = rewritten, "classified flows follow the reload");
         }
         self.slots = slots;
@@ -431,7 +438,7 @@ pub fn reset_slots(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> R
     // flow naming the slot in the table after that reload rewrote the flows: it is turned
     // into a flow of a name not configured, and the epoch moves, before the slot is reused.
     let reused: Vec<u32> = slots.iter().copied().collect();
-    rewrite_flows(ebpf, &std::collections::HashMap::new(), &reused)?;
+    rewrite_flows(ebpf, &ActionChanges::default(), &reused)?;
     forget_owed(ebpf, slots)?;
     for &slot in slots {
         Array::<_, HostStats>::try_from(map_mut(ebpf, MAP_HOST_STATS)?)?
@@ -440,6 +447,16 @@ pub fn reset_slots(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> R
         Array::<_, Bucket>::try_from(map_mut(ebpf, MAP_BUCKETS)?)?
             .set(slot, Bucket::default(), 0)
             .context("resetting a host's rate bucket")?;
+    }
+    // The earlier host's counts per fingerprint go too (they would show under the new host).
+    let mut pairs = HashMap::<_, HostJa4, Ja4Stats>::try_from(map_mut(ebpf, MAP_JA4_HOSTS)?)?;
+    let stale: Vec<HostJa4> = pairs
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.kind == kind::CONFIGURED && slots.contains(&k.slot))
+        .collect();
+    for key in &stale {
+        let _ = pairs.remove(key);
     }
     Ok(())
 }
@@ -471,15 +488,33 @@ fn forget_owed(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> Resul
     Ok(())
 }
 
-/// Rewrites the verdicts of flows whose host's action changed (by slot; slot 0 is the
-/// default's), and turns flows of removed hosts' slots into flows of a name not configured;
-/// then moves the flow cache's epoch, so that no CPU goes on with a copy made before. Returns
-/// how many flows changed. Part of [`Classifier::apply`].
-pub fn rewrite_flows(
-    ebpf: &mut Ebpf,
-    changed: &std::collections::HashMap<u32, Action>,
-    removed: &[u32],
-) -> Result<u64> {
+/// What a reload did to actions, for the flows already classified: the host slots (slot 0 is
+/// the default's) and fingerprint slots whose action changed (a removed fingerprint's to
+/// pass), and which of each drop now.
+#[derive(Debug, Default)]
+pub struct ActionChanges {
+    /// Host slots whose action changed.
+    pub hosts: std::collections::HashSet<u32>,
+    /// Fingerprint slots whose action changed.
+    pub ja4: std::collections::HashSet<u32>,
+    /// Host slots whose action is drop now.
+    pub host_drops: std::collections::HashSet<u32>,
+    /// Fingerprint slots whose action is drop now.
+    pub ja4_drops: std::collections::HashSet<u32>,
+}
+
+impl ActionChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.ja4.is_empty()
+    }
+}
+
+/// Rewrites the verdicts of flows whose host's or fingerprint's action changed (the stricter
+/// of the two, [`Flow::reloaded`]), and turns flows of removed hosts' slots into flows of a
+/// name not configured; then moves the flow cache's epoch, so that no CPU goes on with a copy
+/// made before. Returns how many flows changed. Part of [`Classifier::apply`].
+pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) -> Result<u64> {
     let mut flows = HashMap::<_, FlowKey, Flow>::try_from(map_mut(ebpf, MAP_FLOWS)?)?;
     // Bounded by the map's capacity; keys that vanish meanwhile (LRU) are skipped.
     let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
@@ -498,12 +533,13 @@ pub fn rewrite_flows(
             flow.kind = kind::OTHER;
             flow.slot = 0;
         }
-        match changed.get(&slot) {
-            Some(Action::Drop) => flow.verdict = verdict::DROP,
-            Some(Action::Pass) if flow.verdict == verdict::DROP => {
-                flow.verdict = verdict::PASS;
-            }
-            _ => {}
+        let ja4_slot = u32::from(flow.ja4_slot);
+        if changes.hosts.contains(&slot) || (ja4_slot != 0 && changes.ja4.contains(&ja4_slot)) {
+            flow.verdict = Flow::reloaded(
+                flow.verdict,
+                changes.host_drops.contains(&slot),
+                ja4_slot != 0 && changes.ja4_drops.contains(&ja4_slot),
+            );
         }
         if flow != before {
             // BPF_EXIST: a flow that ended meanwhile is not brought back.
