@@ -331,10 +331,19 @@ fn dispatch(cli: Cli) -> Result<()> {
 /// configured fingerprints, also those not seen yet) when it is given and valid, else the
 /// defaults and what the maps hold.
 fn fingerprint_view(config: Option<&std::path::Path>) -> crate::kernel::fingerprint_rows::View {
-    config
-        .and_then(|p| Config::load(p).ok())
-        .map(|c| crate::kernel::fingerprint_rows::View::of(&c))
-        .unwrap_or_default()
+    let Some(path) = config else {
+        return crate::kernel::fingerprint_rows::View::default();
+    };
+    match Config::load(path) {
+        Ok(c) => crate::kernel::fingerprint_rows::View::of(&c),
+        Err(e) => {
+            eprintln!(
+                "sni-user: fingerprints shown without the config ({e:#}): the defaults and what \
+                 the maps hold"
+            );
+            crate::kernel::fingerprint_rows::View::default()
+        }
+    }
 }
 
 /// The pin directory and control socket of a running `sni-user run`: as given, else from its

@@ -371,7 +371,11 @@ impl Fingerprints {
                 HashMap::<_, Ja4Key, Ja4Stats>::try_from(map_mut(ebpf, MAP_JA4_OTHER)?)?;
             match other.get(key, 0) {
                 Ok(s) => {
-                    let _ = other.remove(key);
+                    // Added only once the entry is gone (removed, or evicted meanwhile): an
+                    // entry left in place would be moved again by the next sweep.
+                    if other.remove(key).is_err() && other.get(key, 0).is_ok() {
+                        return Err(anyhow!("the entry of a learnt key could not be removed"));
+                    }
                     s
                 }
                 Err(_) => return Ok(()),
