@@ -70,6 +70,10 @@ pub const MAP_JA4_SLOTS: &str = "SNI_JA4_SLOTS";
 /// after each change to it. While it is 0 (no configured fingerprint seen yet, the usual
 /// case without `[[fingerprint]]`), the kernel does not look keys up there.
 pub const MAP_JA4_LEARNED: &str = "SNI_JA4_LEARNED";
+/// Configured fingerprints' JA4 strings by fingerprint slot: `Array<Ja4Name>`, written by the
+/// loader with the policies, for readers to label configured rows (the kernel does not use
+/// it); an empty entry for a free slot.
+pub const MAP_JA4_LABELS: &str = "SNI_JA4_LABELS";
 /// Configured fingerprints' actions: `Array<Policy>` by fingerprint slot (slot 0 unused).
 pub const MAP_JA4_POLICY: &str = "SNI_JA4_POLICY";
 /// Configured fingerprints' rate-limit state: `Array<Bucket>` by fingerprint slot.
@@ -95,7 +99,7 @@ pub const MAP_JA4_NAMES: &str = "SNI_JA4_NAMES";
 pub const MAP_JA4_EVENTS: &str = "SNI_JA4_EVENTS";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     MAP_GLOBAL,
     MAP_HOSTS,
     MAP_HOST_STATS,
@@ -108,6 +112,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     MAP_PORTS,
     MAP_JA4_SLOTS,
     MAP_JA4_POLICY,
+    MAP_JA4_LABELS,
     MAP_JA4_STATS,
     MAP_JA4_OTHER,
     MAP_JA4_HOSTS,

@@ -98,6 +98,10 @@ pub static SNI_JA4_SLOTS: HashMap<Ja4Key, u32> = HashMap::with_max_entries(JA4_S
 #[map]
 pub static SNI_JA4_LEARNED: Array<u32> = Array::with_max_entries(1, 0);
 
+/// JA4 strings by fingerprint slot, for userspace readers (the program never reads it).
+#[map]
+pub static SNI_JA4_LABELS: Array<Ja4Name> = Array::with_max_entries(1, 0);
+
 /// Actions by fingerprint slot (sized by the loader; slot 0 unused).
 #[map]
 pub static SNI_JA4_POLICY: Array<Policy> = Array::with_max_entries(1, 0);

@@ -150,7 +150,11 @@ impl FingerprintRows {
         for (key, slot) in &keys {
             let e = by_slot.entry(*slot).or_default();
             if e.0.is_none() {
-                e.0 = Some(names.label(key));
+                // The loader's label of the slot (the configured string), else the key's name.
+                e.0 = Some(match maps.ja4_labels.get(slot, 0) {
+                    Ok(l) if l.known == 1 => String::from_utf8_lossy(&l.ja4).into_owned(),
+                    _ => names.label(key),
+                });
             }
         }
         for slot in 1..slots {

@@ -39,8 +39,8 @@ use sni_common::{
     flow::{Bucket, Policy},
     ja4::{Ja4, Ja4Key, Ja4State},
     maps::{
-        Ja4Name, Ja4Stats, MAP_JA4_BUCKETS, MAP_JA4_LEARNED, MAP_JA4_NAMES, MAP_JA4_OTHER,
-        MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS,
+        Ja4Name, Ja4Stats, MAP_JA4_BUCKETS, MAP_JA4_LABELS, MAP_JA4_LEARNED, MAP_JA4_NAMES,
+        MAP_JA4_OTHER, MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS,
     },
 };
 use tracing::{debug, info};
@@ -120,14 +120,20 @@ impl Fingerprints {
 
     /// Writes every configured fingerprint's policy by slot (at start, and by a reload).
     pub fn write_policies(ebpf: &mut Ebpf, config: &Config, slots: &Slots) -> Result<()> {
-        let mut policy = Array::<_, Policy>::try_from(map_mut(ebpf, MAP_JA4_POLICY)?)?;
         for f in &config.fingerprints {
             let slot = slots
                 .get(&f.ja4)
                 .ok_or_else(|| anyhow!("no slot for fingerprint {}", f.ja4))?;
-            policy
+            Array::<_, Policy>::try_from(map_mut(ebpf, MAP_JA4_POLICY)?)?
                 .set(slot, f.actions().policy(), 0)
                 .with_context(|| format!("writing the policy of fingerprint {}", f.ja4))?;
+            let label = match f.parsed() {
+                Some(ja4) => name_of(&Ja4Key::default(), Some(&ja4)),
+                None => EMPTY_NAME,
+            };
+            Array::<_, Ja4Name>::try_from(map_mut(ebpf, MAP_JA4_LABELS)?)?
+                .set(slot, label, 0)
+                .with_context(|| format!("writing the label of fingerprint {}", f.ja4))?;
         }
         Ok(())
     }
@@ -186,6 +192,12 @@ impl Fingerprints {
                 policy
                     .set(*slot, Policy::default(), 0)
                     .context("clearing a removed fingerprint's policy")?;
+            }
+            let mut labels = Array::<_, Ja4Name>::try_from(map_mut(ebpf, MAP_JA4_LABELS)?)?;
+            for slot in &removed {
+                labels
+                    .set(*slot, EMPTY_NAME, 0)
+                    .context("clearing a removed fingerprint's label")?;
             }
             for slot in &removed {
                 clear_slot(ebpf, *slot)?;
@@ -427,6 +439,13 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<()> {
         .context("resetting a fingerprint's rate bucket")?;
     Ok(())
 }
+
+/// A free slot's label.
+const EMPTY_NAME: Ja4Name = Ja4Name {
+    ja4: [0; 36],
+    known: 0,
+    _pad: [0; 3],
+};
 
 /// What `SNI_JA4_NAMES` keeps for `key`: its JA4 string, or its JA4_a alone (`known` 0).
 pub fn name_of(key: &Ja4Key, ja4: Option<&Ja4>) -> Ja4Name {

@@ -25,9 +25,9 @@ use sni_common::{
         flow_cache_entries, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet,
         JA4_NAMES_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS,
         MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_JA4_BUCKETS, MAP_JA4_EVENTS,
-        MAP_JA4_HOSTS, MAP_JA4_NAMES, MAP_JA4_OTHER, MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS,
-        MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS, MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY,
-        MAP_PORTS, PINNED_MAPS, PROGRAM,
+        MAP_JA4_HOSTS, MAP_JA4_LABELS, MAP_JA4_NAMES, MAP_JA4_OTHER, MAP_JA4_POLICY, MAP_JA4_SLOTS,
+        MAP_JA4_STATS, MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS, MAP_OTHER_NAMES, MAP_PENDING,
+        MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -664,6 +664,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
         .map_max_entries(MAP_FLOW_CACHE, cache_entries)
         .map_max_entries(MAP_JA4_POLICY, ja4_slots)
+        .map_max_entries(MAP_JA4_LABELS, ja4_slots)
         .map_max_entries(MAP_JA4_BUCKETS, ja4_slots)
         // Two rows per slot: the kernel's, and the counts the daemon moved (see
         // `fingerprints`).
@@ -913,6 +914,8 @@ pub struct PinnedMaps {
     pub ja4_slots: HashMap<MapData, Ja4Key, u32>,
     /// Configured fingerprints' policies by slot (its length is the number of slots).
     pub ja4_policy: Array<MapData, Policy>,
+    /// Configured fingerprints' JA4 strings by slot.
+    pub ja4_labels: Array<MapData, Ja4Name>,
     /// Configured fingerprints' counters: the kernel's by slot, then the daemon's (moved from
     /// the others) at `slots + slot`.
     pub ja4_stats: Array<MapData, Ja4Stats>,
@@ -951,6 +954,7 @@ impl PinnedMaps {
             other_names: open(MAP_OTHER_NAMES)?.try_into()?,
             ja4_slots: open(MAP_JA4_SLOTS)?.try_into()?,
             ja4_policy: open(MAP_JA4_POLICY)?.try_into()?,
+            ja4_labels: open(MAP_JA4_LABELS)?.try_into()?,
             ja4_stats: open(MAP_JA4_STATS)?.try_into()?,
             ja4_other: open(MAP_JA4_OTHER)?.try_into()?,
             ja4_hosts: open(MAP_JA4_HOSTS)?.try_into()?,
