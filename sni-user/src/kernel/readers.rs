@@ -191,13 +191,19 @@ fn global_counters(maps: &PinnedMaps) -> Result<serde_json::Map<String, serde_js
 /// read ([`HostCounters`]); the next read has it. A counter that went down would look like a
 /// restart to Prometheus. A host absent from a read is forgotten, so a name that comes back
 /// starts from its own counters.
+///
+/// The fingerprints' counters are held the same way, by JA4 string (configured or not): the
+/// kernel's count of a fingerprint moves from the LRU of others to its configured row when the
+/// daemon learns its key, and a reader between the two would see it go down.
 #[derive(Debug, Default)]
 pub struct Monotonic {
     last: StdHashMap<(String, bool), (u64, u64)>,
+    ja4: StdHashMap<(String, bool), (u64, u64, u64)>,
 }
 
 impl Monotonic {
-    /// Raises each host's packets and bytes in `snapshot` to at least their last values.
+    /// Raises each host's packets and bytes in `snapshot` to at least their last values, and
+    /// each fingerprint's counters.
     pub fn apply(&mut self, snapshot: &mut Snapshot) {
         let mut next = StdHashMap::with_capacity(snapshot.hosts.len());
         for h in &mut snapshot.hosts {
@@ -209,6 +215,23 @@ impl Monotonic {
             next.insert(key, (h.packets, h.bytes));
         }
         self.last = next;
+        let f = &mut snapshot.fingerprints;
+        let rows = f
+            .configured
+            .iter_mut()
+            .map(|c| (&mut c.row, true))
+            .chain(f.other.iter_mut().map(|r| (r, false)));
+        let mut next = StdHashMap::with_capacity(self.ja4.len());
+        for (row, configured) in rows {
+            let key = (row.ja4.clone(), configured);
+            if let Some(&(hellos, dropped, limited)) = self.ja4.get(&key) {
+                row.client_hellos = row.client_hellos.max(hellos);
+                row.dropped = row.dropped.max(dropped);
+                row.rate_limited = row.rate_limited.max(limited);
+            }
+            next.insert(key, (row.client_hellos, row.dropped, row.rate_limited));
+        }
+        self.ja4 = next;
     }
 }
 
@@ -347,5 +370,34 @@ mod tests {
         let mut configured = snapshot(&[("b.example", true, 1)]);
         m.apply(&mut configured);
         assert_eq!(configured.hosts[0].packets, 1);
+    }
+
+    #[test]
+    fn monotonic_holds_fingerprints_too() {
+        use crate::kernel::fingerprint_rows::Ja4Row;
+        let row = |hellos| Ja4Row {
+            ja4: "t13d1516h2_8daaf6152771_e5627efa2ab1".to_owned(),
+            client_hellos: hellos,
+            ..Ja4Row::default()
+        };
+        let mut m = Monotonic::default();
+        let mut first = snapshot(&[]);
+        first.fingerprints.other.push(row(5));
+        m.apply(&mut first);
+        // Read while the daemon moved part of its count elsewhere: held.
+        let mut dip = snapshot(&[]);
+        dip.fingerprints.other.push(row(3));
+        m.apply(&mut dip);
+        assert_eq!(dip.fingerprints.other[0].client_hellos, 5);
+        let mut up = snapshot(&[]);
+        up.fingerprints.other.push(row(9));
+        m.apply(&mut up);
+        assert_eq!(up.fingerprints.other[0].client_hellos, 9);
+        // Gone from a read: forgotten.
+        m.apply(&mut snapshot(&[]));
+        let mut back = snapshot(&[]);
+        back.fingerprints.other.push(row(1));
+        m.apply(&mut back);
+        assert_eq!(back.fingerprints.other[0].client_hellos, 1);
     }
 }
