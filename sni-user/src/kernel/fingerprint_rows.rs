@@ -14,7 +14,7 @@ use serde::Serialize;
 use sni_common::{
     flow::{kind, Policy, ACTION_DROP},
     ja4::Ja4Key,
-    maps::{HostJa4, Ja4Stats},
+    maps::{HostJa4, Ja4Name, Ja4Stats},
     HostKey,
 };
 
@@ -142,19 +142,15 @@ impl View {
 impl FingerprintRows {
     /// Reads the fingerprint maps.
     pub fn read(maps: &PinnedMaps, view: &View) -> Result<Self> {
-        let names = Names::read(maps);
         let keys: StdHashMap<Ja4Key, u32> = maps.ja4_slots.iter().filter_map(Result::ok).collect();
+        let names = Names::read(maps, &keys);
         let slots = maps.ja4_policy.len();
         // Configured: the kernel's row and the daemon's (counts moved from the others).
         let mut by_slot: StdHashMap<u32, (Option<String>, Ja4Stats)> = StdHashMap::new();
         for (key, slot) in &keys {
             let e = by_slot.entry(*slot).or_default();
             if e.0.is_none() {
-                // The loader's label of the slot (the configured string), else the key's name.
-                e.0 = Some(match maps.ja4_labels.get(slot, 0) {
-                    Ok(l) if l.known == 1 => String::from_utf8_lossy(&l.ja4).into_owned(),
-                    _ => names.label(key),
-                });
+                e.0 = Some(names.label(key));
             }
         }
         for slot in 1..slots {
@@ -315,19 +311,31 @@ fn host_rows(maps: &PinnedMaps, names: &Names, top: usize) -> Result<Vec<HostFin
     Ok(hosts)
 }
 
-/// The JA4 strings the daemon named, read once per snapshot.
+/// The JA4 strings of the keys, read once per snapshot: a configured fingerprint's learned
+/// keys by their slot's label (`SNI_JA4_LABELS`, never evicted), every other key by the name
+/// the daemon gave it (`SNI_JA4_NAMES`, an LRU).
 struct Names(StdHashMap<Ja4Key, String>);
 
 impl Names {
-    fn read(maps: &PinnedMaps) -> Self {
-        Self(
-            maps.ja4_names
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, n)| n.known == 1)
-                .filter_map(|(k, n)| Some((k, String::from_utf8(n.ja4.to_vec()).ok()?)))
-                .collect(),
-        )
+    /// `learned`: the keys of configured fingerprints, with their slot.
+    fn read(maps: &PinnedMaps, learned: &StdHashMap<Ja4Key, u32>) -> Self {
+        let text = |n: &Ja4Name| {
+            (n.known == 1)
+                .then(|| String::from_utf8(n.ja4.to_vec()).ok())
+                .flatten()
+        };
+        let mut names: StdHashMap<Ja4Key, String> = maps
+            .ja4_names
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, n)| Some((k, text(&n)?)))
+            .collect();
+        for (key, slot) in learned {
+            if let Some(label) = maps.ja4_labels.get(slot, 0).ok().as_ref().and_then(text) {
+                names.insert(*key, label);
+            }
+        }
+        Self(names)
     }
 
     /// The JA4 string of `key`, or its JA4_a and `_?`.

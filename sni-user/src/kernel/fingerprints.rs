@@ -52,10 +52,6 @@ use crate::{
 
 /// How long after keys are learned their entries in `SNI_JA4_OTHER` are swept again.
 pub const SWEEP_DELAY: Duration = Duration::from_secs(1);
-/// How often the names of configured fingerprints' keys are written again to the LRU of
-/// names (which keeps the most recently written), so that a flood of new fingerprints does
-/// not push them out.
-pub const NAMES_REFRESH: Duration = Duration::from_secs(30);
 
 /// What the daemon did with the kernel's fingerprint events, for metrics and logs.
 #[derive(Debug, Default)]
@@ -84,8 +80,6 @@ pub struct Fingerprints {
     learned: StdHashMap<Ja4Key, u32>,
     /// When the keys learned last are to be swept again.
     sweep_at: Option<Instant>,
-    /// When the learned keys' names are written again.
-    names_at: Instant,
     counters: Arc<LearnCounters>,
 }
 
@@ -108,7 +102,6 @@ impl Fingerprints {
             slots,
             learned: StdHashMap::new(),
             sweep_at: None,
-            names_at: Instant::now() + NAMES_REFRESH,
             counters: Arc::default(),
         })
     }
@@ -259,13 +252,9 @@ impl Fingerprints {
     }
 
     /// Moves again, once [`SWEEP_DELAY`] has passed since keys were learned, what
-    /// `SNI_JA4_OTHER` counted for them meanwhile; and names again learned keys whose name
-    /// left the LRU of names. Cheap when nothing is due.
+    /// `SNI_JA4_OTHER` counted for them meanwhile. Cheap when nothing is due. (Readers label
+    /// learned keys by their slot, `SNI_JA4_LABELS`: their names may leave the LRU of names.)
     pub fn sweep(&mut self, ebpf: &mut Ebpf, now: Instant) {
-        if now >= self.names_at {
-            self.names_at = now + NAMES_REFRESH;
-            self.refresh_names(ebpf);
-        }
         if self.sweep_at.is_none_or(|at| now < at) {
             return;
         }
@@ -275,27 +264,6 @@ impl Fingerprints {
             if let Err(e) = self.move_counts(ebpf, &key, slot) {
                 self.failed("moving a fingerprint's counts", &e);
             }
-        }
-    }
-
-    /// Writes the names of the learned keys again.
-    fn refresh_names(&mut self, ebpf: &mut Ebpf) {
-        if self.learned.is_empty() {
-            return;
-        }
-        let by_slot: StdHashMap<u32, Ja4> = self.configured.iter().map(|(j, s)| (*s, *j)).collect();
-        let written = map_mut(ebpf, MAP_JA4_NAMES)
-            .and_then(|m| Ok(HashMap::<_, Ja4Key, Ja4Name>::try_from(m)?))
-            .and_then(|mut names| {
-                for (key, slot) in &self.learned {
-                    if let Some(ja4) = by_slot.get(slot) {
-                        names.insert(*key, name_of(key, Some(ja4)), 0)?;
-                    }
-                }
-                Ok(())
-            });
-        if let Err(e) = written {
-            self.failed("naming configured fingerprints again", &e);
         }
     }
 
