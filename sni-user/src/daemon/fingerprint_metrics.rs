@@ -40,9 +40,7 @@ pub fn fold(rows: &FingerprintRows, n: usize) -> (Vec<(Ja4Row, bool)>, usize) {
             out.push((r.clone(), false));
         } else {
             folded += 1;
-            rest.client_hellos = rest.client_hellos.saturating_add(r.client_hellos);
-            rest.dropped = rest.dropped.saturating_add(r.dropped);
-            rest.rate_limited = rest.rate_limited.saturating_add(r.rate_limited);
+            rest.add_row(r);
         }
     }
     out.push((rest, false));

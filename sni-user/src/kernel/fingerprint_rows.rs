@@ -48,9 +48,25 @@ impl Ja4Row {
     }
 
     fn add(&mut self, s: &Ja4Stats) {
-        self.client_hellos = self.client_hellos.saturating_add(s.client_hellos);
-        self.dropped = self.dropped.saturating_add(s.dropped);
-        self.rate_limited = self.rate_limited.saturating_add(s.rate_limited);
+        let mut sum = self.stats();
+        sum.add(s);
+        self.client_hellos = sum.client_hellos;
+        self.dropped = sum.dropped;
+        self.rate_limited = sum.rate_limited;
+    }
+
+    /// Adds `other`'s counters (a fingerprint summed into this row).
+    pub fn add_row(&mut self, other: &Self) {
+        self.add(&other.stats());
+    }
+
+    /// Its counters.
+    fn stats(&self) -> Ja4Stats {
+        Ja4Stats {
+            client_hellos: self.client_hellos,
+            dropped: self.dropped,
+            rate_limited: self.rate_limited,
+        }
     }
 
     /// Most ClientHellos first, then by string.
@@ -171,7 +187,7 @@ impl FingerprintRows {
         for (slot, (label, stats)) in &by_slot {
             let policy = maps.ja4_policy.get(slot, 0).unwrap_or_default();
             let label = label.clone().unwrap_or_else(|| format!("slot {slot}"));
-            configured.push(configured_row(Ja4Row::new(label, stats), &policy, true));
+            configured.push(configured_row(Ja4Row::new(label, stats), &policy));
         }
         if let Some(list) = &view.configured {
             // The config's order; what it lists and the maps do not have yet, with zeros.
@@ -226,8 +242,8 @@ impl FingerprintRows {
     }
 }
 
-/// A configured fingerprint's row with its policy.
-fn configured_row(row: Ja4Row, policy: &Policy, learned: bool) -> ConfiguredRow {
+/// A configured fingerprint's row with its policy (one whose keys were learnt).
+fn configured_row(row: Ja4Row, policy: &Policy) -> ConfiguredRow {
     ConfiguredRow {
         row,
         action: if policy.action == ACTION_DROP {
@@ -237,7 +253,7 @@ fn configured_row(row: Ja4Row, policy: &Policy, learned: bool) -> ConfiguredRow 
         },
         hello_rate: (policy.interval_ns > 0)
             .then(|| (1_000_000_000 + policy.interval_ns / 2) / policy.interval_ns),
-        learned,
+        learned: true,
     }
 }
 
@@ -285,11 +301,7 @@ fn host_rows(maps: &PinnedMaps, names: &Names, top: usize) -> Result<Vec<HostFin
                 ..Ja4Row::default()
             };
             for r in &rest_rows {
-                rest.add(&Ja4Stats {
-                    client_hellos: r.client_hellos,
-                    dropped: r.dropped,
-                    rate_limited: r.rate_limited,
-                });
+                rest.add_row(r);
             }
             HostFingerprints {
                 host,
@@ -362,9 +374,9 @@ mod tests {
         assert_eq!(unknown(&key), "t13d1516h2_?");
         assert_eq!(Names(StdHashMap::new()).label(&key), "t13d1516h2_?");
         let policy = Policy::new(false, Some(3), None);
-        let row = configured_row(Ja4Row::default(), &policy, true);
+        let row = configured_row(Ja4Row::default(), &policy);
         assert_eq!((row.action, row.hello_rate), ("pass", Some(3)));
-        let row = configured_row(Ja4Row::default(), &Policy::new(true, None, None), false);
+        let row = configured_row(Ja4Row::default(), &Policy::new(true, None, None));
         assert_eq!((row.action, row.hello_rate), ("drop", None));
     }
 }
