@@ -89,14 +89,20 @@ pub fn capacity(config: &Config) -> u32 {
     slots::default_capacity(config.fingerprints.len())
 }
 
+/// The fingerprint slots at start: `[[fingerprint]]` `i` at `i + 1`, in maps of
+/// [`capacity`] slots.
+pub fn initial_slots(config: &Config) -> Result<Slots> {
+    Slots::of_labels(
+        config.fingerprints.iter().map(|f| f.ja4.as_str()),
+        capacity(config),
+    )
+    .ok_or_else(|| anyhow!("the fingerprints do not fit their maps"))
+}
+
 impl Fingerprints {
-    /// The slots at start: `[[fingerprint]]` `i` at `i + 1`.
+    /// The fingerprints at start ([`initial_slots`]), no key learnt yet.
     pub fn initial(config: &Config) -> Result<Self> {
-        let slots = Slots::of_labels(
-            config.fingerprints.iter().map(|f| f.ja4.as_str()),
-            capacity(config),
-        )
-        .ok_or_else(|| anyhow!("the fingerprints do not fit their maps"))?;
+        let slots = initial_slots(config)?;
         Ok(Self {
             configured: configured(config, &slots),
             slots,

@@ -641,12 +641,8 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
     let cache_mask = cache_entries - 1;
     let cache_seed = random_u64().context("a seed for the flow cache")?;
     let ja4 = u8::from(xdp.ja4);
-    let ja4_slots = fingerprints::capacity(config);
-    let ja4_initial = Slots::of_labels(
-        config.fingerprints.iter().map(|f| f.ja4.as_str()),
-        ja4_slots,
-    )
-    .ok_or_else(|| anyhow!("the fingerprints do not fit their maps"))?;
+    let ja4_initial = fingerprints::initial_slots(config)?;
+    let ja4_slots = ja4_initial.capacity();
     // Every name of the LRU of others, and of the configured keys.
     let ja4_names = xdp
         .ja4_other_capacity

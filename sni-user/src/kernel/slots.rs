@@ -53,12 +53,14 @@ impl Slots {
     /// strings): the `i`-th at `i + 1`, in maps of `capacity` slots; None when they do not
     /// fit.
     pub fn of_labels<'a>(labels: impl IntoIterator<Item = &'a str>, capacity: u32) -> Option<Self> {
-        let by_label: HashMap<String, u32> = labels
-            .into_iter()
-            .zip(1u32..)
-            .map(|(l, slot)| (l.to_owned(), slot))
-            .collect();
-        (by_label.len() < capacity as usize).then_some(Self { by_label, capacity })
+        let mut by_label: HashMap<String, u32> = HashMap::new();
+        let mut last = 0u32;
+        for (l, slot) in labels.into_iter().zip(1u32..) {
+            by_label.insert(l.to_owned(), slot);
+            last = slot;
+        }
+        // Every slot given (a label given twice keeps its last) is within the maps.
+        (last < capacity).then_some(Self { by_label, capacity })
     }
 
     /// The slots for `config` after a reload from `self`: kept labels keep theirs, new ones
