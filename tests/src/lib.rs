@@ -136,3 +136,19 @@ impl Drop for PinDir {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// Headless Chromium's flags for the tests, after the binary: no sandbox (root), no GPU, no
+/// QUIC (the classifier reads TCP), and none of its own traffic (first-run, background
+/// networking, component updates, sync, hints). A fresh `--user-data-dir` and the URL go after.
+pub const CHROMIUM_HEADLESS: [&str; 10] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=OptimizationHints,MediaRouter",
+    "--ignore-certificate-errors",
+];

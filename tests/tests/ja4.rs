@@ -227,25 +227,14 @@ fn chromium_hello() -> Vec<u8> {
     let profile = tempfile::tempdir().unwrap();
     let log = profile.path().join("chromium.log");
     let mut cmd = Command::new("timeout");
-    cmd.args([
-        "60",
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-features=OptimizationHints,MediaRouter",
-        "--host-resolver-rules=MAP *.test 127.0.0.1",
-    ])
-    .arg(format!(
-        "--user-data-dir={}",
-        profile.path().join("p").display()
-    ))
-    .args(["--dump-dom", &format!("https://ja4.test:{port}/")]);
+    cmd.args(["60", "chromium"])
+        .args(sni_tests::CHROMIUM_HEADLESS)
+        .arg("--host-resolver-rules=MAP *.test 127.0.0.1")
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path().join("p").display()
+        ))
+        .args(["--dump-dom", &format!("https://ja4.test:{port}/")]);
     let chromium = ChildGuard::spawn(cmd, "chromium", &log);
     listener.set_nonblocking(true).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -52,18 +52,7 @@ fn chromium(edge: &Edge, name: &str) -> String {
         .pair
         .client
         .cmd(["timeout", "60", "chromium"])
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-features=OptimizationHints,MediaRouter",
-            "--ignore-certificate-errors",
-        ])
+        .args(sni_tests::CHROMIUM_HEADLESS)
         .arg(format!("--host-resolver-rules=MAP *.test {SERVER_V4}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(["--dump-dom", &url])

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::{
     daemon::control,
     kernel::{
-        fingerprint_rows::{FingerprintRows, View},
+        fingerprint_rows::{FingerprintRows, Ja4Row, View},
         loader::{pins_are_held, PinnedMaps},
         readers::Snapshot,
     },
@@ -148,6 +148,14 @@ impl Snapshot {
     /// The fingerprints' part of [`Snapshot::table`]: configured, others, per host.
     fn fingerprints_table(&self, out: &mut String) {
         use std::fmt::Write as _;
+        // One line: the fingerprint (or what stands for it), its counters, then `tail`.
+        let line = |out: &mut String, ja4: &str, r: &Ja4Row, tail: &str| {
+            let _ = writeln!(
+                out,
+                "{ja4:<36}  {:>13}  {:>8}  {:>12}  {tail}",
+                r.client_hellos, r.dropped, r.rate_limited
+            );
+        };
         let f = &self.fingerprints;
         if f.configured.is_empty() && f.other.is_empty() {
             return;
@@ -159,24 +167,15 @@ impl Snapshot {
             "FINGERPRINT (JA4)", "CLIENT_HELLOS", "DROPPED", "RATE_LIMITED"
         );
         for c in &f.configured {
-            let r = &c.row;
             let action = match c.hello_rate {
                 Some(rate) => format!("{} {rate}/s", c.action),
                 None => c.action.to_owned(),
             };
             let seen = if c.learned { "" } else { " (not seen yet)" };
-            let _ = writeln!(
-                out,
-                "{:<36}  {:>13}  {:>8}  {:>12}  {action}{seen}",
-                r.ja4, r.client_hellos, r.dropped, r.rate_limited
-            );
+            line(out, &c.row.ja4, &c.row, &format!("{action}{seen}"));
         }
         for r in &f.other {
-            let _ = writeln!(
-                out,
-                "{:<36}  {:>13}  {:>8}  {:>12}  (other)",
-                r.ja4, r.client_hellos, r.dropped, r.rate_limited
-            );
+            line(out, &r.ja4, r, "(other)");
         }
         if f.hosts.is_empty() {
             return;
@@ -189,23 +188,11 @@ impl Snapshot {
         );
         for h in &f.hosts {
             for r in &h.top {
-                let _ = writeln!(
-                    out,
-                    "{:<36}  {:>13}  {:>8}  {:>12}  {}",
-                    r.ja4, r.client_hellos, r.dropped, r.rate_limited, h.host
-                );
+                line(out, &r.ja4, r, &h.host);
             }
             if h.rest_fingerprints > 0 {
-                let r = &h.rest;
-                let _ = writeln!(
-                    out,
-                    "{:<36}  {:>13}  {:>8}  {:>12}  {}",
-                    format!("({} others)", h.rest_fingerprints),
-                    r.client_hellos,
-                    r.dropped,
-                    r.rate_limited,
-                    h.host
-                );
+                let others = format!("({} others)", h.rest_fingerprints);
+                line(out, &others, &h.rest, &h.host);
             }
         }
     }
