@@ -82,12 +82,7 @@ impl Prog {
 
     /// As [`Prog::run_repeat`], with the kernel's mean time per run.
     pub fn run_timed(&self, frame: &[u8], repeat: u32) -> (u32, std::time::Duration) {
-        let program: &Xdp = self
-            .ebpf
-            .program(PROGRAM)
-            .expect("program")
-            .try_into()
-            .expect("xdp");
+        let program = self.program();
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -278,15 +273,18 @@ impl Prog {
 }
 
 impl Prog {
-    /// Instructions the verifier processed to accept the program (its budget is a million).
-    pub fn verified_insns(&self) -> u32 {
-        let program: &Xdp = self
-            .ebpf
+    /// The loaded XDP program.
+    fn program(&self) -> &Xdp {
+        self.ebpf
             .program(PROGRAM)
             .expect("program")
             .try_into()
-            .expect("xdp");
-        program
+            .expect("xdp")
+    }
+
+    /// Instructions the verifier processed to accept the program (its budget is a million).
+    pub fn verified_insns(&self) -> u32 {
+        self.program()
             .info()
             .expect("program info")
             .verified_instruction_count()
