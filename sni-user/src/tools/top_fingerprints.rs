@@ -86,11 +86,14 @@ impl Panel {
                 per_host.push(row(&h.host, r, String::new()));
             }
             if h.rest_fingerprints > 0 {
+                // Its rate is kept under one name whatever the number of others.
                 let rest = Ja4Row {
-                    ja4: format!("({} others)", h.rest_fingerprints),
+                    ja4: "(others)".to_owned(),
                     ..h.rest.clone()
                 };
-                per_host.push(row(&h.host, &rest, String::new()));
+                let mut shown = row(&h.host, &rest, String::new());
+                shown.ja4 = format!("({} others)", h.rest_fingerprints);
+                per_host.push(shown);
             }
         }
         self.overall = overall;
