@@ -273,8 +273,8 @@ impl Prog {
 }
 
 impl Prog {
-    /// The loaded XDP program.
-    fn program(&self) -> &Xdp {
+    /// The loaded XDP program (to pin it, or read the kernel's statistics of it).
+    pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(PROGRAM)
             .expect("program")

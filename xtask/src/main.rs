@@ -33,6 +33,8 @@ const BENCH_PACKAGES: &[&str] = &[
     "haproxy",
     // A load generator other than the project's own (new connection per request).
     "wrk",
+    // Sends the XDP section's frames through a veth (`bench/src/xdp/veth.rs`).
+    "tcpreplay",
     "linux-perf",
     "valgrind",
     // `bpftool prog run` times the no-op program independently of the bench's own harness.

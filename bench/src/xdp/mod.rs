@@ -14,6 +14,8 @@
 //!   and the run's setup, which the no-op's figure includes too: the difference is the
 //!   program's. Needed where packets differ: a ClientHello is parsed once per flow, then its
 //!   flow is in the flow table; a busy table is 100,000 flows, not one.
+//! - **through a veth** (`veth.rs`): real frames through the kernel's receive path into the
+//!   program attached in native mode, timed by the kernel's statistics of the program.
 //!
 //! The thread is pinned to one core, so that every run sees the same CPU's per-CPU maps (a
 //! NIC's RSS keeps a flow on one core the same way).
@@ -26,12 +28,17 @@ use aya::{
     Ebpf,
 };
 use sni_tests::{
-    frame::{self, Seg, PSH_ACK},
+    frame::PSH_ACK,
     hellos,
     prog::{Prog, XDP_PASS},
 };
 
 use crate::report::{Better, Goal, Row, Spread};
+
+mod frames;
+mod veth;
+
+use frames::{app_data, seg, shuffled, udp_frame, vary, Busy, Frames, Kind, NewFlows};
 
 /// Rounds per comparison (odd, so the median is a round's figure).
 const ROUNDS: usize = 11;
@@ -43,38 +50,44 @@ const CPU: usize = 1;
 const ACK: u8 = 0x10;
 const SYN: u8 = 0x02;
 
-/// The no-op program, loaded (not attached).
-struct Noop {
+/// One of the bench's own programs (the no-op, the busy table's floor), loaded, not attached.
+struct Plain {
     ebpf: Ebpf,
+    name: &'static str,
 }
 
-impl Noop {
-    fn load(object: &Path) -> Result<Self> {
+impl Plain {
+    /// Loads the program `name` of `object`.
+    fn load(object: &Path, name: &'static str) -> Result<Self> {
         let mut ebpf = Ebpf::load_file(object)
-            .with_context(|| format!("loading the no-op program {}", object.display()))?;
+            .with_context(|| format!("loading {name} from {}", object.display()))?;
         let program: &mut Xdp = ebpf
-            .program_mut("sni_noop")
-            .context("sni_noop is not in the no-op object")?
+            .program_mut(name)
+            .with_context(|| format!("{name} is not in {}", object.display()))?
             .try_into()?;
         program
             .load()
-            .context("the kernel refused the no-op program")?;
-        Ok(Self { ebpf })
+            .with_context(|| format!("the kernel refused {name}"))?;
+        Ok(Self { ebpf, name })
+    }
+
+    fn program(&self) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(self.name)
+            .context(self.name)?
+            .try_into()?)
     }
 
     fn run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
-        let program: &Xdp = self
-            .ebpf
-            .program("sni_noop")
-            .context("sni_noop")?
-            .try_into()?;
-        let out = program
+        let out = self
+            .program()?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 repeat,
                 ..TestRunOptions::default()
             })
-            .context("BPF_PROG_TEST_RUN on the no-op program")?;
+            .with_context(|| format!("BPF_PROG_TEST_RUN on {}", self.name))?;
         Ok((out.return_value, out.duration))
     }
 }
@@ -88,7 +101,7 @@ struct Pair<'a> {
 /// What the classifier is compared with.
 enum Base<'a> {
     /// The no-op program.
-    Noop(&'a Noop),
+    Noop(&'a Plain),
     /// The classifier loaded another way (JA4 fingerprinting off).
     Classifier(&'a Prog),
 }
@@ -146,16 +159,6 @@ impl Pair<'_> {
     }
 }
 
-/// The frames of a per-call case, by call number.
-trait Frames {
-    /// Writes the frame of call `i` into `buf`.
-    fn frame(&self, i: u64, buf: &mut Vec<u8>);
-    /// Writes a frame to run untimed before call `i`, if there is one.
-    fn before(&self, _i: u64, _buf: &mut Vec<u8>) -> bool {
-        false
-    }
-}
-
 /// The classifier's config for the runs: port 443 watched, ten configured hosts, the default
 /// flow table.
 fn config() -> String {
@@ -165,125 +168,6 @@ fn config() -> String {
         text.push_str(&format!("[[host]]\nnames = [\"host{i}.bench.test\"]\n"));
     }
     text
-}
-
-/// Sets the client address and port of an IPv4 frame of `frame::v4_segment` to the `n`-th
-/// of 60,000 × 65,536 distinct ones.
-fn vary(frame: &mut [u8], n: u64) {
-    let port = 1024 + (n % 60_000) as u16;
-    let high = (n / 60_000) as u16;
-    if let Some(ip) = frame.get_mut(28..30) {
-        ip.copy_from_slice(&high.to_be_bytes());
-    }
-    if let Some(p) = frame.get_mut(34..36) {
-        p.copy_from_slice(&port.to_be_bytes());
-    }
-}
-
-fn seg(src_port: u16, dst_port: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-    frame::v4_segment(
-        &Seg {
-            src_port,
-            dst_port,
-            seq,
-            flags,
-        },
-        payload,
-    )
-}
-
-/// A UDP datagram to port 443 (QUIC-like), 100 bytes of payload.
-fn udp_frame() -> Vec<u8> {
-    let payload = [0x42u8; 100];
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&40_000u16.to_be_bytes());
-    udp.extend_from_slice(&443u16.to_be_bytes());
-    udp.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&payload);
-    frame::ethernet(
-        &[],
-        frame::ETH_P_IP,
-        &frame::ipv4(frame::IPPROTO_UDP, &frame::V4::default(), &udp),
-    )
-}
-
-/// A TLS application-data record of `len` bytes in all.
-fn app_data(len: usize) -> Vec<u8> {
-    let mut r = vec![0x17, 0x03, 0x03];
-    r.extend_from_slice(&((len - 5) as u16).to_be_bytes());
-    r.resize(len, 0xab);
-    r
-}
-
-/// A frame template whose flow is call `base + i` (a new flow per call).
-struct NewFlows {
-    template: Vec<u8>,
-    base: u64,
-    before: Option<Vec<u8>>,
-}
-
-impl Frames for NewFlows {
-    fn frame(&self, i: u64, buf: &mut Vec<u8>) {
-        buf.clone_from(&self.template);
-        vary(buf, self.base + i);
-    }
-    fn before(&self, i: u64, buf: &mut Vec<u8>) -> bool {
-        let Some(b) = &self.before else {
-            return false;
-        };
-        buf.clone_from(b);
-        vary(buf, self.base + i);
-        true
-    }
-}
-
-/// A fixed pseudo-random order of the busy flows (xorshift, Fisher-Yates): packets of a busy
-/// table arrive from all over it, not in the order the flows were made.
-fn shuffled(n: u32) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..n).collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..order.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    order
-}
-
-/// Packets of the busy table's flows in shuffled order: every `mix`-th kind from `kinds`.
-struct Busy {
-    order: Vec<u32>,
-    /// Frames by kind; the flow (and, for new flows, the call) is set per call.
-    kinds: Vec<(Kind, Vec<u8>)>,
-    /// Where the flows of `Kind::New` are numbered from.
-    new_base: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A packet of a busy flow.
-    Busy,
-    /// A packet of a new flow (a ClientHello).
-    New,
-    /// A packet no flow is about (another port).
-    Fixed,
-}
-
-impl Frames for Busy {
-    fn frame(&self, i: u64, buf: &mut Vec<u8>) {
-        let (kind, template) = &self.kinds[(i % self.kinds.len() as u64) as usize];
-        buf.clone_from(template);
-        match kind {
-            Kind::Busy => vary(
-                buf,
-                u64::from(self.order[(i % self.order.len() as u64) as usize]),
-            ),
-            Kind::New => vary(buf, self.new_base + i),
-            Kind::Fixed => {}
-        }
-    }
 }
 
 /// The per-case figures: medians, spreads, the paired difference.
@@ -303,6 +187,36 @@ fn row(case: String, (ours, base): (Vec<f64>, Vec<f64>), goal: Option<Goal>, how
         above: Some(Spread::of(&diffs)),
         note: how.to_owned(),
     }
+}
+
+/// Fills a classifier's flow table with the busy table's flows: a ClientHello each.
+fn fill_busy(prog: &Prog, hello: &[u8]) -> Result<()> {
+    let mut f = seg(0, 443, 1, PSH_ACK, hello);
+    for n in 0..u64::from(BUSY_FLOWS) {
+        vary(&mut f, n);
+        prog.run(&f);
+    }
+    let live = prog.flows_len();
+    if live != BUSY_FLOWS as usize {
+        bail!("busy table: {live} flows in the table after {BUSY_FLOWS} ClientHellos");
+    }
+    Ok(())
+}
+
+/// The traffic mix's kinds of packet, per 100: 90 data records and 8 bare ACKs of busy flows,
+/// 1 ClientHello of a new flow, 1 packet to another port; spread (call i takes kind
+/// (i × 37) mod 100) so that the ClientHellos are not bunched.
+fn mix_kinds(hello: &[u8], data: &[u8]) -> Vec<(Kind, Vec<u8>)> {
+    let data_seq = 1 + hello.len() as u32;
+    let kinds: Vec<_> = (0..100)
+        .map(|k| match k {
+            0..90 => (Kind::Busy, seg(0, 443, data_seq, PSH_ACK, data)),
+            90..98 => (Kind::Busy, seg(0, 443, data_seq, ACK, &[])),
+            98 => (Kind::New, seg(0, 443, 1, PSH_ACK, hello)),
+            _ => (Kind::Fixed, seg(40_001, 80, 1, PSH_ACK, &[0x42; 100])),
+        })
+        .collect();
+    (0..100).map(|i| kinds[(i * 37) % 100].clone()).collect()
 }
 
 /// Global counters' deltas, to check that each case took the path it names.
@@ -336,7 +250,7 @@ impl<'a> Expect<'a> {
 /// build time: `cargo xtask bench` builds the object, then this binary).
 pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     let _pinned = Pinned::to(CPU)?;
-    let noop = Noop::load(noop_object)?;
+    let noop = Plain::load(noop_object, "sni_noop")?;
     let reps: u32 = if quick { 20_000 } else { 1_000_000 };
     let calls: u64 = if quick { 2_000 } else { 40_000 };
     let loop_how =
@@ -461,15 +375,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
             prog: &prog,
             base: Base::Noop(&noop),
         };
-        let mut f = seg(0, 443, 1, PSH_ACK, &hello);
-        for n in 0..u64::from(BUSY_FLOWS) {
-            vary(&mut f, n);
-            prog.run(&f);
-        }
-        let live = prog.flows_len();
-        if live != BUSY_FLOWS as usize {
-            bail!("busy table: {live} flows in the table after {BUSY_FLOWS} ClientHellos");
-        }
+        fill_busy(&prog, &hello)?;
         let order = shuffled(BUSY_FLOWS);
         let busy = Busy {
             order: order.clone(),
@@ -491,21 +397,9 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
 
         // 90% data of classified flows, 8% their bare ACKs, 1% ClientHellos of new flows, 1%
         // packets to another port, interleaved.
-        let mut kinds = Vec::new();
-        for k in 0..100 {
-            kinds.push(match k {
-                0..90 => (Kind::Busy, seg(0, 443, data_seq, PSH_ACK, &data)),
-                90..98 => (Kind::Busy, seg(0, 443, data_seq, ACK, &[])),
-                98 => (Kind::New, seg(0, 443, 1, PSH_ACK, &hello)),
-                _ => (Kind::Fixed, seg(40_001, 80, 1, PSH_ACK, &[0x42; 100])),
-            });
-        }
-        // Spread the kinds: call i takes kind (i × 37) mod 100, so that ClientHellos are not
-        // bunched.
-        let kinds: Vec<_> = (0..100).map(|i| kinds[(i * 37) % 100].clone()).collect();
         let mix = Busy {
             order,
-            kinds,
+            kinds: mix_kinds(&hello, &data),
             new_base: u64::from(BUSY_FLOWS),
         };
         let runs = pair.per_call(&mix, calls)?;
@@ -601,6 +495,17 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
         rows.extend([on[i].clone(), off[i].clone(), cost]);
     }
     rows.extend([on[1].clone(), on[2].clone(), off[1].clone(), off[2].clone()]);
+    drop((prog, off_prog));
+
+    // The same kinds of packet through a veth, timed by the kernel's own statistics.
+    let payloads = veth::Payloads {
+        hello: &hello,
+        browser: &browser,
+        mss,
+        data: &data,
+    };
+    let floor = Plain::load(&noop_object.with_file_name("sni-floor"), "sni_floor")?;
+    rows.extend(veth::rows(&noop, &floor, &payloads, calls).context("through a veth")?);
     Ok((rows, hello_one.max(split_both)))
 }
 
