@@ -28,11 +28,9 @@ fn config(hosts: usize) -> String {
 
 /// A map's memory on `cpus` CPUs, from its memory on `now` CPUs.
 fn projected(m: &MapMemory, now: u64, cpus: u64) -> u64 {
-    if !m.per_cpu {
-        return m.memlock;
-    }
     if m.name == MAP_FLOW_CACHE {
-        // Entries per CPU follow the CPU count: scale by the cache's total entries.
+        // A block of entries per CPU, whose size follows the CPU count: scale by the cache's
+        // total entries.
         let entries = |c: u64| {
             u64::from(flow_cache_entries(
                 FLOWS_DEFAULT_ENTRIES,
@@ -40,6 +38,9 @@ fn projected(m: &MapMemory, now: u64, cpus: u64) -> u64 {
             )) * c
         };
         return m.memlock * entries(cpus) / entries(now).max(1);
+    }
+    if !m.per_cpu {
+        return m.memlock;
     }
     // One value (rounded up to 8 bytes) per entry per CPU, on top of what does not grow.
     let per_cpu = u64::from(m.value_size).div_ceil(8) * 8 * u64::from(m.max_entries);

@@ -65,6 +65,15 @@ impl FlowKey {
     }
 }
 
+/// Where CPU `cpu`'s entry `index` is in the flow cache ([`crate::maps::MAP_FLOW_CACHE`]),
+/// each CPU's `mask + 1` entries after the previous CPU's in one plain array. Not a per-CPU
+/// array: its lookup reads a pointer per entry before the value, a second random memory access
+/// on every packet of a busy table.
+#[inline(always)]
+pub fn cache_slot(cpu: u32, index: u32, mask: u32) -> u32 {
+    cpu.wrapping_mul(mask.wrapping_add(1)).wrapping_add(index)
+}
+
 /// The entry of a flow cache of `mask + 1` entries (a power of two) for the flow whose key has
 /// these [`FlowKey::words`]: the words folded together with `seed` (a random number the loader
 /// picks), the high half folded onto the low one, one multiplication (Fibonacci hashing), the
@@ -80,7 +89,7 @@ pub fn cache_index(w: &[u64; 5], seed: u64, mask: u32) -> u32 {
     (h >> 32) as u32 & mask
 }
 
-/// An entry of the kernel's per-CPU flow cache ([`crate::maps::MAP_FLOW_CACHE`]): a copy of a
+/// An entry of the kernel's flow cache ([`crate::maps::MAP_FLOW_CACHE`]): a copy of a
 /// flow table entry whose verdict is `PASS`, with the key it belongs to (as
 /// [`FlowKey::words`], so that the kernel compares five aligned words), the epoch it was
 /// copied in, and the packets and bytes it counted that its host's counters do not hold yet.

@@ -46,7 +46,8 @@ pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
 /// Flows whose ClientHello was read: `LruHashMap<FlowKey, Flow>`. The kernel writes, the
 /// terminator reads (hand-off).
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
-/// In front of [`MAP_FLOWS`], per CPU: `PerCpuArray<CachedFlow>` indexed by
+/// In front of [`MAP_FLOWS`], per CPU: `Array<CachedFlow>`, each CPU's entries in a block of
+/// its own ([`crate::flow::cache_slot`]), indexed in it by
 /// [`crate::flow::FlowKey::cache_index`], a power-of-two number of entries. The kernel copies
 /// a flow's table entry here on its first packet on a CPU, and counts its later packets here
 /// until the entry goes to another flow; readers of the host counters add what the entries

@@ -48,8 +48,7 @@ mod entry {
                 core::ptr::read_unaligned((start + 34) as *const u16),
             )
         };
-        let index = ((u64::from(addr) << 16) | u64::from(port))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        let index = ((u64::from(addr) << 16) | u64::from(port)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
             >> (64 - BITS);
         if let Some(line) = SNI_FLOOR.get_ptr_mut(index as u32) {
             // SAFETY: a value of the array, valid while the program runs; only this run writes

@@ -3,10 +3,10 @@
 //! connection left.
 //!
 //! The flow table (`SNI_FLOWS`, an LRU hash shared by every CPU, read by the terminator too) is
-//! the record. In front of it, each CPU keeps a direct-mapped cache (`SNI_FLOW_CACHE`): the
-//! entry at the flow's `cache_index`, tagged with its key and the epoch it was copied in. A hit
-//! costs an array index and a compare of five words instead of hashing 40 bytes and walking a
-//! bucket; a miss falls back to the table and fills the entry. Only flows that pass are cached,
+//! the record. In front of it, each CPU keeps a direct-mapped cache (its block of
+//! `SNI_FLOW_CACHE`): the entry at the flow's `cache_index`, tagged with its key and the epoch
+//! it was copied in. A hit costs an array index and a compare of five words instead of hashing
+//! 40 bytes and walking a bucket; a miss falls back to the table and fills the entry. Only flows that pass are cached,
 //! so a stale copy can at worst count a packet toward the host of the 5-tuple's previous
 //! connection, never drop one.
 //!
@@ -20,7 +20,7 @@
 //! - userspace rewrites flows (a reload that changes an action or removes a host): it bumps
 //!   `SNI_EPOCH`, and every copy of an older epoch is a miss;
 //! - a SYN reuses the 5-tuple: its CPU clears its own entry, and when the table knew the flow,
-//!   every other CPU's entry for it too (`bpf_map_lookup_percpu_elem`, kernel 5.19);
+//!   every other CPU's entry for it too;
 //! - the table evicted the flow and the 5-tuple came back with its SYN on another CPU: a
 //!   segment that starts a ClientHello never takes a cached copy, so the new one is read.
 
@@ -28,11 +28,11 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_loop, bpf_map_lookup_percpu_elem},
+    helpers::generated::{bpf_get_smp_processor_id, bpf_loop},
     programs::XdpContext,
 };
 use sni_common::{
-    flow::{cache_index, verdict::PASS, CachedFlow, Flow},
+    flow::{cache_index, cache_slot, verdict::PASS, CachedFlow, Flow},
     maps::counter,
 };
 
@@ -44,9 +44,8 @@ use crate::{
     verdict,
 };
 
-/// CPUs whose cache entries a SYN clears at most: the kernel's largest `NR_CPUS` (8192).
-/// `bpf_map_lookup_percpu_elem` answers NULL past the last possible CPU, which ends the loop
-/// far earlier.
+/// CPUs whose cache entries a SYN clears at most: the kernel's largest `NR_CPUS` (8192). The
+/// cache has no entry past the last possible CPU's, which ends the loop far earlier.
 const MAX_CPUS: u32 = 8192;
 
 /// A packet of a flow whose ClientHello was read: counts it toward the flow's host and sets
@@ -70,9 +69,9 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     } else {
         SNI_EPOCH.get(0).copied().unwrap_or(0)
     };
-    let cached = SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask()));
+    let cached = SNI_FLOW_CACHE.get_ptr_mut(slot(&key.words));
     if let Some(c) = cached {
-        // SAFETY: a per-CPU value of this CPU; this program is its only writer on this CPU
+        // SAFETY: an entry of this CPU's block; this program on this CPU is its only writer
         // but for a SYN on another CPU clearing `epoch` (see `clear_on_cpu`).
         let c = unsafe { &mut *c };
         if epoch != 0 && c.holds(&key.words, epoch) {
@@ -114,10 +113,7 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
 pub fn remember(key: &Key, flow: &Flow) {
     let _ = SNI_FLOWS.insert(key.flow_key(), flow, 0);
     let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
-    if let (Some(c), true) = (
-        SNI_FLOW_CACHE.get_ptr_mut(cache_index(&key.words, cache_seed(), cache_mask())),
-        epoch != 0,
-    ) {
+    if let (Some(c), true) = (SNI_FLOW_CACHE.get_ptr_mut(slot(&key.words)), epoch != 0) {
         fill(c, &key.words, flow, epoch, 0, 0);
     }
 }
@@ -128,8 +124,8 @@ pub fn remember(key: &Key, flow: &Flow) {
 pub fn forget(key: &Key) {
     hello::forget(key.flow_key());
     let index = cache_index(&key.words, cache_seed(), cache_mask());
-    if let Some(c) = SNI_FLOW_CACHE.get_ptr_mut(index) {
-        // SAFETY: a per-CPU value of this CPU.
+    if let Some(c) = SNI_FLOW_CACHE.get_ptr_mut(slot(&key.words)) {
+        // SAFETY: an entry of this CPU's block.
         unsafe { (*c).epoch = 0 };
     }
     // Looked up first: a SYN of a new 5-tuple (most SYNs, and every one of a flood) then
@@ -160,7 +156,7 @@ pub fn forget(key: &Key) {
 /// emptied, so that it cannot outlive a verdict that changed to drop.
 #[inline(always)]
 fn fill(c: *mut CachedFlow, words: &[u64; 5], flow: &Flow, epoch: u64, packets: u64, bytes: u64) {
-    // SAFETY: a per-CPU value of this CPU.
+    // SAFETY: an entry of this CPU's block.
     let c = unsafe { &mut *c };
     if let Some((owner, owed_packets, owed_bytes)) = c.owed() {
         if let Some(v) = counters::of(owner) {
@@ -181,6 +177,16 @@ fn fill(c: *mut CachedFlow, words: &[u64; 5], flow: &Flow, epoch: u64, packets: 
     }
 }
 
+/// This CPU's cache entry for the flow of `words`.
+#[inline(always)]
+fn slot(words: &[u64; 5]) -> u32 {
+    let mask = cache_mask();
+    // SAFETY: a helper without arguments; it reads the CPU this program runs on, which XDP
+    // does not leave until it returns.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    cache_slot(cpu, cache_index(words, cache_seed(), mask), mask)
+}
+
 /// What `clear_on_cpu` clears: the entry at `index` on every CPU, if it holds `words`.
 #[repr(C)]
 struct Sweep {
@@ -192,20 +198,13 @@ struct Sweep {
 /// past the last CPU.
 extern "C" fn clear_on_cpu(cpu: u64, ctx: *mut c_void) -> i64 {
     let sweep = ctx.cast::<Sweep>();
-    // SAFETY: `ctx` is the `Sweep` that `forget` passed; the map pointer is the map's
-    // definition, as aya's own lookups pass it.
-    let entry = unsafe {
-        bpf_map_lookup_percpu_elem(
-            (&raw const SNI_FLOW_CACHE).cast_mut().cast(),
-            (&raw const (*sweep).index).cast(),
-            cpu as u32,
-        )
-    }
-    .cast::<CachedFlow>();
-    if entry.is_null() {
+    // SAFETY: `ctx` is the `Sweep` that `forget` passed.
+    let index = unsafe { (*sweep).index };
+    let Some(entry) = SNI_FLOW_CACHE.get_ptr_mut(cache_slot(cpu as u32, index, cache_mask()))
+    else {
         return 1;
-    }
-    // SAFETY: the helper returned CPU `cpu`'s value of a live entry. Only `epoch` is written:
+    };
+    // SAFETY: a live entry of CPU `cpu`'s block, and `sweep` as above. Only `epoch` is written:
     // a CPU filling the entry at the same moment writes a consistent copy of its own, and a
     // cleared epoch is only ever a miss.
     unsafe {

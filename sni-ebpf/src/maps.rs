@@ -66,12 +66,12 @@ pub static SNI_OTHER_NAMES: LruHashMap<u64, HostKey> =
 pub static SNI_FLOWS: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
 
-/// This CPU's copies of flow table entries, by `FlowKey::cache_index`, with the packets they
-/// counted and still owe their host (sized by the loader to a power of two; `SNI_CACHE_MASK`
-/// is that size less one).
+/// Each CPU's copies of flow table entries, with the packets they counted and still owe their
+/// host: CPU `c`'s entry `i` (its `FlowKey::cache_index`) at `flow::cache_slot(c, i, mask)`.
+/// Each CPU has a power-of-two number of entries, `SNI_CACHE_MASK` + 1; the loader sizes the
+/// array to that many per possible CPU.
 #[map]
-pub static SNI_FLOW_CACHE: PerCpuArray<CachedFlow> =
-    PerCpuArray::with_max_entries(FLOW_CACHE_MIN_ENTRIES, 0);
+pub static SNI_FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_MIN_ENTRIES, 0);
 
 /// The flow cache's epoch (one entry): a cached copy is valid only in the epoch it was made.
 #[map]

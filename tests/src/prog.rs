@@ -128,7 +128,7 @@ impl Prog {
     fn host_counters(&self) -> HostCounters {
         let map = |name| self.ebpf.map(name).expect(name);
         let stats = Array::try_from(map(MAP_HOST_STATS)).expect("array");
-        let cache = PerCpuArray::try_from(map(MAP_FLOW_CACHE)).expect("per-CPU array");
+        let cache = Array::try_from(map(MAP_FLOW_CACHE)).expect("array");
         HostCounters::read(&stats, &self.other(), &cache).expect("reading the host counters")
     }
 

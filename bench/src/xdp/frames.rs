@@ -143,7 +143,7 @@ pub(super) struct Split {
 
 impl Frames for Split {
     fn frame(&self, i: u64, buf: &mut Vec<u8>) {
-        buf.clone_from(if i % 2 == 0 {
+        buf.clone_from(if i.is_multiple_of(2) {
             &self.first
         } else {
             &self.second

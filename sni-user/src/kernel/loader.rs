@@ -464,26 +464,16 @@ pub fn reset_slots(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> R
 /// Clears what the flow caches owe `slots` (see [`reset_slots`]).
 fn forget_owed(ebpf: &mut Ebpf, slots: &std::collections::HashSet<u32>) -> Result<()> {
     let owes = |c: &CachedFlow| matches!(c.owed(), Some((Owner::Configured(slot), _, _)) if slots.contains(&slot));
-    let mut cache = PerCpuArray::<_, CachedFlow>::try_from(map_mut(ebpf, MAP_FLOW_CACHE)?)?;
+    let mut cache = Array::<_, CachedFlow>::try_from(map_mut(ebpf, MAP_FLOW_CACHE)?)?;
     for index in 0..cache.len() {
-        let entries = cache.get(&index, 0).context("reading the flow cache")?;
-        if !entries.iter().any(owes) {
-            continue;
+        let mut entry = cache.get(&index, 0).context("reading the flow cache")?;
+        if owes(&entry) {
+            entry.packets = 0;
+            entry.bytes = 0;
+            cache
+                .set(index, entry, 0)
+                .context("clearing a flow cache entry")?;
         }
-        let cleared: Vec<CachedFlow> = entries
-            .iter()
-            .map(|c| {
-                let mut c = *c;
-                if owes(&c) {
-                    c.packets = 0;
-                    c.bytes = 0;
-                }
-                c
-            })
-            .collect();
-        cache
-            .set(index, aya::maps::PerCpuValues::try_from(cleared)?, 0)
-            .context("clearing a flow cache entry")?;
     }
     Ok(())
 }
@@ -658,7 +648,10 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_OTHER_NAMES, xdp.other_hosts_capacity)
         .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
-        .map_max_entries(MAP_FLOW_CACHE, cache_entries)
+        .map_max_entries(
+            MAP_FLOW_CACHE,
+            cache_entries * u32::try_from(cpus).unwrap_or(1),
+        )
         .map_max_entries(MAP_JA4_POLICY, ja4_slots)
         .map_max_entries(MAP_JA4_LABELS, ja4_slots)
         .map_max_entries(MAP_JA4_BUCKETS, ja4_slots)
@@ -903,7 +896,7 @@ pub struct PinnedMaps {
     /// Other hosts' counters by name hash.
     pub other: HashMap<MapData, u64, HostStats>,
     /// Each CPU's flow cache, with what its entries still owe the hosts' counters.
-    pub flow_cache: PerCpuArray<MapData, CachedFlow>,
+    pub flow_cache: Array<MapData, CachedFlow>,
     /// Other hosts' names by name hash.
     pub other_names: HashMap<MapData, u64, HostKey>,
     /// Learned keys of configured fingerprints, with their slot.

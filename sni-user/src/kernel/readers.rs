@@ -5,7 +5,7 @@
 use std::{borrow::Borrow, collections::HashMap as StdHashMap};
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData};
 use serde::Serialize;
 use sni_common::{
     flow::{CachedFlow, Owner},
@@ -283,7 +283,7 @@ impl HostCounters {
     pub fn read<T: Borrow<MapData>>(
         host_stats: &Array<T, HostStats>,
         other: &HashMap<T, u64, HostStats>,
-        flow_cache: &PerCpuArray<T, CachedFlow>,
+        flow_cache: &Array<T, CachedFlow>,
     ) -> Result<Self> {
         let mut counters = Self::default();
         for slot in 1..host_stats.len() {
@@ -296,9 +296,9 @@ impl HostCounters {
             let (hash, stats) = entry.context("reading a host entry")?;
             counters.other.insert(hash, stats);
         }
-        for entries in flow_cache.iter() {
-            let entries = entries.context("reading the flow cache")?;
-            for (owner, packets, bytes) in entries.iter().filter_map(CachedFlow::owed) {
+        for entry in flow_cache.iter() {
+            let entry = entry.context("reading the flow cache")?;
+            if let Some((owner, packets, bytes)) = entry.owed() {
                 let owed = HostStats {
                     packets,
                     bytes,
