@@ -8,7 +8,9 @@
 //!
 //! Each call of [`Parser::step`] does a bounded amount of work and either consumes at least one
 //! byte or finishes a zero-length field (which is always followed by a field that consumes), so
-//! `2 * len + 2` steps always suffice for `len` bytes of input. The kernel drives `step` from
+//! `2 * len + 2` steps always suffice for `len` bytes of input. A step that completes a field
+//! also passes over the field after it, when that one is skipped whole (an extension's body,
+//! the random) and the input and the record hold it. The kernel drives `step` from
 //! `bpf_loop`; userspace calls [`Parser::feed`].
 //!
 //! The wire grammar, from RFC 8446 §4.1.2 and RFC 6066 §3:
@@ -29,6 +31,12 @@ use crate::{
     host::{lower, HostKey, MAX_NAME_LEN},
     ja4::{ext as ja4_ext, Ja4State},
 };
+
+/// Whether `stage` is a field passed over without reading its bytes.
+#[inline(always)]
+const fn is_skip(stage: u8) -> bool {
+    matches!(stage, S_RANDOM | S_SID | S_CS | S_COMP | S_EXT_BODY)
+}
 
 /// TLS ContentType `handshake` (RFC 8446 §5.1).
 const CONTENT_TYPE_HANDSHAKE: u8 = 22;
@@ -556,7 +564,7 @@ impl Parser {
         if self.status != ST_NEED_MORE {
             return false;
         }
-        let is_skip = matches!(self.stage, S_RANDOM | S_SID | S_CS | S_COMP | S_EXT_BODY);
+        let is_skip = is_skip(self.stage);
         if is_skip && self.need == 0 {
             // A zero-length field ends without input.
             self.field_done();
@@ -600,6 +608,7 @@ impl Parser {
         self.need -= take32;
         if self.need == 0 {
             self.field_done();
+            self.skip_whole(len, pos);
         }
         true
     }
@@ -821,6 +830,45 @@ impl Parser {
         self.enter(item, u32::from(n));
     }
 
+    /// A field passed over is complete: on to the next.
+    #[inline(always)]
+    fn skipped(&mut self) {
+        match self.stage {
+            S_RANDOM => self.enter(S_SID_LEN, 1),
+            S_SID => self.enter(S_CS_LEN, 2),
+            S_CS => self.enter(S_COMP_LEN, 1),
+            S_COMP => {
+                if self.hs_left == 0 {
+                    // No extensions at all (SSLv3-style ClientHello).
+                    return self.done();
+                }
+                self.enter(S_EXTS_LEN, 2);
+            }
+            _ => self.next_extension(),
+        }
+    }
+
+    /// Passes over the current field within this step, if it is one passed over (the random,
+    /// the session ID, the compression methods, an extension's body) and the input from `*pos`
+    /// (of `len` bytes) and the record hold all of it: a field to skip that follows the one
+    /// just read takes no step of its own.
+    #[inline(always)]
+    fn skip_whole(&mut self, len: usize, pos: &mut usize) {
+        if self.status != ST_NEED_MORE || !is_skip(self.stage) {
+            return;
+        }
+        let n = self.need;
+        if n as usize > len.saturating_sub(*pos) || n > u32::from(self.rec_left) {
+            return;
+        }
+        if !self.consume(n) {
+            return;
+        }
+        *pos += n as usize;
+        self.need = 0;
+        self.skipped();
+    }
+
     /// The current field is complete: check it and move to the next.
     fn field_done(&mut self) {
         let v = self.acc;
@@ -848,14 +896,13 @@ impl Parser {
                 self.ja4.legacy_version = v as u16;
                 self.enter(S_RANDOM, 32);
             }
-            S_RANDOM => self.enter(S_SID_LEN, 1),
+            S_RANDOM | S_SID | S_CS | S_COMP | S_EXT_BODY => self.skipped(),
             S_SID_LEN => {
                 if v > MAX_SESSION_ID_LEN {
                     return self.malformed(Reason::BadSessionIdLength);
                 }
                 self.enter(S_SID, v);
             }
-            S_SID => self.enter(S_CS_LEN, 2),
             S_CS_LEN => {
                 if v < 2 || !v.is_multiple_of(2) {
                     return self.malformed(Reason::BadCipherSuitesLength);
@@ -866,7 +913,6 @@ impl Parser {
                 }
                 self.enter(S_CS, v);
             }
-            S_CS => self.enter(S_COMP_LEN, 1),
             S_CIPHER => {
                 if self.list_left == 0 {
                     return self.enter(S_COMP_LEN, 1);
@@ -878,13 +924,6 @@ impl Parser {
                     return self.malformed(Reason::BadCompressionLength);
                 }
                 self.enter(S_COMP, v);
-            }
-            S_COMP => {
-                if self.hs_left == 0 {
-                    // No extensions at all (SSLv3-style ClientHello).
-                    return self.done();
-                }
-                self.enter(S_EXTS_LEN, 2);
             }
             S_EXTS_LEN => {
                 if v != self.hs_left {
@@ -956,7 +995,6 @@ impl Parser {
                 self.list_items(S_SIG_ALG);
             }
             S_SIG_ALG => self.list_items(S_SIG_ALG),
-            S_EXT_BODY => self.next_extension(),
             S_SNI_LIST_LEN => {
                 // The list fills the extension and holds at least one entry header.
                 if v != u32::from(self.ext_left) || v < 3 {
