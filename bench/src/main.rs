@@ -89,7 +89,7 @@ fn run(cli: Cli) -> Result<()> {
     {
         return finish(&report, &cli);
     }
-    let mut env = tls::Env::new(&cli.sni_user, cli.quick)?;
+    let mut env = tls::Env::new(&cli.sni_user, &cli.noop, cli.quick)?;
     env.memory_only = cli.only.iter().any(|o| o == "memory");
     if want("live") {
         eprintln!("sni-bench: live cost of XDP (handshakes through a veth, attached/detached)");

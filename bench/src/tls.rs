@@ -48,6 +48,8 @@ pub fn client_sysctls(pair: &Pair) -> Result<()> {
 /// Settings shared by the sections.
 pub struct Env {
     pub sni_user: PathBuf,
+    /// The no-op XDP object (the live section's baseline for the veth's XDP path).
+    pub noop: PathBuf,
     quick: bool,
     pub dir: PathBuf,
     /// One timed run.
@@ -63,7 +65,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(sni_user: &Path, quick: bool) -> Result<Self> {
+    pub fn new(sni_user: &Path, noop: &Path, quick: bool) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         if cores < 2 {
             bail!(
@@ -81,6 +83,7 @@ impl Env {
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
             sni_user: sni_user.to_path_buf(),
+            noop: noop.to_path_buf(),
             quick,
             dir,
             // At least 10 rounds a comparison (servers in turn), each short: a median over
@@ -159,70 +162,112 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
         netns: Some(client_ns),
         cpu: LOAD_CPU,
     };
-    let (mut attached, mut detached) = (Vec::new(), Vec::new());
-    let (mut cpu_att, mut cpu_det) = (Vec::new(), Vec::new());
+    // Each mode's handshakes/s and per server CPU-second, a value per round.
+    let mut rates: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    let noop = crate::xdp::Plain::load(&env.noop, "sni_noop")?;
     for round in 0..env.rounds.max(2) {
-        for with_xdp in [turn(round, 0) == 0, turn(round, 1) == 0] {
+        for k in 0..LIVE_MODES.len() {
+            let mode = LIVE_MODES[(round + k) % LIVE_MODES.len()];
             let pins = PinDir::new("snib");
             let server = Server::terminator(
                 &env.sni_user,
-                &env.dir.join(format!("live-{round}-{with_xdp}")),
+                &env.dir.join(format!("live-{round}-{k}")),
                 listen,
                 &hosts,
                 backend.addr,
-                with_xdp.then_some(Xdp {
+                (mode == Live::Classifier).then_some(Xdp {
                     interface: &pair.server_if,
                     pin_dir: &pins,
                 }),
                 Some(&pair.server.name),
                 SERVER_CPU,
             )?;
-            let (rate, per_cpu, _) = measure(&server, &target, false, Op::Handshake, env)?;
-            if with_xdp {
-                attached.push(rate);
-                cpu_att.push(per_cpu);
-            } else {
-                detached.push(rate);
-                cpu_det.push(per_cpu);
+            if mode == Live::Noop {
+                crate::xdp::attach(&pair.server, &pair.server_if, noop.program()?)?;
             }
+            let measured = measure(&server, &target, false, Op::Handshake, env);
+            if mode == Live::Noop {
+                crate::xdp::detach(&pair.server, &pair.server_if)?;
+            }
+            let (rate, per_cpu, _) = measured?;
+            let (r, c) = &mut rates[mode as usize];
+            r.push(rate);
+            c.push(per_cpu);
             drop(server);
         }
     }
-    let n = attached.len();
-    let (spread_rate, spread_cpu) = (Spread::of(&attached), Spread::of(&cpu_att));
+    let [detached, noop_attached, attached] = rates;
+    let n = attached.0.len();
+    let how = format!(
+        "{n} rounds of {} s each, the three setups in turn, {} clients, median",
+        env.run.as_secs(),
+        env.threads
+    );
+    let row = |case: &str, ours: &[f64], base: &[f64], base_name: &'static str, goal, unit| Row {
+        section: "live",
+        case: case.into(),
+        unit,
+        value: median(ours.to_vec()),
+        baseline_name: base_name,
+        baseline: Some(median(base.to_vec())),
+        better: Better::Higher,
+        goal,
+        spread: Some(Spread::of(ours)),
+        above: None,
+        note: how.clone(),
+    };
+    let per_cpu = "handshakes/CPU-s";
+    let mut cpu_row = row(
+        "the same, per server CPU-second",
+        &attached.1,
+        &detached.1,
+        "detached",
+        None,
+        per_cpu,
+    );
+    cpu_row.note = "XDP runs in softirq, partly charged to whatever runs on the core".into();
     Ok(vec![
-        Row {
-            section: "live",
-            case: "TLS handshakes/s through a veth, classifier attached vs detached".into(),
-            unit: "handshakes/s",
-            value: median(attached),
-            baseline_name: "detached",
-            baseline: Some(median(detached)),
-            better: Better::Higher,
-            goal: Some(Goal::Ratio(0.97)),
-            spread: Some(spread_rate),
-            above: None,
-            note: format!(
-                "{n} alternating runs of {} s each, {} clients, median",
-                env.run.as_secs(),
-                env.threads
-            ),
-        },
-        Row {
-            section: "live",
-            case: "the same, per server CPU-second".into(),
-            unit: "handshakes/CPU-s",
-            value: median(cpu_att),
-            baseline_name: "detached",
-            baseline: Some(median(cpu_det)),
-            better: Better::Higher,
-            goal: None,
-            spread: Some(spread_cpu),
-            above: None,
-            note: "XDP runs in softirq, partly charged to whatever runs on the core".into(),
-        },
+        row(
+            "TLS handshakes/s through a veth, classifier attached vs detached",
+            &attached.0,
+            &detached.0,
+            "detached",
+            Some(Goal::Ratio(0.97)),
+            "handshakes/s",
+        ),
+        cpu_row,
+        row(
+            "TLS handshakes/s through a veth, the no-op XDP program attached vs detached (the veth's XDP path)",
+            &noop_attached.0,
+            &detached.0,
+            "detached",
+            None,
+            "handshakes/s",
+        ),
+        row(
+            "TLS handshakes/s through a veth, classifier attached vs the no-op attached (the classifier's own cost)",
+            &attached.0,
+            &noop_attached.0,
+            "no-op attached",
+            None,
+            "handshakes/s",
+        ),
     ])
 }
+
+/// What the live section's server side runs, in the order of `rates`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// No XDP program on the veth.
+    Detached = 0,
+    /// The no-op XDP program: a veth with any XDP program takes another receive path (NAPI,
+    /// frames copied for XDP), which costs without the classifier.
+    Noop = 1,
+    /// The classifier, attached by the terminator (hand-off on).
+    Classifier = 2,
+}
+
+const LIVE_MODES: [Live; 3] = [Live::Detached, Live::Noop, Live::Classifier];
 
 /// One server's figures in the terminator section, a value per round.
 #[derive(Default)]

@@ -38,6 +38,8 @@ use crate::report::{Better, Goal, Row, Spread};
 mod frames;
 mod veth;
 
+pub(crate) use veth::{attach, detach};
+
 use frames::{app_data, seg, shuffled, udp_frame, vary, Busy, Frames, Kind, NewFlows};
 
 /// Rounds per comparison (odd, so the median is a round's figure).
@@ -51,14 +53,14 @@ const ACK: u8 = 0x10;
 const SYN: u8 = 0x02;
 
 /// One of the bench's own programs (the no-op, the busy table's floor), loaded, not attached.
-struct Plain {
+pub(crate) struct Plain {
     ebpf: Ebpf,
     name: &'static str,
 }
 
 impl Plain {
     /// Loads the program `name` of `object`.
-    fn load(object: &Path, name: &'static str) -> Result<Self> {
+    pub(crate) fn load(object: &Path, name: &'static str) -> Result<Self> {
         let mut ebpf = Ebpf::load_file(object)
             .with_context(|| format!("loading {name} from {}", object.display()))?;
         let program: &mut Xdp = ebpf
@@ -71,7 +73,7 @@ impl Plain {
         Ok(Self { ebpf, name })
     }
 
-    fn program(&self) -> Result<&Xdp> {
+    pub(crate) fn program(&self) -> Result<&Xdp> {
         Ok(self
             .ebpf
             .program(self.name)

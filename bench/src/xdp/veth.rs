@@ -95,20 +95,11 @@ impl Link {
     /// Attaches `prog` in native mode, sends the capture, detaches; the kernel's mean ns per
     /// run of `prog`, after checking that it ran once per frame sent and for nothing else.
     fn time(&self, prog: &Xdp, frames: u64) -> Result<f64> {
-        let id = prog.info().context("the program's info")?.id().to_string();
-        let dev = self.receiver_if.as_str();
-        checked(
-            self.receiver
-                .cmd_net_only(["bpftool", "net", "attach", "xdpdrv", "id", &id, "dev", dev]),
-        )
-        .context("attaching in native mode (cargo xtask bench installs bpftool)")?;
+        attach(&self.receiver, &self.receiver_if, prog)?;
         let before = prog.info().context("the program's info")?;
         let sent = self.send();
         let after = prog.info().context("the program's info")?;
-        checked(
-            self.receiver
-                .cmd_net_only(["bpftool", "net", "detach", "xdpdrv", "dev", dev]),
-        )?;
+        detach(&self.receiver, &self.receiver_if)?;
         let sent = sent?;
         let runs = after.run_count() - before.run_count();
         if sent != frames || runs != frames {
@@ -168,6 +159,21 @@ impl Drop for Link {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.pcap);
     }
+}
+
+/// Attaches loaded program `prog` in native mode to interface `dev` of namespace `ns`
+/// (`bpftool`, by the program's id).
+pub(crate) fn attach(ns: &Netns, dev: &str, prog: &Xdp) -> Result<()> {
+    let id = prog.info().context("the program's info")?.id().to_string();
+    checked(ns.cmd_net_only(["bpftool", "net", "attach", "xdpdrv", "id", &id, "dev", dev]))
+        .context("attaching in native mode (cargo xtask bench installs bpftool)")?;
+    Ok(())
+}
+
+/// Detaches the native-mode XDP program of interface `dev` of namespace `ns`.
+pub(crate) fn detach(ns: &Netns, dev: &str) -> Result<()> {
+    checked(ns.cmd_net_only(["bpftool", "net", "detach", "xdpdrv", "dev", dev]))?;
+    Ok(())
 }
 
 /// Runs a command; its output, or an error with it.
