@@ -165,7 +165,9 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
     // Each mode's handshakes/s and per server CPU-second, a value per round.
     let mut rates: [(Vec<f64>, Vec<f64>); 3] = Default::default();
     let noop = crate::xdp::Plain::load(&env.noop, "sni_noop")?;
-    for round in 0..env.rounds.max(2) {
+    // Each setup goes first as often as the others.
+    let rounds = env.rounds.max(2).next_multiple_of(LIVE_MODES.len());
+    for round in 0..rounds {
         for k in 0..LIVE_MODES.len() {
             let mode = LIVE_MODES[(round + k) % LIVE_MODES.len()];
             let pins = PinDir::new("snib");
@@ -186,10 +188,13 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
                 crate::xdp::attach(&pair.server, &pair.server_if, noop.program()?)?;
             }
             let measured = measure(&server, &target, false, Op::Handshake, env);
-            if mode == Live::Noop {
-                crate::xdp::detach(&pair.server, &pair.server_if)?;
-            }
+            let detached = if mode == Live::Noop {
+                crate::xdp::detach(&pair.server, &pair.server_if)
+            } else {
+                Ok(())
+            };
             let (rate, per_cpu, _) = measured?;
+            detached?;
             let (r, c) = &mut rates[mode as usize];
             r.push(rate);
             c.push(per_cpu);

@@ -564,8 +564,8 @@ impl Parser {
         if self.status != ST_NEED_MORE {
             return false;
         }
-        let is_skip = is_skip(self.stage);
-        if is_skip && self.need == 0 {
+        let skip = is_skip(self.stage);
+        if skip && self.need == 0 {
             // A zero-length field ends without input.
             self.field_done();
             return true;
@@ -591,7 +591,7 @@ impl Parser {
         // As many bytes of the field as the input, the record and the field have: all of a
         // skipped field, up to `BYTES_PER_STEP` of any other (an integer has at most four).
         let take = min3(len - at, usize::from(self.rec_left), self.need as usize);
-        let take = if is_skip || take < BYTES_PER_STEP {
+        let take = if skip || take < BYTES_PER_STEP {
             take
         } else {
             BYTES_PER_STEP
@@ -601,7 +601,7 @@ impl Parser {
         if !self.consume(take32) {
             return false;
         }
-        if !is_skip {
+        if !skip {
             self.absorb(input, at, take);
         }
         *pos = at + take;
@@ -844,12 +844,15 @@ impl Parser {
                 }
                 self.enter(S_EXTS_LEN, 2);
             }
+            // S_EXT_BODY, the only other field passed over. (A branch of its own for it costs
+            // the verifier more than the program's budget.)
             _ => self.next_extension(),
         }
     }
 
     /// Passes over the current field within this step, if it is one passed over (the random,
-    /// the session ID, the compression methods, an extension's body) and the input from `*pos`
+    /// the session ID, the cipher suites without JA4, the compression methods, an extension's
+    /// body) and the input from `*pos`
     /// (of `len` bytes) and the record hold all of it: a field to skip that follows the one
     /// just read takes no step of its own.
     #[inline(always)]

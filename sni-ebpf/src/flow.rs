@@ -6,9 +6,9 @@
 //! the record. In front of it, each CPU keeps a direct-mapped cache (its block of
 //! `SNI_FLOW_CACHE`): the entry at the flow's `cache_index`, tagged with its key and the epoch
 //! it was copied in. A hit costs an array index and a compare of five words instead of hashing
-//! 40 bytes and walking a bucket; a miss falls back to the table and fills the entry. Only flows that pass are cached,
-//! so a stale copy can at worst count a packet toward the host of the 5-tuple's previous
-//! connection, never drop one.
+//! 40 bytes and walking a bucket; a miss falls back to the table and fills the entry. Only
+//! flows that pass are cached, so a stale copy can at worst count a packet toward the host of
+//! the 5-tuple's previous connection, never drop one.
 //!
 //! A cached flow's packets are counted in its entry, which only its CPU writes, not in the
 //! host's counters, which every CPU shares: when the entry goes to another flow, what it owes
@@ -69,10 +69,11 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     } else {
         SNI_EPOCH.get(0).copied().unwrap_or(0)
     };
-    let cached = SNI_FLOW_CACHE.get_ptr_mut(slot(&key.words));
+    let cached = this_cpus(cache_index(&key.words, cache_seed(), cache_mask()));
     if let Some(c) = cached {
         // SAFETY: an entry of this CPU's block; this program on this CPU is its only writer
-        // but for a SYN on another CPU clearing `epoch` (see `clear_on_cpu`).
+        // in the kernel but for a SYN on another CPU clearing `epoch` (see `clear_on_cpu`);
+        // userspace rewrites entries only to clear what they owe a slot a reload freed.
         let c = unsafe { &mut *c };
         if epoch != 0 && c.holds(&key.words, epoch) {
             counters::count(counter::FLOW_PACKETS);
@@ -113,7 +114,8 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
 pub fn remember(key: &Key, flow: &Flow) {
     let _ = SNI_FLOWS.insert(key.flow_key(), flow, 0);
     let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
-    if let (Some(c), true) = (SNI_FLOW_CACHE.get_ptr_mut(slot(&key.words)), epoch != 0) {
+    let index = cache_index(&key.words, cache_seed(), cache_mask());
+    if let (Some(c), true) = (this_cpus(index), epoch != 0) {
         fill(c, &key.words, flow, epoch, 0, 0);
     }
 }
@@ -124,7 +126,7 @@ pub fn remember(key: &Key, flow: &Flow) {
 pub fn forget(key: &Key) {
     hello::forget(key.flow_key());
     let index = cache_index(&key.words, cache_seed(), cache_mask());
-    if let Some(c) = SNI_FLOW_CACHE.get_ptr_mut(slot(&key.words)) {
+    if let Some(c) = this_cpus(index) {
         // SAFETY: an entry of this CPU's block.
         unsafe { (*c).epoch = 0 };
     }
@@ -177,14 +179,18 @@ fn fill(c: *mut CachedFlow, words: &[u64; 5], flow: &Flow, epoch: u64, packets: 
     }
 }
 
-/// This CPU's cache entry for the flow of `words`.
+/// CPU `cpu`'s cache entry `index` (`None` past the last possible CPU).
 #[inline(always)]
-fn slot(words: &[u64; 5]) -> u32 {
-    let mask = cache_mask();
+fn entry(cpu: u32, index: u32) -> Option<*mut CachedFlow> {
+    SNI_FLOW_CACHE.get_ptr_mut(cache_slot(cpu, index, cache_mask()))
+}
+
+/// This CPU's cache entry `index`.
+#[inline(always)]
+fn this_cpus(index: u32) -> Option<*mut CachedFlow> {
     // SAFETY: a helper without arguments; it reads the CPU this program runs on, which XDP
     // does not leave until it returns.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    cache_slot(cpu, cache_index(words, cache_seed(), mask), mask)
+    entry(unsafe { bpf_get_smp_processor_id() }, index)
 }
 
 /// What `clear_on_cpu` clears: the entry at `index` on every CPU, if it holds `words`.
@@ -200,8 +206,7 @@ extern "C" fn clear_on_cpu(cpu: u64, ctx: *mut c_void) -> i64 {
     let sweep = ctx.cast::<Sweep>();
     // SAFETY: `ctx` is the `Sweep` that `forget` passed.
     let index = unsafe { (*sweep).index };
-    let Some(entry) = SNI_FLOW_CACHE.get_ptr_mut(cache_slot(cpu as u32, index, cache_mask()))
-    else {
+    let Some(entry) = entry(cpu as u32, index) else {
         return 1;
     };
     // SAFETY: a live entry of CPU `cpu`'s block, and `sweep` as above. Only `epoch` is written:

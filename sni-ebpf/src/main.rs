@@ -4,7 +4,7 @@
 //! A packet walks these stages, one module each:
 //! 1. [`headers`]: Ethernet, VLAN tags, IPv4/IPv6, TCP to a watched port → a [`headers::Segment`];
 //! 2. [`flow`]: a SYN forgets the 5-tuple; a packet of a classified flow counts toward its
-//!    host and gets its verdict (per-CPU cache in front of the flow table) — most packets end
+//!    host and gets its verdict (each CPU's cache in front of the flow table) — most packets end
 //!    here;
 //! 3. [`hello`]: a segment that starts or continues a ClientHello is parsed, across segments;
 //! 4. [`host`]: a ClientHello read to its outcome finds its host and is counted, and

@@ -69,7 +69,7 @@ pub static SNI_FLOWS: LruHashMap<FlowKey, Flow> =
 /// Each CPU's copies of flow table entries, with the packets they counted and still owe their
 /// host: CPU `c`'s entry `i` (its `FlowKey::cache_index`) at `flow::cache_slot(c, i, mask)`.
 /// Each CPU has a power-of-two number of entries, `SNI_CACHE_MASK` + 1; the loader sizes the
-/// array to that many per possible CPU.
+/// array to that many per possible CPU id.
 #[map]
 pub static SNI_FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_MIN_ENTRIES, 0);
 

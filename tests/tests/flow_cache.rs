@@ -1,4 +1,4 @@
-//! The per-CPU flow cache in front of the flow table (`BPF_PROG_TEST_RUN` on each core in
+//! Each core's flow cache in front of the flow table (`BPF_PROG_TEST_RUN` on each core in
 //! turn): a cached copy never outlives a reload that changes its flow, nor a new connection
 //! on the same 5-tuple, on whichever core the copy was made; and what its entries count is
 //! neither lost nor counted twice when they go to other flows.

@@ -96,20 +96,38 @@ impl Link {
     /// run of `prog`, after checking that it ran once per frame sent and for nothing else.
     fn time(&self, prog: &Xdp, frames: u64) -> Result<f64> {
         attach(&self.receiver, &self.receiver_if, prog)?;
-        let before = prog.info().context("the program's info")?;
-        let sent = self.send();
-        let after = prog.info().context("the program's info")?;
-        detach(&self.receiver, &self.receiver_if)?;
-        let sent = sent?;
-        let runs = after.run_count() - before.run_count();
+        let timed = self.send_counted(prog);
+        let detached = detach(&self.receiver, &self.receiver_if);
+        let (sent, runs, ns) = timed?;
+        detached?;
         if sent != frames || runs != frames {
             bail!("{frames} frames in the capture, {sent} sent, {runs} runs of the program: frames were lost, or other traffic reached it");
         }
+        Ok(ns as f64 / runs as f64)
+    }
+
+    /// Sends the capture through attached `prog`: the frames sent, and the program's runs and
+    /// nanoseconds meanwhile. The last frames may still be in the receive path when tcpreplay
+    /// exits: the runs are read until they stop rising.
+    fn send_counted(&self, prog: &Xdp) -> Result<(u64, u64, u128)> {
+        let info = || prog.info().context("the program's info");
+        let before = info()?;
+        let sent = self.send()?;
+        let mut after = info()?;
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let again = info()?;
+            if again.run_count() == after.run_count() {
+                break;
+            }
+            after = again;
+        }
+        let runs = after.run_count() - before.run_count();
         let ns = after
             .run_time()
             .saturating_sub(before.run_time())
             .as_nanos();
-        Ok(ns as f64 / runs as f64)
+        Ok((sent, runs, ns))
     }
 
     /// Sends the capture as fast as it goes; the packets tcpreplay reports sent.

@@ -602,6 +602,23 @@ fn write_names(ebpf: &mut Ebpf, add: &[(HostKey, u32)], remove: &[HostKey]) -> R
     Ok(())
 }
 
+/// One more than the highest possible CPU id (`/sys/devices/system/cpu/possible`, e.g. `0-63`
+/// or `0-3,8-11`): the ids `bpf_get_smp_processor_id` can answer. Not the count of CPUs, which
+/// is lower when the list has holes.
+fn cpu_ids() -> Result<u32> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = fs::read_to_string(POSSIBLE).with_context(|| format!("reading {POSSIBLE}"))?;
+    let highest = text
+        .trim()
+        .split([',', '-'])
+        .map(|n| n.parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .and_then(|ids| ids.into_iter().max())
+        .with_context(|| format!("{POSSIBLE} holds no CPU list: {text:?}"))?;
+    Ok(highest.saturating_add(1))
+}
+
 /// Eight random bytes from the kernel.
 fn random_u64() -> std::io::Result<u64> {
     let mut bytes = [0u8; 8];
@@ -625,10 +642,13 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
     let names_capacity = slots::names_capacity(names.len());
     let debug = u8::from(opts.debug);
     let wildcards = u8::from(has_wildcards(config));
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
-    let cache_entries =
-        flow_cache_entries(xdp.flows_capacity, u32::try_from(cpus).unwrap_or(u32::MAX));
+    let cpus = cpu_ids()?;
+    let cache_entries = flow_cache_entries(xdp.flows_capacity, cpus);
     let cache_mask = cache_entries - 1;
+    // A block of entries for every CPU id (`sni_common::flow::cache_slot`).
+    let cache_total = cache_entries
+        .checked_mul(cpus)
+        .context("the flow cache's size overflows")?;
     let cache_seed = random_u64().context("a seed for the flow cache")?;
     let ja4 = u8::from(xdp.ja4);
     let ja4_initial = fingerprints::initial_slots(config)?;
@@ -648,10 +668,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_OTHER_NAMES, xdp.other_hosts_capacity)
         .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
-        .map_max_entries(
-            MAP_FLOW_CACHE,
-            cache_entries * u32::try_from(cpus).unwrap_or(1),
-        )
+        .map_max_entries(MAP_FLOW_CACHE, cache_total)
         .map_max_entries(MAP_JA4_POLICY, ja4_slots)
         .map_max_entries(MAP_JA4_LABELS, ja4_slots)
         .map_max_entries(MAP_JA4_BUCKETS, ja4_slots)
