@@ -1,7 +1,8 @@
-//! The busy-table benchmark's floor: per packet, the least that any per-flow state costs. One
-//! 64-byte line per flow in a plain array, at an index hashed from the IPv4 source address and
-//! port (the bench's flows differ only there), incremented; no parsing past fixed offsets, no
-//! key compare, no second map. Built with the classifier by `cargo xtask build-ebpf`, so both
+//! The benchmarks' floors, what any per-flow state costs at the least. `sni_floor`, for a
+//! packet of a known flow: one 64-byte line per flow in a plain array, at an index hashed from
+//! the IPv4 source address and port (the bench's flows differ only there), incremented; no
+//! parsing past fixed offsets, no key compare, no second map. `sni_floor_insert`, for a new
+//! flow: the flow inserted into an LRU hash shaped like the flow table. Built with the classifier by `cargo xtask build-ebpf`, so both
 //! go through the same toolchain. Not part of the product.
 #![allow(
     unsafe_code,
@@ -24,7 +25,12 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{bindings::xdp_action, macros::map, maps::Array, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action,
+        macros::{map, xdp},
+        maps::{Array, LruHashMap},
+        programs::XdpContext,
+    };
 
     /// Index bits: 131,072 lines (8 MiB), the flow table's default capacity.
     const BITS: u32 = 17;
@@ -33,20 +39,34 @@ mod entry {
     #[map]
     static SNI_FLOOR: Array<[u64; 8]> = Array::with_max_entries(1 << BITS, 0);
 
-    /// Counts the packet in its flow's line; passes every packet.
-    #[aya_ebpf::macros::xdp]
-    pub fn sni_floor(ctx: XdpContext) -> u32 {
+    /// The flow table's stand-in: its key and value sizes, its default capacity.
+    #[map]
+    static SNI_FLOOR_FLOWS: LruHashMap<[u64; 5], [u64; 3]> =
+        LruHashMap::with_max_entries(1 << BITS, 0);
+
+    /// The IPv4 source address and TCP source port (the bench's flows differ only there), if
+    /// the packet is long enough to hold them.
+    #[inline(always)]
+    fn source(ctx: &XdpContext) -> Option<(u32, u16)> {
         let (start, end) = (ctx.data(), ctx.data_end());
         // Ethernet (14) + IPv4 without options (20) + the TCP source port (2).
         if start + 36 > end {
-            return xdp_action::XDP_PASS;
+            return None;
         }
         // SAFETY: the 36 bytes from `start` are in the packet, checked just above.
-        let (addr, port) = unsafe {
+        Some(unsafe {
             (
                 core::ptr::read_unaligned((start + 26) as *const u32),
                 core::ptr::read_unaligned((start + 34) as *const u16),
             )
+        })
+    }
+
+    /// Counts the packet in its flow's line; passes every packet.
+    #[xdp]
+    pub fn sni_floor(ctx: XdpContext) -> u32 {
+        let Some((addr, port)) = source(&ctx) else {
+            return xdp_action::XDP_PASS;
         };
         let index = ((u64::from(addr) << 16) | u64::from(port)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
             >> (64 - BITS);
@@ -55,6 +75,18 @@ mod entry {
             // it on this CPU, and a lost increment across CPUs does not matter to a floor.
             unsafe { (*line)[0] = (*line)[0].wrapping_add(1) };
         }
+        xdp_action::XDP_PASS
+    }
+
+    /// The floor of a new flow: inserts the packet's flow, keyed by five words as the flow
+    /// table is, into an LRU hash as large as the flow table; passes every packet.
+    #[xdp]
+    pub fn sni_floor_insert(ctx: XdpContext) -> u32 {
+        let Some((addr, port)) = source(&ctx) else {
+            return xdp_action::XDP_PASS;
+        };
+        let key = [(u64::from(addr) << 16) | u64::from(port), 1, 2, 3, 4];
+        let _ = SNI_FLOOR_FLOWS.insert(&key, &[0; 3], 0);
         xdp_action::XDP_PASS
     }
 }

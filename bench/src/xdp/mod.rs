@@ -506,8 +506,13 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
         mss,
         data: &data,
     };
-    let floor = Plain::load(&noop_object.with_file_name("sni-floor"), "sni_floor")?;
-    rows.extend(veth::rows(&noop, &floor, &payloads, calls).context("through a veth")?);
+    let floor_object = noop_object.with_file_name("sni-floor");
+    let plains = veth::Plains {
+        noop: &noop,
+        floor: &Plain::load(&floor_object, "sni_floor")?,
+        floor_insert: &Plain::load(&floor_object, "sni_floor_insert")?,
+    };
+    rows.extend(veth::rows(&plains, &payloads, calls).context("through a veth")?);
     Ok((rows, hello_one.max(split_both)))
 }
 

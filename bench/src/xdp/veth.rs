@@ -217,10 +217,20 @@ pub(super) struct Payloads<'a> {
 
 /// The veth rows: one hot flow, the busy table, the traffic mix, ClientHellos of new flows in
 /// one segment and split in two, each against the no-op.
-pub(super) fn rows(noop: &Plain, floor: &Plain, p: &Payloads<'_>, calls: u64) -> Result<Vec<Row>> {
+/// The bench's own programs the classifier is set beside.
+pub(super) struct Plains<'a> {
+    pub(super) noop: &'a Plain,
+    /// A known flow's floor (`sni_floor`).
+    pub(super) floor: &'a Plain,
+    /// A new flow's floor (`sni_floor_insert`).
+    pub(super) floor_insert: &'a Plain,
+}
+
+pub(super) fn rows(plains: &Plains<'_>, p: &Payloads<'_>, calls: u64) -> Result<Vec<Row>> {
     let link = Link::new()?;
-    let noop = noop.program()?;
-    let floor = floor.program()?;
+    let noop = plains.noop.program()?;
+    let floor = plains.floor.program()?;
+    let floor_insert = plains.floor_insert.program()?;
     let prog = Prog::with_config(&config());
     fill_busy(&prog, p.hello)?;
     let classifier = prog.program();
@@ -265,6 +275,22 @@ pub(super) fn rows(noop: &Plain, floor: &Plain, p: &Payloads<'_>, calls: u64) ->
         base: new_base + per_round,
         before: None,
     };
+    // The new flow's floor on a full table: filled first, with flows no case sends.
+    let filler = NewFlows {
+        template: seg(0, 443, 1, PSH_ACK, p.hello),
+        base: new_base + 4 * per_round,
+        before: None,
+    };
+    let mut buf = Vec::new();
+    for i in 0..u64::from(FLOOR_FLOWS) {
+        filler.frame(i, &mut buf);
+        plains.floor_insert.run(&buf, 1)?;
+    }
+    let floor_one = NewFlows {
+        template: seg(0, 443, 1, PSH_ACK, p.hello),
+        base: new_base + 3 * per_round,
+        before: None,
+    };
     let (first, second) = p.browser.split_at(p.mss);
     let split = Split {
         first: seg(0, 443, 1, PSH_ACK, first),
@@ -274,35 +300,41 @@ pub(super) fn rows(noop: &Plain, floor: &Plain, p: &Payloads<'_>, calls: u64) ->
     let flows = "flows in a shuffled order";
     let hellos = |name: &str| format!("{name} ({} B, rustls, X25519MLKEM768)", p.hello.len());
     let cases = [
-        Case::classifier("classified flow, one hot flow: 1,400 B TLS records", &hot)
+        Case::new("classified flow, one hot flow: 1,400 B TLS records", &hot)
             .path("flow_packets", per_round)
             .goal(10.0)
             .how("the same flow each"),
-        Case::classifier("classified flow, 1,400 B TLS records of 10,000 of the busy table's flows", &tenth)
+        Case::new("classified flow, 1,400 B TLS records of 10,000 of the busy table's flows", &tenth)
             .path("flow_packets", per_round)
             .how(flows),
-        Case::classifier("classified flow, busy table: 1,400 B TLS records of 100,000 live flows", &busy)
+        Case::new("classified flow, busy table: 1,400 B TLS records of 100,000 live flows", &busy)
             .path("flow_packets", per_round)
             .goal(25.0)
             .how(flows),
-        Case::floor("floor (`sni-floor`: one 64-byte line per flow in a plain array, incremented): the 10,000 flows", &tenth)
+        Case::new("floor (`sni-floor`: one 64-byte line per flow in a plain array, incremented): the 10,000 flows", &tenth).under(Under::Floor)
             .how(flows),
-        Case::floor("floor (`sni-floor`): the busy table's 100,000 flows", &busy).how(flows),
-        Case::classifier("traffic mix: 90% data and 8% ACKs of 100,000 classified flows, 1% ClientHellos, 1% other", &mix)
+        Case::new("floor (`sni-floor`): the busy table's 100,000 flows", &busy).under(Under::Floor).how(flows),
+        Case::new("traffic mix: 90% data and 8% ACKs of 100,000 classified flows, 1% ClientHellos, 1% other", &mix)
             .how("kinds interleaved"),
-        Case::classifier(&hellos("ClientHello with SNI in its first segment"), &one)
+        Case::new(&hellos("ClientHello with SNI in its first segment"), &one)
             .path("sni", per_round)
             .goal(800.0)
             .how("a new flow each, on a full flow table"),
-        Case::classifier(&format!("split browser-size ClientHello ({} B), both segments", p.browser.len()), &split)
+        Case::new(&format!("split browser-size ClientHello ({} B), both segments", p.browser.len()), &split)
             .path("sni", per_round / 2)
             .goal(1200.0)
             .how("a new flow per two frames, its segments back to back; per ClientHello (twice the mean per frame)")
             .per(2.0),
+        Case::new(&hellos("floor for a new flow (`sni_floor_insert`: its 5-tuple into an LRU hash shaped like the flow table, 131,072 entries, full), the frames of a ClientHello"), &floor_one).under(Under::FloorInsert)
+        .how("a new flow each"),
     ];
     for case in cases {
         let path = Expect::start(&prog);
-        let ours = if case.floor { floor } else { classifier };
+        let ours = match case.under {
+            Under::Classifier => classifier,
+            Under::Floor => floor,
+            Under::FloorInsert => floor_insert,
+        };
         let (ours, base) = link.rounds(ours, noop, case.frames, calls)?;
         if let Some((counter, want)) = case.path {
             path.check(&case.name, counter, want)?;
@@ -320,12 +352,23 @@ pub(super) fn rows(noop: &Plain, floor: &Plain, p: &Payloads<'_>, calls: u64) ->
     Ok(rows)
 }
 
+/// Entries of `sni_floor_insert`'s table (the flow table's default capacity).
+const FLOOR_FLOWS: u32 = 131_072;
+
+/// Which program a case times against the no-op.
+#[derive(Clone, Copy)]
+enum Under {
+    Classifier,
+    Floor,
+    FloorInsert,
+}
+
 /// A veth case: frames sent to the classifier (or the floor) and to the no-op.
 struct Case<'a> {
     name: String,
     frames: &'a dyn Frames,
-    /// The floor program instead of the classifier.
-    floor: bool,
+    /// The program timed against the no-op.
+    under: Under,
     /// The global counter that proves the classifier took the case's path, and its rise.
     path: Option<(&'static str, u64)>,
     goal: Option<f64>,
@@ -335,11 +378,12 @@ struct Case<'a> {
 }
 
 impl<'a> Case<'a> {
-    fn classifier(name: &str, frames: &'a dyn Frames) -> Self {
+    /// A case of the classifier (see `under`).
+    fn new(name: &str, frames: &'a dyn Frames) -> Self {
         Self {
             name: name.to_owned(),
             frames,
-            floor: false,
+            under: Under::Classifier,
             path: None,
             goal: None,
             how: "",
@@ -347,11 +391,8 @@ impl<'a> Case<'a> {
         }
     }
 
-    fn floor(name: &str, frames: &'a dyn Frames) -> Self {
-        Self {
-            floor: true,
-            ..Self::classifier(name, frames)
-        }
+    fn under(self, under: Under) -> Self {
+        Self { under, ..self }
     }
 
     fn path(self, counter: &'static str, rise: u64) -> Self {
