@@ -852,9 +852,8 @@ impl Parser {
 
     /// Passes over the current field within this step, if it is one passed over (the random,
     /// the session ID, the cipher suites without JA4, the compression methods, an extension's
-    /// body) and the input from `*pos`
-    /// (of `len` bytes) and the record hold all of it: a field to skip that follows the one
-    /// just read takes no step of its own.
+    /// body) and the input from `*pos` (of `len` bytes) and the record hold all of it: a field
+    /// to skip that follows the one just read takes no step of its own.
     #[inline(always)]
     fn skip_whole(&mut self, len: usize, pos: &mut usize) {
         if self.status != ST_NEED_MORE || !is_skip(self.stage) {

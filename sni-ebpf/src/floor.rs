@@ -2,8 +2,9 @@
 //! packet of a known flow: one 64-byte line per flow in a plain array, at an index hashed from
 //! the IPv4 source address and port (the bench's flows differ only there), incremented; no
 //! parsing past fixed offsets, no key compare, no second map. `sni_floor_insert`, for a new
-//! flow: the flow inserted into an LRU hash shaped like the flow table. Built with the classifier by `cargo xtask build-ebpf`, so both
-//! go through the same toolchain. Not part of the product.
+//! flow: the flow inserted into an LRU hash shaped like the flow table. Built with the
+//! classifier by `cargo xtask build-ebpf`, so all go through the same toolchain. Not part of
+//! the product.
 #![allow(
     unsafe_code,
     reason = "a panic handler of a no_std program, the program's exported symbol, and packet reads"
