@@ -608,15 +608,20 @@ fn write_names(ebpf: &mut Ebpf, add: &[(HostKey, u32)], remove: &[HostKey]) -> R
 fn cpu_ids() -> Result<u32> {
     const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
     let text = fs::read_to_string(POSSIBLE).with_context(|| format!("reading {POSSIBLE}"))?;
-    let highest = text
-        .trim()
-        .split([',', '-'])
-        .map(|n| n.parse::<u32>())
-        .collect::<Result<Vec<_>, _>>()
-        .ok()
-        .and_then(|ids| ids.into_iter().max())
-        .with_context(|| format!("{POSSIBLE} holds no CPU list: {text:?}"))?;
+    let highest =
+        highest_cpu(&text).with_context(|| format!("{POSSIBLE} holds no CPU list: {text:?}"))?;
     Ok(highest.saturating_add(1))
+}
+
+/// The highest CPU id of a kernel CPU list (`0-63`, `0-3,8-11`, `0`).
+fn highest_cpu(list: &str) -> Option<u32> {
+    list.trim()
+        .split([',', '-'])
+        .map(str::parse::<u32>)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?
+        .into_iter()
+        .max()
 }
 
 /// Eight random bytes from the kernel.
@@ -966,5 +971,19 @@ impl PinnedMaps {
             ja4_hosts: open(MAP_JA4_HOSTS)?.try_into()?,
             ja4_names: open(MAP_JA4_NAMES)?.try_into()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::highest_cpu;
+
+    #[test]
+    fn the_highest_cpu_id_of_a_list_with_or_without_holes() {
+        assert_eq!(highest_cpu("0-1\n"), Some(1));
+        assert_eq!(highest_cpu("0"), Some(0));
+        assert_eq!(highest_cpu("0-3,8-11"), Some(11));
+        assert_eq!(highest_cpu(""), None);
+        assert_eq!(highest_cpu("0-x"), None);
     }
 }
