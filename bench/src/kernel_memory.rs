@@ -8,7 +8,7 @@ use anyhow::Result;
 use sni_common::maps::{flow_cache_entries, FLOWS_DEFAULT_ENTRIES, MAP_FLOW_CACHE};
 use sni_tests::prog::{MapMemory, Prog};
 
-use crate::report::{Better, Goal, Row};
+use crate::report::{Better, Goal, Row, Spread};
 
 /// The edge the projection is for.
 const EDGE_CPUS: u64 = 64;
@@ -46,6 +46,9 @@ fn projected(m: &MapMemory, now: u64, cpus: u64) -> u64 {
     let per_cpu = u64::from(m.value_size).div_ceil(8) * 8 * u64::from(m.max_entries);
     m.memlock + per_cpu * (cpus.saturating_sub(now))
 }
+
+/// Reads of the counters timed per host count.
+const READS: usize = 5;
 
 pub fn run() -> Result<(Vec<Row>, Vec<String>)> {
     let now = aya::util::nr_cpus().map_or(1, |n| n as u64);
@@ -111,6 +114,39 @@ pub fn run() -> Result<(Vec<Row>, Vec<String>)> {
         for r in &rows[rows.len() - 2..] {
             eprintln!("  {:<70} {:>10.1} MiB", r.case, r.value);
         }
+        // What a read of the counters costs: the counter maps, then every flow cache entry.
+        let cache = maps
+            .iter()
+            .find(|m| m.name == MAP_FLOW_CACHE)
+            .map_or(0, |m| m.max_entries);
+        let mut reads: Vec<f64> = (0..READS)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                let counters = prog.host_counters();
+                std::hint::black_box(counters);
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        reads.sort_by(f64::total_cmp);
+        let read = Row {
+            section: "kernel memory",
+            case: format!(
+                "{hosts} hosts: one read of every host's counters (the counter maps, then {cache} flow cache entries)"
+            ),
+            unit: "ms",
+            value: Spread::of(&reads).median,
+            baseline_name: "",
+            baseline: None,
+            better: Better::Lower,
+            goal: None,
+            spread: Some(Spread::of(&reads)),
+            above: None,
+            note: format!(
+                "`HostCounters::read`, as `stats`, `/metrics` and `top` read them; {READS} reads, median (IQR)"
+            ),
+        };
+        eprintln!("  {:<70} {:>10.1} ms", read.case, read.value);
+        rows.push(read);
     }
     Ok((rows, notes))
 }

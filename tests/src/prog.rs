@@ -125,7 +125,7 @@ impl Prog {
     }
 
     /// Every host's counters, read as `sni-user stats` reads them.
-    fn host_counters(&self) -> HostCounters {
+    pub fn host_counters(&self) -> HostCounters {
         let map = |name| self.ebpf.map(name).expect(name);
         let stats = Array::try_from(map(MAP_HOST_STATS)).expect("array");
         let cache = Array::try_from(map(MAP_FLOW_CACHE)).expect("array");
