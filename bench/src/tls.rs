@@ -164,6 +164,11 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
     };
     // Each mode's handshakes/s and per server CPU-second, a value per round.
     let mut rates: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    // Each mode's XDP run time per handshake (µs), from the kernel's statistics of the
+    // attached program, a value per round.
+    let mut xdp_time: [Vec<f64>; 3] = Default::default();
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("turning on the kernel's program statistics (BPF_ENABLE_STATS)")?;
     let noop = crate::xdp::Plain::load(&env.noop, "sni_noop")?;
     // Each setup goes first as often as the others.
     let rounds = env.rounds.max(2).next_multiple_of(LIVE_MODES.len());
@@ -187,7 +192,9 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             if mode == Live::Noop {
                 crate::xdp::attach(&pair.server, &pair.server_if, noop.program()?)?;
             }
+            let before = attached_run_time(&pair)?;
             let measured = measure(&server, &target, false, Op::Handshake, env);
+            let after = attached_run_time(&pair)?;
             let detached = if mode == Live::Noop {
                 crate::xdp::detach(&pair.server, &pair.server_if)
             } else {
@@ -198,10 +205,16 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             let (r, c) = &mut rates[mode as usize];
             r.push(rate);
             c.push(per_cpu);
+            if let (Some(before), Some(after)) = (before, after) {
+                let handshakes = rate * env.run.as_secs_f64();
+                let us = after.saturating_sub(before).as_secs_f64() * 1e6;
+                xdp_time[mode as usize].push(us / handshakes.max(1.0));
+            }
             drop(server);
         }
     }
     let [detached, noop_attached, attached] = rates;
+    let [_, noop_time, classifier_time] = xdp_time;
     let n = attached.0.len();
     let how = format!(
         "{n} rounds of {} s each, the three setups in turn, {} clients, median",
@@ -257,7 +270,45 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             None,
             "handshakes/s",
         ),
+        Row {
+            section: "live",
+            case: "XDP run time per handshake, the classifier (vs the no-op), from the kernel's statistics".into(),
+            unit: "µs/handshake",
+            value: median(classifier_time.clone()),
+            baseline_name: "no-op",
+            baseline: Some(median(noop_time.clone())),
+            better: Better::Lower,
+            goal: None,
+            spread: Some(Spread::of(&classifier_time)),
+            above: None,
+            note: "the attached program's run time (BPF_ENABLE_STATS) over a round, per handshake completed in it; it runs on the sending core, the load generator's".into(),
+        },
     ])
+}
+
+/// The kernel's total run time of the XDP program attached to the server's veth, if one is.
+fn attached_run_time(pair: &Pair) -> Result<Option<Duration>> {
+    let out = pair
+        .server
+        .cmd(["ip", "-j", "link", "show", "dev", &pair.server_if])
+        .output()
+        .context("ip link show")?;
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("ip -j link show's answer")?;
+    let Some(id) = links
+        .get(0)
+        .and_then(|l| l.pointer("/xdp/prog/id"))
+        .and_then(serde_json::Value::as_u64)
+    else {
+        return Ok(None);
+    };
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing the loaded programs")?;
+        if u64::from(info.id()) == id {
+            return Ok(Some(info.run_time()));
+        }
+    }
+    Ok(None)
 }
 
 /// What the live section's server side runs, in the order of `rates`.
