@@ -184,6 +184,22 @@ macro_rules! counters {
     };
 }
 
+/// Where the program stops, for the benchmark's profile by stage (`SNI_PROFILE_STOP`, set by
+/// the loader; [`profile_stop::NONE`] unless the bench asks). The verifier knows the value and
+/// removes the checks of the stops not taken, so running every stage costs nothing for them.
+pub mod profile_stop {
+    /// Every stage runs (the product).
+    pub const NONE: u8 = 0;
+    /// After the global packet counter and the watched ports' lookup.
+    pub const ENTRY: u8 = 1;
+    /// After the headers stage.
+    pub const HEADERS: u8 = 2;
+    /// After the flow stage (a packet of no classified flow goes no further).
+    pub const FLOW: u8 = 3;
+    /// After the ClientHello is read, before its host, fingerprint, flow record and verdict.
+    pub const HELLO: u8 = 4;
+}
+
 /// Indices into [`MAP_GLOBAL`], with each counter's name and help text.
 ///
 /// Every ClientHello the program starts to parse ends in exactly one of `SNI`, `NO_SNI`,

@@ -63,7 +63,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[cfg(target_arch = "bpf")]
 mod entry {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use sni_common::maps::counter;
+    use sni_common::maps::{counter, profile_stop as stop};
 
     use crate::{
         counters::count,
@@ -71,7 +71,7 @@ mod entry {
         flow,
         headers::{self, Frame, TCP_ACK, TCP_SYN},
         hello, host,
-        maps::SNI_PORTS,
+        maps::{profile_stop, SNI_PORTS},
     };
 
     #[xdp]
@@ -90,11 +90,15 @@ mod entry {
         }
     }
 
-    /// The stages in order; each returns early with what it decided.
+    /// The stages in order; each returns early with what it decided. (The bench's profile
+    /// can stop the walk after a stage: `profile_stop`.)
     #[inline(always)]
     fn try_sni_classify(ctx: &XdpContext, action: &mut u32) -> Result<(), Error> {
         count(counter::PACKETS);
         let ports = SNI_PORTS.get(0).ok_or(Error::Map)?;
+        if profile_stop() == stop::ENTRY {
+            return Ok(());
+        }
         let seg = match headers::parse(ctx, ports) {
             Some(Frame::Tcp(seg)) => seg,
             Some(Frame::Fragment) => {
@@ -104,6 +108,9 @@ mod entry {
             Some(Frame::Other) | None => return Ok(()),
         };
         count(counter::TCP_WATCHED);
+        if profile_stop() == stop::HEADERS {
+            return Ok(());
+        }
         let frame_len = (ctx.data_end() - ctx.data()) as u64;
         if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             // A new connection on this 5-tuple: whatever was remembered belongs to an old one.
@@ -113,10 +120,13 @@ mod entry {
         if flow::packet(ctx, &seg, frame_len, action) {
             return Ok(());
         }
-        if seg.payload_len == 0 {
+        if seg.payload_len == 0 || profile_stop() == stop::FLOW {
             return Ok(());
         }
         if let Some(scratch) = hello::read(ctx, &seg, frame_len)? {
+            if profile_stop() == stop::HELLO {
+                return Ok(());
+            }
             *action = host::classify(ctx, &seg, scratch);
         }
         Ok(())

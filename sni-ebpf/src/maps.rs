@@ -149,6 +149,10 @@ static SNI_DEBUG: u8 = 0;
 #[no_mangle]
 static SNI_WILDCARDS: u8 = 0;
 
+/// Where the program stops (`sni_common::maps::profile_stop`): the bench's profile by stage.
+#[no_mangle]
+static SNI_PROFILE_STOP: u8 = 0;
+
 /// Entries of `SNI_FLOW_CACHE` less one (the loader sets both).
 #[no_mangle]
 static SNI_CACHE_MASK: u32 = FLOW_CACHE_MIN_ENTRIES - 1;
@@ -177,6 +181,13 @@ pub fn ja4_enabled() -> bool {
 pub fn wildcards_enabled() -> bool {
     // SAFETY: as in `debug_enabled`.
     unsafe { core::ptr::read_volatile(&SNI_WILDCARDS) != 0 }
+}
+
+/// Where the program stops (`sni_common::maps::profile_stop`).
+#[inline(always)]
+pub fn profile_stop() -> u8 {
+    // SAFETY: as in `debug_enabled`.
+    unsafe { core::ptr::read_volatile(&SNI_PROFILE_STOP) }
 }
 
 /// The flow cache's index mask.

@@ -248,7 +248,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             };
             overrides.apply(&mut config);
             config.validate()?;
-            daemon::run(config, &overrides, StartOptions { debug }, demo_state)
+            daemon::run(
+                config,
+                &overrides,
+                StartOptions {
+                    debug,
+                    ..StartOptions::default()
+                },
+                demo_state,
+            )
         }
         Command::Check { config } => {
             let report = crate::tools::check::check(&config);

@@ -421,7 +421,10 @@ fn the_debug_build_of_the_path_loads_and_counts_the_same() {
     // `run --debug` patches SNI_DEBUG: the logging path must pass the verifier too.
     let prog = Prog::with_options(
         ACTIONS,
-        sni_user::kernel::loader::StartOptions { debug: true },
+        sni_user::kernel::loader::StartOptions {
+            debug: true,
+            ..Default::default()
+        },
     );
     let (_, verdicts) = send_split(&prog, &browser_size_hello("open.example.org"), &[1460]);
     assert_eq!(verdicts, [XDP_PASS, XDP_PASS]);
@@ -436,7 +439,13 @@ fn the_program_passes_the_verifier_with_room_to_spare() {
     // fails here first, with the figure, rather than as a program that no longer loads.
     const BUDGET: u32 = 1_000_000;
     for debug in [false, true] {
-        let prog = Prog::with_options(ACTIONS, sni_user::kernel::loader::StartOptions { debug });
+        let prog = Prog::with_options(
+            ACTIONS,
+            sni_user::kernel::loader::StartOptions {
+                debug,
+                ..Default::default()
+            },
+        );
         let n = prog.verified_insns();
         eprintln!("verified instructions (debug {debug}): {n}");
         assert!(

@@ -499,6 +499,14 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     rows.extend([on[1].clone(), on[2].clone(), off[1].clone(), off[2].clone()]);
     drop((prog, off_prog));
 
+    let runs = Runs {
+        reps,
+        calls,
+        loop_how: &loop_how,
+        call_how: &call_how("a new flow each"),
+    };
+    rows.extend(profile(&noop, &hello, &data, &runs)?);
+
     // The same kinds of packet through a veth, timed by the kernel's own statistics.
     let payloads = veth::Payloads {
         hello: &hello,
@@ -514,6 +522,109 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     };
     rows.extend(veth::rows(&plains, &payloads, calls).context("through a veth")?);
     Ok((rows, hello_one.max(split_both)))
+}
+
+/// How many runs the cases make, and how the rows say so.
+struct Runs<'a> {
+    reps: u32,
+    calls: u64,
+    loop_how: &'a str,
+    call_how: &'a str,
+}
+
+/// The profile by stage: the classifier stopped after each stage in turn
+/// (`sni_common::maps::profile_stop`), each against the no-op; a stage costs the difference
+/// between its row and the one before. One hot classified flow (loop), and one-segment
+/// ClientHellos of new flows on a full flow table (per call).
+fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<Vec<Row>> {
+    use sni_common::maps::profile_stop as stop;
+    let stopped = |at: u8| {
+        Prog::with_options(
+            &config(),
+            sni_user::kernel::loader::StartOptions {
+                profile_stop: at,
+                ..Default::default()
+            },
+        )
+    };
+    let mut rows = Vec::new();
+    let hot = u64::from(u16::MAX) * 60_000;
+    let mut hello_frame = seg(0, 443, 1, PSH_ACK, hello);
+    vary(&mut hello_frame, hot);
+    let mut data_frame = seg(0, 443, 1 + hello.len() as u32, PSH_ACK, data);
+    vary(&mut data_frame, hot);
+    for (at, stage) in [
+        (
+            stop::ENTRY,
+            "the entry (the packet counter, the ports' lookup)",
+        ),
+        (stop::HEADERS, "the headers stage"),
+        (stop::NONE, "every stage (the flow stage last)"),
+    ] {
+        let prog = stopped(at);
+        prog.run(&hello_frame);
+        let pair = Pair {
+            prog: &prog,
+            base: Base::Noop(noop),
+        };
+        let r = row(
+            format!(
+                "profile: classified flow, one hot flow: 1,400 B TLS record, stopped after {stage}"
+            ),
+            pair.looped(&data_frame, runs.reps)?,
+            None,
+            runs.loop_how,
+        );
+        print_row(&r);
+        rows.push(r);
+    }
+    // Each stop's program has maps of its own: the table's filler flows first, then the
+    // timed ones past them.
+    let base = 0;
+    for (at, stage) in [
+        (stop::HEADERS, "the headers stage"),
+        (
+            stop::FLOW,
+            "the flow stage (the cache and the flow table looked up)",
+        ),
+        (
+            stop::HELLO,
+            "reading the ClientHello (copied, parsed with its JA4)",
+        ),
+        (
+            stop::NONE,
+            "every stage (host, fingerprint, the flow table's insert, verdict last)",
+        ),
+    ] {
+        let prog = stopped(at);
+        // A full flow table, as in the ClientHello rows.
+        let mut f = seg(0, 443, 1, PSH_ACK, hello);
+        for n in 0..u64::from(sni_common::maps::FLOWS_DEFAULT_ENTRIES) {
+            vary(&mut f, base + n);
+            prog.run(&f);
+        }
+        let pair = Pair {
+            prog: &prog,
+            base: Base::Noop(noop),
+        };
+        let one = NewFlows {
+            template: seg(0, 443, 1, PSH_ACK, hello),
+            base: base + (1 << 20),
+            before: None,
+        };
+        let r = row(
+            format!(
+                "profile: ClientHello with SNI in its first segment ({} B), stopped after {stage}",
+                hello.len()
+            ),
+            pair.per_call(&one, runs.calls)?,
+            None,
+            runs.call_how,
+        );
+        print_row(&r);
+        rows.push(r);
+    }
+    Ok(rows)
 }
 
 /// The ClientHello cases: one in one segment, a browser-size one split in two.

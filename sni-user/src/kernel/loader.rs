@@ -76,6 +76,9 @@ pub struct Classifier {
 pub struct StartOptions {
     /// Log every ClientHello from the kernel (aya-log); off the packet path otherwise.
     pub debug: bool,
+    /// Where the program stops (`sni_common::maps::profile_stop`): the bench's profile by
+    /// stage. `NONE` (0) everywhere else.
+    pub profile_stop: u8,
 }
 
 impl Classifier {
@@ -685,6 +688,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_JA4_NAMES, ja4_names)
         .override_global("SNI_JA4", &ja4, true)
         .override_global("SNI_DEBUG", &debug, true)
+        .override_global("SNI_PROFILE_STOP", &opts.profile_stop, true)
         .override_global("SNI_WILDCARDS", &wildcards, true)
         .override_global("SNI_CACHE_MASK", &cache_mask, true)
         .override_global("SNI_CACHE_SEED", &cache_seed, true)
