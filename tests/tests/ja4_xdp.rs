@@ -323,4 +323,13 @@ fn a_fingerprints_action_drops_new_and_reloaded_flows_and_the_stricter_wins() {
     };
     rewrite_flows(prog.ebpf_mut(), &pass_it, &[]).unwrap();
     assert_eq!(prog.run(&data), XDP_PASS);
+    // Removed: its flows forget the slot, which a later fingerprint may get.
+    let removed = ActionChanges {
+        ja4: [1].into(),
+        ja4_removed: [1].into(),
+        ..ActionChanges::default()
+    };
+    rewrite_flows(prog.ebpf_mut(), &removed, &[]).unwrap();
+    assert_eq!(prog.flow(&v4_key(port, PORT)).unwrap().ja4_slot, 0);
+    assert_eq!(prog.run(&data), XDP_PASS);
 }

@@ -304,7 +304,7 @@ impl Fingerprints {
 
     /// Adds to `changes` what a reload from `old` to `new` (with the fingerprint slots `slots`
     /// planned for `new`) does to fingerprints' actions: the slots whose action changed (a
-    /// removed fingerprint's slot: to pass), and those that drop in `new`.
+    /// removed fingerprint's slot: to pass, and freed), and those that drop in `new`.
     pub fn action_changes(
         &self,
         old: &Config,
@@ -332,6 +332,7 @@ impl Fingerprints {
             if slots.get(&f.ja4).is_none() {
                 if let Some(slot) = self.slots.get(&f.ja4) {
                     changes.ja4.insert(slot);
+                    changes.ja4_removed.insert(slot);
                 }
             }
         }

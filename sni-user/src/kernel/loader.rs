@@ -494,6 +494,10 @@ pub struct ActionChanges {
     pub host_drops: std::collections::HashSet<u32>,
     /// Fingerprint slots whose action is drop now.
     pub ja4_drops: std::collections::HashSet<u32>,
+    /// Fingerprint slots freed (their fingerprint removed): their flows forget the slot, as a
+    /// removed host's flows forget theirs, so that a later fingerprint given the slot does not
+    /// inherit them. Each is in `ja4` too (the action is pass now).
+    pub ja4_removed: std::collections::HashSet<u32>,
 }
 
 impl ActionChanges {
@@ -504,8 +508,8 @@ impl ActionChanges {
 }
 
 /// Rewrites the verdicts of flows whose host's or fingerprint's action changed (the stricter
-/// of the two, [`Flow::reloaded`]), and turns flows of removed hosts' slots into flows of a
-/// name not configured; then moves the flow cache's epoch, so that no CPU goes on with a copy
+/// of the two, [`Flow::reloaded`]), turns flows of removed hosts' slots into flows of a
+/// name not configured, and clears removed fingerprints' slots from their flows; then moves the flow cache's epoch, so that no CPU goes on with a copy
 /// made before. Returns how many flows changed. Part of [`Classifier::apply`].
 pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) -> Result<u64> {
     let mut flows = HashMap::<_, FlowKey, Flow>::try_from(map_mut(ebpf, MAP_FLOWS)?)?;
@@ -533,6 +537,9 @@ pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) 
                 changes.host_drops.contains(&slot),
                 ja4_slot != 0 && changes.ja4_drops.contains(&ja4_slot),
             );
+        }
+        if ja4_slot != 0 && changes.ja4_removed.contains(&ja4_slot) {
+            flow.ja4_slot = 0;
         }
         if flow != before {
             // BPF_EXIST: a flow that ended meanwhile is not brought back.
