@@ -59,7 +59,9 @@ pub fn read(state: &Ja4State) -> Fingerprint {
             if SNI_JA4_EVENTS.output::<Ja4State>(state, 0).is_err() {
                 // The ring buffer is full: the key leaves again, so that its next ClientHello
                 // sends its lists again (a key that stayed would never be named or learnt).
-                // This ClientHello is counted only in `ja4` and `ja4_lost`.
+                // This ClientHello is counted in `ja4_lost`, not in the fingerprint's own
+                // counters; its host's row of the key still counts it (readers show that key
+                // as its JA4_a until its lists come).
                 count(counter::JA4_LOST);
                 let _ = SNI_JA4_OTHER.remove(&key);
                 return Fingerprint {

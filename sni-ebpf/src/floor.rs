@@ -32,18 +32,23 @@ mod entry {
         maps::{Array, LruHashMap},
         programs::XdpContext,
     };
+    use sni_common::{
+        flow::{Flow, FlowKey},
+        maps::FLOWS_DEFAULT_ENTRIES,
+    };
 
-    /// Index bits: 131,072 lines (8 MiB), the flow table's default capacity.
-    const BITS: u32 = 17;
+    /// Index bits: as many lines as the flow table's default capacity (8 MiB).
+    const BITS: u32 = FLOWS_DEFAULT_ENTRIES.trailing_zeros();
+    const _: () = assert!(FLOWS_DEFAULT_ENTRIES == 1 << BITS);
 
     /// One line per flow.
     #[map]
-    static SNI_FLOOR: Array<[u64; 8]> = Array::with_max_entries(1 << BITS, 0);
+    static SNI_FLOOR: Array<[u64; 8]> = Array::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
 
-    /// The flow table's stand-in: its key and value sizes, its default capacity.
+    /// The flow table's stand-in: its key, its value, its default capacity.
     #[map]
-    static SNI_FLOOR_FLOWS: LruHashMap<[u64; 5], [u64; 3]> =
-        LruHashMap::with_max_entries(1 << BITS, 0);
+    static SNI_FLOOR_FLOWS: LruHashMap<FlowKey, Flow> =
+        LruHashMap::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
 
     /// The IPv4 source address and TCP source port (the bench's flows differ only there), if
     /// the packet is long enough to hold them.
@@ -86,8 +91,13 @@ mod entry {
         let Some((addr, port)) = source(&ctx) else {
             return xdp_action::XDP_PASS;
         };
-        let key = [(u64::from(addr) << 16) | u64::from(port), 1, 2, 3, 4];
-        let _ = SNI_FLOOR_FLOWS.insert(&key, &[0; 3], 0);
+        let mut key = FlowKey {
+            src_port: port,
+            family: 4,
+            ..FlowKey::default()
+        };
+        key.src[..4].copy_from_slice(&addr.to_ne_bytes());
+        let _ = SNI_FLOOR_FLOWS.insert(&key, &Flow::default(), 0);
         xdp_action::XDP_PASS
     }
 }

@@ -69,7 +69,12 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     } else {
         SNI_EPOCH.get(0).copied().unwrap_or(0)
     };
-    let cached = this_cpus(cache_index(&key.words, cache_seed(), cache_mask()));
+    // Both uses of the entry want a live epoch: without one it is not looked up at all.
+    let cached = if epoch != 0 {
+        this_cpus(cache_index(&key.words, cache_seed(), cache_mask()))
+    } else {
+        None
+    };
     if let Some(c) = cached {
         // SAFETY: an entry of this CPU's block; this program on this CPU is its only writer
         // in the kernel but for a SYN on another CPU clearing `epoch` (see `clear_on_cpu`);
@@ -128,7 +133,7 @@ pub fn forget(key: &Key) {
     let index = cache_index(&key.words, cache_seed(), cache_mask());
     if let Some(c) = this_cpus(index) {
         // SAFETY: an entry of this CPU's block.
-        unsafe { (*c).epoch = 0 };
+        unsafe { clear_if_holds(c, &key.words) };
     }
     // Looked up first: a SYN of a new 5-tuple (most SYNs, and every one of a flood) then
     // costs no bucket lock.
@@ -193,6 +198,23 @@ fn this_cpus(index: u32) -> Option<*mut CachedFlow> {
     entry(unsafe { bpf_get_smp_processor_id() }, index)
 }
 
+/// Empties cache entry `c` if it holds the flow of `words` (an entry of another flow, one
+/// that shares the index, stays cached). Only `epoch` is written: a CPU filling the entry at
+/// the same moment writes a consistent copy of its own, and a cleared epoch is only ever a
+/// miss.
+///
+/// # Safety
+/// `c` is a live entry of the flow cache.
+#[inline(always)]
+unsafe fn clear_if_holds(c: *mut CachedFlow, words: &[u64; 5]) {
+    // SAFETY: the caller's.
+    unsafe {
+        if (*c).holds(words, (*c).epoch) {
+            (*c).epoch = 0;
+        }
+    }
+}
+
 /// What `clear_on_cpu` clears: the entry at `index` on every CPU, if it holds `words`.
 #[repr(C)]
 struct Sweep {
@@ -209,14 +231,7 @@ extern "C" fn clear_on_cpu(cpu: u64, ctx: *mut c_void) -> i64 {
     let Some(entry) = entry(cpu as u32, index) else {
         return 1;
     };
-    // SAFETY: a live entry of CPU `cpu`'s block, and `sweep` as above. Only `epoch` is written:
-    // a CPU filling the entry at the same moment writes a consistent copy of its own, and a
-    // cleared epoch is only ever a miss.
-    unsafe {
-        let epoch = (*entry).epoch;
-        if (*entry).holds(&(*sweep).words, epoch) {
-            (*entry).epoch = 0;
-        }
-    }
+    // SAFETY: a live entry of CPU `cpu`'s block, and `sweep` as above.
+    unsafe { clear_if_holds(entry, &(*sweep).words) };
     0
 }

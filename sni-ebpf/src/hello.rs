@@ -34,13 +34,6 @@ use crate::{
 /// largest a TLS record can carry) even on loopback's 64 KiB MTU.
 const MAX_CHUNKS: usize = 4;
 
-/// Parser steps per `bpf_loop` callback. A step reads a record header, a whole integer field
-/// (an extension's type and length together), eight bytes of a name or of a list of values,
-/// or all of a skipped field; the JA4 lists made that a larger step. 2 steps per call are
-/// past the verifier's budget of a million instructions; with 1 it processes about 680,000
-/// (`tests/tests/flows.rs` checks the room left).
-const STEPS_PER_CALL: usize = 1;
-
 /// Reads the ClientHello bytes of a segment with payload that is not of a classified flow.
 /// Returns the scratch when its parser reached an outcome (the name, the end, or a failure)
 /// for the caller to classify; None when there is nothing to classify yet (not a
@@ -223,14 +216,12 @@ extern "C" fn parse_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let s = unsafe { &mut *scratch };
     let input = Chunk::new(&s.buf, s.len as usize);
     let mut pos = s.pos as usize;
-    // Steps per call: see STEPS_PER_CALL.
-    let mut more = true;
-    for _ in 0..STEPS_PER_CALL {
-        more = s.pending.parser.step(&input, &mut pos);
-        if !more {
-            break;
-        }
-    }
+    // One parser step per call. A step reads a record header, a whole integer field (an
+    // extension's type and length together), eight bytes of a name or of a list of values, or
+    // all of a skipped field (and the skipped field after the one it read). 2 steps per call
+    // are past the verifier's budget of a million instructions; with 1 it processes about
+    // 667,000 (`tests/tests/flows.rs` checks the room left).
+    let more = s.pending.parser.step(&input, &mut pos);
     s.pos = pos as u32;
     if more {
         0
