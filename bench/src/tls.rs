@@ -29,19 +29,13 @@ pub const LOAD_CPU: usize = 1;
 /// first, so its ports wait in TIME_WAIT; without reuse they run out within seconds and
 /// connect() crawls (seen here: 250 handshakes/s instead of 6,000). Namespace-local settings.
 pub fn client_sysctls(pair: &Pair) -> Result<()> {
-    let out = pair
-        .client
-        .cmd([
-            "sysctl",
-            "-w",
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=1024 65535",
-        ])
-        .output()
-        .context("running sysctl in the client namespace")?;
-    if !out.status.success() {
-        bail!("sysctl: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    crate::xdp::checked(pair.client.cmd([
+        "sysctl",
+        "-w",
+        "net.ipv4.tcp_tw_reuse=1",
+        "net.ipv4.ip_local_port_range=1024 65535",
+    ]))
+    .context("sysctl in the client namespace")?;
     Ok(())
 }
 
@@ -288,11 +282,11 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
 
 /// The kernel's total run time of the XDP program attached to the server's veth, if one is.
 fn attached_run_time(pair: &Pair) -> Result<Option<Duration>> {
-    let out = pair
-        .server
-        .cmd(["ip", "-j", "link", "show", "dev", &pair.server_if])
-        .output()
-        .context("ip link show")?;
+    let out =
+        crate::xdp::checked(
+            pair.server
+                .cmd(["ip", "-j", "link", "show", "dev", &pair.server_if]),
+        )?;
     let links: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("ip -j link show's answer")?;
     let Some(id) = links

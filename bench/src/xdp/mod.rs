@@ -38,7 +38,7 @@ use crate::report::{Better, Goal, Row, Spread};
 mod frames;
 mod veth;
 
-pub(crate) use veth::{attach, detach};
+pub(crate) use veth::{attach, checked, detach};
 
 use frames::{app_data, seg, shuffled, udp_frame, vary, Busy, Frames, Kind, NewFlows};
 
@@ -744,16 +744,9 @@ fn bpftool_noop(object: &Path, frame: &[u8], reps: u32) -> Result<Vec<f64>> {
     let frame_file = std::env::temp_dir().join(format!("sni-bench-frame-{}", std::process::id()));
     std::fs::write(&frame_file, frame)?;
     let bpftool = |args: &[&std::ffi::OsStr]| -> Result<String> {
-        let out = std::process::Command::new("bpftool")
-            .args(args)
-            .output()
-            .context("running bpftool (cargo xtask bench installs it)")?;
-        if !out.status.success() {
-            bail!(
-                "bpftool {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        let mut cmd = std::process::Command::new("bpftool");
+        cmd.args(args);
+        let out = checked(cmd).context("running bpftool (cargo xtask bench installs it)")?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let os = std::ffi::OsStr::new;

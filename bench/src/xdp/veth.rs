@@ -194,8 +194,8 @@ pub(crate) fn detach(ns: &Netns, dev: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command; its output, or an error with it.
-fn checked(mut cmd: Command) -> Result<Output> {
+/// Runs a command; its output, or an error with its status and standard error.
+pub(crate) fn checked(mut cmd: Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -99,20 +99,21 @@ impl Collector for Sources {
             .encode_family(&build)?
             .encode_gauge(&1i64)?;
         if let Some(maps) = &self.maps {
-            let view = match self.ja4_view.lock() {
-                Ok(v) => v.clone(),
-                Err(poisoned) => poisoned.into_inner().clone(),
+            // The families read no per-host fingerprint rows: they are not walked.
+            let view = View {
+                per_host: false,
+                ..self
+                    .ja4_view
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
             };
-            let read = match maps.lock() {
-                Ok(mut m) => {
-                    m.view = view;
-                    m.read()
-                }
-                Err(poisoned) => {
-                    let mut m = poisoned.into_inner();
-                    m.view = view;
-                    m.read()
-                }
+            let read = {
+                let mut m = maps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                m.view = view;
+                m.read()
             };
             match read {
                 Ok(snapshot) => {

@@ -155,10 +155,10 @@ impl Daemon {
         }
         self.metrics_other_hosts
             .store(new.metrics_other_hosts, Relaxed);
-        match self.ja4_view.lock() {
-            Ok(mut v) => *v = View::of(&new),
-            Err(poisoned) => *poisoned.into_inner() = View::of(&new),
-        }
+        *self
+            .ja4_view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = View::of(&new);
         self.config = new;
         Ok(())
     }

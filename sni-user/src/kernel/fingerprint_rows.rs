@@ -93,6 +93,16 @@ pub struct ConfiguredRow {
     pub learned: bool,
 }
 
+impl ConfiguredRow {
+    /// Its action as readers show it: `drop`, `pass`, or `pass 50/s`.
+    pub fn action_text(&self) -> String {
+        match self.hello_rate {
+            Some(rate) => format!("{} {rate}/s", self.action),
+            None => self.action.to_owned(),
+        }
+    }
+}
+
 /// One host's fingerprints: the `top` most frequent, the rest summed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HostFingerprints {
@@ -125,6 +135,9 @@ pub struct FingerprintRows {
 pub struct View {
     /// Fingerprints shown per host (`[xdp] ja4_top`).
     pub top: usize,
+    /// Whether the per-host rows are read at all (a walk of every (host, fingerprint) entry):
+    /// `stats` and `top` show them, `/metrics` does not.
+    pub per_host: bool,
     /// The configured JA4 strings in the config's order, with their action, when the config
     /// is known (then a fingerprint not seen yet is listed too).
     pub configured: Option<Vec<(String, Action, Option<u32>)>>,
@@ -134,6 +147,7 @@ impl Default for View {
     fn default() -> Self {
         Self {
             top: DEFAULT_JA4_TOP,
+            per_host: true,
             configured: None,
         }
     }
@@ -144,6 +158,7 @@ impl View {
     pub fn of(config: &Config) -> Self {
         Self {
             top: config.xdp.as_ref().map_or(DEFAULT_JA4_TOP, |x| x.ja4_top),
+            per_host: true,
             configured: Some(
                 config
                     .fingerprints
@@ -233,7 +248,11 @@ impl FingerprintRows {
         let mut other: Vec<Ja4Row> = other.into_values().collect();
         other.sort_by(Ja4Row::rank);
 
-        let hosts = host_rows(maps, &names, view.top)?;
+        let hosts = if view.per_host {
+            host_rows(maps, &names, view.top)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             configured,
             other,

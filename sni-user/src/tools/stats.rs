@@ -156,23 +156,28 @@ impl Snapshot {
                 r.client_hellos, r.dropped, r.rate_limited
             );
         };
+        // A table's header: its first column's title, the counters', then `last`.
+        let header = |out: &mut String, first: &str, last: &str| {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{first:<36}  {:>13}  {:>8}  {:>12}  {last}",
+                "CLIENT_HELLOS", "DROPPED", "RATE_LIMITED"
+            );
+        };
         let f = &self.fingerprints;
         if f.configured.is_empty() && f.other.is_empty() {
             return;
         }
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "{:<36}  {:>13}  {:>8}  {:>12}  ACTION",
-            "FINGERPRINT (JA4)", "CLIENT_HELLOS", "DROPPED", "RATE_LIMITED"
-        );
+        header(out, "FINGERPRINT (JA4)", "ACTION");
         for c in &f.configured {
-            let action = match c.hello_rate {
-                Some(rate) => format!("{} {rate}/s", c.action),
-                None => c.action.to_owned(),
-            };
             let seen = if c.learned { "" } else { " (not seen yet)" };
-            line(out, &c.row.ja4, &c.row, &format!("{action}{seen}"));
+            line(
+                out,
+                &c.row.ja4,
+                &c.row,
+                &format!("{}{seen}", c.action_text()),
+            );
         }
         for r in &f.other {
             line(out, &r.ja4, r, "(other)");
@@ -180,12 +185,7 @@ impl Snapshot {
         if f.hosts.is_empty() {
             return;
         }
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "{:<36}  {:>13}  {:>8}  {:>12}  HOST",
-            "HOST'S FINGERPRINTS", "CLIENT_HELLOS", "DROPPED", "RATE_LIMITED"
-        );
+        header(out, "HOST'S FINGERPRINTS", "HOST");
         for h in &f.hosts {
             for r in &h.top {
                 line(out, &r.ja4, r, &h.host);

@@ -70,11 +70,7 @@ impl Panel {
         };
         let mut overall: Vec<PanelRow> = Vec::new();
         for c in &f.configured {
-            let kind = match c.hello_rate {
-                Some(rate) => format!("{} {rate}/s", c.action),
-                None => c.action.to_owned(),
-            };
-            overall.push(row("", &c.row, kind));
+            overall.push(row("", &c.row, c.action_text()));
         }
         for r in &f.other {
             overall.push(row("", r, "other".to_owned()));
