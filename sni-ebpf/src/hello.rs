@@ -220,7 +220,7 @@ extern "C" fn parse_step(_index: u64, _ctx: *mut c_void) -> i64 {
     // extension's type and length together), eight bytes of a name or of a list of values, or
     // all of a skipped field (and the skipped field after the one it read). 2 steps per call
     // are past the verifier's budget of a million instructions; with 1 it processes about
-    // 667,000 (`tests/tests/flows.rs` checks the room left).
+    // 640,000 (`tests/tests/flows.rs` checks the room left).
     let more = s.pending.parser.step(&input, &mut pos);
     s.pos = pos as u32;
     if more {
