@@ -6,6 +6,7 @@
 //!   `sni-user classify` and wherever bytes must be read without terminating TLS.
 //! - [`flow`]: per-flow state: where a segment continues a ClientHello, a flow's host and
 //!   verdict, the per-host rate limit.
+//! - [`flow_table`]: the flow table's buckets, entries and hashes.
 //! - [`ja4`]: JA4 client fingerprints: what the parser gathers, the kernel's key, the string.
 //! - [`host`]: host-name normalisation and the fixed-size host key used by every map.
 //! - [`pattern`]: configured names (exact or `*.`) and the one rule for which covers a name.
@@ -14,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod flow;
+pub mod flow_table;
 pub mod hello;
 pub mod host;
 pub mod ja4;

@@ -43,9 +43,13 @@ pub const MAP_OTHER_HOSTS: &str = "SNI_OTHER";
 /// first sees it and looks it up at each of its ClientHellos, so that it stays in the LRU as
 /// long as its counters do; readers take a missing name as evicted.
 pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
-/// Flows whose ClientHello was read: `LruHashMap<FlowKey, Flow>`. The kernel writes, the
-/// terminator reads (hand-off).
+/// Flows whose ClientHello was read: `Array<FlowEntry>` in buckets of four, two buckets a
+/// flow ([`crate::flow_table`]). The kernel writes, the terminator reads (hand-off), a reload
+/// rewrites verdicts.
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
+/// Where [`MAP_FLOWS`]' flows go: `Array<Shape>` with one entry, its bucket count and the
+/// seed of its bucket hashes ([`crate::flow_table::Shape`]), written by the loader.
+pub const MAP_FLOW_SHAPE: &str = "SNI_FLOW_SHAPE";
 /// In front of [`MAP_FLOWS`], per CPU: `Array<CachedFlow>`, each CPU's entries in a block of
 /// its own ([`crate::flow::cache_slot`]), indexed in it by
 /// [`crate::flow::FlowKey::cache_index`], a power-of-two number of entries. The kernel copies
@@ -100,7 +104,7 @@ pub const MAP_JA4_NAMES: &str = "SNI_JA4_NAMES";
 pub const MAP_JA4_EVENTS: &str = "SNI_JA4_EVENTS";
 
 /// Maps that `sni-user run` pins under its pin directory for other processes to read.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     MAP_GLOBAL,
     MAP_HOSTS,
     MAP_HOST_STATS,
@@ -109,6 +113,7 @@ pub const PINNED_MAPS: [&str; 17] = [
     MAP_OTHER_HOSTS,
     MAP_OTHER_NAMES,
     MAP_FLOWS,
+    MAP_FLOW_SHAPE,
     MAP_FLOW_CACHE,
     MAP_PORTS,
     MAP_JA4_SLOTS,
@@ -123,7 +128,8 @@ pub const PINNED_MAPS: [&str; 17] = [
 /// Default capacity of [`MAP_OTHER_HOSTS`] and [`MAP_OTHER_NAMES`]: 16 Ki names; 48 bytes of
 /// counters and one 256-byte name each.
 pub const OTHER_HOSTS_DEFAULT_ENTRIES: u32 = 16 * 1024;
-/// Default capacity of [`MAP_FLOWS`]: 128 Ki flows × ~120 bytes.
+/// Default flows [`MAP_FLOWS`] holds: 128 Ki flows, in twice as many 64-byte entries
+/// ([`crate::flow_table::entries`]).
 pub const FLOWS_DEFAULT_ENTRIES: u32 = 128 * 1024;
 /// Flow cache entries per CPU, at the fewest and at the most (see [`flow_cache_entries`]).
 pub const FLOW_CACHE_MIN_ENTRIES: u32 = 1024;

@@ -5,6 +5,7 @@
 
 use crate::{
     flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
+    flow_table::{FlowEntry, Shape},
     hello::Parser,
     host::{HostKey, NameEntry, NameKeys},
     ja4::{Ja4Key, Ja4State},
@@ -24,5 +25,5 @@ macro_rules! pod {
 
 pod!(
     HostKey, NameKeys, NameEntry, HostStats, PortSet, Parser, FlowKey, Flow, Pending, Policy,
-    Bucket, CachedFlow, Ja4Key, Ja4State, Ja4Stats, HostJa4, Ja4Name,
+    Bucket, CachedFlow, FlowEntry, Shape, Ja4Key, Ja4State, Ja4Stats, HostJa4, Ja4Name,
 );

@@ -2,11 +2,12 @@
 //! host and gets its verdict here, without parsing. A SYN forgets what the 5-tuple's previous
 //! connection left.
 //!
-//! The flow table (`SNI_FLOWS`, an LRU hash shared by every CPU, read by the terminator too) is
-//! the record. In front of it, each CPU keeps a direct-mapped cache (its block of
-//! `SNI_FLOW_CACHE`): the entry at the flow's `cache_index`, tagged with its key and the epoch
-//! it was copied in. A hit costs an array index and a compare of five words instead of hashing
-//! 40 bytes and walking a bucket; a miss falls back to the table and fills the entry. Only
+//! The flow table (`SNI_FLOWS`: buckets in an array shared by every CPU, `flow_table`; the
+//! terminator reads it too) is the record. In front of it, each CPU keeps a direct-mapped
+//! cache (its block of `SNI_FLOW_CACHE`): the entry at the flow's `cache_index`, tagged with
+//! its key and the epoch it was copied in. A hit costs an array index and a compare of five
+//! words, in memory only this CPU writes, instead of up to eight entries of the table's
+//! shared buckets; a miss falls back to the table and fills the entry. Only
 //! flows that pass are cached, so a stale copy can at worst count a packet toward the host of
 //! the 5-tuple's previous connection, never drop one.
 //!
@@ -38,9 +39,10 @@ use sni_common::{
 
 use crate::{
     counters::{self, charge},
+    flow_table,
     headers::{Key, Segment},
     hello,
-    maps::{cache_mask, cache_seed, SNI_EPOCH, SNI_FLOWS, SNI_FLOW_CACHE},
+    maps::{cache_mask, cache_seed, SNI_EPOCH, SNI_FLOW_CACHE},
     verdict,
 };
 
@@ -89,12 +91,16 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
             return true;
         }
     }
-    let Some(flow) = SNI_FLOWS.get_ptr(key.flow_key()) else {
+    let Some(found) = flow_table::find(&key.words) else {
         return false;
     };
-    // SAFETY: a map value, read field by field (another CPU may replace it meanwhile: then
-    // this packet is counted by the old or the new entry, both of this flow).
-    let flow = unsafe { &*flow };
+    // SAFETY: a live entry of the table, copied; `still` then says whether another CPU wrote
+    // it meanwhile, and the copy is used only if none did (else the flow is not found).
+    let flow = unsafe { (*found.entry()).flow };
+    if !found.still() {
+        return false;
+    }
+    let flow = &flow;
     counters::count(counter::FLOW_PACKETS);
     match cached {
         // Cached, and counted in the entry from this packet on.
@@ -117,7 +123,7 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
 /// segments were counted by the host stage.
 #[inline(always)]
 pub fn remember(key: &Key, flow: &Flow) {
-    let _ = SNI_FLOWS.insert(key.flow_key(), flow, 0);
+    flow_table::insert(&key.words, flow);
     let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
     let index = cache_index(&key.words, cache_seed(), cache_mask());
     if let (Some(c), true) = (this_cpus(index), epoch != 0) {
@@ -137,12 +143,10 @@ pub fn forget(key: &Key) {
         // SAFETY: an entry of this CPU's block.
         unsafe { (*c).epoch = 0 };
     }
-    // Looked up first: a SYN of a new 5-tuple (most SYNs, and every one of a flood) then
-    // costs no bucket lock.
-    if SNI_FLOWS.get_ptr(key.flow_key()).is_none() {
+    // Other CPUs may hold a copy only of a flow the table knew.
+    if !flow_table::remove(&key.words) {
         return;
     }
-    let _ = SNI_FLOWS.remove(key.flow_key());
     let mut sweep = Sweep {
         words: key.words,
         index,

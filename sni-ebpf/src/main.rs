@@ -37,6 +37,8 @@ mod fingerprint;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod flow_table;
+#[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
 mod hello;

@@ -8,14 +8,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sni_common::{
-    flow::{Bucket, CachedFlow, Flow, FlowKey, Pending, Policy},
+    flow::{Bucket, CachedFlow, FlowKey, Pending, Policy},
+    flow_table::{FlowEntry, Shape},
     host::{NameEntry, NameKeys},
     ja4::Ja4Key,
     maps::{
-        counter, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet, Scratch, FLOWS_DEFAULT_ENTRIES,
-        FLOW_CACHE_MIN_ENTRIES, JA4_EVENTS_BYTES, JA4_HOSTS_DEFAULT_ENTRIES,
-        JA4_NAMES_DEFAULT_ENTRIES, JA4_OTHER_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES,
-        OTHER_HOSTS_DEFAULT_ENTRIES, PENDING_DEFAULT_ENTRIES,
+        counter, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet, Scratch, FLOW_CACHE_MIN_ENTRIES,
+        JA4_EVENTS_BYTES, JA4_HOSTS_DEFAULT_ENTRIES, JA4_NAMES_DEFAULT_ENTRIES,
+        JA4_OTHER_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES, OTHER_HOSTS_DEFAULT_ENTRIES,
+        PENDING_DEFAULT_ENTRIES,
     },
     HostKey,
 };
@@ -61,10 +62,14 @@ pub static SNI_OTHER: LruHashMap<u64, HostStats> =
 pub static SNI_OTHER_NAMES: LruHashMap<u64, HostKey> =
     LruHashMap::with_max_entries(OTHER_HOSTS_DEFAULT_ENTRIES, 0);
 
-/// Flows whose ClientHello was read: their host and verdict (the terminator reads it too).
+/// Flows whose ClientHello was read: their host and verdict, in buckets of four entries
+/// (`sni_common::flow_table`; the terminator reads it too). Sized by the loader.
 #[map]
-pub static SNI_FLOWS: LruHashMap<FlowKey, Flow> =
-    LruHashMap::with_max_entries(FLOWS_DEFAULT_ENTRIES, 0);
+pub static SNI_FLOWS: Array<FlowEntry> = Array::with_max_entries(1, 0);
+
+/// Where `SNI_FLOWS`' flows go (one entry, written by the loader).
+#[map]
+pub static SNI_FLOW_SHAPE: Array<Shape> = Array::with_max_entries(1, 0);
 
 /// Each CPU's copies of flow table entries, with the packets they counted and still owe their
 /// host: CPU `c`'s entry `i` (its `FlowKey::cache_index`) at `flow::cache_slot(c, i, mask)`.

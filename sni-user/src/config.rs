@@ -252,7 +252,8 @@ pub struct XdpConfig {
     /// Capacity of the map of names not configured (least recently seen are evicted).
     #[serde(default = "default_other_hosts")]
     pub other_hosts_capacity: u32,
-    /// Flows remembered with their host and verdict (least recently seen are evicted).
+    /// Flows remembered with their host and verdict, in a table of twice as many entries (a new
+    /// flow takes the oldest of the eight entries it may use when they are all taken).
     #[serde(default = "default_flows")]
     pub flows_capacity: u32,
     /// ClientHellos followed across segments at once (least recently seen are evicted).

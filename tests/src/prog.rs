@@ -16,15 +16,16 @@ use sni_common::{
     flow::{Flow, FlowKey, Owner},
     ja4::{Ja4Key, Ja4State},
     maps::{
-        counter, HostJa4, HostStats, Ja4Stats, MAP_FLOWS, MAP_FLOW_CACHE, MAP_GLOBAL,
-        MAP_HOST_STATS, MAP_JA4_EVENTS, MAP_JA4_HOSTS, MAP_JA4_OTHER, MAP_OTHER_HOSTS,
-        MAP_OTHER_NAMES, MAP_PENDING, PROGRAM,
+        counter, HostJa4, HostStats, Ja4Stats, MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOST_STATS,
+        MAP_JA4_EVENTS, MAP_JA4_HOSTS, MAP_JA4_OTHER, MAP_OTHER_HOSTS, MAP_OTHER_NAMES,
+        MAP_PENDING, PROGRAM,
     },
     HostKey,
 };
 use sni_user::{
     config::Config,
     kernel::{
+        flow_table::FlowTable,
         loader::{configured_slot, load_program, StartOptions},
         readers::HostCounters,
     },
@@ -141,18 +142,28 @@ impl Prog {
         self.other().keys().count()
     }
 
-    /// The flow table's entry for `key`.
-    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        let flows: BpfHashMap<_, FlowKey, Flow> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_FLOWS).expect("flows")).expect("hash");
-        flows.get(key, 0).ok()
+    /// The flow table.
+    pub fn flow_table(&self) -> FlowTable<&aya::maps::MapData> {
+        FlowTable::of(&self.ebpf).expect("flow table")
     }
 
-    /// Entries in the flow table.
+    /// The flow table's entry for `key`.
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flow_table().get(key)
+    }
+
+    /// Flows in the flow table.
     pub fn flows_len(&self) -> usize {
-        let flows: BpfHashMap<_, FlowKey, Flow> =
-            BpfHashMap::try_from(self.ebpf.map(MAP_FLOWS).expect("flows")).expect("hash");
-        flows.keys().count()
+        self.flow_table().flows().count()
+    }
+
+    /// Takes `key`'s flow out of the flow table, as a new flow taking its entry does.
+    pub fn evict_flow(&mut self, key: &FlowKey) {
+        let mut table = FlowTable::of_mut(&mut self.ebpf).expect("flow table");
+        assert!(
+            table.remove(key).expect("writing the flow table"),
+            "no flow {key:?}"
+        );
     }
 
     /// The loaded object, for the loader's own functions (e.g. what a reload does to flows).

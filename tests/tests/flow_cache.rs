@@ -5,10 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::maps::{Array, HashMap as BpfHashMap};
+use aya::maps::Array;
 use sni_common::{
-    flow::{Flow, FlowKey},
-    maps::{HostStats, MAP_FLOWS, MAP_HOST_STATS},
+    maps::{HostStats, MAP_HOST_STATS},
     HostKey,
 };
 use sni_tests::{
@@ -167,10 +166,9 @@ fn a_new_connection_is_read_even_where_a_copy_outlived_its_flow_in_the_table() {
     let mut prog = Prog::load(&[PORT], &["first.example.org", "second.example.org"], 1024);
     let port = frame::next_port();
     connection(&prog, 0, port, "first.example.org", 2);
-    // The table forgets the flow (as its LRU does when full) while core 0 keeps its copy.
-    let mut flows: BpfHashMap<_, FlowKey, Flow> =
-        BpfHashMap::try_from(prog.ebpf_mut().map_mut(MAP_FLOWS).unwrap()).unwrap();
-    flows.remove(&v4_key(port, PORT)).unwrap();
+    // The table forgets the flow (as it does when a new flow takes its entry) while core 0
+    // keeps its copy.
+    prog.evict_flow(&v4_key(port, PORT));
     // The next connection on the 5-tuple: its SYN on core 1 finds nothing in the table, so it
     // clears no other core's copy, and the copy on core 0 must not swallow the new
     // ClientHello there.

@@ -18,16 +18,17 @@ use aya::{
 };
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
-    flow::{kind, Bucket, CachedFlow, Flow, FlowKey, Owner, Policy},
+    flow::{kind, Bucket, CachedFlow, Flow, Owner, Policy},
+    flow_table::{FlowEntry, Shape},
     host::{NameEntry, NameKeys},
     ja4::Ja4Key,
     maps::{
         flow_cache_entries, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet,
         JA4_NAMES_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS,
-        MAP_FLOW_CACHE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_JA4_BUCKETS, MAP_JA4_EVENTS,
-        MAP_JA4_HOSTS, MAP_JA4_LABELS, MAP_JA4_NAMES, MAP_JA4_OTHER, MAP_JA4_POLICY, MAP_JA4_SLOTS,
-        MAP_JA4_STATS, MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS, MAP_OTHER_NAMES, MAP_PENDING,
-        MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
+        MAP_FLOW_CACHE, MAP_FLOW_SHAPE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_JA4_BUCKETS,
+        MAP_JA4_EVENTS, MAP_JA4_HOSTS, MAP_JA4_LABELS, MAP_JA4_NAMES, MAP_JA4_OTHER,
+        MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS, MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS,
+        MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -37,6 +38,7 @@ use crate::{
     config::{Action, Config, Mode, XdpConfig},
     kernel::{
         fingerprints::{self, Fingerprints, LearnCounters},
+        flow_table,
         slots::{self, Slots},
     },
 };
@@ -180,10 +182,7 @@ impl Classifier {
 
     /// The kernel's flow table, opened anew from its pin, for the terminator.
     pub fn flow_table(&self) -> Result<FlowTable> {
-        let path = self.pin_dir.join(MAP_FLOWS);
-        let data = MapData::from_pin(&path)
-            .map_err(|e| anyhow!("opening {}: {}", path.display(), error_chain(&e)))?;
-        Ok(aya::maps::Map::from_map_data(data)?.try_into()?)
+        FlowTable::open(&self.pin_dir)
     }
 
     /// Each host's slot.
@@ -512,20 +511,19 @@ impl ActionChanges {
 /// name not configured, and clears removed fingerprints' slots from their flows; then moves the flow cache's epoch, so that no CPU goes on with a copy
 /// made before. Returns how many flows changed. Part of [`Classifier::apply`].
 pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) -> Result<u64> {
-    let mut flows = HashMap::<_, FlowKey, Flow>::try_from(map_mut(ebpf, MAP_FLOWS)?)?;
-    // Bounded by the map's capacity; keys that vanish meanwhile (LRU) are skipped.
-    let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+    let mut table = flow_table::FlowTable::of_mut(ebpf)?;
+    // One read of every entry, then the writes: an entry the kernel gives to another flow
+    // in between can lose that flow (`FlowTable::set`).
+    let entries: Vec<(u32, FlowEntry)> = table.flows().collect();
     let mut rewritten = 0u64;
-    for key in keys {
-        let Ok(mut flow) = flows.get(&key, 0) else {
-            continue;
-        };
+    for (index, mut entry) in entries {
+        let flow = &mut entry.flow;
         let slot = match flow.kind {
             kind::CONFIGURED => flow.slot,
             kind::OTHER | kind::NO_NAME => 0,
             _ => continue,
         };
-        let before = flow;
+        let before = *flow;
         if flow.kind == kind::CONFIGURED && removed.contains(&slot) {
             flow.kind = kind::OTHER;
             flow.slot = 0;
@@ -541,11 +539,9 @@ pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) 
         if ja4_slot != 0 && changes.ja4_removed.contains(&ja4_slot) {
             flow.ja4_slot = 0;
         }
-        if flow != before {
-            // BPF_EXIST: a flow that ended meanwhile is not brought back.
-            if flows.insert(key, flow, 2).is_ok() {
-                rewritten += 1;
-            }
+        if *flow != before {
+            table.set(index, entry)?;
+            rewritten += 1;
         }
     }
     // Every CPU's cached copies of flows are stale now.
@@ -665,6 +661,11 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .checked_mul(cpus)
         .context("the flow cache's size overflows")?;
     let cache_seed = random_u64().context("a seed for the flow cache")?;
+    let flow_table_entries = sni_common::flow_table::entries(xdp.flows_capacity);
+    let flow_shape = Shape::new(
+        flow_table_entries,
+        random_u64().context("a seed for the flow table")?,
+    );
     let ja4 = u8::from(xdp.ja4);
     let ja4_initial = fingerprints::initial_slots(config)?;
     let ja4_slots = ja4_initial.capacity();
@@ -681,7 +682,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_BUCKETS, slots)
         .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
         .map_max_entries(MAP_OTHER_NAMES, xdp.other_hosts_capacity)
-        .map_max_entries(MAP_FLOWS, xdp.flows_capacity)
+        .map_max_entries(MAP_FLOWS, flow_table_entries)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
         .map_max_entries(MAP_FLOW_CACHE, cache_total)
         .map_max_entries(MAP_JA4_POLICY, ja4_slots)
@@ -716,6 +717,9 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         set.insert(*p);
     }
     ports.set(0, set, 0).context("writing the watched ports")?;
+    Array::<_, Shape>::try_from(map_mut(&mut ebpf, MAP_FLOW_SHAPE)?)?
+        .set(0, flow_shape, 0)
+        .context("writing the flow table's shape")?;
     // Epoch 0 marks an empty cache entry; the first live one is 1.
     Array::<_, u64>::try_from(map_mut(&mut ebpf, MAP_EPOCH)?)?
         .set(0, 1, 0)
@@ -950,7 +954,7 @@ pub struct PinnedMaps {
 }
 
 /// The kernel's flow table, as the terminator reads it (hand-off).
-pub type FlowTable = HashMap<MapData, FlowKey, Flow>;
+pub type FlowTable = flow_table::FlowTable<MapData>;
 
 impl PinnedMaps {
     /// Opens the maps pinned under `pin_dir`.

@@ -43,7 +43,7 @@ pub trait Flows {
 
 impl Flows for FlowTable {
     fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        self.get(key, 0).ok()
+        self.get(key)
     }
 }
 

@@ -1,0 +1,132 @@
+//! The kernel's flow table as userspace reads it (the terminator's hand-off, tests, the bench)
+//! and rewrites it (a reload's new verdicts). `sni_common::flow_table` has the layout.
+
+use std::{
+    borrow::{Borrow, BorrowMut},
+    path::Path,
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, MapData},
+    Ebpf,
+};
+use sni_common::{
+    flow::{Flow, FlowKey},
+    flow_table::{FlowEntry, Shape},
+    maps::{MAP_FLOWS, MAP_FLOW_SHAPE},
+};
+
+use crate::kernel::loader::error_chain;
+
+/// The flow table: its entries and where flows go in it.
+pub struct FlowTable<T> {
+    entries: Array<T, FlowEntry>,
+    shape: Shape,
+}
+
+impl FlowTable<MapData> {
+    /// The table of the classifier whose maps are pinned under `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<aya::maps::Map> {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path)
+                .map_err(|e| anyhow!("opening {}: {}", path.display(), error_chain(&e)))?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        };
+        let shape = Array::<_, Shape>::try_from(open(MAP_FLOW_SHAPE)?)?
+            .get(&0, 0)
+            .context("reading the flow table's shape")?;
+        Ok(Self {
+            entries: open(MAP_FLOWS)?.try_into()?,
+            shape,
+        })
+    }
+}
+
+impl<'a> FlowTable<&'a mut MapData> {
+    /// The table of a loaded program, to rewrite.
+    pub fn of_mut(ebpf: &'a mut Ebpf) -> Result<Self> {
+        let shape = shape(ebpf)?;
+        let map = ebpf
+            .map_mut(MAP_FLOWS)
+            .ok_or_else(|| anyhow!("map {MAP_FLOWS} missing from the XDP object"))?;
+        Ok(Self {
+            entries: Array::try_from(map)?,
+            shape,
+        })
+    }
+}
+
+impl<'a> FlowTable<&'a MapData> {
+    /// The table of a loaded program, to read.
+    pub fn of(ebpf: &'a Ebpf) -> Result<Self> {
+        let map = ebpf
+            .map(MAP_FLOWS)
+            .ok_or_else(|| anyhow!("map {MAP_FLOWS} missing from the XDP object"))?;
+        Ok(Self {
+            entries: Array::try_from(map)?,
+            shape: shape(ebpf)?,
+        })
+    }
+}
+
+/// The shape a loaded program's table was given.
+fn shape(ebpf: &Ebpf) -> Result<Shape> {
+    let map = ebpf
+        .map(MAP_FLOW_SHAPE)
+        .ok_or_else(|| anyhow!("map {MAP_FLOW_SHAPE} missing from the XDP object"))?;
+    Array::<_, Shape>::try_from(map)?
+        .get(&0, 0)
+        .context("reading the flow table's shape")
+}
+
+impl<T: Borrow<MapData>> FlowTable<T> {
+    /// The flow of `key`, if the table holds it.
+    pub fn get(&self, key: &FlowKey) -> Option<Flow> {
+        self.find(key).map(|(_, e)| e.flow)
+    }
+
+    /// The entry holding `key`, with its index.
+    pub fn find(&self, key: &FlowKey) -> Option<(u32, FlowEntry)> {
+        self.shape.find(key, |i| self.entry(i))
+    }
+
+    /// Where flows go.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Entry `index`.
+    pub fn entry(&self, index: u32) -> Option<FlowEntry> {
+        self.entries.get(&index, 0).ok()
+    }
+
+    /// Every entry that holds a flow, with its index (one lookup per entry of the table).
+    pub fn flows(&self) -> impl Iterator<Item = (u32, FlowEntry)> + '_ {
+        (0..self.entries.len())
+            .filter_map(|i| Some((i, self.entry(i)?)))
+            .filter(|(_, e)| e.in_use())
+    }
+}
+
+impl<T: BorrowMut<MapData>> FlowTable<T> {
+    /// Writes entry `index` whole. The kernel does not see the write as a claim: a CPU that
+    /// writes another flow into the same entry at that moment can lose it (a reload's rewrite
+    /// is the only caller, and the entry is rewritten right after it was read).
+    pub fn set(&mut self, index: u32, entry: FlowEntry) -> Result<()> {
+        self.entries
+            .set(index, entry, 0)
+            .context("writing a flow table entry")
+    }
+
+    /// Empties the entry holding `key`, as the table does when a new flow takes it; whether
+    /// there was one.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
+        let Some((index, _)) = self.find(key) else {
+            return Ok(false);
+        };
+        self.set(index, FlowEntry::default())?;
+        Ok(true)
+    }
+}
