@@ -1,9 +1,9 @@
-//! The flow table's layout ([`crate::maps::MAP_FLOWS`]), shared by the kernel, which writes
-//! it, and userspace, which reads it (the terminator's hand-off, tests) and rewrites verdicts
-//! (a reload).
+//! The flow table's layout ([`crate::maps::MAP_FLOWS`], [`crate::maps::MAP_FLOW_TAGS`]),
+//! shared by the kernel, which writes it, and userspace, which reads it (the terminator's
+//! hand-off, tests) and rewrites verdicts (a reload).
 //!
 //! A plain array of [`FlowEntry`], in buckets of [`WAYS`] entries. A flow lives in one of the
-//! eight entries of its two buckets ([`Shape::buckets`], two choices: one bucket alone
+//! eight entries of its two buckets ([`Shape::place`], two choices: one bucket alone
 //! overflows long before the table is full). A new flow takes the entry that already holds
 //! its key, else an empty one, else the one written longest ago: the insert is a write into
 //! memory the lookup just read, where an LRU hash's insert into a full table evicts a flow
@@ -12,32 +12,49 @@
 //! ([`entries`]), so that the two choices of four ways lose almost none of them to a full
 //! pair of buckets before the table holds that many.
 //!
+//! Each bucket has a line of [`Tags`] beside it, in an array of its own: per way, a 32-bit tag
+//! of the flow's hash and when the entry was written. The kernel reads the two tag lines
+//! first and an entry only where a tag matches, so a flow not in the table (every new flow,
+//! every SYN) costs two small reads, not eight entries; and a new flow picks its entry from
+//! the tags too. The tags are a hint: the entry's key decides, and userspace reads entries
+//! only.
+//!
 //! Word 4 of an entry's key says its state: 0 empty, [`BUSY`] while a CPU writes the entry,
-//! else the key's ports and family ([`KEY_BITS`]) and, in the key's padding above them, when
-//! the entry was written ([`STAMP_SHIFT`]). A writer claims word 4 with a compare-and-swap
-//! first and stores the key's own last, so two CPUs never write one entry at once and a reader
-//! that finds word 4 unchanged after reading the flow read one flow's fields.
+//! else the key's. A writer claims word 4 with a compare-and-swap first and stores the key's
+//! own last, then the tag: two CPUs never write one entry at once, and a reader that finds
+//! word 4 unchanged after reading the flow read one flow's fields.
 
 use crate::flow::{Flow, FlowKey};
 
 /// Entries per bucket: four, 256 bytes, so a bucket is one run of adjacent cache lines.
 pub const WAYS: u32 = 4;
 
-/// Where an entry's stamp starts in word 4 of its key: past the ports (32 bits) and family (8
-/// bits), in the key's padding.
-pub const STAMP_SHIFT: u32 = 40;
-/// The bits of word 4 that belong to the key.
-pub const KEY_BITS: u64 = (1 << STAMP_SHIFT) - 1;
-/// The stamp's bits: 24 bits of the coarse clock in units of 2^24 ns (16.8 ms), so it wraps
-/// every 3.3 days; an entry older than that only looks younger than it is.
-pub const STAMP_MASK: u64 = (1 << 24) - 1;
-/// How far to shift nanoseconds to get a stamp.
-pub const STAMP_UNIT_SHIFT: u32 = 24;
 /// Word 4 of an entry a CPU is writing: family `0xff`, which no key has.
 pub const BUSY: u64 = 0xff << 32;
 
-/// One flow of the table: its key, as [`FlowKey::words`] (with word 4's stamp and state, see
-/// the module docs), and the flow.
+/// A bucket's tags: per way, 0 if the kernel left the way empty, else the flow's tag
+/// ([`Place::tag`], never 0) in the low 32 bits and the entry's stamp (when it was written, in
+/// units of 2^[`STAMP_UNIT_SHIFT`] ns of the coarse clock, wrapping after 2.3 years) in the
+/// high 32.
+pub type Tags = [u64; WAYS as usize];
+
+/// How far to shift nanoseconds to get a stamp: units of 16.8 ms.
+pub const STAMP_UNIT_SHIFT: u32 = 24;
+
+/// A way's tag word for a flow of `tag` written at `stamp`.
+#[inline(always)]
+pub fn tag_word(tag: u32, stamp: u32) -> u64 {
+    u64::from(tag) | u64::from(stamp) << 32
+}
+
+/// How long ago, in stamp units, a tag word's entry was written, at stamp `now`.
+#[inline(always)]
+pub fn age(word: u64, now: u32) -> u32 {
+    now.wrapping_sub((word >> 32) as u32)
+}
+
+/// One flow of the table: its key, as [`FlowKey::words`] (word 4 also says whether the entry
+/// is empty or being written, see the module docs), and the flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -54,7 +71,7 @@ impl FlowEntry {
     /// would become a call to `bcmp` in the kernel.
     #[inline(always)]
     pub fn holds(&self, w4: u64, words: &[u64; 5]) -> bool {
-        (w4 ^ words[4]) & KEY_BITS == 0
+        w4 == words[4]
             && self.key[0] == words[0]
             && self.key[1] == words[1]
             && self.key[2] == words[2]
@@ -83,12 +100,6 @@ impl FlowEntry {
         key.family = (w4 >> 32) as u8;
         Some(key)
     }
-
-    /// How old a word 4 of stamp-bearing key is at stamp `now`, in stamp units.
-    #[inline(always)]
-    pub fn age(w4: u64, now: u64) -> u64 {
-        now.wrapping_sub(w4 >> STAMP_SHIFT) & STAMP_MASK
-    }
 }
 
 /// Where a table's flows go: the seed its bucket hashes are keyed with (drawn by the loader at
@@ -116,24 +127,27 @@ impl Shape {
         }
     }
 
-    /// The index of the first entry of each of the two buckets of the flow whose key has
-    /// these [`FlowKey::words`]: the words folded with the seed, two multiplications, and each
-    /// product's high half scaled to the bucket count (a multiply and a shift, so any count
-    /// works). They may be the same bucket.
+    /// Where the flow whose key has these [`FlowKey::words`] goes: the words folded with the
+    /// seed, two multiplications, and each product's high half scaled to the bucket count (a
+    /// multiply and a shift, so any count works) for its two buckets, which may be the same;
+    /// the second product's low half for its tag.
     #[inline(always)]
-    pub fn buckets(&self, w: &[u64; 5]) -> [u32; 2] {
+    pub fn place(&self, w: &[u64; 5]) -> Place {
         const K1: u64 = 0x9e37_79b9_7f4a_7c15;
         const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
         let x = w[0]
             ^ w[1].rotate_left(16)
             ^ w[2].rotate_left(32)
             ^ w[3].rotate_left(48)
-            ^ (w[4] & KEY_BITS)
+            ^ w[4]
             ^ self.seed;
         let h1 = (x ^ (x >> 32)).wrapping_mul(K1);
         let h2 = (h1 ^ (h1 >> 29)).wrapping_mul(K2);
         let scale = |h: u64| (((h >> 32) * u64::from(self.buckets)) >> 32) as u32;
-        [scale(h1).wrapping_mul(WAYS), scale(h2).wrapping_mul(WAYS)]
+        Place {
+            buckets: [scale(h1), scale(h2)],
+            tag: h2 as u32 | 1,
+        }
     }
 
     /// The entry holding `key` and its index, reading entries through `read` (userspace:
@@ -144,11 +158,28 @@ impl Shape {
         mut read: impl FnMut(u32) -> Option<FlowEntry>,
     ) -> Option<(u32, FlowEntry)> {
         let words = key.words();
-        self.buckets(&words)
-            .into_iter()
-            .flat_map(|first| first..first.saturating_add(WAYS))
+        self.place(&words)
+            .entries()
             .filter_map(|i| Some((i, read(i)?)))
             .find(|(_, e)| e.holds(e.key[4], &words))
+    }
+}
+
+/// Where a flow goes ([`Shape::place`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Its two buckets (indices into the tags; bucket `b`'s entries start at `b × WAYS`).
+    pub buckets: [u32; 2],
+    /// Its tag, never 0.
+    pub tag: u32,
+}
+
+impl Place {
+    /// The indices of the entries it may take (the eight of its two buckets, or four twice).
+    pub fn entries(&self) -> impl Iterator<Item = u32> {
+        self.buckets
+            .into_iter()
+            .flat_map(|b| (0..WAYS).map(move |way| b.saturating_mul(WAYS).saturating_add(way)))
     }
 }
 
@@ -160,6 +191,9 @@ pub fn entries(flows: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
 
     fn key(port: u16) -> FlowKey {
@@ -175,12 +209,10 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_gives_back_its_key_whatever_its_stamp() {
+    fn an_entry_gives_back_its_key() {
         let k = key(40_000);
-        let mut words = k.words();
-        words[4] |= 0xab_cdef << STAMP_SHIFT;
         let e = FlowEntry {
-            key: words,
+            key: k.words(),
             flow: Flow::default(),
         };
         assert!(e.holds(e.key[4], &k.words()));
@@ -203,28 +235,24 @@ mod tests {
     }
 
     #[test]
-    fn buckets_are_in_the_table_and_spread() {
+    fn places_are_in_the_table_and_spread() {
         let shape = Shape::new(entries(1000), 0x1234_5678);
         assert_eq!(shape.buckets, 500);
         let mut seen = [0u32; 500];
         for port in 0..10_000u16 {
-            for first in shape.buckets(&key(port).words()) {
-                assert_eq!(first % WAYS, 0);
-                assert!(first < 2000);
-                seen[(first / WAYS) as usize] += 1;
+            let place = shape.place(&key(port).words());
+            assert_ne!(place.tag, 0);
+            for b in place.buckets {
+                seen[b as usize] += 1;
             }
+            let entries: Vec<u32> = place.entries().collect();
+            assert_eq!(entries.len(), 2 * WAYS as usize);
+            assert!(entries.iter().all(|&i| i < 2000));
+            assert_eq!(entries[0], place.buckets[0] * WAYS);
+            assert_eq!(entries[4], place.buckets[1] * WAYS);
         }
         // 20,000 choices over 500 buckets: 40 each on average.
         assert!(seen.iter().all(|&n| (10..=80).contains(&n)), "{seen:?}");
-    }
-
-    #[test]
-    fn the_stamp_does_not_change_the_buckets() {
-        let shape = Shape::new(entries(1000), 7);
-        let mut words = key(1).words();
-        let plain = shape.buckets(&words);
-        words[4] |= 0x12 << STAMP_SHIFT;
-        assert_eq!(shape.buckets(&words), plain);
     }
 
     #[test]
@@ -236,9 +264,10 @@ mod tests {
     }
 
     #[test]
-    fn age_wraps_with_the_stamp() {
-        let w4 = 5 << STAMP_SHIFT | 0x4_01bb_9c40;
-        assert_eq!(FlowEntry::age(w4, 7), 2);
-        assert_eq!(FlowEntry::age(STAMP_MASK << STAMP_SHIFT, 1), 2);
+    fn a_tag_word_holds_its_tag_and_age() {
+        let w = tag_word(0xdead_beef, 5);
+        assert_eq!(w as u32, 0xdead_beef);
+        assert_eq!(age(w, 7), 2);
+        assert_eq!(age(tag_word(1, u32::MAX), 1), 2);
     }
 }

@@ -47,6 +47,9 @@ pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
 /// flow ([`crate::flow_table`]). The kernel writes, the terminator reads (hand-off), a reload
 /// rewrites verdicts.
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
+/// A line of tags per bucket of [`MAP_FLOWS`]: `Array<Tags>`
+/// ([`crate::flow_table::Tags`]). Kernel only.
+pub const MAP_FLOW_TAGS: &str = "SNI_FLOW_TAGS";
 /// Where [`MAP_FLOWS`]' flows go: `Array<Shape>` with one entry, its bucket count and the
 /// seed of its bucket hashes ([`crate::flow_table::Shape`]), written by the loader.
 pub const MAP_FLOW_SHAPE: &str = "SNI_FLOW_SHAPE";

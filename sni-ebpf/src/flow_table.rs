@@ -1,28 +1,33 @@
-//! The flow table (`SNI_FLOWS`): a flow in one of the eight entries of its two buckets, found
-//! by comparing keys, written in place (`sni_common::flow_table` has the layout and why).
+//! The flow table (`SNI_FLOWS`, with `SNI_FLOW_TAGS`): a flow in one of the eight entries of
+//! its two buckets, found through the buckets' tags and a compare of its key, written in place
+//! (`sni_common::flow_table` has the layout and why).
 //!
 //! Every CPU writes the table, so each write claims the entry first: a compare-and-swap of
-//! word 4 to `BUSY`, then the key's other words and the flow, then word 4 last. A reader
-//! reads word 4 first and again after the fields it needs; if it changed, a CPU wrote the
-//! entry meanwhile and the reader takes the flow as not found.
+//! word 4 to `BUSY`, then the key's other words and the flow, then word 4, then the way's tag.
+//! A reader reads word 4 first and again after the fields it needs; if it changed, a CPU wrote
+//! the entry meanwhile and the reader takes the flow as not found.
 
-use core::sync::atomic::{compiler_fence, Ordering};
-
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use sni_common::flow_table::{
-    FlowEntry, BUSY, KEY_BITS, STAMP_MASK, STAMP_SHIFT, STAMP_UNIT_SHIFT, WAYS,
+use core::{
+    ffi::c_void,
+    sync::atomic::{compiler_fence, Ordering},
 };
+
+use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop};
+use sni_common::flow_table::{age, tag_word, FlowEntry, Place, BUSY, STAMP_UNIT_SHIFT, WAYS};
 
 use crate::{
     atomic::cmpxchg,
-    maps::{SNI_FLOWS, SNI_FLOW_SHAPE},
+    maps::{SNI_FLOWS, SNI_FLOW_SHAPE, SNI_FLOW_TAGS},
 };
 
-/// A flow found in the table: its entry, and word 4 of the entry's key as it was read.
+/// A flow found in the table: its entry and word 4 of its key as read, its way's tag word and
+/// that word as read.
 #[derive(Clone, Copy)]
 pub struct Found {
     entry: *mut FlowEntry,
     w4: u64,
+    tag: *mut u64,
+    tag_word: u64,
 }
 
 impl Found {
@@ -37,15 +42,15 @@ impl Found {
     #[inline(always)]
     pub fn still(&self) -> bool {
         compiler_fence(Ordering::SeqCst);
-        // SAFETY: a live entry of the table; word 4 is read whole.
-        unsafe { core::ptr::read_volatile(&raw const (*self.entry).key[4]) == self.w4 }
+        // SAFETY: a live entry of the table.
+        unsafe { word4(self.entry) == self.w4 }
     }
 }
 
-/// The two buckets' first entries of the flow of `words`; `None` if the shape cannot be read.
+/// Where the flow of `words` goes; `None` if the shape cannot be read.
 #[inline(always)]
-fn buckets(words: &[u64; 5]) -> Option<[u32; 2]> {
-    Some(SNI_FLOW_SHAPE.get(0)?.buckets(words))
+fn place(words: &[u64; 5]) -> Option<Place> {
+    Some(SNI_FLOW_SHAPE.get(0)?.place(words))
 }
 
 /// Word 4 of `e`'s key, read once.
@@ -58,17 +63,48 @@ unsafe fn word4(e: *mut FlowEntry) -> u64 {
     unsafe { core::ptr::read_volatile(&raw const (*e).key[4]) }
 }
 
-/// The entry of bucket `first` that holds the flow of `words`.
+/// Way `way`'s tag word of a bucket's tags, and its address.
+///
+/// # Safety
+/// `tags` is a live value of `SNI_FLOW_TAGS`, `way` < `WAYS`.
 #[inline(always)]
-fn find_in(first: u32, words: &[u64; 5]) -> Option<Found> {
+unsafe fn tag_of(tags: *mut sni_common::flow_table::Tags, way: u32) -> (*mut u64, u64) {
+    // SAFETY: the caller's.
+    unsafe {
+        let p = (&raw mut (*tags)[way as usize]).cast::<u64>();
+        (p, core::ptr::read_volatile(p))
+    }
+}
+
+/// Entry `way` of bucket `bucket`.
+#[inline(always)]
+fn entry(bucket: u32, way: u32) -> Option<*mut FlowEntry> {
+    SNI_FLOWS.get_ptr_mut(bucket.wrapping_mul(WAYS).wrapping_add(way))
+}
+
+/// The entry of `bucket` that holds the flow of `words`, looked at only where the way's tag
+/// is the flow's.
+#[inline(always)]
+fn find_in(bucket: u32, tag: u32, words: &[u64; 5]) -> Option<Found> {
+    let tags = SNI_FLOW_TAGS.get_ptr_mut(bucket)?;
     for way in 0..WAYS {
-        let entry = SNI_FLOWS.get_ptr_mut(first.wrapping_add(way))?;
+        // SAFETY: a live value of the tags, and a way of it.
+        let (tag_ptr, tag_word) = unsafe { tag_of(tags, way) };
+        if tag_word as u32 != tag {
+            continue;
+        }
+        let entry = entry(bucket, way)?;
         // SAFETY: a live entry of the table; word 4 first (see the module docs).
         let w4 = unsafe { word4(entry) };
         compiler_fence(Ordering::SeqCst);
         // SAFETY: as above.
         if unsafe { (*entry).holds(w4, words) } {
-            return Some(Found { entry, w4 });
+            return Some(Found {
+                entry,
+                w4,
+                tag: tag_ptr,
+                tag_word,
+            });
         }
     }
     None
@@ -77,57 +113,47 @@ fn find_in(first: u32, words: &[u64; 5]) -> Option<Found> {
 /// The entry holding the flow of `words`.
 #[inline(always)]
 pub fn find(words: &[u64; 5]) -> Option<Found> {
-    let [a, b] = buckets(words)?;
-    find_in(a, words).or_else(|| find_in(b, words))
+    let place = place(words)?;
+    let [a, b] = place.buckets;
+    find_in(a, place.tag, words).or_else(|| find_in(b, place.tag, words))
 }
 
 /// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one,
-/// else the one written longest ago, of its two buckets. Nothing is written if another CPU
-/// is writing the entry chosen (it wins), or if the table cannot be read.
+/// else the one written longest ago, of its two buckets, as their tags say. Nothing is
+/// written if another CPU is writing the entry chosen (it wins), or if a map cannot be read.
 #[inline(always)]
 pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
-    let Some([a, b]) = buckets(words) else {
+    let Some(place) = place(words) else {
         return;
     };
-    // SAFETY: a helper without arguments.
-    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> STAMP_UNIT_SHIFT) & STAMP_MASK;
-    // The best entry so far and its rank: the flow's own, then empty, then the oldest; never
-    // one being written.
-    let mut pick: Option<Found> = None;
-    let mut best = 0u64;
-    for i in 0..2 * WAYS {
-        let index = if i < WAYS {
-            a.wrapping_add(i)
-        } else {
-            b.wrapping_add(i - WAYS)
-        };
-        let Some(entry) = SNI_FLOWS.get_ptr_mut(index) else {
-            return;
-        };
-        // SAFETY: a live entry of the table.
-        let w4 = unsafe { word4(entry) };
-        let rank = if w4 == BUSY {
-            0
-        } else if w4 == 0 {
-            STAMP_MASK + 2
-        // SAFETY: as above.
-        } else if unsafe { (*entry).holds(w4, words) } {
-            STAMP_MASK + 3
-        } else {
-            FlowEntry::age(w4, now) + 1
-        };
-        if rank > best {
-            best = rank;
-            pick = Some(Found { entry, w4 });
-        }
+    let mut choice = Choice {
+        words: *words,
+        place,
+        // SAFETY: a helper without arguments.
+        now: (unsafe { bpf_ktime_get_coarse_ns() } >> STAMP_UNIT_SHIFT) as u32,
+        best: 0,
+        pick: 0,
+    };
+    // SAFETY: `rank_way` has the callback signature bpf_loop expects; its context is
+    // `choice`, on this stack for the whole call. (A loop here, unrolled, would have the
+    // verifier follow each way's ranking through the rest of the program, past its budget.)
+    unsafe {
+        bpf_loop(
+            2 * WAYS,
+            rank_way as *mut c_void,
+            (&raw mut choice).cast(),
+            0,
+        );
     }
-    let Some(Found { entry, w4 }) = pick else {
+    let (bucket, way) = choice.candidate(choice.pick);
+    let (Some(entry), Some(tags)) = (entry(bucket, way), SNI_FLOW_TAGS.get_ptr_mut(bucket)) else {
         return;
     };
     // SAFETY: a live entry of the table, claimed before anything else is written, so no other
-    // CPU writes it until word 4 is stored last.
+    // CPU writes it until word 4 is stored; then the way's tag, of a live value of the tags.
     unsafe {
-        if !cmpxchg(&raw mut (*entry).key[4], w4, BUSY) {
+        let seen = word4(entry);
+        if seen == BUSY || !cmpxchg(&raw mut (*entry).key[4], seen, BUSY) {
             return;
         }
         (*entry).key[0] = words[0];
@@ -136,21 +162,86 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
         (*entry).key[3] = words[3];
         (*entry).flow = *flow;
         compiler_fence(Ordering::SeqCst);
-        core::ptr::write_volatile(
-            &raw mut (*entry).key[4],
-            (words[4] & KEY_BITS) | now << STAMP_SHIFT,
-        );
+        core::ptr::write_volatile(&raw mut (*entry).key[4], words[4]);
+        let (tag, _) = tag_of(tags, way);
+        core::ptr::write_volatile(tag, tag_word(choice.place.tag, choice.now));
     }
 }
 
-/// Empties the entry holding the flow of `words`; whether there was one.
+/// Which entry a new flow takes (`insert`): what `rank_way` reads and what it found so far.
+#[repr(C)]
+struct Choice {
+    words: [u64; 5],
+    place: Place,
+    now: u32,
+    /// The best candidate's rank so far: the flow's own entry, then an empty one, then the
+    /// oldest.
+    best: u64,
+    /// The best candidate so far, 0..2 × WAYS.
+    pick: u32,
+}
+
+impl Choice {
+    /// Candidate `i`'s bucket and way.
+    #[inline(always)]
+    fn candidate(&self, i: u32) -> (u32, u32) {
+        let bucket = if i < WAYS {
+            self.place.buckets[0]
+        } else {
+            self.place.buckets[1]
+        };
+        (bucket, i % WAYS)
+    }
+}
+
+/// `bpf_loop` step for candidate `i` of a new flow: ranks it by its tag, keeps the best (ties
+/// to the first).
+extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Choice` that `insert` passed, on its stack.
+    let choice = unsafe { &mut *ctx.cast::<Choice>() };
+    let i = i as u32;
+    let (bucket, way) = choice.candidate(i);
+    let Some(tags) = SNI_FLOW_TAGS.get_ptr_mut(bucket) else {
+        return 1;
+    };
+    // SAFETY: a live value of the tags, and a way of it.
+    let (_, tag) = unsafe { tag_of(tags, way) };
+    let rank = if tag == 0 {
+        u64::from(u32::MAX) + 1
+    } else if tag as u32 == choice.place.tag && holds(bucket, way, &choice.words) {
+        u64::from(u32::MAX) + 2
+    } else {
+        u64::from(age(tag, choice.now))
+    };
+    if i == 0 || rank > choice.best {
+        choice.best = rank;
+        choice.pick = i;
+    }
+    0
+}
+
+/// Whether entry `way` of `bucket` holds the flow of `words`.
+#[inline(always)]
+fn holds(bucket: u32, way: u32, words: &[u64; 5]) -> bool {
+    match entry(bucket, way) {
+        // SAFETY: a live entry of the table.
+        Some(e) => unsafe { (*e).holds(word4(e), words) },
+        None => false,
+    }
+}
+
+/// Empties the entry holding the flow of `words`, and its tag; whether there was one.
 #[inline(always)]
 pub fn remove(words: &[u64; 5]) -> bool {
     let Some(found) = find(words) else {
         return false;
     };
-    // SAFETY: a live entry of the table; if another CPU claimed it meanwhile, it is writing
-    // another flow there, which stays.
-    unsafe { cmpxchg(&raw mut (*found.entry).key[4], found.w4, 0) };
+    // SAFETY: a live entry of the table and its way's tag; if another CPU claimed the entry
+    // meanwhile, it is writing another flow there, which stays, tag and all.
+    unsafe {
+        if cmpxchg(&raw mut (*found.entry).key[4], found.w4, 0) {
+            cmpxchg(found.tag, found.tag_word, 0);
+        }
+    }
     true
 }

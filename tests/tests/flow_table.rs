@@ -4,7 +4,6 @@
 
 use std::{collections::HashMap, thread::sleep, time::Duration};
 
-use sni_common::flow_table::WAYS;
 use sni_tests::{
     frame::{self, Seg, PSH_ACK},
     hellos::rustls_hello,
@@ -65,12 +64,7 @@ fn a_new_flow_takes_an_empty_entry_else_the_oldest_of_its_two_buckets() {
     for rank in 0..24 {
         let port = frame::next_port();
         let key = v4_key(port, PORT);
-        let mut candidates: Vec<u32> = table
-            .shape()
-            .buckets(&key.words())
-            .into_iter()
-            .flat_map(|first| first..first + WAYS)
-            .collect();
+        let mut candidates: Vec<u32> = table.shape().place(&key.words()).entries().collect();
         candidates.sort_unstable();
         candidates.dedup();
         let before: HashMap<u32, Option<u16>> = candidates

@@ -25,10 +25,10 @@ use sni_common::{
     maps::{
         flow_cache_entries, HostJa4, HostStats, Ja4Name, Ja4Stats, PortSet,
         JA4_NAMES_DEFAULT_ENTRIES, JA4_SLOTS_ENTRIES, MAP_BUCKETS, MAP_EPOCH, MAP_FLOWS,
-        MAP_FLOW_CACHE, MAP_FLOW_SHAPE, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS, MAP_JA4_BUCKETS,
-        MAP_JA4_EVENTS, MAP_JA4_HOSTS, MAP_JA4_LABELS, MAP_JA4_NAMES, MAP_JA4_OTHER,
-        MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS, MAP_LABELS, MAP_NAME_KEYS, MAP_OTHER_HOSTS,
-        MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
+        MAP_FLOW_CACHE, MAP_FLOW_SHAPE, MAP_FLOW_TAGS, MAP_GLOBAL, MAP_HOSTS, MAP_HOST_STATS,
+        MAP_JA4_BUCKETS, MAP_JA4_EVENTS, MAP_JA4_HOSTS, MAP_JA4_LABELS, MAP_JA4_NAMES,
+        MAP_JA4_OTHER, MAP_JA4_POLICY, MAP_JA4_SLOTS, MAP_JA4_STATS, MAP_LABELS, MAP_NAME_KEYS,
+        MAP_OTHER_HOSTS, MAP_OTHER_NAMES, MAP_PENDING, MAP_POLICY, MAP_PORTS, PINNED_MAPS, PROGRAM,
     },
     HostKey,
 };
@@ -683,6 +683,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
         .map_max_entries(MAP_OTHER_NAMES, xdp.other_hosts_capacity)
         .map_max_entries(MAP_FLOWS, flow_table_entries)
+        .map_max_entries(MAP_FLOW_TAGS, flow_shape.buckets)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
         .map_max_entries(MAP_FLOW_CACHE, cache_total)
         .map_max_entries(MAP_JA4_POLICY, ja4_slots)
