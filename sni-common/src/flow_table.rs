@@ -19,10 +19,11 @@
 //! the tags too. The tags are a hint: the entry's key decides, and userspace reads entries
 //! only.
 //!
-//! Word 4 of an entry's key says its state: 0 empty, [`BUSY`] while a CPU writes the entry,
-//! else the key's. A writer claims word 4 with a compare-and-swap first and stores the key's
-//! own last, then the tag: two CPUs never write one entry at once, and a reader that finds
-//! word 4 unchanged after reading the flow read one flow's fields.
+//! A writer claims the way's tag word with a compare-and-swap ([`CLAIMED`]; the tag line is
+//! in cache, the lookup read it), so two CPUs never write one entry at once; then stores word
+//! 4 of the entry's key as [`BUSY`], the other words and the flow, word 4 as the key's, and
+//! the tag last. None of those stores waits for the entry's line. A reader reads word 4 first
+//! and again after the fields it needs: unchanged, it read one flow's fields.
 
 use crate::flow::{Flow, FlowKey};
 
@@ -31,6 +32,10 @@ pub const WAYS: u32 = 4;
 
 /// Word 4 of an entry a CPU is writing: family `0xff`, which no key has.
 pub const BUSY: u64 = 0xff << 32;
+
+/// A tag word a CPU has claimed to write its way: no tag (the low half, 0 only for an empty
+/// way otherwise) and a stamp no entry has.
+pub const CLAIMED: u64 = 0xffff_ffff << 32;
 
 /// A bucket's tags: per way, 0 if the kernel left the way empty, else the flow's tag
 /// ([`Place::tag`], never 0) in the low 32 bits and the entry's stamp (when it was written, in

@@ -2,10 +2,11 @@
 //! its two buckets, found through the buckets' tags and a compare of its key, written in place
 //! (`sni_common::flow_table` has the layout and why).
 //!
-//! Every CPU writes the table, so each write claims the entry first: a compare-and-swap of
-//! word 4 to `BUSY`, then the key's other words and the flow, then word 4, then the way's tag.
-//! A reader reads word 4 first and again after the fields it needs; if it changed, a CPU wrote
-//! the entry meanwhile and the reader takes the flow as not found.
+//! Every CPU writes the table, so each write claims the way's tag word first (a
+//! compare-and-swap to `CLAIMED`), then stores word 4 of the entry's key as `BUSY`, the other
+//! words and the flow, word 4, then the tag. A reader reads word 4 first and again after the
+//! fields it needs; if it changed, a CPU wrote the entry meanwhile and the reader takes the
+//! flow as not found.
 
 use core::{
     ffi::c_void,
@@ -13,7 +14,9 @@ use core::{
 };
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop};
-use sni_common::flow_table::{age, tag_word, FlowEntry, Place, BUSY, STAMP_UNIT_SHIFT, WAYS};
+use sni_common::flow_table::{
+    age, tag_word, FlowEntry, Place, BUSY, CLAIMED, STAMP_UNIT_SHIFT, WAYS,
+};
 
 use crate::{
     atomic::cmpxchg,
@@ -145,17 +148,24 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
             0,
         );
     }
+    if choice.best == 0 {
+        // Every way claimed by another CPU.
+        return;
+    }
     let (bucket, way) = choice.candidate(choice.pick);
     let (Some(entry), Some(tags)) = (entry(bucket, way), SNI_FLOW_TAGS.get_ptr_mut(bucket)) else {
         return;
     };
-    // SAFETY: a live entry of the table, claimed before anything else is written, so no other
-    // CPU writes it until word 4 is stored; then the way's tag, of a live value of the tags.
+    // SAFETY: a live value of the tags and a way of it, claimed before anything else is
+    // written, so no other CPU writes the way until its tag is stored; and a live entry of the
+    // table. The stores to the entry do not wait for its line (no compare-and-swap there).
     unsafe {
-        let seen = word4(entry);
-        if seen == BUSY || !cmpxchg(&raw mut (*entry).key[4], seen, BUSY) {
+        let (tag, seen) = tag_of(tags, way);
+        if seen == CLAIMED || !cmpxchg(tag, seen, CLAIMED) {
             return;
         }
+        core::ptr::write_volatile(&raw mut (*entry).key[4], BUSY);
+        compiler_fence(Ordering::SeqCst);
         (*entry).key[0] = words[0];
         (*entry).key[1] = words[1];
         (*entry).key[2] = words[2];
@@ -163,7 +173,6 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
         (*entry).flow = *flow;
         compiler_fence(Ordering::SeqCst);
         core::ptr::write_volatile(&raw mut (*entry).key[4], words[4]);
-        let (tag, _) = tag_of(tags, way);
         core::ptr::write_volatile(tag, tag_word(choice.place.tag, choice.now));
     }
 }
@@ -175,7 +184,7 @@ struct Choice {
     place: Place,
     now: u32,
     /// The best candidate's rank so far: the flow's own entry, then an empty one, then the
-    /// oldest.
+    /// oldest; 0 for none (a way another CPU claimed).
     best: u64,
     /// The best candidate so far, 0..2 × WAYS.
     pick: u32,
@@ -207,13 +216,15 @@ extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: a live value of the tags, and a way of it.
     let (_, tag) = unsafe { tag_of(tags, way) };
     let rank = if tag == 0 {
-        u64::from(u32::MAX) + 1
-    } else if tag as u32 == choice.place.tag && holds(bucket, way, &choice.words) {
         u64::from(u32::MAX) + 2
+    } else if tag == CLAIMED {
+        0
+    } else if tag as u32 == choice.place.tag && holds(bucket, way, &choice.words) {
+        u64::from(u32::MAX) + 3
     } else {
-        u64::from(age(tag, choice.now))
+        u64::from(age(tag, choice.now)) + 1
     };
-    if i == 0 || rank > choice.best {
+    if rank > choice.best {
         choice.best = rank;
         choice.pick = i;
     }
@@ -236,11 +247,12 @@ pub fn remove(words: &[u64; 5]) -> bool {
     let Some(found) = find(words) else {
         return false;
     };
-    // SAFETY: a live entry of the table and its way's tag; if another CPU claimed the entry
-    // meanwhile, it is writing another flow there, which stays, tag and all.
+    // SAFETY: a live entry of the table and its way's tag word, claimed first as a writer
+    // does; if another CPU claimed it meanwhile, it is writing another flow there, which stays.
     unsafe {
-        if cmpxchg(&raw mut (*found.entry).key[4], found.w4, 0) {
-            cmpxchg(found.tag, found.tag_word, 0);
+        if cmpxchg(found.tag, found.tag_word, CLAIMED) {
+            core::ptr::write_volatile(&raw mut (*found.entry).key[4], 0);
+            core::ptr::write_volatile(found.tag, 0);
         }
     }
     true
