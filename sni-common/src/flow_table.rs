@@ -5,15 +5,16 @@
 //! A plain array of [`FlowEntry`], in buckets of [`WAYS`] entries. A flow lives in one of the
 //! eight entries of its two buckets ([`Shape::place`], two choices: one bucket alone
 //! overflows long before the table is full). A new flow takes the entry that already holds
-//! its key, else an empty one, else the one written longest ago: the insert is a write into
+//! its key, else an empty one, else the one used longest ago (written, or found by a packet
+//! that missed its CPU's cache, as an LRU's lookup marks an entry): the insert is a write into
 //! memory the lookup just read, where an LRU hash's insert into a full table evicts a flow
 //! from elsewhere (its bucket lock, its list) first, which measured 0.69 µs of a
 //! ClientHello's 1.5. The table has twice as many entries as `flows_capacity` flows
 //! ([`entries`]), so that the two choices of four ways lose almost none of them to a full
 //! pair of buckets before the table holds that many.
 //!
-//! Each bucket has a line of [`Tags`] beside it, in an array of its own: per way, a 32-bit tag
-//! of the flow's hash and when the entry was written. The kernel reads the two tag lines
+//! Each entry has a tag word beside it, in an array of its own (a bucket's four in 32 bytes):
+//! a 32-bit tag of the flow's hash and when the entry was last used. The kernel reads the two tag lines
 //! first and an entry only where a tag matches, so a flow not in the table (every new flow,
 //! every SYN) costs two small reads, not eight entries; and a new flow picks its entry from
 //! the tags too. The tags are a hint: the entry's key decides, and userspace reads entries
@@ -37,16 +38,13 @@ pub const BUSY: u64 = 0xff << 32;
 /// way otherwise) and a stamp no entry has.
 pub const CLAIMED: u64 = 0xffff_ffff << 32;
 
-/// A bucket's tags: per way, 0 if the kernel left the way empty, else the flow's tag
-/// ([`Place::tag`], never 0) in the low 32 bits and the entry's stamp (when it was written, in
-/// units of 2^[`STAMP_UNIT_SHIFT`] ns of the coarse clock, wrapping after 2.3 years) in the
-/// high 32.
-pub type Tags = [u64; WAYS as usize];
-
 /// How far to shift nanoseconds to get a stamp: units of 16.8 ms.
 pub const STAMP_UNIT_SHIFT: u32 = 24;
 
-/// A way's tag word for a flow of `tag` written at `stamp`.
+/// An entry's tag word ([`crate::maps::MAP_FLOW_TAGS`]): 0 if the kernel left the entry
+/// empty, else the flow's tag ([`Place::tag`], never 0) in the low 32 bits and the entry's
+/// stamp (when it was last used, in units of 2^[`STAMP_UNIT_SHIFT`] ns of the coarse clock,
+/// wrapping after 2.3 years) in the high 32.
 #[inline(always)]
 pub fn tag_word(tag: u32, stamp: u32) -> u64 {
     u64::from(tag) | u64::from(stamp) << 32

@@ -47,8 +47,8 @@ pub const MAP_OTHER_NAMES: &str = "SNI_OTHER_NAMES";
 /// flow ([`crate::flow_table`]). The kernel writes, the terminator reads (hand-off), a reload
 /// rewrites verdicts.
 pub const MAP_FLOWS: &str = "SNI_FLOWS";
-/// A line of tags per bucket of [`MAP_FLOWS`]: `Array<Tags>`
-/// ([`crate::flow_table::Tags`]). Kernel only.
+/// The tags of [`MAP_FLOWS`]' entries, at the same indices: `Array<u64>`, a bucket's four in
+/// 32 bytes ([`crate::flow_table::tag_word`]). Kernel only.
 pub const MAP_FLOW_TAGS: &str = "SNI_FLOW_TAGS";
 /// Where [`MAP_FLOWS`]' flows go: `Array<Shape>` with one entry, its bucket count and the
 /// seed of its bucket hashes ([`crate::flow_table::Shape`]), written by the loader.
@@ -207,6 +207,15 @@ pub mod profile_stop {
     pub const FLOW: u8 = 3;
     /// After the ClientHello is read, before its host, fingerprint, flow record and verdict.
     pub const HELLO: u8 = 4;
+    /// After its outcome is counted and its fingerprint read (the key, its slot or its entry
+    /// among the others), before its host.
+    pub const FINGERPRINT: u8 = 5;
+    /// After its host is found, its verdict decided and the host's counters charged, before
+    /// the fingerprint's counters.
+    pub const HOST: u8 = 6;
+    /// After the fingerprint's counters (its own, and the host's row of it), before the flow
+    /// is remembered (the flow table's insert) and the verdict returned.
+    pub const COUNTED: u8 = 7;
 }
 
 /// Indices into [`MAP_GLOBAL`], with each counter's name and help text.

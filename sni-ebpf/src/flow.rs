@@ -100,6 +100,7 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     if !found.still() {
         return false;
     }
+    found.touch();
     let flow = &flow;
     counters::count(counter::FLOW_PACKETS);
     match cached {

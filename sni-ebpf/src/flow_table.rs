@@ -40,6 +40,18 @@ impl Found {
         self.entry
     }
 
+    /// Marks the entry used now, so that new flows take older ones first (as an LRU's lookup
+    /// does): its tag's stamp moves, at most once per stamp unit (16.8 ms) and only if no CPU
+    /// claimed the way meanwhile.
+    #[inline(always)]
+    pub fn touch(&self) {
+        let now = now();
+        if age(self.tag_word, now) != 0 {
+            // SAFETY: a live value of the tags.
+            unsafe { cmpxchg(self.tag, self.tag_word, tag_word(self.tag_word as u32, now)) };
+        }
+    }
+
     /// Whether the entry still holds what was found: no CPU claimed it since. Call after
     /// reading the fields to use.
     #[inline(always)]
@@ -48,6 +60,13 @@ impl Found {
         // SAFETY: a live entry of the table.
         unsafe { word4(self.entry) == self.w4 }
     }
+}
+
+/// The coarse clock as a stamp.
+#[inline(always)]
+fn now() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } >> STAMP_UNIT_SHIFT) as u32
 }
 
 /// Where the flow of `words` goes; `None` if the shape cannot be read.
@@ -66,37 +85,32 @@ unsafe fn word4(e: *mut FlowEntry) -> u64 {
     unsafe { core::ptr::read_volatile(&raw const (*e).key[4]) }
 }
 
-/// Way `way`'s tag word of a bucket's tags, and its address.
-///
-/// # Safety
-/// `tags` is a live value of `SNI_FLOW_TAGS`, `way` < `WAYS`.
+/// The tag word of entry `index` (its address, and its value read once).
 #[inline(always)]
-unsafe fn tag_of(tags: *mut sni_common::flow_table::Tags, way: u32) -> (*mut u64, u64) {
-    // SAFETY: the caller's.
-    unsafe {
-        let p = (&raw mut (*tags)[way as usize]).cast::<u64>();
-        (p, core::ptr::read_volatile(p))
-    }
+fn tag_of(index: u32) -> Option<(*mut u64, u64)> {
+    let p = SNI_FLOW_TAGS.get_ptr_mut(index)?;
+    // SAFETY: a live value of the tags, read whole.
+    Some((p, unsafe { core::ptr::read_volatile(p) }))
 }
 
-/// Entry `way` of bucket `bucket`.
+/// The index of entry `way` of bucket `bucket`, in the table and in its tags.
 #[inline(always)]
-fn entry(bucket: u32, way: u32) -> Option<*mut FlowEntry> {
-    SNI_FLOWS.get_ptr_mut(bucket.wrapping_mul(WAYS).wrapping_add(way))
+fn index(bucket: u32, way: u32) -> u32 {
+    bucket.wrapping_mul(WAYS).wrapping_add(way)
 }
 
 /// The entry of `bucket` that holds the flow of `words`, looked at only where the way's tag
 /// is the flow's.
 #[inline(always)]
 fn find_in(bucket: u32, tag: u32, words: &[u64; 5]) -> Option<Found> {
-    let tags = SNI_FLOW_TAGS.get_ptr_mut(bucket)?;
     for way in 0..WAYS {
-        // SAFETY: a live value of the tags, and a way of it.
-        let (tag_ptr, tag_word) = unsafe { tag_of(tags, way) };
+        // Each tag and entry is an array lookup of its own, so that what the verifier tracks
+        // of a found flow does not depend on the way.
+        let (tag_ptr, tag_word) = tag_of(index(bucket, way))?;
         if tag_word as u32 != tag {
             continue;
         }
-        let entry = entry(bucket, way)?;
+        let entry = SNI_FLOWS.get_ptr_mut(index(bucket, way))?;
         // SAFETY: a live entry of the table; word 4 first (see the module docs).
         let w4 = unsafe { word4(entry) };
         compiler_fence(Ordering::SeqCst);
@@ -122,7 +136,8 @@ pub fn find(words: &[u64; 5]) -> Option<Found> {
 }
 
 /// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one,
-/// else the one written longest ago, of its two buckets, as their tags say. Nothing is
+/// else the one used longest ago (written, or found by a packet: `Found::touch`), of its two
+/// buckets, as their tags say. Nothing is
 /// written if another CPU is writing the entry chosen (it wins), or if a map cannot be read.
 #[inline(always)]
 pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
@@ -132,8 +147,7 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     let mut choice = Choice {
         words: *words,
         place,
-        // SAFETY: a helper without arguments.
-        now: (unsafe { bpf_ktime_get_coarse_ns() } >> STAMP_UNIT_SHIFT) as u32,
+        now: now(),
         best: 0,
         pick: 0,
     };
@@ -153,14 +167,14 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
         return;
     }
     let (bucket, way) = choice.candidate(choice.pick);
-    let (Some(entry), Some(tags)) = (entry(bucket, way), SNI_FLOW_TAGS.get_ptr_mut(bucket)) else {
+    let i = index(bucket, way);
+    let (Some(entry), Some((tag, seen))) = (SNI_FLOWS.get_ptr_mut(i), tag_of(i)) else {
         return;
     };
     // SAFETY: a live value of the tags and a way of it, claimed before anything else is
     // written, so no other CPU writes the way until its tag is stored; and a live entry of the
     // table. The stores to the entry do not wait for its line (no compare-and-swap there).
     unsafe {
-        let (tag, seen) = tag_of(tags, way);
         if seen == CLAIMED || !cmpxchg(tag, seen, CLAIMED) {
             return;
         }
@@ -210,11 +224,9 @@ extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
     let choice = unsafe { &mut *ctx.cast::<Choice>() };
     let i = i as u32;
     let (bucket, way) = choice.candidate(i);
-    let Some(tags) = SNI_FLOW_TAGS.get_ptr_mut(bucket) else {
+    let Some((_, tag)) = tag_of(index(bucket, way)) else {
         return 1;
     };
-    // SAFETY: a live value of the tags, and a way of it.
-    let (_, tag) = unsafe { tag_of(tags, way) };
     let rank = if tag == 0 {
         u64::from(u32::MAX) + 2
     } else if tag == CLAIMED {
@@ -234,7 +246,7 @@ extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
 /// Whether entry `way` of `bucket` holds the flow of `words`.
 #[inline(always)]
 fn holds(bucket: u32, way: u32, words: &[u64; 5]) -> bool {
-    match entry(bucket, way) {
+    match SNI_FLOWS.get_ptr_mut(index(bucket, way)) {
         // SAFETY: a live entry of the table.
         Some(e) => unsafe { (*e).holds(word4(e), words) },
         None => false,

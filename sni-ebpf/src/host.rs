@@ -10,7 +10,7 @@ use aya_log_ebpf::debug;
 use sni_common::{
     flow::{kind, Flow},
     host::{NameHash, NameScan, MAX_NAME_LEN},
-    maps::{counter, Scratch},
+    maps::{counter, profile_stop as stop, Scratch},
     HostKey, Outcome,
 };
 
@@ -20,10 +20,14 @@ use crate::{
     fingerprint, flow,
     headers::Segment,
     maps::{
-        debug_enabled, wildcards_enabled, SNI_HOSTS, SNI_NAME_KEYS, SNI_OTHER_NAMES, SNI_SCRATCH,
+        debug_enabled, profile_stop, wildcards_enabled, SNI_HOSTS, SNI_NAME_KEYS, SNI_OTHER_NAMES,
+        SNI_SCRATCH,
     },
     verdict,
 };
+
+/// The action for a packet that passes.
+const PASS_ACTION: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
 
 /// The ClientHello in the scratch was read to an outcome: counts it, finds its host and
 /// verdict, remembers the flow. Returns the XDP action for this packet.
@@ -38,7 +42,7 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     let (name_len, records) = (p.host.len, p.records());
     if !p.is_client_hello() {
         // Not TLS after all: nothing to remember.
-        return verdict::action(sni_common::flow::verdict::PASS);
+        return PASS_ACTION;
     }
     count(counter::CLIENT_HELLOS);
     if ech {
@@ -53,6 +57,9 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     });
     // Read to its end with `SNI_JA4` on: its fingerprint.
     let fp = p.ja4().map(fingerprint::read);
+    if profile_stop() == stop::FINGERPRINT {
+        return PASS_ACTION;
+    }
     let ja4_slot = fp.as_ref().map_or(0, |f| f.slot);
     let mut flow = Flow::default();
     let mut stats = None;
@@ -84,11 +91,17 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
             charge(v, u64::from(segments), bytes, flow.verdict);
         }
     }
+    if profile_stop() == stop::HOST {
+        return PASS_ACTION;
+    }
     if let Some(fp) = &fp {
         flow.ja4 = fp.key.hash64();
         // Slots are far fewer than 2^16 (`JA4_SLOTS_ENTRIES` and a quarter more).
         flow.ja4_slot = fp.slot as u16;
         fingerprint::charge(fp, &flow);
+    }
+    if profile_stop() == stop::COUNTED {
+        return PASS_ACTION;
     }
     flow::remember(&seg.key, &flow);
     if debug_enabled() {

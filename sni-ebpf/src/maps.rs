@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use sni_common::{
     flow::{Bucket, CachedFlow, FlowKey, Pending, Policy},
-    flow_table::{FlowEntry, Shape, Tags},
+    flow_table::{FlowEntry, Shape},
     host::{NameEntry, NameKeys},
     ja4::Ja4Key,
     maps::{
@@ -67,9 +67,9 @@ pub static SNI_OTHER_NAMES: LruHashMap<u64, HostKey> =
 #[map]
 pub static SNI_FLOWS: Array<FlowEntry> = Array::with_max_entries(1, 0);
 
-/// Per bucket of `SNI_FLOWS`, its ways' tags and stamps (sized by the loader).
+/// Per entry of `SNI_FLOWS`, at the same index, its tag and stamp (sized by the loader).
 #[map]
-pub static SNI_FLOW_TAGS: Array<Tags> = Array::with_max_entries(1, 0);
+pub static SNI_FLOW_TAGS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Where `SNI_FLOWS`' flows go (one entry, written by the loader).
 #[map]

@@ -1,6 +1,6 @@
 //! The flow table (`BPF_PROG_TEST_RUN`): it holds as many flows as `flows_capacity` says, and
-//! a new flow takes the entry that holds its key, else an empty one, else the one written
-//! longest ago, of its two buckets.
+//! a new flow takes the entry that holds its key, else an empty one, else the one used longest
+//! ago (written, or found by a packet its core's cache did not hold), of its two buckets.
 
 use std::{collections::HashMap, thread::sleep, time::Duration};
 
@@ -32,6 +32,28 @@ fn hello(port: u16) -> Vec<u8> {
     )
 }
 
+/// A data record of the flow from client port `port`, after its ClientHello.
+fn data(port: u16) -> Vec<u8> {
+    frame::v4_segment(
+        &Seg {
+            src_port: port,
+            dst_port: PORT,
+            seq: 1 + rustls_hello("a.example.org").len() as u32,
+            flags: PSH_ACK,
+        },
+        &[0x17, 0x03, 0x03, 0x00, 0x02, 0xab, 0xcd],
+    )
+}
+
+/// Runs the rest of the calling test on `cpu` (the program runs on the caller's core, and so
+/// uses that core's flow cache).
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("pinning to core {cpu}: {e} (these tests need 2 cores)"));
+}
+
 #[test]
 fn the_table_holds_as_many_flows_as_its_capacity() {
     const FLOWS: u32 = 4096;
@@ -52,16 +74,33 @@ fn the_table_holds_as_many_flows_as_its_capacity() {
 }
 
 #[test]
-fn a_new_flow_takes_an_empty_entry_else_the_oldest_of_its_two_buckets() {
+fn a_new_flow_takes_an_empty_entry_else_the_one_used_longest_ago_of_its_two_buckets() {
     // `flows_capacity = 1`: eight entries, two buckets, so every flow's buckets are full
-    // after a few.
+    // after a few. New flows come on core 0, where each is cached; every third round, a
+    // packet of the oldest flow not seen on core 1 yet comes on core 1, whose cache does not
+    // hold it: found in the table, it counts as used then (and is cached on core 1).
     let prog = prog(1);
     let table = prog.flow_table();
     assert_eq!(table.flows().count(), 0);
-    // Client port of the flow in each entry, and when each flow came (its rank).
-    let mut came: HashMap<u16, usize> = HashMap::new();
+    // When each flow (by client port) was last written or used, in ticks: 2 × its round.
+    let mut used: HashMap<u16, usize> = HashMap::new();
     let mut replaced = 0;
+    let mut touched: Vec<u16> = Vec::new();
     for rank in 0..24 {
+        if rank % 3 == 2 {
+            let oldest = table
+                .flows()
+                .filter_map(|(_, e)| e.flow_key())
+                .filter(|k| !touched.contains(&k.src_port))
+                .min_by_key(|k| used[&k.src_port])
+                .expect("flows in the table");
+            pin(1);
+            assert_eq!(prog.run(&data(oldest.src_port)), XDP_PASS);
+            used.insert(oldest.src_port, 2 * rank - 1);
+            touched.push(oldest.src_port);
+            sleep(Duration::from_millis(40));
+        }
+        pin(0);
         let port = frame::next_port();
         let key = v4_key(port, PORT);
         let mut candidates: Vec<u32> = table.shape().place(&key.words()).entries().collect();
@@ -87,16 +126,19 @@ fn a_new_flow_takes_an_empty_entry_else_the_oldest_of_its_two_buckets() {
                 let oldest = before
                     .values()
                     .flatten()
-                    .min_by_key(|p| came[p])
+                    .min_by_key(|p| used[p])
                     .expect("full buckets");
-                assert_eq!(old, *oldest, "flow {rank} took the entry of a younger flow");
+                assert_eq!(
+                    old, *oldest,
+                    "flow {rank} took the entry of a flow used later"
+                );
                 replaced += 1;
             }
             (Some(old), Some(empty)) => {
                 panic!("flow {rank} replaced the flow of port {old} while entry {empty} was empty")
             }
         }
-        came.insert(port, rank);
+        used.insert(port, 2 * rank);
         // Stamps count 16.8 ms; the coarse clock moves by 4 ms at the least.
         sleep(Duration::from_millis(40));
     }

@@ -205,6 +205,26 @@ fn fill_busy(prog: &Prog, hello: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Flow numbers of the flows that fill a table (`fill_table`), past every other case's.
+const FILL_BASE: u64 = 60_000 * 60_000;
+
+/// Fills a classifier's flow table with ClientHellos of flows no case sends, until every
+/// entry is taken (new flows then replace the ones used longest ago, as on a busy edge):
+/// twice as many as it has entries, checked.
+fn fill_table(prog: &Prog, hello: &[u8]) -> Result<()> {
+    let entries = sni_common::flow_table::entries(sni_common::maps::FLOWS_DEFAULT_ENTRIES);
+    let mut f = seg(0, 443, 1, PSH_ACK, hello);
+    for n in 0..2 * u64::from(entries) {
+        vary(&mut f, FILL_BASE + n);
+        prog.run(&f);
+    }
+    let taken = prog.flows_len();
+    if taken < entries as usize * 99 / 100 {
+        bail!("full table: {taken} of {entries} entries taken");
+    }
+    Ok(())
+}
+
 /// The traffic mix's kinds of packet, per 100: 90 data records and 8 bare ACKs of busy flows,
 /// 1 ClientHello of a new flow, 1 packet to another port; spread (call i takes kind
 /// (i × 37) mod 100) so that the ClientHellos are not bunched.
@@ -443,6 +463,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     // New flows: a SYN flood, ClientHellos in one segment and split over two; the ClientHellos
     // with JA4 fingerprinting on (the default), then off, so that its cost shows beside.
     let prog = Prog::with_config(&config());
+    fill_table(&prog, &hello)?;
     let pair = Pair {
         prog: &prog,
         base: Base::Noop(&noop),
@@ -475,6 +496,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
     // Flows 0 to flows_per_case were the SYN flood's; each `rows` takes three times that.
     let on = cases.rows(&pair, "", true, flows_per_case)?;
     let off_prog = Prog::with_config(&config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1));
+    fill_table(&off_prog, &hello)?;
     let off_pair = Pair {
         prog: &off_prog,
         base: Base::Noop(&noop),
@@ -578,9 +600,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         print_row(&r);
         rows.push(r);
     }
-    // Each stop's program has maps of its own: the table's filler flows first, then the
-    // timed ones past them.
-    let base = 0;
+    // Each stop's program has maps of its own.
     for (at, stage) in [
         (stop::HEADERS, "the headers stage"),
         (
@@ -592,16 +612,27 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
             "reading the ClientHello (copied, parsed with its JA4)",
         ),
         (
+            stop::FINGERPRINT,
+            "its fingerprint (the key, its entry among the others)",
+        ),
+        (
+            stop::HOST,
+            "its host (the name's hashes and lookup, the verdict, the host's counters)",
+        ),
+        (
+            stop::COUNTED,
+            "the fingerprint's counters (its own, the host's row of it)",
+        ),
+        (
             stop::NONE,
-            "every stage (host, fingerprint, the flow table's insert, verdict last)",
+            "every stage (the flow table's insert and the verdict last)",
         ),
     ] {
         let prog = stopped(at);
-        // A full flow table, as in the ClientHello rows.
-        let mut f = seg(0, 443, 1, PSH_ACK, hello);
-        for n in 0..u64::from(sni_common::maps::FLOWS_DEFAULT_ENTRIES) {
-            vary(&mut f, base + n);
-            prog.run(&f);
+        // A full flow table, as in the ClientHello rows (stopped before the insert, the
+        // program leaves the table empty; a lookup then reads the same two tag lines).
+        if at == stop::NONE {
+            fill_table(&prog, hello)?;
         }
         let pair = Pair {
             prog: &prog,
@@ -609,7 +640,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         };
         let one = NewFlows {
             template: seg(0, 443, 1, PSH_ACK, hello),
-            base: base + (1 << 20),
+            base: 1 << 20,
             before: None,
         };
         let r = row(

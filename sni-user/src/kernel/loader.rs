@@ -683,7 +683,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .map_max_entries(MAP_OTHER_HOSTS, xdp.other_hosts_capacity)
         .map_max_entries(MAP_OTHER_NAMES, xdp.other_hosts_capacity)
         .map_max_entries(MAP_FLOWS, flow_table_entries)
-        .map_max_entries(MAP_FLOW_TAGS, flow_shape.buckets)
+        .map_max_entries(MAP_FLOW_TAGS, flow_table_entries)
         .map_max_entries(MAP_PENDING, xdp.pending_capacity)
         .map_max_entries(MAP_FLOW_CACHE, cache_total)
         .map_max_entries(MAP_JA4_POLICY, ja4_slots)
