@@ -137,8 +137,8 @@ pub fn find(words: &[u64; 5]) -> Option<Found> {
 
 /// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one,
 /// else the one used longest ago (written, or found by a packet: `Found::touch`), of its two
-/// buckets, as their tags say. Nothing is
-/// written if another CPU is writing the entry chosen (it wins), or if a map cannot be read.
+/// buckets, as their tags say. Nothing is written if another CPU is writing the entry chosen
+/// (it wins), or if a map cannot be read.
 #[inline(always)]
 pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     let Some(place) = place(words) else {
