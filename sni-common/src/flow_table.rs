@@ -23,8 +23,14 @@
 //! A writer claims the way's tag word with a compare-and-swap ([`CLAIMED`]; the tag line is
 //! in cache, the lookup read it), so two CPUs never write one entry at once; then stores word
 //! 4 of the entry's key as [`BUSY`], the other words and the flow, word 4 as the key's, and
-//! the tag last. None of those stores waits for the entry's line. A reader reads word 4 first
-//! and again after the fields it needs: unchanged, it read one flow's fields.
+//! the tag last. None of those stores waits for the entry's line. A reader reads the key,
+//! then the fields it needs, then the key again: unchanged, it read one flow's fields (x86
+//! keeps stores, and loads, in program order; on a CPU that does not, the reader and the
+//! writer would need acquire and release orderings, which BPF has from kernel 6.15).
+//!
+//! Userspace's rewrite of verdicts (a reload) cannot claim a way: it writes entries with a
+//! system call, and re-reads each just before, so only a flow the kernel replaces in those
+//! microseconds can be lost or see its old verdict come back.
 
 use crate::flow::{Flow, FlowKey};
 
@@ -34,8 +40,8 @@ pub const WAYS: u32 = 4;
 /// Word 4 of an entry a CPU is writing: family `0xff`, which no key has.
 pub const BUSY: u64 = 0xff << 32;
 
-/// A tag word a CPU has claimed to write its way: no tag (the low half, 0 only for an empty
-/// way otherwise) and a stamp no entry has.
+/// A tag word a CPU has claimed to write its way: no tag in the low half (which is 0 only for
+/// this and for an empty entry's word, 0).
 pub const CLAIMED: u64 = 0xffff_ffff << 32;
 
 /// How far to shift nanoseconds to get a stamp: units of 16.8 ms.
@@ -50,10 +56,16 @@ pub fn tag_word(tag: u32, stamp: u32) -> u64 {
     u64::from(tag) | u64::from(stamp) << 32
 }
 
-/// How long ago, in stamp units, a tag word's entry was written, at stamp `now`.
+/// How long ago, in stamp units, a tag word's entry was last used, at stamp `now`: 0 for a
+/// stamp after `now` (written by another CPU whose clock read came later).
 #[inline(always)]
 pub fn age(word: u64, now: u32) -> u32 {
-    now.wrapping_sub((word >> 32) as u32)
+    let age = now.wrapping_sub((word >> 32) as u32);
+    if age > i32::MAX as u32 {
+        0
+    } else {
+        age
+    }
 }
 
 /// One flow of the table: its key, as [`FlowKey::words`] (word 4 also says whether the entry
@@ -130,21 +142,23 @@ impl Shape {
         }
     }
 
-    /// Where the flow whose key has these [`FlowKey::words`] goes: the words folded with the
-    /// seed, two multiplications, and each product's high half scaled to the bucket count (a
-    /// multiply and a shift, so any count works) for its two buckets, which may be the same;
-    /// the second product's low half for its tag.
+    /// Where the flow whose key has these [`FlowKey::words`] goes: the words mixed into the
+    /// seed one by one (a multiplication each, so that which keys share buckets depends on
+    /// the seed: someone who does not know it cannot aim flows at a flow's buckets to evict
+    /// it), then each of two products' high half scaled to the bucket count (a multiply and a
+    /// shift, so any count works) for its two buckets, which may be the same; the second
+    /// product's low half for its tag.
     #[inline(always)]
     pub fn place(&self, w: &[u64; 5]) -> Place {
         const K1: u64 = 0x9e37_79b9_7f4a_7c15;
         const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
-        let x = w[0]
-            ^ w[1].rotate_left(16)
-            ^ w[2].rotate_left(32)
-            ^ w[3].rotate_left(48)
-            ^ w[4]
-            ^ self.seed;
-        let h1 = (x ^ (x >> 32)).wrapping_mul(K1);
+        let mut x = self.seed;
+        x = (x ^ w[0]).wrapping_mul(K1);
+        x = (x ^ w[1]).wrapping_mul(K1);
+        x = (x ^ w[2]).wrapping_mul(K1);
+        x = (x ^ w[3]).wrapping_mul(K1);
+        x = (x ^ w[4]).wrapping_mul(K1);
+        let h1 = x ^ (x >> 32);
         let h2 = (h1 ^ (h1 >> 29)).wrapping_mul(K2);
         let scale = |h: u64| (((h >> 32) * u64::from(self.buckets)) >> 32) as u32;
         Place {
@@ -272,5 +286,28 @@ mod tests {
         assert_eq!(w as u32, 0xdead_beef);
         assert_eq!(age(w, 7), 2);
         assert_eq!(age(tag_word(1, u32::MAX), 1), 2);
+        // Written by a CPU whose clock read came after `now`: not old.
+        assert_eq!(age(tag_word(1, 8), 7), 0);
+    }
+
+    #[test]
+    fn keys_that_share_places_under_one_seed_do_not_under_another() {
+        // Keys whose words XOR to the same value: an address's last bytes and the port
+        // changed together.
+        let a = key(40_000);
+        let mut b = key(40_000 ^ 0x00ff);
+        b.src[0] ^= 0xff;
+        let (wa, wb) = (a.words(), b.words());
+        assert_eq!(
+            wa.iter().fold(0, |x, w| x ^ w),
+            wb.iter().fold(0, |x, w| x ^ w)
+        );
+        let shared = (0..64u64)
+            .filter(|&seed| {
+                let shape = Shape::new(entries(1 << 20), seed);
+                shape.place(&wa) == shape.place(&wb)
+            })
+            .count();
+        assert_eq!(shared, 0);
     }
 }

@@ -139,10 +139,11 @@ pub const FLOW_CACHE_MIN_ENTRIES: u32 = 1024;
 /// See [`FLOW_CACHE_MIN_ENTRIES`]: 64 Ki entries of 88 bytes is 5.5 MiB per CPU.
 pub const FLOW_CACHE_MAX_ENTRIES: u32 = 64 * 1024;
 
-/// Entries per CPU of [`MAP_FLOW_CACHE`] for a flow table of `flows` entries on `cpus` CPUs:
-/// the table's share of one CPU (RSS spreads flows over the CPUs), rounded up to a power of
+/// Entries per CPU of [`MAP_FLOW_CACHE`] for a flow table of `flows` flows on `cpus` CPUs:
+/// the flows' share of one CPU (RSS spreads flows over the CPUs), rounded up to a power of
 /// two and kept within [`FLOW_CACHE_MIN_ENTRIES`]..=[`FLOW_CACHE_MAX_ENTRIES`]. The cache's
-/// memory is then about the flow table's size whatever the number of CPUs.
+/// memory then stays near the flow table's (64-byte entries, twice as many as flows, plus
+/// their tags) whatever the number of CPUs.
 pub fn flow_cache_entries(flows: u32, cpus: u32) -> u32 {
     let share = flows / cpus.max(1);
     share

@@ -2,7 +2,8 @@
 //! packet of a known flow: one 64-byte line per flow in a plain array, at an index hashed from
 //! the IPv4 source address and port (the bench's flows differ only there), incremented; no
 //! parsing past fixed offsets, no key compare, no second map. `sni_floor_insert`, for a new
-//! flow: the flow inserted into an LRU hash shaped like the flow table. Built with the
+//! flow: the flow inserted into a full LRU hash shaped like the flow table before it became
+//! buckets in an array (the kernel's LRU insert, for comparison). Built with the
 //! classifier by `cargo xtask build-ebpf`, so all go through the same toolchain. Not part of
 //! the product.
 #![allow(
@@ -85,7 +86,7 @@ mod entry {
     }
 
     /// The floor of a new flow: inserts the packet's flow, keyed by five words as the flow
-    /// table is, into an LRU hash as large as the flow table; passes every packet.
+    /// table is, into an LRU hash of the flow table's default capacity; passes every packet.
     #[xdp]
     pub fn sni_floor_insert(ctx: XdpContext) -> u32 {
         let Some((addr, port)) = source(&ctx) else {

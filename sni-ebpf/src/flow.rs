@@ -56,8 +56,9 @@ const MAX_CPUS: u32 = 8192;
 /// The flow is found in this CPU's cache, else in the flow table (then cached). A cached
 /// copy is not trusted with a segment that starts a ClientHello: that is the table's to say
 /// (a retransmitted ClientHello of this flow), or a new connection on the 5-tuple whose SYN
-/// another core saw after the table had evicted the old flow, which must be read. Values are
-/// read in place: a copy of a map value goes through the stack byte by byte here.
+/// another core saw after the table had evicted the old flow, which must be read. The cache
+/// entry is read in place; the table's flow is copied, then its key checked again
+/// (`flow_table::Found::still`), since another CPU may write the entry meanwhile.
 ///
 /// A packet of a cached flow is counted in its cache entry, which only this CPU writes; the
 /// host's shared counters get it when the entry goes to another flow (`fill`).
@@ -97,7 +98,7 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     // SAFETY: a live entry of the table, copied; `still` then says whether another CPU wrote
     // it meanwhile, and the copy is used only if none did (else the flow is not found).
     let flow = unsafe { (*found.entry()).flow };
-    if !found.still() {
+    if !found.still(&key.words) {
         return false;
     }
     found.touch();

@@ -4,9 +4,10 @@
 //!
 //! Every CPU writes the table, so each write claims the way's tag word first (a
 //! compare-and-swap to `CLAIMED`), then stores word 4 of the entry's key as `BUSY`, the other
-//! words and the flow, word 4, then the tag. A reader reads word 4 first and again after the
-//! fields it needs; if it changed, a CPU wrote the entry meanwhile and the reader takes the
-//! flow as not found.
+//! words and the flow, word 4, then the tag. A reader reads the key first and again after the
+//! fields it needs (`Found::still`); if it changed, a CPU wrote the entry meanwhile and the
+//! reader takes the flow as not found: that packet goes on as one of a flow not classified
+//! (uncounted, passed), as it would a moment later anyway, the entry being another flow's.
 
 use core::{
     ffi::c_void,
@@ -23,12 +24,10 @@ use crate::{
     maps::{SNI_FLOWS, SNI_FLOW_SHAPE, SNI_FLOW_TAGS},
 };
 
-/// A flow found in the table: its entry and word 4 of its key as read, its way's tag word and
-/// that word as read.
+/// A flow found in the table: its entry, its way's tag word and that word as read.
 #[derive(Clone, Copy)]
 pub struct Found {
     entry: *mut FlowEntry,
-    w4: u64,
     tag: *mut u64,
     tag_word: u64,
 }
@@ -52,13 +51,18 @@ impl Found {
         }
     }
 
-    /// Whether the entry still holds what was found: no CPU claimed it since. Call after
-    /// reading the fields to use.
+    /// Whether the entry still holds the flow of `words`: no CPU wrote it since it was found
+    /// (a writer stores word 4 as `BUSY` before anything else, and another flow's key differs
+    /// in some word). Call after reading the fields to use.
     #[inline(always)]
-    pub fn still(&self) -> bool {
+    pub fn still(&self, words: &[u64; 5]) -> bool {
         compiler_fence(Ordering::SeqCst);
-        // SAFETY: a live entry of the table.
-        unsafe { word4(self.entry) == self.w4 }
+        // SAFETY: a live entry of the table; word 4 first, as in `find_in`.
+        unsafe {
+            let w4 = word4(self.entry);
+            compiler_fence(Ordering::SeqCst);
+            (*self.entry).holds(w4, words)
+        }
     }
 }
 
@@ -69,10 +73,15 @@ fn now() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } >> STAMP_UNIT_SHIFT) as u32
 }
 
-/// Where the flow of `words` goes; `None` if the shape cannot be read.
+/// Where the flow of `words` goes; `None` if the shape cannot be read or was never written
+/// (no buckets: the table is then neither read nor written, as without the map).
 #[inline(always)]
 fn place(words: &[u64; 5]) -> Option<Place> {
-    Some(SNI_FLOW_SHAPE.get(0)?.place(words))
+    let shape = SNI_FLOW_SHAPE.get(0)?;
+    if shape.buckets == 0 {
+        return None;
+    }
+    Some(shape.place(words))
 }
 
 /// Word 4 of `e`'s key, read once.
@@ -118,7 +127,6 @@ fn find_in(bucket: u32, tag: u32, words: &[u64; 5]) -> Option<Found> {
         if unsafe { (*entry).holds(w4, words) } {
             return Some(Found {
                 entry,
-                w4,
                 tag: tag_ptr,
                 tag_word,
             });
@@ -137,8 +145,10 @@ pub fn find(words: &[u64; 5]) -> Option<Found> {
 
 /// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one,
 /// else the one used longest ago (written, or found by a packet: `Found::touch`), of its two
-/// buckets, as their tags say. Nothing is written if another CPU is writing the entry chosen
-/// (it wins), or if a map cannot be read.
+/// buckets, as their tags say. Nothing is written if another CPU changed the chosen way's tag
+/// since it was ranked (it claimed the way, or marked its flow used), or if a map cannot be
+/// read: the flow is then not remembered, and its later packets are those of a flow not
+/// classified.
 #[inline(always)]
 pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     let Some(place) = place(words) else {
@@ -150,6 +160,7 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
         now: now(),
         best: 0,
         pick: 0,
+        seen: 0,
     };
     // SAFETY: `rank_way` has the callback signature bpf_loop expects; its context is
     // `choice`, on this stack for the whole call. (A loop here, unrolled, would have the
@@ -168,14 +179,15 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     }
     let (bucket, way) = choice.candidate(choice.pick);
     let i = index(bucket, way);
-    let (Some(entry), Some((tag, seen))) = (SNI_FLOWS.get_ptr_mut(i), tag_of(i)) else {
+    let (Some(entry), Some(tag)) = (SNI_FLOWS.get_ptr_mut(i), SNI_FLOW_TAGS.get_ptr_mut(i)) else {
         return;
     };
-    // SAFETY: a live value of the tags and a way of it, claimed before anything else is
-    // written, so no other CPU writes the way until its tag is stored; and a live entry of the
-    // table. The stores to the entry do not wait for its line (no compare-and-swap there).
+    // SAFETY: a live value of the tags, claimed (from the value it was ranked with) before
+    // anything else is written, so no other CPU writes the way until its tag is stored; and a
+    // live entry of the table. The stores to the entry do not wait for its line (no
+    // compare-and-swap there).
     unsafe {
-        if seen == CLAIMED || !cmpxchg(tag, seen, CLAIMED) {
+        if !cmpxchg(tag, choice.seen, CLAIMED) {
             return;
         }
         core::ptr::write_volatile(&raw mut (*entry).key[4], BUSY);
@@ -192,7 +204,6 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
 }
 
 /// Which entry a new flow takes (`insert`): what `rank_way` reads and what it found so far.
-#[repr(C)]
 struct Choice {
     words: [u64; 5],
     place: Place,
@@ -202,6 +213,8 @@ struct Choice {
     best: u64,
     /// The best candidate so far, 0..2 × WAYS.
     pick: u32,
+    /// Its tag word as ranked.
+    seen: u64,
 }
 
 impl Choice {
@@ -239,6 +252,7 @@ extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
     if rank > choice.best {
         choice.best = rank;
         choice.pick = i;
+        choice.seen = tag;
     }
     0
 }
@@ -253,19 +267,42 @@ fn holds(bucket: u32, way: u32, words: &[u64; 5]) -> bool {
     }
 }
 
-/// Empties the entry holding the flow of `words`, and its tag; whether there was one.
+/// Empties every entry holding the flow of `words` (two CPUs that inserted it at once can
+/// have left it in two), and their tags; whether there was one.
 #[inline(always)]
 pub fn remove(words: &[u64; 5]) -> bool {
     let Some(found) = find(words) else {
         return false;
     };
-    // SAFETY: a live entry of the table and its way's tag word, claimed first as a writer
-    // does; if another CPU claimed it meanwhile, it is writing another flow there, which stays.
-    unsafe {
-        if cmpxchg(found.tag, found.tag_word, CLAIMED) {
-            core::ptr::write_volatile(&raw mut (*found.entry).key[4], 0);
-            core::ptr::write_volatile(found.tag, 0);
-        }
+    found.clear();
+    if let Some(again) = find(words) {
+        again.clear();
     }
     true
+}
+
+impl Found {
+    /// Empties the entry and its tag, claimed first as a writer does. A claim that fails
+    /// because a packet marked the flow used meanwhile (its stamp moved, its tag did not) is
+    /// tried again; one that fails because another CPU claimed the way leaves it to that
+    /// CPU's new flow.
+    #[inline(always)]
+    fn clear(&self) {
+        let mut seen = self.tag_word;
+        for _ in 0..3 {
+            // SAFETY: a live value of the tags and a live entry of the table.
+            unsafe {
+                if cmpxchg(self.tag, seen, CLAIMED) {
+                    core::ptr::write_volatile(&raw mut (*self.entry).key[4], 0);
+                    core::ptr::write_volatile(self.tag, 0);
+                    return;
+                }
+                let now = core::ptr::read_volatile(self.tag);
+                if now as u32 != self.tag_word as u32 {
+                    return;
+                }
+                seen = now;
+            }
+        }
+    }
 }

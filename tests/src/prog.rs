@@ -157,6 +157,22 @@ impl Prog {
         self.flow_table().flows().count()
     }
 
+    /// Flows in the flow table, checked: each in one entry only, at one its place allows.
+    pub fn checked_flows(&self) -> usize {
+        let table = self.flow_table();
+        let shape = table.shape();
+        let mut seen = std::collections::HashSet::new();
+        for (i, entry) in table.flows() {
+            let key = entry.flow_key().expect("an entry in use has a key");
+            assert!(
+                shape.place(&key.words()).entries().any(|c| c == i),
+                "flow {key:?} at entry {i}, not one of its place's ({shape:?})"
+            );
+            assert!(seen.insert(key), "flow {key:?} in two entries");
+        }
+        seen.len()
+    }
+
     /// Takes `key`'s flow out of the flow table, as a new flow taking its entry does.
     pub fn evict_flow(&mut self, key: &FlowKey) {
         let mut table = FlowTable::of_mut(&mut self.ebpf).expect("flow table");

@@ -447,7 +447,7 @@ fn hostile_frames_never_abort_never_drop_unasked_and_are_all_counted() {
     assert_eq!(k.client_hellos, keeps, "configured counters exact");
     let (d, _) = h.prog.host("drop.example").unwrap();
     assert_eq!(d.dropped, 40, "{d:?}");
-    assert!(h.prog.flows_len() <= flow_table::entries(FLOWS) as usize);
+    assert!(h.prog.checked_flows() <= flow_table::entries(FLOWS) as usize);
     assert!(h.prog.pending_len() <= PENDING as usize);
     assert!(h.prog.other_len() <= OTHERS as usize);
 }
@@ -514,7 +514,7 @@ fn floods_of_names_and_five_tuples_keep_maps_bounded_and_counters_intact() {
     );
     assert_outcomes_add_up(&g);
     assert!(
-        h.prog.flows_len() <= flow_table::entries(FLOWS) as usize,
+        h.prog.checked_flows() <= flow_table::entries(FLOWS) as usize,
         "{}",
         h.prog.flows_len()
     );

@@ -325,7 +325,7 @@ pub(super) fn rows(plains: &Plains<'_>, p: &Payloads<'_>, calls: u64) -> Result<
             .goal(1200.0)
             .how("a new flow per two frames, its segments back to back; per ClientHello (twice the mean per frame)")
             .per(2.0),
-        Case::new(&hellos("floor for a new flow (`sni_floor_insert`: its 5-tuple into an LRU hash shaped like the flow table, 131,072 entries, full), the frames of a ClientHello"), &floor_one).under(Under::FloorInsert)
+        Case::new(&hellos("a new flow's insert into an LRU hash (`sni_floor_insert`: its 5-tuple into an LRU hash of 131,072 entries, full, as the flow table was before it became buckets in an array), the frames of a ClientHello"), &floor_one).under(Under::FloorInsert)
         .how("a new flow each"),
     ];
     for case in cases {

@@ -17,7 +17,7 @@ use sni_common::{
     maps::{MAP_FLOWS, MAP_FLOW_SHAPE},
 };
 
-use crate::kernel::loader::error_chain;
+use crate::kernel::loader::open_pinned;
 
 /// The flow table: its entries and where flows go in it.
 pub struct FlowTable<T> {
@@ -25,20 +25,17 @@ pub struct FlowTable<T> {
     shape: Shape,
 }
 
+/// The table as opened from its pins (the terminator's, for the hand-off).
+pub type PinnedFlowTable = FlowTable<MapData>;
+
 impl FlowTable<MapData> {
     /// The table of the classifier whose maps are pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<aya::maps::Map> {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path)
-                .map_err(|e| anyhow!("opening {}: {}", path.display(), error_chain(&e)))?;
-            Ok(aya::maps::Map::from_map_data(data)?)
-        };
-        let shape = Array::<_, Shape>::try_from(open(MAP_FLOW_SHAPE)?)?
+        let shape = Array::<_, Shape>::try_from(open_pinned(pin_dir, MAP_FLOW_SHAPE)?)?
             .get(&0, 0)
             .context("reading the flow table's shape")?;
         Ok(Self {
-            entries: open(MAP_FLOWS)?.try_into()?,
+            entries: open_pinned(pin_dir, MAP_FLOWS)?.try_into()?,
             shape,
         })
     }
@@ -87,9 +84,16 @@ impl<T: Borrow<MapData>> FlowTable<T> {
         self.find(key).map(|(_, e)| e.flow)
     }
 
-    /// The entry holding `key`, with its index.
+    /// The entry holding `key`, with its index. Read twice and taken only if both reads
+    /// agree: a system call copies the entry while a CPU may be writing it.
     pub fn find(&self, key: &FlowKey) -> Option<(u32, FlowEntry)> {
-        self.shape.find(key, |i| self.entry(i))
+        for _ in 0..3 {
+            let (index, entry) = self.shape.find(key, |i| self.entry(i))?;
+            if self.entry(index) == Some(entry) {
+                return Some((index, entry));
+            }
+        }
+        None
     }
 
     /// Where flows go.
@@ -111,17 +115,28 @@ impl<T: Borrow<MapData>> FlowTable<T> {
 }
 
 impl<T: BorrowMut<MapData>> FlowTable<T> {
-    /// Writes entry `index` whole. The kernel does not see the write as a claim: a CPU that
-    /// writes another flow into the same entry at that moment can lose it (a reload's rewrite
-    /// is the only caller, and the entry is rewritten right after it was read).
-    pub fn set(&mut self, index: u32, entry: FlowEntry) -> Result<()> {
+    /// Writes `entry` at `index` if the entry there is still `was` (read again just before),
+    /// whether it did. The kernel does not see the write as a claim: a CPU that writes another
+    /// flow into the entry in the microseconds between the read and the write loses it, and a
+    /// CPU reading the entry while it is written may read a mix of the two versions of its
+    /// flow (then for one packet).
+    pub fn replace(&mut self, index: u32, was: &FlowEntry, entry: FlowEntry) -> Result<bool> {
+        if self.entry(index).as_ref() != Some(was) {
+            return Ok(false);
+        }
+        self.set(index, entry)?;
+        Ok(true)
+    }
+
+    /// Writes entry `index` whole (see `replace`).
+    fn set(&mut self, index: u32, entry: FlowEntry) -> Result<()> {
         self.entries
             .set(index, entry, 0)
             .context("writing a flow table entry")
     }
 
-    /// Empties the entry holding `key`, as the table does when a new flow takes it; whether
-    /// there was one.
+    /// Empties the entry holding `key`, as when a new flow takes it (its tag stays, which only
+    /// costs the kernel a read of the entry); whether there was one.
     pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
         let Some((index, _)) = self.find(key) else {
             return Ok(false);

@@ -181,8 +181,8 @@ impl Classifier {
     }
 
     /// The kernel's flow table, opened anew from its pin, for the terminator.
-    pub fn flow_table(&self) -> Result<FlowTable> {
-        FlowTable::open(&self.pin_dir)
+    pub fn flow_table(&self) -> Result<flow_table::PinnedFlowTable> {
+        flow_table::FlowTable::open(&self.pin_dir)
     }
 
     /// Each host's slot.
@@ -512,11 +512,12 @@ impl ActionChanges {
 /// made before. Returns how many flows changed. Part of [`Classifier::apply`].
 pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) -> Result<u64> {
     let mut table = flow_table::FlowTable::of_mut(ebpf)?;
-    // One read of every entry, then the writes: an entry the kernel gives to another flow
-    // in between can lose that flow (`FlowTable::set`).
+    // One read of every entry, then each one to change read again and written
+    // (`FlowTable::replace`).
     let entries: Vec<(u32, FlowEntry)> = table.flows().collect();
     let mut rewritten = 0u64;
-    for (index, mut entry) in entries {
+    for (index, was) in entries {
+        let mut entry = was;
         let flow = &mut entry.flow;
         let slot = match flow.kind {
             kind::CONFIGURED => flow.slot,
@@ -539,8 +540,9 @@ pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) 
         if ja4_slot != 0 && changes.ja4_removed.contains(&ja4_slot) {
             flow.ja4_slot = 0;
         }
-        if *flow != before {
-            table.set(index, entry)?;
+        // An entry the kernel changed since the read holds what it wrote: a new flow, whose
+        // verdict is already the new one.
+        if *flow != before && table.replace(index, &was, entry)? {
             rewritten += 1;
         }
     }
@@ -923,6 +925,20 @@ fn remove_stale_pins(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Map `name` of the running classifier whose maps are pinned under `pin_dir`.
+pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<aya::maps::Map> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        anyhow!(
+            "cannot open {} ({}): is `sni-user run` running with pin_dir = {}?",
+            path.display(),
+            error_chain(&e),
+            pin_dir.display()
+        )
+    })?;
+    Ok(aya::maps::Map::from_map_data(data)?)
+}
+
 /// Open pinned maps of a running classifier, for readers in other processes.
 pub struct PinnedMaps {
     /// Global counters.
@@ -954,24 +970,10 @@ pub struct PinnedMaps {
     pub ja4_names: HashMap<MapData, Ja4Key, Ja4Name>,
 }
 
-/// The kernel's flow table, as the terminator reads it (hand-off).
-pub type FlowTable = flow_table::FlowTable<MapData>;
-
 impl PinnedMaps {
     /// Opens the maps pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<aya::maps::Map> {
-            let path = pin_dir.join(name);
-            let data = MapData::from_pin(&path).map_err(|e| {
-                anyhow!(
-                    "cannot open {} ({}): is `sni-user run` running with pin_dir = {}?",
-                    path.display(),
-                    error_chain(&e),
-                    pin_dir.display()
-                )
-            })?;
-            Ok(aya::maps::Map::from_map_data(data)?)
-        };
+        let open = |name: &str| open_pinned(pin_dir, name);
         Ok(Self {
             global: open(MAP_GLOBAL)?.try_into()?,
             labels: open(MAP_LABELS)?.try_into()?,

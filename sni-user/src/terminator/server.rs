@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use crate::{
     acme::challenges::Challenges,
     config::{Config, Limits},
-    kernel::loader::FlowTable,
+    kernel::flow_table::PinnedFlowTable,
     terminator::conn::{
         io::{Socket, Sockets},
         Conn, Ctx, Pumped,
@@ -61,7 +61,7 @@ pub struct Shared {
     /// table when `generation` moves, so the packet path touches no lock and no shared count.
     routes: RwLock<Arc<Routes>>,
     generation: AtomicU64,
-    flows: Option<FlowTable>,
+    flows: Option<PinnedFlowTable>,
     /// Counters not of a host.
     pub global: GlobalCounters,
     /// Routes of hosts removed by a reload while they had open connections: their counters
@@ -133,7 +133,11 @@ impl Terminator {
     /// Binds every listener (errors surface here) and starts the workers. With `flows`, the
     /// kernel classifier's flow table, each connection's host is taken from it at accept
     /// (hand-off) and checked against the name the TLS stack sees.
-    pub fn start(config: &Config, routes: Arc<Routes>, flows: Option<FlowTable>) -> Result<Self> {
+    pub fn start(
+        config: &Config,
+        routes: Arc<Routes>,
+        flows: Option<PinnedFlowTable>,
+    ) -> Result<Self> {
         let workers = config
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

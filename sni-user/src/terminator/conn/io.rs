@@ -14,7 +14,7 @@ use mio::{
 };
 use sni_common::flow::{Flow, FlowKey};
 
-use crate::{config::Backend, kernel::loader::FlowTable};
+use crate::{config::Backend, kernel::flow_table::PinnedFlowTable};
 
 /// A non-blocking byte stream: one side of a connection (the client or a backend).
 pub trait Stream: Read + Write {
@@ -41,7 +41,7 @@ pub trait Flows {
     fn flow(&self, key: &FlowKey) -> Option<Flow>;
 }
 
-impl Flows for FlowTable {
+impl Flows for PinnedFlowTable {
     fn flow(&self, key: &FlowKey) -> Option<Flow> {
         self.get(key)
     }
