@@ -143,8 +143,8 @@ pub fn find(words: &[u64; 5]) -> Option<Found> {
     find_in(a, place.tag, words).or_else(|| find_in(b, place.tag, words))
 }
 
-/// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one,
-/// else the one used longest ago (written, or found by a packet: `Found::touch`), of its two
+/// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one (of
+/// the bucket with more empty ones), else the one used longest ago (written, or found by a packet: `Found::touch`), of its two
 /// buckets, as their tags say. Nothing is written if another CPU changed the chosen way's tag
 /// since it was ranked (it claimed the way, or marked its flow used), or if a map cannot be
 /// read: the flow is then not remembered, and its later packets are those of a flow not
@@ -161,6 +161,8 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
         best: 0,
         pick: 0,
         seen: 0,
+        empty: [0; 2],
+        first_empty_b: 0,
     };
     // SAFETY: `rank_way` has the callback signature bpf_loop expects; its context is
     // `choice`, on this stack for the whole call. (A loop here, unrolled, would have the
@@ -176,6 +178,11 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     if choice.best == 0 {
         // Every way claimed by another CPU.
         return;
+    }
+    // Two choices: an empty way of the bucket with more of them (ties to the first).
+    if choice.best == EMPTY && choice.pick < WAYS && choice.empty[1] > choice.empty[0] {
+        choice.pick = choice.first_empty_b;
+        choice.seen = 0;
     }
     let (bucket, way) = choice.candidate(choice.pick);
     let i = index(bucket, way);
@@ -215,7 +222,14 @@ struct Choice {
     pick: u32,
     /// Its tag word as ranked.
     seen: u64,
+    /// Empty ways seen in each bucket.
+    empty: [u32; 2],
+    /// The first empty way of the second bucket, as a candidate.
+    first_empty_b: u32,
 }
+
+/// A candidate's rank when it is empty (see `rank_way`).
+const EMPTY: u64 = u32::MAX as u64 + 2;
 
 impl Choice {
     /// Candidate `i`'s bucket and way.
@@ -231,7 +245,7 @@ impl Choice {
 }
 
 /// `bpf_loop` step for candidate `i` of a new flow: ranks it by its tag, keeps the best (ties
-/// to the first).
+/// to the first), counts the empty ways of its bucket.
 extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Choice` that `insert` passed, on its stack.
     let choice = unsafe { &mut *ctx.cast::<Choice>() };
@@ -241,11 +255,16 @@ extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     let rank = if tag == 0 {
-        u64::from(u32::MAX) + 2
+        let side = (i / WAYS) as usize & 1;
+        choice.empty[side] += 1;
+        if side == 1 && choice.empty[1] == 1 {
+            choice.first_empty_b = i;
+        }
+        EMPTY
     } else if tag == CLAIMED {
         0
     } else if tag as u32 == choice.place.tag && holds(bucket, way, &choice.words) {
-        u64::from(u32::MAX) + 3
+        EMPTY + 1
     } else {
         u64::from(age(tag, choice.now)) + 1
     };
