@@ -5,32 +5,36 @@
 //! A plain array of [`FlowEntry`], in buckets of [`WAYS`] entries. A flow lives in one of the
 //! eight entries of its two buckets ([`Shape::place`], two choices: one bucket alone
 //! overflows long before the table is full). A new flow takes the entry that already holds
-//! its key, else an empty one, else the one used longest ago (written, or found by a packet
-//! that missed its CPU's cache, as an LRU's lookup marks an entry): the insert is a write into
-//! memory the lookup just read, where an LRU hash's insert into a full table evicts a flow
-//! from elsewhere (its bucket lock, its list) first, which measured 0.69 µs of a
-//! ClientHello's 1.5. The table has twice as many entries as `flows_capacity` flows
-//! ([`entries`]), so that the two choices of four ways lose almost none of them to a full
-//! pair of buckets before the table holds that many.
+//! its key, else an empty one (of the bucket with more of them), else the one used longest ago
+//! (written, or found by a packet that missed its CPU's cache, as an LRU's lookup marks an
+//! entry): the insert is a write in place, where an LRU hash's insert into a full table evicts
+//! a flow from elsewhere (its bucket lock, its list) first, which measured 0.69 µs of a
+//! ClientHello's 1.8 through a veth. The table has twice as many entries as `flows_capacity`
+//! flows ([`entries`]), so that the two choices of four ways lose almost none of them to a
+//! full pair of buckets before the table holds that many.
 //!
 //! Each entry has a tag word beside it, in an array of its own (a bucket's four in 32 bytes):
-//! a 32-bit tag of the flow's hash and when the entry was last used. The kernel reads the two tag lines
-//! first and an entry only where a tag matches, so a flow not in the table (every new flow,
-//! every SYN) costs two small reads, not eight entries; and a new flow picks its entry from
-//! the tags too. The tags are a hint: the entry's key decides, and userspace reads entries
-//! only.
+//! a 32-bit tag of the flow's hash and when the entry was last used. The kernel reads the two
+//! tag lines first and an entry only where a tag matches, so a flow not in the table (every
+//! new flow, every SYN) costs two small reads, not eight entries; and a new flow picks its
+//! entry from the tags too. The tags are a hint: the entry's key decides, and userspace reads
+//! entries only.
 //!
 //! A writer claims the way's tag word with a compare-and-swap ([`CLAIMED`]; the tag line is
 //! in cache, the lookup read it), so two CPUs never write one entry at once; then stores word
 //! 4 of the entry's key as [`BUSY`], the other words and the flow, word 4 as the key's, and
 //! the tag last. None of those stores waits for the entry's line. A reader reads the key,
-//! then the fields it needs, then the key again: unchanged, it read one flow's fields (x86
+//! then the fields it needs, then the key again: unchanged, it read one flow's fields (or the
+//! fields of two writes of that same flow, which the kernel does not make: a flow the table
+//! holds is answered before it would be written again) (x86
 //! keeps stores, and loads, in program order; on a CPU that does not, the reader and the
 //! writer would need acquire and release orderings, which BPF has from kernel 6.15).
 //!
 //! Userspace's rewrite of verdicts (a reload) cannot claim a way: it writes entries with a
-//! system call, and re-reads each just before, so only a flow the kernel replaces in those
-//! microseconds can be lost or see its old verdict come back.
+//! system call, and re-reads each just before. A flow the kernel writes into the entry in
+//! those microseconds is lost, one a SYN removed comes back without its tag (found by
+//! userspace, not by the kernel), and a packet read meanwhile may see a mix of the old and new
+//! verdict.
 
 use crate::flow::{Flow, FlowKey};
 
@@ -57,7 +61,8 @@ pub fn tag_word(tag: u32, stamp: u32) -> u64 {
 }
 
 /// How long ago, in stamp units, a tag word's entry was last used, at stamp `now`: 0 for a
-/// stamp after `now` (written by another CPU whose clock read came later).
+/// stamp after `now` (written by another CPU whose clock read came later), and for an entry
+/// idle longer than 2^31 units (1.1 years), which then ranks as new.
 #[inline(always)]
 pub fn age(word: u64, now: u32) -> u32 {
     let age = now.wrapping_sub((word >> 32) as u32);
@@ -185,7 +190,8 @@ impl Shape {
 /// Where a flow goes ([`Shape::place`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
-    /// Its two buckets (indices into the tags; bucket `b`'s entries start at `b × WAYS`).
+    /// Its two buckets, by number: bucket `b`'s entries and their tags start at index
+    /// `b × WAYS`.
     pub buckets: [u32; 2],
     /// Its tag, never 0.
     pub tag: u32,

@@ -6,8 +6,8 @@
 //! terminator reads it too) is the record. In front of it, each CPU keeps a direct-mapped
 //! cache (its block of `SNI_FLOW_CACHE`): the entry at the flow's `cache_index`, tagged with
 //! its key and the epoch it was copied in. A hit costs an array index and a compare of five
-//! words, in memory only this CPU writes, instead of up to eight entries of the table's
-//! shared buckets; a miss falls back to the table and fills the entry. Only
+//! words, in memory only this CPU writes, instead of two tag lines and an entry of the shared
+//! table; a miss falls back to the table and fills the entry. Only
 //! flows that pass are cached, so a stale copy can at worst count a packet toward the host of
 //! the 5-tuple's previous connection, never drop one.
 //!

@@ -144,11 +144,11 @@ pub fn find(words: &[u64; 5]) -> Option<Found> {
 }
 
 /// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one (of
-/// the bucket with more empty ones), else the one used longest ago (written, or found by a packet: `Found::touch`), of its two
-/// buckets, as their tags say. Nothing is written if another CPU changed the chosen way's tag
-/// since it was ranked (it claimed the way, or marked its flow used), or if a map cannot be
-/// read: the flow is then not remembered, and its later packets are those of a flow not
-/// classified.
+/// the bucket with more empty ones), else the one used longest ago (written, or found by a
+/// packet: `Found::touch`), of its two buckets, as their tags say. Nothing is written if
+/// another CPU changed the chosen way's tag since it was ranked (it claimed the way, or marked
+/// its flow used), or if a map cannot be read: the flow is then not remembered, and its later
+/// packets are those of a flow not classified.
 #[inline(always)]
 pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     let Some(place) = place(words) else {
@@ -286,8 +286,9 @@ fn holds(bucket: u32, way: u32, words: &[u64; 5]) -> bool {
     }
 }
 
-/// Empties every entry holding the flow of `words` (two CPUs that inserted it at once can
-/// have left it in two), and their tags; whether there was one.
+/// Empties the entries holding the flow of `words`, two at the most (two CPUs that inserted it
+/// at once can have left it in two), and their tags, unless another CPU claimed one meanwhile
+/// for another flow; whether there was one.
 #[inline(always)]
 pub fn remove(words: &[u64; 5]) -> bool {
     let Some(found) = find(words) else {

@@ -210,7 +210,7 @@ const FILL_BASE: u64 = 60_000 * 60_000;
 
 /// Fills a classifier's flow table with ClientHellos of flows no case sends, until every
 /// entry is taken (new flows then replace the ones used longest ago, as on a busy edge):
-/// twice as many as it has entries, checked.
+/// twice as many as it has entries (at least 99% of the entries taken, checked).
 fn fill_table(prog: &Prog, hello: &[u8]) -> Result<()> {
     let entries = sni_common::flow_table::entries(sni_common::maps::FLOWS_DEFAULT_ENTRIES);
     let mut f = seg(0, 443, 1, PSH_ACK, hello);
@@ -557,7 +557,8 @@ struct Runs<'a> {
 /// The profile by stage: the classifier stopped after each stage in turn
 /// (`sni_common::maps::profile_stop`), each against the no-op; a stage costs the difference
 /// between its row and the one before. One hot classified flow (loop), and one-segment
-/// ClientHellos of new flows on a full flow table (per call).
+/// ClientHellos of new flows (per call; on a table whose every entry is taken for the last
+/// stop, the one that inserts).
 fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<Vec<Row>> {
     use sni_common::maps::profile_stop as stop;
     let stopped = |at: u8| {

@@ -319,7 +319,7 @@ pub(super) fn rows(plains: &Plains<'_>, p: &Payloads<'_>, calls: u64) -> Result<
         Case::new(&hellos("ClientHello with SNI in its first segment"), &one)
             .path("sni", per_round)
             .goal(800.0)
-            .how("a new flow each, on a full flow table"),
+            .how("a new flow each, on the busy table's flows (a table not full at first)"),
         Case::new(&format!("split browser-size ClientHello ({} B), both segments", p.browser.len()), &split)
             .path("sni", per_round / 2)
             .goal(1200.0)

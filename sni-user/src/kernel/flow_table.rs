@@ -135,8 +135,9 @@ impl<T: BorrowMut<MapData>> FlowTable<T> {
             .context("writing a flow table entry")
     }
 
-    /// Empties the entry holding `key`, as when a new flow takes it (its tag stays, which only
-    /// costs the kernel a read of the entry); whether there was one.
+    /// Empties the entry holding `key`, as if the table had given it to another flow (tests);
+    /// whether there was one. Its tag stays: the kernel reads the entry to find it holds no
+    /// flow, and ranks the way for new flows by the old stamp, not as empty.
     pub fn remove(&mut self, key: &FlowKey) -> Result<bool> {
         let Some((index, _)) = self.find(key) else {
             return Ok(false);
