@@ -58,6 +58,19 @@ impl FlowKey {
         ]
     }
 
+    /// The key whose [`FlowKey::words`] these are.
+    pub fn from_words(w: &[u64; 5]) -> Self {
+        let mut key = FlowKey::default();
+        key.src[..8].copy_from_slice(&w[0].to_ne_bytes());
+        key.src[8..].copy_from_slice(&w[1].to_ne_bytes());
+        key.dst[..8].copy_from_slice(&w[2].to_ne_bytes());
+        key.dst[8..].copy_from_slice(&w[3].to_ne_bytes());
+        key.src_port = w[4] as u16;
+        key.dst_port = (w[4] >> 16) as u16;
+        key.family = (w[4] >> 32) as u8;
+        key
+    }
+
     /// This flow's entry in a flow cache of `mask + 1` entries: [`cache_index`] of its words.
     #[inline(always)]
     pub fn cache_index(&self, seed: u64, mask: u32) -> u32 {
@@ -127,12 +140,7 @@ impl CachedFlow {
     /// word by word: an array compare would become a call to `bcmp` in the kernel.
     #[inline(always)]
     pub fn holds(&self, words: &[u64; 5], epoch: u64) -> bool {
-        self.epoch == epoch
-            && self.key[0] == words[0]
-            && self.key[1] == words[1]
-            && self.key[2] == words[2]
-            && self.key[3] == words[3]
-            && self.key[4] == words[4]
+        self.epoch == epoch && same_key(&self.key, self.key[4], words)
     }
 
     /// The host this entry's counts belong to, with the packets and bytes it still owes it;
@@ -146,6 +154,17 @@ impl CachedFlow {
     }
 }
 const _: () = assert!(core::mem::size_of::<CachedFlow>() == 88);
+
+/// Whether `key`, with its word 4 as read once (`w4`), is the key whose words are `words`.
+/// Word by word: an array compare would become a call to `bcmp` in the kernel.
+#[inline(always)]
+pub fn same_key(key: &[u64; 5], w4: u64, words: &[u64; 5]) -> bool {
+    w4 == words[4]
+        && key[0] == words[0]
+        && key[1] == words[1]
+        && key[2] == words[2]
+        && key[3] == words[3]
+}
 
 /// Whose counters a flow's packets count toward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -36,7 +36,7 @@
 //! userspace, not by the kernel), and a packet read meanwhile may see a mix of the old and new
 //! verdict.
 
-use crate::flow::{Flow, FlowKey};
+use crate::flow::{same_key, Flow, FlowKey};
 
 /// Entries per bucket: four, 256 bytes, so a bucket is one run of adjacent cache lines.
 pub const WAYS: u32 = 4;
@@ -87,15 +87,10 @@ const _: () = assert!(core::mem::size_of::<FlowEntry>() == 64);
 
 impl FlowEntry {
     /// Whether this entry holds the flow whose key has these `words` (word 4 as the kernel
-    /// read it, `w4`: a reader reads it first and once). Word by word: an array compare
-    /// would become a call to `bcmp` in the kernel.
+    /// read it, `w4`: a reader reads it first and once).
     #[inline(always)]
     pub fn holds(&self, w4: u64, words: &[u64; 5]) -> bool {
-        w4 == words[4]
-            && self.key[0] == words[0]
-            && self.key[1] == words[1]
-            && self.key[2] == words[2]
-            && self.key[3] == words[3]
+        same_key(&self.key, w4, words)
     }
 
     /// Whether the entry holds a flow (neither empty nor being written).
@@ -105,20 +100,7 @@ impl FlowEntry {
 
     /// The flow's key, if the entry holds one.
     pub fn flow_key(&self) -> Option<FlowKey> {
-        if !self.in_use() {
-            return None;
-        }
-        let b = |w: u64| w.to_ne_bytes();
-        let mut key = FlowKey::default();
-        key.src[..8].copy_from_slice(&b(self.key[0]));
-        key.src[8..].copy_from_slice(&b(self.key[1]));
-        key.dst[..8].copy_from_slice(&b(self.key[2]));
-        key.dst[8..].copy_from_slice(&b(self.key[3]));
-        let w4 = self.key[4];
-        key.src_port = w4 as u16;
-        key.dst_port = (w4 >> 16) as u16;
-        key.family = (w4 >> 32) as u8;
-        Some(key)
+        self.in_use().then(|| FlowKey::from_words(&self.key))
     }
 }
 
@@ -198,12 +180,32 @@ pub struct Place {
 }
 
 impl Place {
-    /// The indices of the entries it may take (the eight of its two buckets, or four twice).
-    pub fn entries(&self) -> impl Iterator<Item = u32> {
-        self.buckets
-            .into_iter()
-            .flat_map(|b| (0..WAYS).map(move |way| b.saturating_mul(WAYS).saturating_add(way)))
+    /// Candidate `i` (0..2 × [`WAYS`]) of the entries it may take: its bucket and way, the
+    /// first bucket's ways first.
+    #[inline(always)]
+    pub fn candidate(&self, i: u32) -> (u32, u32) {
+        let bucket = if i < WAYS {
+            self.buckets[0]
+        } else {
+            self.buckets[1]
+        };
+        (bucket, i % WAYS)
     }
+
+    /// The indices of the entries it may take (the eight of its two buckets, or four twice).
+    pub fn entries(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..2 * WAYS).map(|i| {
+            let (bucket, way) = self.candidate(i);
+            entry_index(bucket, way)
+        })
+    }
+}
+
+/// The index of entry `way` of bucket `bucket`, in the table and in its tags (buckets number
+/// at most 2^30: no overflow).
+#[inline(always)]
+pub const fn entry_index(bucket: u32, way: u32) -> u32 {
+    bucket.wrapping_mul(WAYS).wrapping_add(way)
 }
 
 /// Entries of a table for `flows` flows: twice as many, a whole number of buckets, at least

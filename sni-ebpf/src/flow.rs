@@ -33,7 +33,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use sni_common::{
-    flow::{cache_index, cache_slot, verdict::PASS, CachedFlow, Flow},
+    flow::{cache_index, cache_slot, same_key, verdict::PASS, CachedFlow, Flow},
     maps::counter,
 };
 
@@ -83,7 +83,7 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
         // in the kernel but for a SYN on another CPU clearing `epoch` (see `clear_on_cpu`);
         // userspace rewrites entries only to clear what they owe a slot a reload freed.
         let c = unsafe { &mut *c };
-        if epoch != 0 && c.holds(&key.words, epoch) {
+        if c.holds(&key.words, epoch) {
             counters::count(counter::FLOW_PACKETS);
             c.packets += 1;
             c.bytes += frame_len;
@@ -106,7 +106,7 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
     counters::count(counter::FLOW_PACKETS);
     match cached {
         // Cached, and counted in the entry from this packet on.
-        Some(c) if epoch != 0 && flow.verdict == PASS => {
+        Some(c) if flow.verdict == PASS => {
             fill(c, &key.words, flow, epoch, 1, frame_len);
         }
         _ => {
@@ -127,8 +127,10 @@ pub fn packet(ctx: &XdpContext, seg: &Segment, frame_len: u64, action: &mut u32)
 pub fn remember(key: &Key, flow: &Flow) {
     flow_table::insert(&key.words, flow);
     let epoch = SNI_EPOCH.get(0).copied().unwrap_or(0);
-    let index = cache_index(&key.words, cache_seed(), cache_mask());
-    if let (Some(c), true) = (this_cpus(index), epoch != 0) {
+    if epoch == 0 {
+        return;
+    }
+    if let Some(c) = this_cpus(cache_index(&key.words, cache_seed(), cache_mask())) {
         fill(c, &key.words, flow, epoch, 0, 0);
     }
 }
@@ -206,23 +208,6 @@ fn this_cpus(index: u32) -> Option<*mut CachedFlow> {
     entry(unsafe { bpf_get_smp_processor_id() }, index)
 }
 
-/// Empties cache entry `c` if it holds the flow of `words` (an entry of another flow, one
-/// that shares the index, stays cached). Only `epoch` is written: a CPU filling the entry at
-/// the same moment writes a consistent copy of its own, and a cleared epoch is only ever a
-/// miss.
-///
-/// # Safety
-/// `c` is a live entry of the flow cache.
-#[inline(always)]
-unsafe fn clear_if_holds(c: *mut CachedFlow, words: &[u64; 5]) {
-    // SAFETY: the caller's.
-    unsafe {
-        if (*c).holds(words, (*c).epoch) {
-            (*c).epoch = 0;
-        }
-    }
-}
-
 /// What `clear_on_cpu` clears: the entry at `index` on every CPU, if it holds `words`.
 #[repr(C)]
 struct Sweep {
@@ -230,8 +215,10 @@ struct Sweep {
     index: u32,
 }
 
-/// `bpf_loop` step for CPU `cpu`: empties its cache entry if it is the swept flow's; stops
-/// past the last CPU.
+/// `bpf_loop` step for CPU `cpu`: empties its cache entry if it holds the swept flow (an
+/// entry of another flow, one that shares the index, stays cached); stops past the last CPU.
+/// Only `epoch` is written: a CPU filling the entry at the same moment writes a consistent
+/// copy of its own, and a cleared epoch is only ever a miss.
 extern "C" fn clear_on_cpu(cpu: u64, ctx: *mut c_void) -> i64 {
     let sweep = ctx.cast::<Sweep>();
     // SAFETY: `ctx` is the `Sweep` that `forget` passed.
@@ -240,6 +227,10 @@ extern "C" fn clear_on_cpu(cpu: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     // SAFETY: a live entry of CPU `cpu`'s block, and `sweep` as above.
-    unsafe { clear_if_holds(entry, &(*sweep).words) };
+    unsafe {
+        if same_key(&(*entry).key, (*entry).key[4], &(*sweep).words) {
+            (*entry).epoch = 0;
+        }
+    }
     0
 }

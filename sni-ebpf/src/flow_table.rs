@@ -16,7 +16,7 @@ use core::{
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop};
 use sni_common::flow_table::{
-    age, tag_word, FlowEntry, Place, BUSY, CLAIMED, STAMP_UNIT_SHIFT, WAYS,
+    age, entry_index, tag_word, FlowEntry, Place, BUSY, CLAIMED, STAMP_UNIT_SHIFT, WAYS,
 };
 
 use crate::{
@@ -102,10 +102,15 @@ fn tag_of(index: u32) -> Option<(*mut u64, u64)> {
     Some((p, unsafe { core::ptr::read_volatile(p) }))
 }
 
-/// The index of entry `way` of bucket `bucket`, in the table and in its tags.
+/// Entry `index`, if it holds the flow of `words` (word 4 read first, see the module docs).
 #[inline(always)]
-fn index(bucket: u32, way: u32) -> u32 {
-    bucket.wrapping_mul(WAYS).wrapping_add(way)
+fn holding(index: u32, words: &[u64; 5]) -> Option<*mut FlowEntry> {
+    let entry = SNI_FLOWS.get_ptr_mut(index)?;
+    // SAFETY: a live entry of the table.
+    let w4 = unsafe { word4(entry) };
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { (*entry).holds(w4, words) }.then_some(entry)
 }
 
 /// The entry of `bucket` that holds the flow of `words`, looked at only where the way's tag
@@ -115,16 +120,12 @@ fn find_in(bucket: u32, tag: u32, words: &[u64; 5]) -> Option<Found> {
     for way in 0..WAYS {
         // Each tag and entry is an array lookup of its own, so that what the verifier tracks
         // of a found flow does not depend on the way.
-        let (tag_ptr, tag_word) = tag_of(index(bucket, way))?;
+        let index = entry_index(bucket, way);
+        let (tag_ptr, tag_word) = tag_of(index)?;
         if tag_word as u32 != tag {
             continue;
         }
-        let entry = SNI_FLOWS.get_ptr_mut(index(bucket, way))?;
-        // SAFETY: a live entry of the table; word 4 first (see the module docs).
-        let w4 = unsafe { word4(entry) };
-        compiler_fence(Ordering::SeqCst);
-        // SAFETY: as above.
-        if unsafe { (*entry).holds(w4, words) } {
+        if let Some(entry) = holding(index, words) {
             return Some(Found {
                 entry,
                 tag: tag_ptr,
@@ -135,66 +136,75 @@ fn find_in(bucket: u32, tag: u32, words: &[u64; 5]) -> Option<Found> {
     None
 }
 
-/// The entry holding the flow of `words`.
+/// The entry holding the flow of `words`, which goes to `place`.
 #[inline(always)]
-pub fn find(words: &[u64; 5]) -> Option<Found> {
-    let place = place(words)?;
+fn find_at(place: &Place, words: &[u64; 5]) -> Option<Found> {
     let [a, b] = place.buckets;
     find_in(a, place.tag, words).or_else(|| find_in(b, place.tag, words))
 }
 
+/// The entry holding the flow of `words`.
+#[inline(always)]
+pub fn find(words: &[u64; 5]) -> Option<Found> {
+    find_at(&place(words)?, words)
+}
+
 /// Writes `flow` for the flow of `words`: into the entry that holds it, else an empty one (of
-/// the bucket with more empty ones), else the one used longest ago (written, or found by a
-/// packet: `Found::touch`), of its two buckets, as their tags say. Nothing is written if
-/// another CPU changed the chosen way's tag since it was ranked (it claimed the way, or marked
-/// its flow used), or if a map cannot be read: the flow is then not remembered, and its later
-/// packets are those of a flow not classified.
+/// the bucket with more empty ones: two choices), else the one used longest ago (written, or
+/// found by a packet: `Found::touch`), of its two buckets, as their tags say. Nothing is
+/// written if another CPU changed the chosen way's tag since it was read (it claimed the way,
+/// or marked its flow used), or if a map cannot be read: the flow is then not remembered, and
+/// its later packets are those of a flow not classified.
 #[inline(always)]
 pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
     let Some(place) = place(words) else {
         return;
     };
-    let mut choice = Choice {
+    let mut seen = Candidates {
         words: *words,
         place,
         now: now(),
-        best: 0,
-        pick: 0,
-        seen: 0,
+        own: NONE,
         empty: [0; 2],
-        first_empty_b: 0,
+        first_empty: [NONE; 2],
+        oldest: NONE,
+        oldest_age: 0,
+        oldest_tag: 0,
     };
-    // SAFETY: `rank_way` has the callback signature bpf_loop expects; its context is
-    // `choice`, on this stack for the whole call. (A loop here, unrolled, would have the
-    // verifier follow each way's ranking through the rest of the program, past its budget.)
+    // SAFETY: `look_at` has the callback signature bpf_loop expects; its context is `seen`,
+    // on this stack for the whole call. (A loop here, unrolled, would have the verifier
+    // follow each candidate through the rest of the program, past its budget.)
     unsafe {
-        bpf_loop(
-            2 * WAYS,
-            rank_way as *mut c_void,
-            (&raw mut choice).cast(),
-            0,
-        );
+        bpf_loop(2 * WAYS, look_at as *mut c_void, (&raw mut seen).cast(), 0);
     }
-    if choice.best == 0 {
+    let more_empty = usize::from(seen.empty[1] > seen.empty[0]);
+    let (pick, was) = if seen.own != NONE {
+        (seen.own, u64::from(place.tag))
+    } else if seen.first_empty[more_empty] != NONE {
+        (seen.first_empty[more_empty], 0)
+    } else if seen.oldest != NONE {
+        (seen.oldest, seen.oldest_tag)
+    } else {
         // Every way claimed by another CPU.
         return;
-    }
-    // Two choices: an empty way of the bucket with more of them (ties to the first).
-    if choice.best == EMPTY && choice.pick < WAYS && choice.empty[1] > choice.empty[0] {
-        choice.pick = choice.first_empty_b;
-        choice.seen = 0;
-    }
-    let (bucket, way) = choice.candidate(choice.pick);
-    let i = index(bucket, way);
-    let (Some(entry), Some(tag)) = (SNI_FLOWS.get_ptr_mut(i), SNI_FLOW_TAGS.get_ptr_mut(i)) else {
+    };
+    let (bucket, way) = place.candidate(pick);
+    let i = entry_index(bucket, way);
+    let (Some(entry), Some((tag, now_seen))) = (SNI_FLOWS.get_ptr_mut(i), tag_of(i)) else {
         return;
     };
-    // SAFETY: a live value of the tags, claimed (from the value it was ranked with) before
-    // anything else is written, so no other CPU writes the way until its tag is stored; and a
-    // live entry of the table. The stores to the entry do not wait for its line (no
-    // compare-and-swap there).
+    // The flow's own entry is claimed from whatever stamp its tag has now; any other from the
+    // tag word it was chosen by.
+    let was = if seen.own != NONE && now_seen as u32 == was as u32 {
+        now_seen
+    } else {
+        was
+    };
+    // SAFETY: a live value of the tags, claimed before anything else is written, so no other
+    // CPU writes the way until its tag is stored; and a live entry of the table. The stores
+    // to the entry do not wait for its line (no compare-and-swap there).
     unsafe {
-        if !cmpxchg(tag, choice.seen, CLAIMED) {
+        if !cmpxchg(tag, was, CLAIMED) {
             return;
         }
         core::ptr::write_volatile(&raw mut (*entry).key[4], BUSY);
@@ -206,84 +216,59 @@ pub fn insert(words: &[u64; 5], flow: &sni_common::flow::Flow) {
         (*entry).flow = *flow;
         compiler_fence(Ordering::SeqCst);
         core::ptr::write_volatile(&raw mut (*entry).key[4], words[4]);
-        core::ptr::write_volatile(tag, tag_word(choice.place.tag, choice.now));
+        core::ptr::write_volatile(tag, tag_word(place.tag, seen.now));
     }
 }
 
-/// Which entry a new flow takes (`insert`): what `rank_way` reads and what it found so far.
-struct Choice {
+/// No candidate.
+const NONE: u32 = u32::MAX;
+
+/// What `look_at` found among a new flow's candidates (`insert`), by candidate number
+/// (`Place::candidate`).
+struct Candidates {
     words: [u64; 5],
     place: Place,
     now: u32,
-    /// The best candidate's rank so far: the flow's own entry, then an empty one, then the
-    /// oldest; 0 for none (a way another CPU claimed).
-    best: u64,
-    /// The best candidate so far, 0..2 × WAYS.
-    pick: u32,
-    /// Its tag word as ranked.
-    seen: u64,
-    /// Empty ways seen in each bucket.
+    /// The candidate that holds the flow.
+    own: u32,
+    /// Empty ways per bucket, and the first of each.
     empty: [u32; 2],
-    /// The first empty way of the second bucket, as a candidate.
-    first_empty_b: u32,
+    first_empty: [u32; 2],
+    /// The candidate used longest ago (none claimed by another CPU), its age and its tag word
+    /// as read.
+    oldest: u32,
+    oldest_age: u32,
+    oldest_tag: u64,
 }
 
-/// A candidate's rank when it is empty (see `rank_way`).
-const EMPTY: u64 = u32::MAX as u64 + 2;
-
-impl Choice {
-    /// Candidate `i`'s bucket and way.
-    #[inline(always)]
-    fn candidate(&self, i: u32) -> (u32, u32) {
-        let bucket = if i < WAYS {
-            self.place.buckets[0]
-        } else {
-            self.place.buckets[1]
-        };
-        (bucket, i % WAYS)
-    }
-}
-
-/// `bpf_loop` step for candidate `i` of a new flow: ranks it by its tag, keeps the best (ties
-/// to the first), counts the empty ways of its bucket.
-extern "C" fn rank_way(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Choice` that `insert` passed, on its stack.
-    let choice = unsafe { &mut *ctx.cast::<Choice>() };
+/// `bpf_loop` step for candidate `i` of a new flow: notes it as the flow's own, as empty, or
+/// as the oldest so far (ties to the first), by its tag.
+extern "C" fn look_at(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Candidates` that `insert` passed, on its stack.
+    let seen = unsafe { &mut *ctx.cast::<Candidates>() };
     let i = i as u32;
-    let (bucket, way) = choice.candidate(i);
-    let Some((_, tag)) = tag_of(index(bucket, way)) else {
+    let (bucket, way) = seen.place.candidate(i);
+    let index = entry_index(bucket, way);
+    let Some((_, tag)) = tag_of(index) else {
         return 1;
     };
-    let rank = if tag == 0 {
-        let side = (i / WAYS) as usize & 1;
-        choice.empty[side] += 1;
-        if side == 1 && choice.empty[1] == 1 {
-            choice.first_empty_b = i;
+    let side = (i / WAYS) as usize & 1;
+    if tag == 0 {
+        seen.empty[side] += 1;
+        if seen.first_empty[side] == NONE {
+            seen.first_empty[side] = i;
         }
-        EMPTY
-    } else if tag == CLAIMED {
-        0
-    } else if tag as u32 == choice.place.tag && holds(bucket, way, &choice.words) {
-        EMPTY + 1
-    } else {
-        u64::from(age(tag, choice.now)) + 1
-    };
-    if rank > choice.best {
-        choice.best = rank;
-        choice.pick = i;
-        choice.seen = tag;
+    } else if tag as u32 == seen.place.tag && holding(index, &seen.words).is_some() {
+        seen.own = i;
+    } else if tag != CLAIMED {
+        let age = age(tag, seen.now);
+        if seen.oldest == NONE || age > seen.oldest_age {
+            seen.oldest = i;
+            seen.oldest_age = age;
+            seen.oldest_tag = tag;
+        }
     }
     0
-}
-
-/// Whether entry `way` of `bucket` holds the flow of `words`.
-#[inline(always)]
-fn holds(bucket: u32, way: u32, words: &[u64; 5]) -> bool {
-    match SNI_FLOWS.get_ptr_mut(index(bucket, way)) {
-        // SAFETY: a live entry of the table.
-        Some(e) => unsafe { (*e).holds(word4(e), words) },
-        None => false,
-    }
 }
 
 /// Empties the entries holding the flow of `words`, two at the most (two CPUs that inserted it
@@ -291,11 +276,14 @@ fn holds(bucket: u32, way: u32, words: &[u64; 5]) -> bool {
 /// for another flow; whether there was one.
 #[inline(always)]
 pub fn remove(words: &[u64; 5]) -> bool {
-    let Some(found) = find(words) else {
+    let Some(place) = place(words) else {
+        return false;
+    };
+    let Some(found) = find_at(&place, words) else {
         return false;
     };
     found.clear();
-    if let Some(again) = find(words) {
+    if let Some(again) = find_at(&place, words) {
         again.clear();
     }
     true
