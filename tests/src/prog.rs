@@ -318,3 +318,44 @@ impl Prog {
             .expect("the kernel reports verified instructions (5.16 and later)")
     }
 }
+
+/// Runs the rest of the calling test on `cpu` (the program runs on the caller's core, and so
+/// uses that core's flow cache).
+pub fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("a CPU id within the set");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("pinning to core {cpu}: {e} (these tests need 2 cores)"));
+}
+
+/// The IPv4 segment of rustls' ClientHello naming `name`, from client port `port` to
+/// `dst_port`, its first byte at `seq`; and the sequence number of the byte after it.
+pub fn hello_frame(port: u16, dst_port: u16, seq: u32, name: &str) -> (Vec<u8>, u32) {
+    let hello = crate::hellos::rustls_hello(name);
+    let f = crate::frame::v4_segment(
+        &crate::frame::Seg {
+            src_port: port,
+            dst_port,
+            seq,
+            flags: crate::frame::PSH_ACK,
+        },
+        &hello,
+    );
+    (f, seq + hello.len() as u32)
+}
+
+/// An IPv4 segment from client port `port` to `dst_port` at `seq` carrying one 32-byte TLS
+/// application-data record.
+pub fn data_frame(port: u16, dst_port: u16, seq: u32) -> Vec<u8> {
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    record.resize(5 + 0x20, 0xab);
+    crate::frame::v4_segment(
+        &crate::frame::Seg {
+            src_port: port,
+            dst_port,
+            seq,
+            flags: crate::frame::PSH_ACK,
+        },
+        &record,
+    )
+}

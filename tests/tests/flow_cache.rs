@@ -11,50 +11,20 @@ use sni_common::{
     HostKey,
 };
 use sni_tests::{
-    frame::{self, Seg, PSH_ACK, SYN},
-    hellos::rustls_hello,
-    prog::{v4_key, Prog, XDP_DROP, XDP_PASS},
+    frame::{self, Seg, SYN},
+    prog::{self, pin, v4_key, Prog, XDP_DROP, XDP_PASS},
 };
 use sni_user::kernel::loader::{configured_slot, reset_slots, rewrite_flows, ActionChanges};
 
 const PORT: u16 = 443;
 const ISN: u32 = 1000;
 
-/// Runs the rest of the calling test on `cpu` (the program runs on the caller's core, and so
-/// uses that core's cache).
-fn pin(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).unwrap();
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .unwrap_or_else(|e| panic!("pinning to core {cpu}: {e} (these tests need 2 cores)"));
-}
-
 fn hello_frame(port: u16, name: &str) -> (Vec<u8>, u32) {
-    let hello = rustls_hello(name);
-    let f = frame::v4_segment(
-        &Seg {
-            src_port: port,
-            dst_port: PORT,
-            seq: ISN,
-            flags: PSH_ACK,
-        },
-        &hello,
-    );
-    (f, ISN + hello.len() as u32)
+    prog::hello_frame(port, PORT, ISN, name)
 }
 
 fn data_frame(port: u16, seq: u32) -> Vec<u8> {
-    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
-    record.resize(5 + 0x20, 0xab);
-    frame::v4_segment(
-        &Seg {
-            src_port: port,
-            dst_port: PORT,
-            seq,
-            flags: PSH_ACK,
-        },
-        &record,
-    )
+    prog::data_frame(port, PORT, seq)
 }
 
 /// A classified flow on `cpu`, its copy cached there by its second packet; the data frame.

@@ -8,12 +8,13 @@ use std::{collections::HashMap, thread::sleep, time::Duration};
 
 use sni_common::flow::FlowKey;
 use sni_tests::{
-    frame::{self, Seg, PSH_ACK},
-    hellos::rustls_hello,
-    prog::{v4_key, Prog, XDP_PASS},
+    frame,
+    prog::{data_frame, hello_frame, pin, v4_key, Prog, XDP_PASS},
+    Rng,
 };
 
 const PORT: u16 = 443;
+const NAME: &str = "a.example.org";
 
 fn prog(flows: u32) -> Prog {
     Prog::with_config(&format!(
@@ -24,51 +25,24 @@ fn prog(flows: u32) -> Prog {
 
 /// The ClientHello of a new flow from client port `port`.
 fn hello(port: u16) -> Vec<u8> {
-    frame::v4_segment(
-        &Seg {
-            src_port: port,
-            dst_port: PORT,
-            seq: 1,
-            flags: PSH_ACK,
-        },
-        &rustls_hello("a.example.org"),
-    )
+    hello_frame(port, PORT, 1, NAME).0
 }
 
 /// A data record of the flow from client port `port`, after its ClientHello.
 fn data(port: u16) -> Vec<u8> {
-    frame::v4_segment(
-        &Seg {
-            src_port: port,
-            dst_port: PORT,
-            seq: 1 + rustls_hello("a.example.org").len() as u32,
-            flags: PSH_ACK,
-        },
-        &[0x17, 0x03, 0x03, 0x00, 0x02, 0xab, 0xcd],
-    )
-}
-
-/// Runs the rest of the calling test on `cpu` (the program runs on the caller's core, and so
-/// uses that core's flow cache).
-fn pin(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).unwrap();
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .unwrap_or_else(|e| panic!("pinning to core {cpu}: {e} (these tests need 2 cores)"));
+    data_frame(port, PORT, hello_frame(port, PORT, 1, NAME).1)
 }
 
 #[test]
 fn the_table_holds_as_many_flows_as_its_capacity() {
     const FLOWS: u32 = 4096;
     let prog = prog(FLOWS);
-    // Clients at random addresses and ports (a fixed xorshift): consecutive ports alone would
+    // Clients at random addresses and ports (a fixed seed): consecutive ports alone would
     // spread over the buckets more evenly than real clients do.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let keys: Vec<FlowKey> = (0..FLOWS)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let mut key = v4_key(x as u16 | 1024, PORT);
             key.src[..4].copy_from_slice(&((x >> 16) as u32).to_be_bytes());
             key
@@ -79,7 +53,8 @@ fn the_table_holds_as_many_flows_as_its_capacity() {
         frame[26..30].copy_from_slice(&key.src[..4]);
         assert_eq!(prog.run(&frame), XDP_PASS);
     }
-    let kept = keys.iter().filter(|k| prog.flow(k).is_some()).count();
+    let table = prog.flow_table();
+    let kept = keys.iter().filter(|k| table.get(k).is_some()).count();
     // A flow goes early only where both its buckets filled: simulated with random buckets,
     // one of 4,096 lost in about one run of 7, never more than 2 in 20 runs (and 14 on
     // average if a new flow took the first bucket's empty ways before the second's).
