@@ -55,18 +55,26 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The label that folds names beyond the top N.
 pub const OTHER: &str = "other";
 
+/// How the metrics read fingerprints under `config` (`ja4_top`, the configured ones): no
+/// per-host fingerprint rows, which no family shows, so they are not walked.
+pub fn view(config: &crate::config::Config) -> View {
+    View {
+        per_host: false,
+        ..View::of(config)
+    }
+}
+
 /// What a scrape reads.
 pub struct Sources {
-    /// The classifier's maps (None: no classifier).
-    pub maps: Option<Mutex<MapsReader>>,
+    /// The classifier's maps (None: no classifier), read as [`view`] says (a reload changes
+    /// it).
+    pub maps: Option<Arc<Mutex<MapsReader>>>,
     /// The terminator (None: none running).
     pub terminator: Option<Arc<Shared>>,
     /// Reloads.
     pub reloads: Arc<ReloadCounters>,
     /// `metrics_other_hosts`, updated by reloads.
     pub other_hosts: Arc<AtomicUsize>,
-    /// How fingerprints are read (`ja4_top`, the configured ones), updated by reloads.
-    pub ja4_view: Arc<Mutex<View>>,
     /// What the daemon did with the kernel's fingerprint events (None: no classifier).
     pub ja4_learning: Option<Arc<LearnCounters>>,
 }
@@ -99,22 +107,10 @@ impl Collector for Sources {
             .encode_family(&build)?
             .encode_gauge(&1i64)?;
         if let Some(maps) = &self.maps {
-            // The families read no per-host fingerprint rows: they are not walked.
-            let view = View {
-                per_host: false,
-                ..self
-                    .ja4_view
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone()
-            };
-            let read = {
-                let mut m = maps
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                m.view = view;
-                m.read()
-            };
+            let read = maps
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .read();
             match read {
                 Ok(snapshot) => {
                     self.encode_xdp(&mut encoder, &snapshot)?;

@@ -32,7 +32,6 @@ use crate::{
     acme,
     config::{Config, Mode, XdpConfig},
     kernel::{
-        fingerprint_rows::View,
         loader::{error_chain, Classifier, PinnedMaps, StartOptions},
         readers::MapsReader,
     },
@@ -93,8 +92,9 @@ struct Daemon {
     terminator: Option<Terminator>,
     reloads: Arc<ReloadCounters>,
     metrics_other_hosts: Arc<AtomicUsize>,
-    /// How the metrics show fingerprints.
-    ja4_view: Arc<Mutex<View>>,
+    /// The metrics endpoint's reader of the classifier's maps (its view of fingerprints
+    /// follows the config).
+    metrics_maps: Option<Arc<Mutex<MapsReader>>>,
     /// ACME certificates stored but not taken in yet (a swap failed: tried again on the
     /// next tick), by host.
     swaps_pending: Vec<String>,
@@ -155,10 +155,11 @@ impl Daemon {
         }
         self.metrics_other_hosts
             .store(new.metrics_other_hosts, Relaxed);
-        *self
-            .ja4_view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = View::of(&new);
+        if let Some(maps) = &self.metrics_maps {
+            maps.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .view = metrics::view(&new);
+        }
         self.config = new;
         Ok(())
     }
@@ -354,22 +355,20 @@ pub fn run(
         let reloads = Arc::new(ReloadCounters::default());
         reloads.last_success.store(unix_now(), Relaxed);
         let metrics_other_hosts = Arc::new(AtomicUsize::new(config.metrics_other_hosts));
-        let ja4_view = Arc::new(Mutex::new(View::of(&config)));
+        let mut metrics_maps = None;
         if let Some(addr) = config.metrics {
-            let maps = match &classifier {
-                Some(_) => Some(Mutex::new(MapsReader::new(PinnedMaps::open(
-                    &config.pin_dir,
-                )?))),
-                None => None,
-            };
+            if classifier.is_some() {
+                let mut reader = MapsReader::new(PinnedMaps::open(&config.pin_dir)?);
+                reader.view = metrics::view(&config);
+                metrics_maps = Some(Arc::new(Mutex::new(reader)));
+            }
             let served = metrics::serve(
                 addr,
                 metrics::Sources {
-                    maps,
+                    maps: metrics_maps.clone(),
                     terminator: terminator.as_ref().map(Terminator::view),
                     reloads: reloads.clone(),
                     other_hosts: metrics_other_hosts.clone(),
-                    ja4_view: ja4_view.clone(),
                     ja4_learning: classifier.as_ref().map(Classifier::learn_counters),
                 },
             );
@@ -471,7 +470,7 @@ pub fn run(
             terminator,
             reloads,
             metrics_other_hosts,
-            ja4_view,
+            metrics_maps,
             swaps_pending: Vec::new(),
         };
         info!("ready; stop with SIGINT or SIGTERM, reload with SIGHUP or `sni-user reload`");

@@ -32,7 +32,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, HashMap, Map},
+    maps::{Array, HashMap},
     Ebpf,
 };
 use sni_common::{
@@ -47,7 +47,10 @@ use tracing::{debug, info};
 
 use crate::{
     config::{Action, Config},
-    kernel::slots::{self, Slots},
+    kernel::{
+        loader::{map, map_mut},
+        slots::{self, Slots},
+    },
 };
 
 /// How long after keys are learned their entries in `SNI_JA4_OTHER` are swept again.
@@ -437,16 +440,6 @@ pub fn name_of(key: &Ja4Key, ja4: Option<&Ja4>) -> Ja4Name {
         None => name.ja4[..10].copy_from_slice(&key.a),
     }
     name
-}
-
-fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map> {
-    ebpf.map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
-}
-
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use aya::{
     maps::{Array, MapData},
     Ebpf,
@@ -17,7 +17,7 @@ use sni_common::{
     maps::{MAP_FLOWS, MAP_FLOW_SHAPE},
 };
 
-use crate::kernel::loader::open_pinned;
+use crate::kernel::loader::{map, map_mut, open_pinned};
 
 /// The flow table: its entries and where flows go in it.
 pub struct FlowTable<T> {
@@ -31,12 +31,9 @@ pub type PinnedFlowTable = FlowTable<MapData>;
 impl FlowTable<MapData> {
     /// The table of the classifier whose maps are pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<Self> {
-        let shape = Array::<_, Shape>::try_from(open_pinned(pin_dir, MAP_FLOW_SHAPE)?)?
-            .get(&0, 0)
-            .context("reading the flow table's shape")?;
         Ok(Self {
+            shape: read_shape(&open_pinned(pin_dir, MAP_FLOW_SHAPE)?)?,
             entries: open_pinned(pin_dir, MAP_FLOWS)?.try_into()?,
-            shape,
         })
     }
 }
@@ -44,12 +41,9 @@ impl FlowTable<MapData> {
 impl<'a> FlowTable<&'a mut MapData> {
     /// The table of a loaded program, to rewrite.
     pub fn of_mut(ebpf: &'a mut Ebpf) -> Result<Self> {
-        let shape = shape(ebpf)?;
-        let map = ebpf
-            .map_mut(MAP_FLOWS)
-            .ok_or_else(|| anyhow!("map {MAP_FLOWS} missing from the XDP object"))?;
+        let shape = read_shape(map(ebpf, MAP_FLOW_SHAPE)?)?;
         Ok(Self {
-            entries: Array::try_from(map)?,
+            entries: Array::try_from(map_mut(ebpf, MAP_FLOWS)?)?,
             shape,
         })
     }
@@ -58,21 +52,15 @@ impl<'a> FlowTable<&'a mut MapData> {
 impl<'a> FlowTable<&'a MapData> {
     /// The table of a loaded program, to read.
     pub fn of(ebpf: &'a Ebpf) -> Result<Self> {
-        let map = ebpf
-            .map(MAP_FLOWS)
-            .ok_or_else(|| anyhow!("map {MAP_FLOWS} missing from the XDP object"))?;
         Ok(Self {
-            entries: Array::try_from(map)?,
-            shape: shape(ebpf)?,
+            entries: Array::try_from(map(ebpf, MAP_FLOWS)?)?,
+            shape: read_shape(map(ebpf, MAP_FLOW_SHAPE)?)?,
         })
     }
 }
 
-/// The shape a loaded program's table was given.
-fn shape(ebpf: &Ebpf) -> Result<Shape> {
-    let map = ebpf
-        .map(MAP_FLOW_SHAPE)
-        .ok_or_else(|| anyhow!("map {MAP_FLOW_SHAPE} missing from the XDP object"))?;
+/// The shape written in a table's shape map.
+fn read_shape(map: &aya::maps::Map) -> Result<Shape> {
     Array::<_, Shape>::try_from(map)?
         .get(&0, 0)
         .context("reading the flow table's shape")
@@ -106,11 +94,14 @@ impl<T: Borrow<MapData>> FlowTable<T> {
         self.entries.get(&index, 0).ok()
     }
 
+    /// How many entries it has (in use or not).
+    pub fn entries(&self) -> u32 {
+        self.entries.len()
+    }
+
     /// Every entry that holds a flow, with its index (one lookup per entry of the table).
     pub fn flows(&self) -> impl Iterator<Item = (u32, FlowEntry)> + '_ {
-        (0..self.entries.len())
-            .filter_map(|i| Some((i, self.entry(i)?)))
-            .filter(|(_, e)| e.in_use())
+        (0..self.entries()).filter_map(|i| Some((i, self.entry(i).filter(FlowEntry::in_use)?)))
     }
 }
 

@@ -512,11 +512,12 @@ impl ActionChanges {
 /// made before. Returns how many flows changed. Part of [`Classifier::apply`].
 pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) -> Result<u64> {
     let mut table = flow_table::FlowTable::of_mut(ebpf)?;
-    // One read of every entry, then each one to change read again and written
-    // (`FlowTable::replace`).
-    let entries: Vec<(u32, FlowEntry)> = table.flows().collect();
     let mut rewritten = 0u64;
-    for (index, was) in entries {
+    // Each entry to change is read again just before it is written (`FlowTable::replace`).
+    for index in 0..table.entries() {
+        let Some(was) = table.entry(index).filter(FlowEntry::in_use) else {
+            continue;
+        };
         let mut entry = was;
         let flow = &mut entry.flow;
         let slot = match flow.kind {
@@ -558,15 +559,11 @@ pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) 
 /// The slot of a configured name (a [`sni_common::HostPattern::key`]: a `*.` pattern as
 /// written) in the loaded program's host table, looked up as the kernel does: by its keyed lookup hash, confirmed by its check hash.
 pub fn configured_slot(ebpf: &Ebpf, key: &HostKey) -> Result<Option<u32>> {
-    let map = |name: &str| {
-        ebpf.map(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
-    };
-    let keys = Array::<_, NameKeys>::try_from(map(MAP_NAME_KEYS)?)?
+    let keys = Array::<_, NameKeys>::try_from(map(ebpf, MAP_NAME_KEYS)?)?
         .get(&0, 0)
         .context("reading the name hash keys")?;
     let h = key.keyed(&keys);
-    let hosts = HashMap::<_, u64, NameEntry>::try_from(map(MAP_HOSTS)?)?;
+    let hosts = HashMap::<_, u64, NameEntry>::try_from(map(ebpf, MAP_HOSTS)?)?;
     Ok(hosts
         .get(&h.lookup, 0)
         .ok()
@@ -639,7 +636,14 @@ fn random_u64() -> std::io::Result<u64> {
     Ok(u64::from_ne_bytes(bytes))
 }
 
-fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+/// Map `name` of a loaded program.
+pub(crate) fn map<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+}
+
+/// Map `name` of a loaded program, to write.
+pub(crate) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
     ebpf.map_mut(name)
         .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
 }
