@@ -28,7 +28,7 @@ use crate::{
     load::{self, Op, Target},
     report::{Better, Row, Spread},
     servers::{self, Server, Xdp},
-    tls::{client_sysctls, median, turn, Env, LOAD_CPU, SERVER_CPU},
+    tls::{client_sysctls, turn, Env, LOAD_CPU, SERVER_CPU},
 };
 
 /// Connections a second to the dropped host, as issue 16 names.
@@ -171,49 +171,49 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
     drop(server);
     Ok(vec![
         Row {
-            section: "flood",
-            case: format!(
-                "handshakes/s to a served host during {FLOOD_RATE} connections/s to a dropped one"
-            ),
-            unit: "handshakes/s",
-            value: median(flood_rate.clone()),
-            baseline_name: "no flood",
-            baseline: Some(median(quiet_rate.clone())),
-            better: Better::Higher,
-            goal: None,
-            spread: Some(Spread::of(&flood_rate)),
-            above: None,
             note: how,
+            ..Row::compared(
+                "flood",
+                format!(
+                    "handshakes/s to a served host during {FLOOD_RATE} connections/s to a \
+                     dropped one"
+                ),
+                "handshakes/s",
+                Better::Higher,
+                &flood_rate,
+                "no flood",
+                &quiet_rate,
+            )
         },
         Row {
-            section: "flood",
-            case: "the terminator's open descriptors at their peak, flooded vs quiet".into(),
-            unit: "descriptors",
-            value: median(flood_fds.clone()),
-            baseline_name: "no flood",
-            baseline: Some(median(quiet_fds.clone())),
-            better: Better::Lower,
-            goal: None,
-            spread: Some(Spread::of(&flood_fds)),
             above: Some(above(&flood_fds, &quiet_fds)),
             note: format!(
                 "sampled every 10 ms; had the terminator held each dropped connection to \
                  its handshake deadline, the {sockets} sockets of a run's flood would all be \
                  open at its end"
             ),
+            ..Row::compared(
+                "flood",
+                "the terminator's open descriptors at their peak, flooded vs quiet",
+                "descriptors",
+                Better::Lower,
+                &flood_fds,
+                "no flood",
+                &quiet_fds,
+            )
         },
         Row {
-            section: "flood",
-            case: "the terminator's resident memory at its peak, flooded vs quiet".into(),
-            unit: "MiB",
-            value: median(flood_rss.clone()),
-            baseline_name: "no flood",
-            baseline: Some(median(quiet_rss.clone())),
-            better: Better::Lower,
-            goal: None,
-            spread: Some(Spread::of(&flood_rss)),
             above: Some(above(&flood_rss, &quiet_rss)),
             note: "sampled every 10 ms, the same runs".into(),
+            ..Row::compared(
+                "flood",
+                "the terminator's resident memory at its peak, flooded vs quiet",
+                "MiB",
+                Better::Lower,
+                &flood_rss,
+                "no flood",
+                &quiet_rss,
+            )
         },
     ])
 }

@@ -119,7 +119,7 @@ pub fn run() -> Result<(Vec<Row>, Vec<String>)> {
             .iter()
             .find(|m| m.name == MAP_FLOW_CACHE)
             .map_or(0, |m| m.max_entries);
-        let mut reads: Vec<f64> = (0..READS)
+        let reads: Vec<f64> = (0..READS)
             .map(|_| {
                 let start = std::time::Instant::now();
                 let counters = prog.host_counters();
@@ -127,19 +127,19 @@ pub fn run() -> Result<(Vec<Row>, Vec<String>)> {
                 start.elapsed().as_secs_f64() * 1e3
             })
             .collect();
-        reads.sort_by(f64::total_cmp);
+        let spread = Spread::of(&reads);
         let read = Row {
             section: "kernel memory",
             case: format!(
                 "{hosts} hosts: one read of every host's counters (the counter maps, then {cache} flow cache entries)"
             ),
             unit: "ms",
-            value: Spread::of(&reads).median,
+            value: spread.median,
             baseline_name: "",
             baseline: None,
             better: Better::Lower,
             goal: None,
-            spread: Some(Spread::of(&reads)),
+            spread: Some(spread),
             above: None,
             note: format!(
                 "`HostCounters::read`, as `stats`, `/metrics` and `top` read them; {READS} reads, median (IQR)"

@@ -11,6 +11,7 @@
 )]
 
 mod backend;
+mod cmd;
 mod flood;
 mod kernel_memory;
 mod load;

@@ -103,6 +103,33 @@ pub struct Row {
 }
 
 impl Row {
+    /// A figure taken in rounds beside its baseline's rounds: each side's median, this side's
+    /// spread; no goal, no paired difference, no note (set them with `..`).
+    pub fn compared(
+        section: &'static str,
+        case: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        ours: &[f64],
+        baseline_name: &'static str,
+        base: &[f64],
+    ) -> Self {
+        let spread = Spread::of(ours);
+        Self {
+            section,
+            case: case.into(),
+            unit,
+            value: spread.median,
+            baseline_name,
+            baseline: Some(Spread::of(base).median),
+            better,
+            goal: None,
+            spread: Some(spread),
+            above: None,
+            note: String::new(),
+        }
+    }
+
     /// `value / baseline`.
     pub fn ratio(&self) -> Option<f64> {
         let b = self.baseline?;

@@ -16,7 +16,7 @@ use sni_tests::{netns::Pair, PinDir};
 use crate::{
     backend::Backend,
     load::{self, Op, Target},
-    report::{Better, Goal, Row, Spread},
+    report::{Better, Goal, Row},
     servers::{self, HostCert, Server, Xdp},
 };
 
@@ -29,7 +29,7 @@ pub const LOAD_CPU: usize = 1;
 /// first, so its ports wait in TIME_WAIT; without reuse they run out within seconds and
 /// connect() crawls (seen here: 250 handshakes/s instead of 6,000). Namespace-local settings.
 pub fn client_sysctls(pair: &Pair) -> Result<()> {
-    crate::xdp::checked(pair.client.cmd([
+    crate::cmd::checked(pair.client.cmd([
         "sysctl",
         "-w",
         "net.ipv4.tcp_tw_reuse=1",
@@ -102,9 +102,9 @@ pub fn turn(round: usize, k: usize) -> usize {
     (round + k) % 2
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+/// The median of `v`, as every row reports it (`Spread::of`).
+pub fn median(v: Vec<f64>) -> f64 {
+    crate::report::Spread::of(&v).median
 }
 
 fn names(list: &[&HostCert]) -> Arc<Vec<ServerName<'static>>> {
@@ -184,13 +184,13 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
                 SERVER_CPU,
             )?;
             if mode == Live::Noop {
-                crate::xdp::attach(&pair.server, &pair.server_if, noop.program()?)?;
+                crate::cmd::attach(&pair.server, &pair.server_if, noop.program()?)?;
             }
             let before = attached_run_time(&pair)?;
             let measured = measure(&server, &target, false, Op::Handshake, env);
             let after = attached_run_time(&pair)?;
             let detached = if mode == Live::Noop {
-                crate::xdp::detach(&pair.server, &pair.server_if)
+                crate::cmd::detach(&pair.server, &pair.server_if)
             } else {
                 Ok(())
             };
@@ -216,17 +216,9 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
         env.threads
     );
     let row = |case: &str, ours: &[f64], base: &[f64], base_name: &'static str, goal, unit| Row {
-        section: "live",
-        case: case.into(),
-        unit,
-        value: median(ours.to_vec()),
-        baseline_name: base_name,
-        baseline: Some(median(base.to_vec())),
-        better: Better::Higher,
         goal,
-        spread: Some(Spread::of(ours)),
-        above: None,
         note: how.clone(),
+        ..Row::compared("live", case, unit, Better::Higher, ours, base_name, base)
     };
     let per_cpu = "handshakes/CPU-s";
     let mut cpu_row = row(
@@ -265,17 +257,16 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
             "handshakes/s",
         ),
         Row {
-            section: "live",
-            case: "XDP run time per handshake, the classifier (vs the no-op), from the kernel's statistics".into(),
-            unit: "µs/handshake",
-            value: median(classifier_time.clone()),
-            baseline_name: "no-op",
-            baseline: Some(median(noop_time.clone())),
-            better: Better::Lower,
-            goal: None,
-            spread: Some(Spread::of(&classifier_time)),
-            above: None,
             note: "the attached program's run time (BPF_ENABLE_STATS) over a round, per handshake completed in it; it runs on the sending core, the load generator's".into(),
+            ..Row::compared(
+                "live",
+                "XDP run time per handshake, the classifier (vs the no-op), from the kernel's statistics",
+                "µs/handshake",
+                Better::Lower,
+                &classifier_time,
+                "no-op",
+                &noop_time,
+            )
         },
     ])
 }
@@ -283,7 +274,7 @@ pub fn live(env: &Env) -> Result<Vec<Row>> {
 /// The kernel's total run time of the XDP program attached to the server's veth, if one is.
 fn attached_run_time(pair: &Pair) -> Result<Option<Duration>> {
     let out =
-        crate::xdp::checked(
+        crate::cmd::checked(
             pair.server
                 .cmd(["ip", "-j", "link", "show", "dev", &pair.server_if]),
         )?;
@@ -478,17 +469,9 @@ pub fn terminator_vs_nginx(
                    better: Better,
                    goal: Option<f64>,
                    note: &str| Row {
-            section: "terminator",
-            case: case.to_owned(),
-            unit,
-            value: median(ours.to_vec()),
-            baseline_name: name,
-            baseline: Some(median(theirs.to_vec())),
-            better,
             goal: goal.map(Goal::Ratio),
-            spread: Some(Spread::of(ours)),
-            above: None,
             note: note.to_owned(),
+            ..Row::compared("terminator", case, unit, better, ours, name, theirs)
         };
         let o = ours_figs;
         rows.extend([

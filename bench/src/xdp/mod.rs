@@ -38,8 +38,6 @@ use crate::report::{Better, Goal, Row, Spread};
 mod frames;
 mod veth;
 
-pub(crate) use veth::{attach, checked, detach};
-
 use frames::{app_data, seg, shuffled, udp_frame, vary, Busy, Frames, Kind, NewFlows};
 
 /// Rounds per comparison (odd, so the median is a round's figure).
@@ -175,30 +173,36 @@ fn config() -> String {
 /// The per-case figures: medians, spreads, the paired difference.
 fn row(case: String, (ours, base): (Vec<f64>, Vec<f64>), goal: Option<Goal>, how: &str) -> Row {
     let diffs: Vec<f64> = ours.iter().zip(&base).map(|(a, b)| a - b).collect();
-    let spread = Spread::of(&ours);
     Row {
-        section: "xdp",
-        case,
-        unit: "ns/packet",
-        value: spread.median,
-        baseline_name: "no-op",
-        baseline: Some(Spread::of(&base).median),
-        better: Better::Lower,
         goal,
-        spread: Some(spread),
         above: Some(Spread::of(&diffs)),
         note: how.to_owned(),
+        ..Row::compared(
+            "xdp",
+            case,
+            "ns/packet",
+            Better::Lower,
+            &ours,
+            "no-op",
+            &base,
+        )
     }
+}
+
+/// Runs ClientHellos of flows `first..first + count` (`vary`) through a classifier; how many
+/// flows its table then holds.
+fn run_hellos(prog: &Prog, hello: &[u8], first: u64, count: u64) -> usize {
+    let mut f = seg(0, 443, 1, PSH_ACK, hello);
+    for n in first..first + count {
+        vary(&mut f, n);
+        prog.run(&f);
+    }
+    prog.flows_len()
 }
 
 /// Fills a classifier's flow table with the busy table's flows: a ClientHello each.
 fn fill_busy(prog: &Prog, hello: &[u8]) -> Result<()> {
-    let mut f = seg(0, 443, 1, PSH_ACK, hello);
-    for n in 0..u64::from(BUSY_FLOWS) {
-        vary(&mut f, n);
-        prog.run(&f);
-    }
-    let live = prog.flows_len();
+    let live = run_hellos(prog, hello, 0, u64::from(BUSY_FLOWS));
     if live != BUSY_FLOWS as usize {
         bail!("busy table: {live} flows in the table after {BUSY_FLOWS} ClientHellos");
     }
@@ -212,13 +216,8 @@ const FILL_BASE: u64 = 60_000 * 60_000;
 /// entry is taken (new flows then replace the ones used longest ago, as on a busy edge):
 /// twice as many as it has entries (at least 99% of the entries taken, checked).
 fn fill_table(prog: &Prog, hello: &[u8]) -> Result<()> {
-    let entries = sni_common::flow_table::entries(sni_common::maps::FLOWS_DEFAULT_ENTRIES);
-    let mut f = seg(0, 443, 1, PSH_ACK, hello);
-    for n in 0..2 * u64::from(entries) {
-        vary(&mut f, FILL_BASE + n);
-        prog.run(&f);
-    }
-    let taken = prog.flows_len();
+    let entries = prog.flow_table().entries();
+    let taken = run_hellos(prog, hello, FILL_BASE, 2 * u64::from(entries));
     if taken < entries as usize * 99 / 100 {
         bail!("full table: {taken} of {entries} entries taken");
     }
@@ -778,7 +777,8 @@ fn bpftool_noop(object: &Path, frame: &[u8], reps: u32) -> Result<Vec<f64>> {
     let bpftool = |args: &[&std::ffi::OsStr]| -> Result<String> {
         let mut cmd = std::process::Command::new("bpftool");
         cmd.args(args);
-        let out = checked(cmd).context("running bpftool (cargo xtask bench installs it)")?;
+        let out =
+            crate::cmd::checked(cmd).context("running bpftool (cargo xtask bench installs it)")?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let os = std::ffi::OsStr::new;

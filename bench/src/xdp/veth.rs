@@ -11,11 +11,7 @@
 //! tcpreplay inherits the bench thread's core, and a veth delivers a frame on the sending
 //! core: every run sees the same core's per-CPU maps, as a NIC's RSS keeps a flow on one core.
 
-use std::{
-    os::fd::OwnedFd,
-    path::PathBuf,
-    process::{Command, Output},
-};
+use std::{os::fd::OwnedFd, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -34,6 +30,7 @@ use super::{
     ROUNDS,
 };
 use crate::{
+    cmd::{attach, checked, detach},
     report::{Goal, Row},
     xdp::frames::{seg, shuffled, Split},
 };
@@ -177,34 +174,6 @@ impl Drop for Link {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.pcap);
     }
-}
-
-/// Attaches loaded program `prog` in native mode to interface `dev` of namespace `ns`
-/// (`bpftool`, by the program's id).
-pub(crate) fn attach(ns: &Netns, dev: &str, prog: &Xdp) -> Result<()> {
-    let id = prog.info().context("the program's info")?.id().to_string();
-    checked(ns.cmd_net_only(["bpftool", "net", "attach", "xdpdrv", "id", &id, "dev", dev]))
-        .context("attaching in native mode (cargo xtask bench installs bpftool)")?;
-    Ok(())
-}
-
-/// Detaches the native-mode XDP program of interface `dev` of namespace `ns`.
-pub(crate) fn detach(ns: &Netns, dev: &str) -> Result<()> {
-    checked(ns.cmd_net_only(["bpftool", "net", "detach", "xdpdrv", "dev", dev]))?;
-    Ok(())
-}
-
-/// Runs a command; its output, or an error with its status and standard error.
-pub(crate) fn checked(mut cmd: Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
 }
 
 /// The ClientHellos and the data record the cases send.
@@ -353,7 +322,7 @@ pub(super) fn rows(plains: &Plains<'_>, p: &Payloads<'_>, calls: u64) -> Result<
 }
 
 /// Entries of `sni_floor_insert`'s table (the flow table's default capacity).
-const FLOOR_FLOWS: u32 = 131_072;
+const FLOOR_FLOWS: u32 = sni_common::maps::FLOWS_DEFAULT_ENTRIES;
 
 /// Which program a case times against the no-op.
 #[derive(Clone, Copy)]
