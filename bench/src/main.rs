@@ -72,8 +72,9 @@ fn run(cli: Cli) -> Result<()> {
     let mut hello_cost = None;
     if want("xdp") {
         eprintln!("sni-bench: XDP per-packet cost (BPF_PROG_TEST_RUN)");
-        let (rows, cost) = xdp::run(&cli.noop, cli.quick).context("xdp")?;
+        let (rows, cost, hellos) = xdp::run(&cli.noop, cli.quick).context("xdp")?;
         report.rows.extend(rows);
+        report.notes.push(hellos);
         hello_cost = Some(cost);
     }
     if want("kernel-memory") {

@@ -265,11 +265,12 @@ impl<'a> Expect<'a> {
     }
 }
 
-/// Runs every case; returns the rows and the ClientHello cost (ns above the no-op, the larger
-/// of one segment and both segments of a split one) for the terminator section's goal.
+/// Runs every case; returns the rows, the ClientHello cost (ns above the no-op, the larger
+/// of one segment and both segments of a split one) for the terminator section's goal, and a
+/// note naming the ClientHellos the cases send.
 /// The classifier is the object embedded in sni-user when it was built (SNI_EBPF_OBJECT at
 /// build time: `cargo xtask bench` builds the object, then this binary).
-pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
+pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
     let _pinned = Pinned::to(CPU)?;
     let noop = Plain::load(noop_object, "sni_noop")?;
     let reps: u32 = if quick { 20_000 } else { 1_000_000 };
@@ -283,8 +284,19 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
 
     let http =
         b"GET / HTTP/1.1\r\nHost: plain.bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
+    // rustls shuffles its extensions for every ClientHello: fixed orders, so that runs
+    // compare. The name in the middle of the one-segment ClientHello (where a shuffle leaves
+    // it on average), last in the browser-size one (past its first segment).
     let hello = hellos::rustls_hello("host1.bench.test");
-    let browser = hellos::browser_size_hello("host2.bench.test");
+    let hello = hellos::fixed_order(&hello, hellos::extension_types(&hello).len() / 2);
+    let browser = hellos::fixed_order(&hellos::browser_size_hello("host2.bench.test"), usize::MAX);
+    let hellos_note = format!(
+        "ClientHellos: rustls (X25519MLKEM768), {} bytes, extensions {:04x?}; browser-size {} bytes, extensions {:04x?}",
+        hello.len(),
+        hellos::extension_types(&hello),
+        browser.len(),
+        hellos::extension_types(&browser),
+    );
     let mss = 1448;
     let data = app_data(1400);
     let data_seq = 1 + hello.len() as u32;
@@ -542,7 +554,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64)> {
         floor_insert: &Plain::load(&floor_object, "sni_floor_insert")?,
     };
     rows.extend(veth::rows(&plains, &payloads, calls).context("through a veth")?);
-    Ok((rows, hello_one.max(split_both)))
+    Ok((rows, hello_one.max(split_both), hellos_note))
 }
 
 /// How many runs the cases make, and how the rows say so.
@@ -594,6 +606,37 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
                 "profile: classified flow, one hot flow: 1,400 B TLS record, stopped after {stage}"
             ),
             pair.looped(&data_frame, runs.reps)?,
+            None,
+            runs.loop_how,
+        );
+        print_row(&r);
+        rows.push(r);
+    }
+    // Reading the ClientHello alone, with and without its JA4: stopped before the insert, the
+    // program remembers nothing, so every run reads the same ClientHello again (its bytes and
+    // the scratch warm in the cache). The parser's own cost, without the new flow's misses.
+    for (ja4, suffix) in [(true, ""), (false, ", fingerprinting off")] {
+        let mut config = config();
+        if !ja4 {
+            config = config.replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1);
+        }
+        let prog = Prog::with_options(
+            &config,
+            sni_user::kernel::loader::StartOptions {
+                profile_stop: stop::HELLO,
+                ..Default::default()
+            },
+        );
+        let pair = Pair {
+            prog: &prog,
+            base: Base::Noop(noop),
+        };
+        let r = row(
+            format!(
+                "profile: the same ClientHello ({} B) read again and again, stopped after reading it{suffix}",
+                hello.len()
+            ),
+            pair.looped(&hello_frame, runs.reps)?,
             None,
             runs.loop_how,
         );
