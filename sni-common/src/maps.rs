@@ -217,6 +217,12 @@ pub mod profile_stop {
     /// After the fingerprint's counters (its own, and the host's row of it), before the flow
     /// is remembered (the flow table's insert) and the verdict returned.
     pub const COUNTED: u8 = 7;
+    /// Inside the ClientHello stage: after the pending map's lookup and the first bytes' check,
+    /// before the parser's state is set up in the scratch.
+    pub const PENDING: u8 = 8;
+    /// Inside the ClientHello stage: after the parser's state is set up in the scratch, before
+    /// the payload is copied and parsed.
+    pub const SCRATCH: u8 = 9;
 }
 
 /// Indices into [`MAP_GLOBAL`], with each counter's name and help text.

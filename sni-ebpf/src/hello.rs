@@ -19,7 +19,7 @@ use aya_ebpf::{
 use sni_common::{
     flow::{Flow, FlowKey, Pending, Step},
     hello::starts_client_hello,
-    maps::{counter, Chunk, Scratch, SCRATCH_LEN},
+    maps::{counter, profile_stop as stop, Chunk, Scratch, SCRATCH_LEN},
     Parser,
 };
 
@@ -28,7 +28,7 @@ use crate::{
     error::Error,
     flow,
     headers::{ptr_at, Segment},
-    maps::{ja4_enabled, SNI_PENDING, SNI_SCRATCH},
+    maps::{ja4_enabled, profile_stop, SNI_PENDING, SNI_SCRATCH},
 };
 
 /// Reads the ClientHello bytes of a segment with payload that is not of a classified flow.
@@ -50,6 +50,9 @@ pub fn read(
     let step = Step::of(next_seq, seg.seq, seg.payload_len as u32, || {
         seg.payload_len < 6 || starts(ctx, seg)
     });
+    if profile_stop() == stop::PENDING {
+        return Ok(None);
+    }
     let (skip, resumed) = match (step, pending) {
         (Step::Parse { skip, resumed }, _) => (skip as usize, resumed),
         (Step::Retransmit, Some(p)) => {
@@ -89,6 +92,9 @@ pub fn read(
             _ if ja4_enabled() => (*scratch).pending = Pending::JA4,
             _ => (*scratch).pending = Pending::NEW,
         }
+    }
+    if profile_stop() == stop::SCRATCH {
+        return Ok(None);
     }
     parse(ctx, scratch, seg.payload_off + skip, seg.payload_len - skip)?;
     // SAFETY: this CPU's scratch; the callbacks are done with it.

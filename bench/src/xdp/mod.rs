@@ -612,18 +612,43 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         print_row(&r);
         rows.push(r);
     }
-    // Reading the ClientHello alone, with and without its JA4: stopped before the insert, the
+    // The ClientHello stage alone, with and without its JA4: stopped before the insert, the
     // program remembers nothing, so every run reads the same ClientHello again (its bytes and
-    // the scratch warm in the cache). The parser's own cost, without the new flow's misses.
-    for (ja4, suffix) in [(true, ""), (false, ", fingerprinting off")] {
-        let mut config = config();
-        if !ja4 {
-            config = config.replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1);
-        }
+    // the scratch warm in the cache). The stage's own cost, step by step, without the new
+    // flow's misses.
+    let ja4_off = config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1);
+    for (config, at, stage) in [
+        (config(), stop::FLOW, "the flow stage"),
+        (
+            config(),
+            stop::PENDING,
+            "the pending map's lookup (the ClientHello stage's start)",
+        ),
+        (
+            config(),
+            stop::SCRATCH,
+            "setting up the parser's state in the scratch",
+        ),
+        (
+            config(),
+            stop::HELLO,
+            "reading it (copied, parsed with its JA4)",
+        ),
+        (
+            ja4_off.clone(),
+            stop::SCRATCH,
+            "setting up the parser's state in the scratch, fingerprinting off",
+        ),
+        (
+            ja4_off,
+            stop::HELLO,
+            "reading it (copied, parsed up to its name), fingerprinting off",
+        ),
+    ] {
         let prog = Prog::with_options(
             &config,
             sni_user::kernel::loader::StartOptions {
-                profile_stop: stop::HELLO,
+                profile_stop: at,
                 ..Default::default()
             },
         );
@@ -633,7 +658,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         };
         let r = row(
             format!(
-                "profile: the same ClientHello ({} B) read again and again, stopped after reading it{suffix}",
+                "profile: the same ClientHello ({} B) again and again, stopped after {stage}",
                 hello.len()
             ),
             pair.looped(&hello_frame, runs.reps)?,
