@@ -34,8 +34,9 @@ struct Cli {
     /// Short runs (a smoke test of the whole bench; figures are noisy).
     #[arg(long)]
     quick: bool,
-    /// Only these sections (xdp, kernel-memory, live, terminator, scale, flood; or memory: the
-    /// terminator section's idle-memory case alone); all by default.
+    /// Only these sections (xdp, ab, kernel-memory, live, terminator, scale, flood; or memory:
+    /// the terminator section's idle-memory case alone); all by default (ab only with
+    /// `--ab-object`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the results go.
@@ -47,6 +48,10 @@ struct Cli {
     /// The sni-user binary (a release build).
     #[arg(long, env = "SNI_USER_BIN")]
     sni_user: PathBuf,
+    /// Another build of the XDP object: the `ab` section compares this tree's classifier with
+    /// it, case by case, in alternating rounds of one run (`bench/src/xdp/ab.rs`).
+    #[arg(long)]
+    ab_object: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +81,15 @@ fn run(cli: Cli) -> Result<()> {
         report.rows.extend(rows);
         report.notes.push(hellos);
         hello_cost = Some(cost);
+    }
+    if let Some(other) = cli.ab_object.as_ref().filter(|_| want("ab")) {
+        eprintln!(
+            "sni-bench: A/B, this tree's classifier against {}",
+            other.display()
+        );
+        let (rows, note) = xdp::ab::run(other, cli.quick).context("ab")?;
+        report.rows.extend(rows);
+        report.notes.push(note);
     }
     if want("kernel-memory") {
         eprintln!("sni-bench: kernel memory of the maps (10 and 100,000 hosts)");

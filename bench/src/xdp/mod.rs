@@ -35,6 +35,7 @@ use sni_tests::{
 
 use crate::report::{Better, Goal, Row, Spread};
 
+pub mod ab;
 mod frames;
 mod veth;
 
@@ -284,19 +285,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
 
     let http =
         b"GET / HTTP/1.1\r\nHost: plain.bench.test\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
-    // rustls shuffles its extensions for every ClientHello: fixed orders, so that runs
-    // compare. The name in the middle of the one-segment ClientHello (where a shuffle leaves
-    // it on average), last in the browser-size one (past its first segment).
-    let hello = hellos::rustls_hello("host1.bench.test");
-    let hello = hellos::fixed_order(&hello, hellos::extension_types(&hello).len() / 2);
-    let browser = hellos::fixed_order(&hellos::browser_size_hello("host2.bench.test"), usize::MAX);
-    let hellos_note = format!(
-        "ClientHellos: rustls (X25519MLKEM768), {} bytes, extensions {:04x?}; browser-size {} bytes, extensions {:04x?}",
-        hello.len(),
-        hellos::extension_types(&hello),
-        browser.len(),
-        hellos::extension_types(&browser),
-    );
+    let (hello, browser, hellos_note) = bench_hellos();
     let mss = 1448;
     let data = app_data(1400);
     let data_seq = 1 + hello.len() as u32;
@@ -555,6 +544,25 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
     };
     rows.extend(veth::rows(&plains, &payloads, calls).context("through a veth")?);
     Ok((rows, hello_one.max(split_both), hellos_note))
+}
+
+/// The ClientHellos the cases send, and a note naming them: the post-quantum one of rustls in
+/// one segment, and a browser-size one (1,850 bytes) whose name is past its first segment.
+/// rustls shuffles its extensions for every ClientHello: fixed orders, so that runs compare.
+/// The name is in the middle of the one-segment ClientHello (where a shuffle leaves it on
+/// average), last in the browser-size one.
+fn bench_hellos() -> (Vec<u8>, Vec<u8>, String) {
+    let hello = hellos::rustls_hello("host1.bench.test");
+    let hello = hellos::fixed_order(&hello, hellos::extension_types(&hello).len() / 2);
+    let browser = hellos::fixed_order(&hellos::browser_size_hello("host2.bench.test"), usize::MAX);
+    let note = format!(
+        "ClientHellos: rustls (X25519MLKEM768), {} bytes, extensions {:04x?}; browser-size {} bytes, extensions {:04x?}",
+        hello.len(),
+        hellos::extension_types(&hello),
+        browser.len(),
+        hellos::extension_types(&browser),
+    );
+    (hello, browser, note)
 }
 
 /// How many runs the cases make, and how the rows say so.

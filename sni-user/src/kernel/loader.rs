@@ -81,6 +81,10 @@ pub struct StartOptions {
     /// Where the program stops (`sni_common::maps::profile_stop`): the bench's profile by
     /// stage. `NONE` (0) everywhere else.
     pub profile_stop: u8,
+    /// Another build of the XDP object to load instead of the one built into this binary:
+    /// the bench's A/B section compares a change with its base in one run. `None` everywhere
+    /// else.
+    pub object: Option<&'static [u8]>,
 }
 
 impl Classifier {
@@ -707,7 +711,7 @@ pub fn load_program(config: &Config, xdp: &XdpConfig, opts: StartOptions) -> Res
         .override_global("SNI_WILDCARDS", &wildcards, true)
         .override_global("SNI_CACHE_MASK", &cache_mask, true)
         .override_global("SNI_CACHE_SEED", &cache_seed, true)
-        .load(OBJECT)
+        .load(opts.object.unwrap_or(OBJECT))
         .context("loading the XDP object")?;
     {
         let program: &mut Xdp = ebpf

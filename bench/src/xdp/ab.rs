@@ -1,0 +1,132 @@
+//! A/B: the classifier built from this tree against another build of the kernel program
+//! (`--ab-object`), both loaded in this process with the same config and run in alternating
+//! rounds. A change to the kernel path is measured against its base in one run: across runs
+//! this machine drifts more than most such changes move (the README's findings follow the
+//! floors from run to run).
+//!
+//! To compare a change with the commit it starts from:
+//! ```text
+//! git stash && cargo xtask build-ebpf && cp target/ebpf/bpfel-unknown-none/release/sni-ebpf /tmp/base.o
+//! git stash pop && cargo xtask bench -- --only ab --ab-object /tmp/base.o
+//! ```
+
+use std::{
+    hash::{DefaultHasher, Hasher},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use sni_common::maps::profile_stop as stop;
+use sni_tests::{frame::PSH_ACK, prog::Prog};
+use sni_user::kernel::loader::StartOptions;
+
+use super::{app_data, bench_hellos, config, seg, vary, Base, NewFlows, Pair, Pinned, CPU, ROUNDS};
+use crate::report::{Better, Row, Spread};
+
+/// Runs the A/B cases; returns the rows and a note naming the other build.
+pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
+    let _pinned = Pinned::to(CPU)?;
+    let bytes = std::fs::read(other).with_context(|| format!("reading {}", other.display()))?;
+    let mut h = DefaultHasher::new();
+    h.write(&bytes);
+    let note = format!(
+        "A/B: `sni` is the classifier built from this tree, the baseline the object {} ({} bytes, hash {:016x}), both with the xdp section's config",
+        other.display(),
+        bytes.len(),
+        h.finish()
+    );
+    // Loaded once per case, for the life of the process.
+    let object: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    let reps: u32 = if quick { 20_000 } else { 1_000_000 };
+    let calls: u64 = if quick { 2_000 } else { 40_000 };
+    let loop_how =
+        format!("loop: {ROUNDS} alternating rounds of {reps} runs each side; median (IQR)");
+    let call_how = format!(
+        "per call: {ROUNDS} alternating rounds of {calls} calls each side, a new flow each; median (IQR)"
+    );
+    let (hello, _, _) = bench_hellos();
+    let hot = u64::from(u16::MAX) * 60_000;
+    let mut hello_frame = seg(0, 443, 1, PSH_ACK, &hello);
+    vary(&mut hello_frame, hot);
+    let mut data_frame = seg(0, 443, 1 + hello.len() as u32, PSH_ACK, &app_data(1400));
+    vary(&mut data_frame, hot);
+    let ja4_off = config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1);
+    let both = |config: &str, profile_stop: u8| {
+        let load = |object| {
+            Prog::with_options(
+                config,
+                StartOptions {
+                    profile_stop,
+                    object,
+                    ..StartOptions::default()
+                },
+            )
+        };
+        (load(None), load(Some(object)))
+    };
+    let mut rows = Vec::new();
+    let mut push = |case: String, runs: (Vec<f64>, Vec<f64>), how: &str| {
+        let r = ab_row(case, runs, how);
+        super::print_row(&r);
+        rows.push(r);
+    };
+    for (config, what) in [(config(), ""), (ja4_off, ", fingerprinting off")] {
+        let (ours, theirs) = both(&config, stop::HELLO);
+        let pair = Pair {
+            prog: &ours,
+            base: Base::Classifier(&theirs),
+        };
+        push(
+            format!(
+                "A/B: the same ClientHello ({} B) again and again, stopped after reading it{what}",
+                hello.len()
+            ),
+            pair.looped(&hello_frame, reps)?,
+            &loop_how,
+        );
+    }
+    let (ours, theirs) = both(&config(), stop::NONE);
+    ours.run(&hello_frame);
+    theirs.run(&hello_frame);
+    let pair = Pair {
+        prog: &ours,
+        base: Base::Classifier(&theirs),
+    };
+    push(
+        "A/B: classified flow, one hot flow: 1,400 B TLS record".to_owned(),
+        pair.looped(&data_frame, reps)?,
+        &loop_how,
+    );
+    let one = NewFlows {
+        template: seg(0, 443, 1, PSH_ACK, &hello),
+        base: 1 << 20,
+        before: None,
+    };
+    push(
+        format!(
+            "A/B: ClientHello with SNI in its first segment ({} B), a new flow each",
+            hello.len()
+        ),
+        pair.per_call(&one, calls)?,
+        &call_how,
+    );
+    Ok((rows, note))
+}
+
+/// A row of this build against the other: medians, spreads, the paired difference.
+fn ab_row(case: String, (ours, base): (Vec<f64>, Vec<f64>), how: &str) -> Row {
+    let diffs: Vec<f64> = ours.iter().zip(&base).map(|(a, b)| a - b).collect();
+    Row {
+        above: Some(Spread::of(&diffs)),
+        note: how.to_owned(),
+        ..Row::compared(
+            "ab",
+            case,
+            "ns/packet",
+            Better::Lower,
+            &ours,
+            "the other build",
+            &base,
+        )
+    }
+}
