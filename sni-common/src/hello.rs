@@ -10,7 +10,9 @@
 //! byte or finishes a zero-length field (which is always followed by a field that consumes), so
 //! `2 * len + 2` steps always suffice for `len` bytes of input. A step that completes a field
 //! also passes over the field after it, when that one is skipped whole (an extension's body,
-//! the random) and the input and the record hold it. The kernel drives `step` from
+//! the random) and the input and the record hold it. Before its field, a step passes over up
+//! to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads (neither the name nor JA4), each
+//! whole in the input and the record. The kernel drives `step` from
 //! `bpf_loop`; userspace calls [`Parser::feed`].
 //!
 //! The wire grammar, from RFC 8446 §4.1.2 and RFC 6066 §3:
@@ -351,6 +353,10 @@ const S_SIG_ALG: u8 = 25; // list: signature algorithms
 /// name, or of a list of two-byte values (four of them). 16 is past the kernel verifier's
 /// budget (one step per `bpf_loop` call, the debug build).
 const BYTES_PER_STEP: usize = 8;
+/// Extensions nothing reads a step passes over at most before its field (see
+/// [`Parser::plain_extensions`]). Browsers send 16 to 20 extensions, and most are read no
+/// further than their type.
+const PLAIN_EXTENSIONS_PER_STEP: usize = 4;
 /// Bytes of the longest integer field: an extension's type and length read together.
 const INT_MAX_LEN: usize = 4;
 /// Bytes of a TLS record header.
@@ -557,10 +563,19 @@ impl Parser {
         self.records
     }
 
-    /// Runs one bounded step over `input` from `*pos`; returns whether another step can make
-    /// progress (false once the input is used up or parsing has ended).
+    /// Runs one bounded step over `input` from `*pos`: [`Parser::plain_extensions`], then
+    /// [`Parser::field_step`]. Returns whether another step can make progress (false once the
+    /// input is used up or parsing has ended).
     #[inline(always)]
     pub fn step<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        let passed = self.plain_extensions(input, pos);
+        self.field_step(input, pos) || passed
+    }
+
+    /// The second half of a step: one field (or part of one), and the field passed over after
+    /// it when the input holds it. Returns whether another step can make progress.
+    #[inline(always)]
+    pub fn field_step<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         if self.status != ST_NEED_MORE {
             return false;
         }
@@ -611,6 +626,57 @@ impl Parser {
             self.skip_whole(len, pos);
         }
         true
+    }
+
+    /// The first half of a step: passes over the extensions that come next while each is one
+    /// the parser reads nothing of but its type (not server_name, nor one whose values JA4
+    /// takes) and the input from `*pos`, the record and the extensions block hold all of it,
+    /// up to [`PLAIN_EXTENSIONS_PER_STEP`]; returns whether it passed over any. It leaves the
+    /// parser as the steps of those extensions would have; anything else (a partial header,
+    /// an extension past the input or the block) is left to [`Parser::field_step`], which
+    /// reads or refuses it as usual.
+    #[inline(always)]
+    pub fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        let len = input.len();
+        let ja4 = self.flags & F_JA4 != 0;
+        let mut passed = false;
+        for _ in 0..PLAIN_EXTENSIONS_PER_STEP {
+            if !self.wants_more() || self.stage != S_EXT_HEAD || self.need != INT_MAX_LEN as u32 {
+                return passed;
+            }
+            let at = *pos;
+            if at >= len || len - at < INT_MAX_LEN {
+                return passed;
+            }
+            let ty = u16::from_be_bytes([input.byte(at), input.byte(at + 1)]);
+            let body = u16::from_be_bytes([input.byte(at + 2), input.byte(at + 3)]);
+            let read = match ty {
+                EXT_SERVER_NAME => true,
+                ja4_ext::ALPN | ja4_ext::SUPPORTED_VERSIONS | ja4_ext::SIGNATURE_ALGORITHMS => ja4,
+                _ => false,
+            };
+            let n = INT_MAX_LEN + usize::from(body);
+            if read
+                || n > len - at
+                || n > usize::from(self.rec_left)
+                || n as u32 > self.exts_left
+                || !self.consume(n as u32)
+            {
+                return passed;
+            }
+            if ja4 {
+                self.ja4.extension(ty);
+            }
+            if ty == EXT_ECH {
+                self.flags |= F_ECH;
+            }
+            self.ext_type = ty;
+            self.ext_left = body;
+            *pos = at + n;
+            self.next_extension();
+            passed = true;
+        }
+        passed
     }
 
     /// The `take` bytes at `at` of the current field: an integer's (into `acc`), the name's

@@ -1,0 +1,33 @@
+//! How many parser steps the bench's ClientHellos take (`Parser::step`; the kernel runs one
+//! per `bpf_loop` call). Reading a ClientHello costs about the same per step whatever the step
+//! reads (the README's profile), so a change that adds steps shows here before the bench.
+
+use sni_common::Parser;
+use sni_tests::hellos::{browser_size_hello, extension_types, fixed_order, rustls_hello};
+
+/// Steps `Parser::step` takes over `hello` in one buffer until the parser wants no more
+/// (its end with JA4, its name without).
+fn steps(ja4: bool, hello: &[u8]) -> usize {
+    let mut p = Parser::new(ja4);
+    let mut pos = 0;
+    let mut n = 0;
+    while p.wants_more() && n < Parser::max_steps(hello.len()) && p.step(hello, &mut pos) {
+        n += 1;
+    }
+    assert!(!p.wants_more(), "the parser read the whole ClientHello it was given");
+    assert!(p.has_name(), "the name was read");
+    n
+}
+
+#[test]
+fn the_bench_client_hellos_take_the_steps_they_took_when_measured() {
+    // As the bench sends them (`bench/src/xdp/mod.rs`, `bench_hellos`).
+    let hello = rustls_hello("host1.bench.test");
+    let hello = fixed_order(&hello, extension_types(&hello).len() / 2);
+    let browser = fixed_order(&browser_size_hello("host2.bench.test"), usize::MAX);
+    // 33 and 19 before steps passed over the extensions read no further; 34 and 24.
+    assert_eq!(steps(true, &hello), 27, "rustls, to its end with JA4");
+    assert_eq!(steps(false, &hello), 15, "rustls, to its name");
+    assert_eq!(steps(true, &browser), 26, "browser-size, to its end with JA4");
+    assert_eq!(steps(false, &browser), 16, "browser-size, to its name");
+}
