@@ -633,8 +633,8 @@ impl Parser {
     /// takes) and the input from `*pos`, the record and the extensions block hold all of it,
     /// up to [`PLAIN_EXTENSIONS_PER_STEP`]; returns whether it passed over any. It leaves the
     /// parser as the steps of those extensions would have; anything else (a partial header,
-    /// an extension past the input or the block) is left to [`Parser::field_step`], which
-    /// reads or refuses it as usual.
+    /// an extension past the input or the block, the last one) is left to
+    /// [`Parser::field_step`], which reads or refuses it as usual.
     #[inline(always)]
     pub fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         let len = input.len();
@@ -656,10 +656,12 @@ impl Parser {
                 _ => false,
             };
             let n = INT_MAX_LEN + usize::from(body);
+            // The last extension is left to the field's step, which ends the ClientHello and
+            // leaves the state as it always has.
             if read
                 || n > len - at
                 || n > usize::from(self.rec_left)
-                || n as u32 > self.exts_left
+                || n as u32 >= self.exts_left
                 || !self.consume(n as u32)
             {
                 return passed;

@@ -14,7 +14,10 @@ fn steps(ja4: bool, hello: &[u8]) -> usize {
     while p.wants_more() && n < Parser::max_steps(hello.len()) && p.step(hello, &mut pos) {
         n += 1;
     }
-    assert!(!p.wants_more(), "the parser read the whole ClientHello it was given");
+    assert!(
+        !p.wants_more(),
+        "the parser read the whole ClientHello it was given"
+    );
     assert!(p.has_name(), "the name was read");
     n
 }
@@ -28,6 +31,10 @@ fn the_bench_client_hellos_take_the_steps_they_took_when_measured() {
     // 33 and 19 before steps passed over the extensions read no further; 34 and 24.
     assert_eq!(steps(true, &hello), 27, "rustls, to its end with JA4");
     assert_eq!(steps(false, &hello), 15, "rustls, to its name");
-    assert_eq!(steps(true, &browser), 26, "browser-size, to its end with JA4");
+    assert_eq!(
+        steps(true, &browser),
+        26,
+        "browser-size, to its end with JA4"
+    );
     assert_eq!(steps(false, &browser), 16, "browser-size, to its name");
 }
