@@ -580,9 +580,9 @@ struct Runs<'a> {
 /// stop, the one that inserts).
 fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<Vec<Row>> {
     use sni_common::maps::profile_stop as stop;
-    let stopped = |at: u8| {
+    let stopped = |config: &str, at: u8| {
         Prog::with_options(
-            &config(),
+            config,
             sni_user::kernel::loader::StartOptions {
                 profile_stop: at,
                 ..Default::default()
@@ -590,6 +590,11 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         )
     };
     let mut rows = Vec::new();
+    let mut push = |case: String, runs: (Vec<f64>, Vec<f64>), how: &str| {
+        let r = row(case, runs, None, how);
+        print_row(&r);
+        rows.push(r);
+    };
     let hot = u64::from(u16::MAX) * 60_000;
     let mut hello_frame = seg(0, 443, 1, PSH_ACK, hello);
     vary(&mut hello_frame, hot);
@@ -603,22 +608,19 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         (stop::HEADERS, "the headers stage"),
         (stop::NONE, "every stage (the flow stage last)"),
     ] {
-        let prog = stopped(at);
+        let prog = stopped(&config(), at);
         prog.run(&hello_frame);
         let pair = Pair {
             prog: &prog,
             base: Base::Noop(noop),
         };
-        let r = row(
+        push(
             format!(
                 "profile: classified flow, one hot flow: 1,400 B TLS record, stopped after {stage}"
             ),
             pair.looped(&data_frame, runs.reps)?,
-            None,
             runs.loop_how,
         );
-        print_row(&r);
-        rows.push(r);
     }
     // The ClientHello stage alone, with and without its JA4: stopped before the insert, the
     // program remembers nothing, so every run reads the same ClientHello again (its bytes and
@@ -653,28 +655,19 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
             "reading it (copied, parsed up to its name), fingerprinting off",
         ),
     ] {
-        let prog = Prog::with_options(
-            &config,
-            sni_user::kernel::loader::StartOptions {
-                profile_stop: at,
-                ..Default::default()
-            },
-        );
+        let prog = stopped(&config, at);
         let pair = Pair {
             prog: &prog,
             base: Base::Noop(noop),
         };
-        let r = row(
+        push(
             format!(
                 "profile: the same ClientHello ({} B) again and again, stopped after {stage}",
                 hello.len()
             ),
             pair.looped(&hello_frame, runs.reps)?,
-            None,
             runs.loop_how,
         );
-        print_row(&r);
-        rows.push(r);
     }
     // Each stop's program has maps of its own.
     for (at, stage) in [
@@ -704,7 +697,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
             "every stage (the flow table's insert and the verdict last)",
         ),
     ] {
-        let prog = stopped(at);
+        let prog = stopped(&config(), at);
         // A full flow table, as in the ClientHello rows (stopped before the insert, the
         // program leaves the table empty; a lookup then reads the same two tag lines).
         if at == stop::NONE {
@@ -719,17 +712,14 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
             base: 1 << 20,
             before: None,
         };
-        let r = row(
+        push(
             format!(
                 "profile: ClientHello with SNI in its first segment ({} B), stopped after {stage}",
                 hello.len()
             ),
             pair.per_call(&one, runs.calls)?,
-            None,
             runs.call_how,
         );
-        print_row(&r);
-        rows.push(r);
     }
     Ok(rows)
 }
