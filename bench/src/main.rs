@@ -82,6 +82,9 @@ fn run(cli: Cli) -> Result<()> {
         report.notes.push(hellos);
         hello_cost = Some(cost);
     }
+    if cli.ab_object.is_none() && cli.only.iter().any(|o| o == "ab") {
+        anyhow::bail!("the ab section compares with another build: give it with --ab-object FILE");
+    }
     if let Some(other) = cli.ab_object.as_ref().filter(|_| want("ab")) {
         eprintln!(
             "sni-bench: A/B, this tree's classifier against {}",

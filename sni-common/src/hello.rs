@@ -12,7 +12,7 @@
 //! also passes over the field after it, when that one is skipped whole (an extension's body,
 //! the random) and the input and the record hold it. Before its field, a step passes over up
 //! to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads (neither the name nor JA4), each
-//! whole in the input and the record. The kernel drives `step` from
+//! whole in the input and the record, the last one excepted. The kernel drives `step` from
 //! `bpf_loop`; userspace calls [`Parser::feed`].
 //!
 //! The wire grammar, from RFC 8446 §4.1.2 and RFC 6066 §3:
@@ -564,8 +564,9 @@ impl Parser {
     }
 
     /// Runs one bounded step over `input` from `*pos`: [`Parser::plain_extensions`], then
-    /// [`Parser::field_step`]. Returns whether another step can make progress (false once the
-    /// input is used up or parsing has ended).
+    /// [`Parser::field_step`]. Returns whether it made progress: false once the input is used
+    /// up or parsing has ended (a step that passed over extensions and then met either returns
+    /// true; the next one returns false).
     #[inline(always)]
     pub fn step<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         let passed = self.plain_extensions(input, pos);

@@ -11,7 +11,8 @@ use sni_common::maps::counter;
 pub enum Error {
     /// A lookup that cannot fail did: an array index within the array, set up by the loader.
     Map = 1,
-    /// A kernel helper refused: copying payload bytes (`bpf_xdp_load_bytes`), `bpf_loop`.
+    /// A kernel helper refused: copying payload bytes (`bpf_xdp_load_bytes`), `bpf_loop` (or
+    /// it ended with payload bytes the parser never read).
     Helper = 2,
     /// A map update failed: a pending ClientHello could not be saved for its next segment.
     Update = 3,

@@ -170,10 +170,11 @@ fn parse(ctx: &XdpContext, scratch: *mut Scratch, off: usize, len: usize) -> Res
         (*scratch).len = 0;
         (*scratch).pos = 0;
     }
-    // Every step consumes a byte or ends a zero-length field (`Parser::max_steps`), and each
-    // chunk takes one more iteration to copy: the whole payload is read (up to loopback's
-    // 64 KiB), however many chunks it takes.
-    let iterations = Parser::max_steps(len) + len / SCRATCH_LEN + 1;
+    // The whole payload is read (up to loopback's 64 KiB), however many chunks it takes. A
+    // step that does not end the chunk or the parse consumes at least a byte, and a zero-length
+    // field is followed by one that does (`Parser::max_steps`: 2 × len + 2 covers them), and
+    // each chunk adds an iteration to copy it and one that finds it used up.
+    let iterations = Parser::max_steps(len) + 2 * (len / SCRATCH_LEN + 1);
     // SAFETY: `parse_step` has the callback signature bpf_loop expects; its context is
     // `chunks`, on this stack for the whole call, and it finds the parser in the per-CPU
     // scratch map itself.
@@ -186,6 +187,18 @@ fn parse(ctx: &XdpContext, scratch: *mut Scratch, off: usize, len: usize) -> Res
         )
     };
     if rc < 0 || chunks.failed != 0 {
+        return Err(Error::Helper);
+    }
+    // SAFETY: this CPU's scratch; the callbacks are done with it.
+    let (pos, chunk_len, wants_more) = unsafe {
+        (
+            (*scratch).pos,
+            (*scratch).len,
+            (*scratch).pending.parser.wants_more(),
+        )
+    };
+    if wants_more && (chunks.done < chunks.len || pos < chunk_len) {
+        // Bytes the parser never saw, yet the caller would record the segment as read.
         return Err(Error::Helper);
     }
     Ok(())
@@ -230,7 +243,7 @@ extern "C" fn parse_step(_index: u64, ctx: *mut c_void) -> i64 {
     // further than their type passed over (up to four), then a record header, a whole integer
     // field (an extension's type and length together), eight bytes of a name or of a list of
     // values, or all of a skipped field (and the skipped field after the one it read). A step
-    // that makes no progress has used up the chunk. Two whole steps per call measured a little
+    // that makes no progress has used up the chunk or ended the parse. Two whole steps per call measured a little
     // faster but cost the verifier twice as much
     // (`bench/results/2026-11-30T12-16-48Z-470344276a-ab.md`).
     s.pending.parser.plain_extensions(&input, &mut pos);
@@ -273,6 +286,7 @@ fn next_chunk(chunks: &mut Chunks, scratch: *mut Scratch) -> i64 {
         core::ptr::read_volatile(len) as usize
     };
     if n == 0 || n > SCRATCH_LEN {
+        chunks.failed = 1;
         return 1;
     }
     // SAFETY: the helper copies `n` bytes (at most SCRATCH_LEN) into this CPU's scratch

@@ -100,7 +100,13 @@ pub fn browser_size_hello(name: &str) -> Vec<u8> {
 
 /// `hello` (one record) with its server_name extension moved to the end.
 pub fn sni_last(hello: &[u8]) -> Vec<u8> {
-    reordered(hello, |exts| exts.sort_by_key(|&(ty, _)| ty == 0))
+    reordered(hello, |exts| {
+        assert!(
+            exts.iter().any(|&(ty, _)| ty == 0),
+            "the ClientHello has a server_name"
+        );
+        exts.sort_by_key(|&(ty, _)| ty == 0);
+    })
 }
 
 /// `hello` (one record) with its extensions in a fixed order: sorted by type, server_name

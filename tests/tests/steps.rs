@@ -16,7 +16,7 @@ fn steps(ja4: bool, hello: &[u8]) -> usize {
     }
     assert!(
         !p.wants_more(),
-        "the parser read the whole ClientHello it was given"
+        "the parser read all it wants of the ClientHello"
     );
     assert!(p.has_name(), "the name was read");
     n

@@ -4,10 +4,14 @@
 //! this machine drifts more than most such changes move (the README's findings follow the
 //! floors from run to run).
 //!
-//! To compare a change with the commit it starts from:
+//! The other object is loaded by this tree's loader, so it must share this tree's maps,
+//! globals and `profile_stop` numbers: a build of a nearby commit. A map whose layout differs
+//! fails to load; a renumbered stop would silently measure another point. To compare the
+//! working tree with commit BASE:
 //! ```text
-//! git stash && cargo xtask build-ebpf && cp target/ebpf/bpfel-unknown-none/release/sni-ebpf /tmp/base.o
-//! git stash pop && cargo xtask bench -- --only ab --ab-object /tmp/base.o
+//! git worktree add /tmp/base BASE && (cd /tmp/base && cargo xtask build-ebpf)
+//! cp /tmp/base/target/ebpf/bpfel-unknown-none/release/sni-ebpf /tmp/base.o
+//! cargo xtask bench -- --only ab --ab-object /tmp/base.o
 //! ```
 
 use std::{
@@ -30,7 +34,7 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
     let mut h = DefaultHasher::new();
     h.write(&bytes);
     let note = format!(
-        "A/B: `sni` is the classifier built from this tree, the baseline the object {} ({} bytes, hash {:016x}), both with the xdp section's config",
+        "A/B: `sni` is the classifier built from this tree, the baseline the object {} ({} bytes, hash {:016x}), both with the xdp section's config (`ja4 = false` where a row says fingerprinting off)",
         other.display(),
         bytes.len(),
         h.finish()
@@ -104,7 +108,7 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
     };
     push(
         format!(
-            "A/B: ClientHello with SNI in its first segment ({} B), a new flow each",
+            "A/B: ClientHello with SNI in its first segment ({} B), a new flow each, on a table not filled first",
             hello.len()
         ),
         pair.per_call(&one, calls)?,

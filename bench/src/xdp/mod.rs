@@ -103,7 +103,8 @@ struct Pair<'a> {
 enum Base<'a> {
     /// The no-op program.
     Noop(&'a Plain),
-    /// The classifier loaded another way (JA4 fingerprinting off).
+    /// The classifier loaded another way: JA4 fingerprinting off, or another build of it (the
+    /// ab section).
     Classifier(&'a Prog),
 }
 
@@ -575,9 +576,11 @@ struct Runs<'a> {
 
 /// The profile by stage: the classifier stopped after each stage in turn
 /// (`sni_common::maps::profile_stop`), each against the no-op; a stage costs the difference
-/// between its row and the one before. One hot classified flow (loop), and one-segment
-/// ClientHellos of new flows (per call; on a table whose every entry is taken for the last
-/// stop, the one that inserts).
+/// between its row and the one before it in the same group. Three groups: one hot classified
+/// flow (loop); the same ClientHello read again and again, stopped inside the ClientHello
+/// stage (loop; with JA4, then its last two stops without); one-segment ClientHellos of new
+/// flows (per call; on a table whose every entry is taken for the last stop, the one that
+/// inserts).
 fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<Vec<Row>> {
     use sni_common::maps::profile_stop as stop;
     let stopped = |config: &str, at: u8| {

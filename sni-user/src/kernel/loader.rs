@@ -74,7 +74,7 @@ pub struct Classifier {
 }
 
 /// Options of [`Classifier::start`] beyond the config.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct StartOptions {
     /// Log every ClientHello from the kernel (aya-log); off the packet path otherwise.
     pub debug: bool,
@@ -85,6 +85,16 @@ pub struct StartOptions {
     /// the bench's A/B section compares a change with its base in one run. `None` everywhere
     /// else.
     pub object: Option<&'static [u8]>,
+}
+
+impl std::fmt::Debug for StartOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartOptions")
+            .field("debug", &self.debug)
+            .field("profile_stop", &self.profile_stop)
+            .field("object_len", &self.object.map(<[u8]>::len))
+            .finish()
+    }
 }
 
 impl Classifier {
