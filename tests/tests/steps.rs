@@ -38,3 +38,17 @@ fn the_bench_client_hellos_take_the_steps_they_took_when_measured() {
     );
     assert_eq!(steps(false, &browser), 16, "browser-size, to its name");
 }
+
+#[test]
+fn where_the_name_is_moves_the_steps_to_it_by_one_at_most() {
+    // rustls shuffles its extensions for every ClientHello (the bench fixes their order).
+    // Before steps passed over the extensions read no further, each extension ahead of the
+    // name took a step; now up to four take one.
+    let hello = rustls_hello("host1.bench.test");
+    let n = extension_types(&hello).len();
+    let counts: Vec<usize> = [0, n / 2, usize::MAX]
+        .iter()
+        .map(|&at| steps(false, &fixed_order(&hello, at)))
+        .collect();
+    assert_eq!(counts, [14, 15, 15], "the name first, in the middle, last");
+}
