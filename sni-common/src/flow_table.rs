@@ -31,7 +31,7 @@
 //! writer would need acquire and release orderings, which BPF has from kernel 6.15).
 //!
 //! Userspace's rewrite of verdicts (a reload) cannot claim a way: it writes entries with a
-//! system call, and re-reads each just before. A flow the kernel writes into the entry in
+//! system call, each just after reading it. A flow the kernel writes into the entry in
 //! those microseconds is lost, one a SYN removed comes back without its tag (found by
 //! userspace, not by the kernel), and a packet read meanwhile may see a mix of the old and new
 //! verdict.

@@ -638,28 +638,25 @@ impl Parser {
     /// [`Parser::field_step`], which reads or refuses it as usual.
     #[inline(always)]
     pub fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        // At an extension's first byte. Passing over one that is not the last leaves the
+        // parser there again (what `next_extension` would set), with its status and name
+        // unchanged: this holds for every pass.
+        if !self.wants_more() || self.stage != S_EXT_HEAD || self.need != INT_MAX_LEN as u32 {
+            return false;
+        }
         let len = input.len();
-        let ja4 = self.flags & F_JA4 != 0;
         let mut passed = false;
         for _ in 0..PLAIN_EXTENSIONS_PER_STEP {
-            if !self.wants_more() || self.stage != S_EXT_HEAD || self.need != INT_MAX_LEN as u32 {
-                return passed;
-            }
             let at = *pos;
             if at >= len || len - at < INT_MAX_LEN {
                 return passed;
             }
             let ty = u16::from_be_bytes([input.byte(at), input.byte(at + 1)]);
             let body = u16::from_be_bytes([input.byte(at + 2), input.byte(at + 3)]);
-            let read = match ty {
-                EXT_SERVER_NAME => true,
-                ja4_ext::ALPN | ja4_ext::SUPPORTED_VERSIONS | ja4_ext::SIGNATURE_ALGORITHMS => ja4,
-                _ => false,
-            };
             let n = INT_MAX_LEN + usize::from(body);
             // The last extension is left to the field's step, which ends the ClientHello and
             // leaves the state as it always has.
-            if read
+            if self.reads_extension(ty)
                 || n > len - at
                 || n > usize::from(self.rec_left)
                 || n as u32 >= self.exts_left
@@ -667,19 +664,40 @@ impl Parser {
             {
                 return passed;
             }
-            if ja4 {
-                self.ja4.extension(ty);
-            }
-            if ty == EXT_ECH {
-                self.flags |= F_ECH;
-            }
-            self.ext_type = ty;
-            self.ext_left = body;
+            self.begin_extension(ty, body);
             *pos = at + n;
-            self.next_extension();
             passed = true;
         }
         passed
+    }
+
+    /// Whether the parser reads extension `ty` past its type and length: server_name, and
+    /// with JA4 the ALPN, supported_versions and signature_algorithms it takes values from.
+    /// The one list of them: the field's step reads only these (and passes over one JA4 no
+    /// longer wants), the walk leaves them to it.
+    #[inline(always)]
+    fn reads_extension(&self, ty: u16) -> bool {
+        match ty {
+            EXT_SERVER_NAME => true,
+            ja4_ext::ALPN | ja4_ext::SUPPORTED_VERSIONS | ja4_ext::SIGNATURE_ALGORITHMS => {
+                self.flags & F_JA4 != 0
+            }
+            _ => false,
+        }
+    }
+
+    /// An extension of type `ty` and `len` bytes starts (its header read): counted for JA4,
+    /// encrypted_client_hello noted.
+    #[inline(always)]
+    fn begin_extension(&mut self, ty: u16, len: u16) {
+        if self.flags & F_JA4 != 0 {
+            self.ja4.extension(ty);
+        }
+        if ty == EXT_ECH {
+            self.flags |= F_ECH;
+        }
+        self.ext_type = ty;
+        self.ext_left = len;
     }
 
     /// The `take` bytes at `at` of the current field: an integer's (into `acc`), the name's
@@ -1007,19 +1025,17 @@ impl Parser {
                 self.enter(S_EXT_HEAD, 4);
             }
             S_EXT_HEAD => {
-                self.ext_type = (v >> 16) as u16;
+                let ty = (v >> 16) as u16;
+                self.ext_type = ty;
                 let v = v & 0xffff;
                 if v > self.exts_left {
                     return self.malformed(Reason::ExtensionOverrun);
                 }
-                let ja4 = self.flags & F_JA4 != 0;
-                if ja4 {
-                    self.ja4.extension(self.ext_type);
-                }
                 // Inner lengths of the extensions JA4 reads are not checked: a lie only ends
                 // the reading of the values early (`list_items`).
-                self.ext_left = v as u16;
-                match self.ext_type {
+                self.begin_extension(ty, v as u16);
+                match ty {
+                    _ if !self.reads_extension(ty) => self.skip_extension(v),
                     EXT_SERVER_NAME => {
                         if self.flags & F_SNI_EXT != 0 {
                             return self.malformed(Reason::DuplicateServerName);
@@ -1032,16 +1048,12 @@ impl Parser {
                         self.flags |= F_SNI_EXT;
                         self.enter(S_SNI_LIST_LEN, 2);
                     }
-                    EXT_ECH => {
-                        self.flags |= F_ECH;
-                        self.skip_extension(v);
-                    }
-                    ja4_ext::ALPN if ja4 && v >= 4 && self.ja4.wants_alpn() => {
+                    ja4_ext::ALPN if v >= 4 && self.ja4.wants_alpn() => {
                         self.ja4.alpn_seen();
                         self.enter(S_ALPN_LIST_LEN, 2);
                     }
-                    ja4_ext::SUPPORTED_VERSIONS if ja4 && v >= 1 => self.enter(S_VERSIONS_LEN, 1),
-                    ja4_ext::SIGNATURE_ALGORITHMS if ja4 && v >= 2 && self.ja4.wants_sig_algs() => {
+                    ja4_ext::SUPPORTED_VERSIONS if v >= 1 => self.enter(S_VERSIONS_LEN, 1),
+                    ja4_ext::SIGNATURE_ALGORITHMS if v >= 2 && self.ja4.wants_sig_algs() => {
                         self.ja4.sig_algs_seen();
                         self.enter(S_SIG_ALGS_LEN, 2);
                     }

@@ -5,7 +5,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::generated::bpf_loop, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_loop, programs::XdpContext};
 use aya_log_ebpf::debug;
 use sni_common::{
     flow::{kind, Flow},
@@ -26,9 +26,6 @@ use crate::{
     verdict,
 };
 
-/// The action for a packet that passes.
-const PASS_ACTION: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
-
 /// The ClientHello in the scratch was read to an outcome: counts it, finds its host and
 /// verdict, remembers the flow. Returns the XDP action for this packet.
 #[inline(always)]
@@ -42,7 +39,7 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     let (name_len, records) = (p.host.len, p.records());
     if !p.is_client_hello() {
         // Not TLS after all: nothing to remember.
-        return PASS_ACTION;
+        return xdp_action::XDP_PASS;
     }
     count(counter::CLIENT_HELLOS);
     if ech {
@@ -58,7 +55,7 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
     // Read to its end with `SNI_JA4` on: its fingerprint.
     let fp = p.ja4().map(fingerprint::read);
     if profile_stop() == stop::FINGERPRINT {
-        return PASS_ACTION;
+        return xdp_action::XDP_PASS;
     }
     let ja4_slot = fp.as_ref().map_or(0, |f| f.slot);
     let mut flow = Flow::default();
@@ -92,7 +89,7 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         }
     }
     if profile_stop() == stop::HOST {
-        return PASS_ACTION;
+        return xdp_action::XDP_PASS;
     }
     if let Some(fp) = &fp {
         flow.ja4 = fp.key.hash64();
@@ -101,7 +98,7 @@ pub fn classify(ctx: &XdpContext, seg: &Segment, scratch: *mut Scratch) -> u32 {
         fingerprint::charge(fp, &flow);
     }
     if profile_stop() == stop::COUNTED {
-        return PASS_ACTION;
+        return xdp_action::XDP_PASS;
     }
     flow::remember(&seg.key, &flow);
     if debug_enabled() {

@@ -106,20 +106,28 @@ impl<T: Borrow<MapData>> FlowTable<T> {
 }
 
 impl<T: BorrowMut<MapData>> FlowTable<T> {
-    /// Writes `entry` at `index` if the entry there is still `was` (read again just before),
-    /// whether it did. The kernel does not see the write as a claim: a CPU that writes another
-    /// flow into the entry in the microseconds between the read and the write loses it, and a
-    /// CPU reading the entry while it is written may read a mix of the two versions of its
-    /// flow (then for one packet).
-    pub fn replace(&mut self, index: u32, was: &FlowEntry, entry: FlowEntry) -> Result<bool> {
-        if self.entry(index).as_ref() != Some(was) {
-            return Ok(false);
+    /// Passes each flow the table holds to `change`, entry by entry, and writes back at once
+    /// each one it changed; how many it wrote. The kernel does not see the write as a claim: a
+    /// CPU that writes another flow into the entry in the microseconds between the read and
+    /// the write loses it, and a CPU reading the entry while it is written may read a mix of
+    /// the two versions of its flow (then for one packet).
+    pub fn rewrite(&mut self, mut change: impl FnMut(&mut Flow)) -> Result<u64> {
+        let mut written = 0;
+        for index in 0..self.entries() {
+            let Some(mut entry) = self.entry(index).filter(FlowEntry::in_use) else {
+                continue;
+            };
+            let before = entry.flow;
+            change(&mut entry.flow);
+            if entry.flow != before {
+                self.set(index, entry)?;
+                written += 1;
+            }
         }
-        self.set(index, entry)?;
-        Ok(true)
+        Ok(written)
     }
 
-    /// Writes entry `index` whole (see `replace`).
+    /// Writes entry `index` whole (see `rewrite`).
     fn set(&mut self, index: u32, entry: FlowEntry) -> Result<()> {
         self.entries
             .set(index, entry, 0)

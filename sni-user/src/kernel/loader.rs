@@ -526,20 +526,12 @@ impl ActionChanges {
 /// made before. Returns how many flows changed. Part of [`Classifier::apply`].
 pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) -> Result<u64> {
     let mut table = flow_table::FlowTable::of_mut(ebpf)?;
-    let mut rewritten = 0u64;
-    // Each entry to change is read again just before it is written (`FlowTable::replace`).
-    for index in 0..table.entries() {
-        let Some(was) = table.entry(index).filter(FlowEntry::in_use) else {
-            continue;
-        };
-        let mut entry = was;
-        let flow = &mut entry.flow;
+    let rewritten = table.rewrite(|flow| {
         let slot = match flow.kind {
             kind::CONFIGURED => flow.slot,
             kind::OTHER | kind::NO_NAME => 0,
-            _ => continue,
+            _ => return,
         };
-        let before = *flow;
         if flow.kind == kind::CONFIGURED && removed.contains(&slot) {
             flow.kind = kind::OTHER;
             flow.slot = 0;
@@ -555,12 +547,7 @@ pub fn rewrite_flows(ebpf: &mut Ebpf, changes: &ActionChanges, removed: &[u32]) 
         if ja4_slot != 0 && changes.ja4_removed.contains(&ja4_slot) {
             flow.ja4_slot = 0;
         }
-        // An entry the kernel changed since the read holds what it wrote: a new flow, whose
-        // verdict is already the new one.
-        if *flow != before && table.replace(index, &was, entry)? {
-            rewritten += 1;
-        }
-    }
+    })?;
     // Every CPU's cached copies of flows are stale now.
     let mut epoch = Array::<_, u64>::try_from(map_mut(ebpf, MAP_EPOCH)?)?;
     let next = epoch.get(&0, 0).context("reading the flow cache epoch")? + 1;
