@@ -160,8 +160,6 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
     let [quiet_rate, flood_rate] = rate;
     let [quiet_fds, flood_fds] = fds;
     let [quiet_rss, flood_rss] = rss;
-    let above =
-        |a: &[f64], b: &[f64]| Spread::of(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
     let how = format!(
         "{n} alternating runs of {} s each, {} clients of the served host, median; the flood \
          connected {sockets} sockets a run, each held to the run's end",
@@ -186,7 +184,7 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
             )
         },
         Row {
-            above: Some(above(&flood_fds, &quiet_fds)),
+            above: Some(Spread::paired(&flood_fds, &quiet_fds)),
             note: format!(
                 "sampled every 10 ms; had the terminator held each dropped connection to \
                  its handshake deadline, the {sockets} sockets of a run's flood would all be \
@@ -203,7 +201,7 @@ pub fn run(env: &Env) -> Result<Vec<Row>> {
             )
         },
         Row {
-            above: Some(above(&flood_rss, &quiet_rss)),
+            above: Some(Spread::paired(&flood_rss, &quiet_rss)),
             note: "sampled every 10 ms, the same runs".into(),
             ..Row::compared(
                 "flood",

@@ -39,6 +39,17 @@ pub struct Spread {
 }
 
 impl Spread {
+    /// Of the per-round differences `ours − base` of paired rounds.
+    pub fn paired(ours: &[f64], base: &[f64]) -> Self {
+        Self::of(
+            &ours
+                .iter()
+                .zip(base)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// Of `values` (empty: all zero). Quartiles by linear interpolation between ranks.
     pub fn of(values: &[f64]) -> Self {
         let mut v = values.to_vec();

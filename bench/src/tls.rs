@@ -16,7 +16,7 @@ use sni_tests::{netns::Pair, PinDir};
 use crate::{
     backend::Backend,
     load::{self, Op, Target},
-    report::{Better, Goal, Row},
+    report::{Better, Goal, Row, Spread},
     servers::{self, HostCert, Server, Xdp},
 };
 
@@ -100,11 +100,6 @@ impl Drop for Env {
 /// Which of two things compared goes `k`-th (0 or 1) in `round`: they take turns going first.
 pub fn turn(round: usize, k: usize) -> usize {
     (round + k) % 2
-}
-
-/// The median of `v`, as every row reports it (`Spread::of`).
-pub fn median(v: Vec<f64>) -> f64 {
-    crate::report::Spread::of(&v).median
 }
 
 fn names(list: &[&HostCert]) -> Arc<Vec<ServerName<'static>>> {
@@ -436,7 +431,7 @@ pub fn terminator_vs_nginx(
     let rate = 0.5
         * figs
             .iter()
-            .map(|f| median(f.full.0.clone()))
+            .map(|f| Spread::of(&f.full.0).median)
             .fold(f64::INFINITY, f64::min);
     for round in 0..env.rounds {
         for k in 0..servers.len() {
@@ -597,7 +592,7 @@ pub fn terminator_vs_nginx(
     rows.extend(idle_memory(env, &servers, &mut notes)?);
 
     if let Some(cost) = hello_cost_ns {
-        let per_handshake_ns = 1e9 / median(ours_figs.full.1.clone()).max(1e-9);
+        let per_handshake_ns = 1e9 / Spread::of(&ours_figs.full.1).median.max(1e-9);
         rows.push(Row {
             section: "terminator",
             case: "XDP cost of a ClientHello vs terminator CPU per full handshake".into(),
@@ -676,7 +671,13 @@ pub fn scale(env: &Env) -> Result<Vec<Row>> {
         for _ in 0..env.rounds {
             rates.push(measure(&server, &target, false, Op::Handshake, env)?.0);
         }
-        results.push((n, server.startup, rss, median(rates), picked.len()));
+        results.push((
+            n,
+            server.startup,
+            rss,
+            Spread::of(&rates).median,
+            picked.len(),
+        ));
         drop(server);
     }
     let Some(&(_, start10, rss10, rate10, _)) = results.first() else {

@@ -24,7 +24,10 @@ use sni_common::maps::profile_stop as stop;
 use sni_tests::{frame::PSH_ACK, prog::Prog};
 use sni_user::kernel::loader::StartOptions;
 
-use super::{app_data, bench_hellos, config, seg, vary, Base, NewFlows, Pair, Pinned, CPU, ROUNDS};
+use super::{
+    app_data, bench_hellos, config, config_ja4_off, seg, vary, Base, NewFlows, Pair, Pinned, CPU,
+    ROUNDS,
+};
 use crate::report::{Better, Row, Spread};
 
 /// Runs the A/B cases; returns the rows and a note naming the other build.
@@ -54,7 +57,7 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
     vary(&mut hello_frame, hot);
     let mut data_frame = seg(0, 443, 1 + hello.len() as u32, PSH_ACK, &app_data(1400));
     vary(&mut data_frame, hot);
-    let ja4_off = config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1);
+    let ja4_off = config_ja4_off();
     let both = |config: &str, profile_stop: u8| {
         let load = |object| {
             Prog::with_options(
@@ -119,9 +122,8 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
 
 /// A row of this build against the other: medians, spreads, the paired difference.
 fn ab_row(case: String, (ours, base): (Vec<f64>, Vec<f64>), how: &str) -> Row {
-    let diffs: Vec<f64> = ours.iter().zip(&base).map(|(a, b)| a - b).collect();
     Row {
-        above: Some(Spread::of(&diffs)),
+        above: Some(Spread::paired(&ours, &base)),
         note: how.to_owned(),
         ..Row::compared(
             "ab",

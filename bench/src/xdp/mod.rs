@@ -172,12 +172,16 @@ fn config() -> String {
     text
 }
 
+/// [`config`] with JA4 fingerprinting off.
+fn config_ja4_off() -> String {
+    config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1)
+}
+
 /// The per-case figures: medians, spreads, the paired difference.
 fn row(case: String, (ours, base): (Vec<f64>, Vec<f64>), goal: Option<Goal>, how: &str) -> Row {
-    let diffs: Vec<f64> = ours.iter().zip(&base).map(|(a, b)| a - b).collect();
     Row {
         goal,
-        above: Some(Spread::of(&diffs)),
+        above: Some(Spread::paired(&ours, &base)),
         note: how.to_owned(),
         ..Row::compared(
             "xdp",
@@ -496,7 +500,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
     };
     // Flows 0 to flows_per_case were the SYN flood's; each `rows` takes three times that.
     let on = cases.rows(&pair, "", true, flows_per_case)?;
-    let off_prog = Prog::with_config(&config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1));
+    let off_prog = Prog::with_config(&config_ja4_off());
     fill_table(&off_prog, &hello)?;
     let off_pair = Pair {
         prog: &off_prog,
@@ -629,7 +633,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
     // program remembers nothing, so every run reads the same ClientHello again (its bytes and
     // the scratch warm in the cache). The stage's own cost, step by step, without the new
     // flow's misses.
-    let ja4_off = config().replacen("[xdp]\n", "[xdp]\nja4 = false\n", 1);
+    let ja4_off = config_ja4_off();
     for (config, at, stage) in [
         (config(), stop::FLOW, "the flow stage"),
         (

@@ -19,7 +19,7 @@ use aya::{
 use nix::fcntl::{Flock, FlockArg};
 use sni_common::{
     flow::{kind, Bucket, CachedFlow, Flow, Owner, Policy},
-    flow_table::{FlowEntry, Shape},
+    flow_table::Shape,
     host::{NameEntry, NameKeys},
     ja4::Ja4Key,
     maps::{
