@@ -170,6 +170,11 @@ pub fn tcp_segment(seg: &Seg, options: &[u8], payload: &[u8]) -> Vec<u8> {
     s
 }
 
+/// Sets the IPv4 source address of an Ethernet / IPv4 frame (its checksum is not checked).
+pub fn set_v4_src(frame: &mut [u8], src: [u8; 4]) {
+    frame[14 + 12..14 + 16].copy_from_slice(&src);
+}
+
 /// Ethernet / IPv4 / TCP as `seg` says, carrying `payload`.
 pub fn v4_segment(seg: &Seg, payload: &[u8]) -> Vec<u8> {
     ethernet(

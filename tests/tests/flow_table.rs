@@ -50,7 +50,7 @@ fn the_table_holds_as_many_flows_as_its_capacity() {
         .collect();
     for key in &keys {
         let mut frame = hello(key.src_port);
-        frame[26..30].copy_from_slice(&key.src[..4]);
+        sni_tests::frame::set_v4_src(&mut frame, [key.src[0], key.src[1], key.src[2], key.src[3]]);
         assert_eq!(prog.run(&frame), XDP_PASS);
     }
     let table = prog.flow_table();

@@ -74,7 +74,7 @@ impl Harness {
 /// Ethernet/IPv4/TCP from `src`, as `seg` says.
 fn v4_from(src: [u8; 4], seg: &Seg, payload: &[u8]) -> Vec<u8> {
     let mut f = frame::v4_segment(seg, payload);
-    f[14 + 12..14 + 16].copy_from_slice(&src);
+    frame::set_v4_src(&mut f, src);
     f
 }
 
