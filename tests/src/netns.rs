@@ -113,6 +113,15 @@ pub fn veth(
         &mtu.to_string(),
     ]));
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        // No duplicate address detection for the link-local address the kernel adds at link
+        // up either: with it, that address is announced about 2 s later, and a Chromium
+        // started in that window fails its page load with ERR_NETWORK_CHANGED (one CI run).
+        // This way every address event comes before `veth` returns.
+        run(&mut ns.cmd([
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{ifname}.accept_dad=0"),
+        ]));
         for addr in addrs {
             let mut args = vec!["ip", "addr", "add", addr, "dev", ifname];
             if addr.contains(':') {
