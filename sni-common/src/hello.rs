@@ -10,8 +10,10 @@
 //! byte or finishes a zero-length field (which is always followed by a field that consumes), so
 //! `2 * len + 2` steps always suffice for `len` bytes of input. A step that completes a field
 //! also passes over the field after it, when that one is skipped whole (an extension's body,
-//! the random) and the input and the record hold it. Before its field, a step passes over up
-//! to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads (neither the name nor JA4), each
+//! the random) and the input and the record hold it. Before its field, a step leaps
+//! ([`Parser::leap`]): over the ClientHello's fields of fixed order, read straight through
+//! when the input and the record hold them all ([`Parser::fixed_fields`]), or over up to
+//! [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads (neither the name nor JA4), each
 //! whole in the input and the record, the last one excepted. The kernel drives `step` from
 //! `bpf_loop`; userspace calls [`Parser::feed`].
 //!
@@ -563,14 +565,140 @@ impl Parser {
         self.records
     }
 
-    /// Runs one bounded step over `input` from `*pos`: [`Parser::plain_extensions`], then
+    /// Runs one bounded step over `input` from `*pos`: [`Parser::leap`], then
     /// [`Parser::field_step`]. Returns whether it made progress: false once the input is used
-    /// up or parsing has ended (a step that passed over extensions and then met either returns
-    /// true; the next one returns false).
+    /// up or parsing has ended (a step that leapt and then met either returns true; the next
+    /// one returns false).
     #[inline(always)]
     pub fn step<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
-        let passed = self.plain_extensions(input, pos);
+        let passed = self.leap(input, pos);
         self.field_step(input, pos) || passed
+    }
+
+    /// The first half of a step: where the parser stands at the fields of fixed order, all of
+    /// them straight through ([`Parser::fixed_fields`]); at an extension, the extensions
+    /// nothing reads ([`Parser::plain_extensions`]). Returns whether it moved.
+    #[inline(always)]
+    pub fn leap<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        if self.stage == S_EXT_HEAD {
+            self.plain_extensions(input, pos)
+        } else {
+            self.fixed_fields(input, pos)
+        }
+    }
+
+    /// Reads the ClientHello's fields of fixed order straight through, without a step each,
+    /// when the input from `*pos` and the record hold all of them and every check passes:
+    /// - at the first byte of the stream, the record header, the handshake header, the
+    ///   version, the random, the session ID and the cipher suites' length, then (without
+    ///   JA4, which reads the suites value by value) the suites and what follows them;
+    /// - at the compression methods' length, the methods and the extensions' length.
+    ///
+    /// It leaves the parser as the steps over those fields would have (the fuzzer compares
+    /// the two whole, `fuzz/fuzz_targets/hello_chunks.rs`), and returns whether it read them.
+    /// Anything else (a field past the input or the record, a value a check refuses, an
+    /// SSLv2-compatible ClientHello) it leaves to the steps, which read or refuse it as usual.
+    #[inline(always)]
+    pub fn fixed_fields<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        if self.status != ST_NEED_MORE {
+            return false;
+        }
+        let head = self.stage == S_HS_TYPE && self.records == 0 && self.rec_hdr == 0;
+        if head && !self.fixed_head(input, pos) {
+            return false;
+        }
+        // Without JA4 the head may end here; with it, a later step does.
+        let tail = self.stage == S_COMP_LEN && self.need == 1 && self.fixed_tail(input, pos);
+        head || tail
+    }
+
+    /// [`Parser::fixed_fields`] from the first byte of the stream to the cipher suites (and,
+    /// without JA4, past them when the input holds them).
+    #[inline(always)]
+    fn fixed_head<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        // Record header 5, handshake type 1 and length 3, version 2, random 32, session ID
+        // length 1: the session ID starts at 44.
+        const SID_AT: usize = 44;
+        let at = *pos;
+        let len = input.len();
+        if at >= len || len - at < SID_AT {
+            return false;
+        }
+        let b = |i: usize| input.byte(at + i);
+        let rec_len = u16::from_be_bytes([b(3), b(4)]);
+        let hs_len = u32::from_be_bytes([0, b(6), b(7), b(8)]);
+        let sid = b(43);
+        // Its end: the cipher suites' length, two bytes after the session ID.
+        let end = SID_AT + usize::from(sid) + 2;
+        if b(0) != CONTENT_TYPE_HANDSHAKE
+            || b(1) != VERSION_MAJOR
+            || rec_len == 0
+            || rec_len > MAX_RECORD_LEN
+            || u32::from(b(5)) != HANDSHAKE_CLIENT_HELLO
+            || hs_len < MIN_HELLO_LEN
+            || b(9) != VERSION_MAJOR
+            || u32::from(sid) > MAX_SESSION_ID_LEN
+            || len - at < end
+        {
+            return false;
+        }
+        // What the record, and the ClientHello, hold past their headers.
+        let in_record = (end - RECORD_HEADER_LEN) as u16;
+        let in_hello = (end - RECORD_HEADER_LEN - 4) as u32;
+        let cs = u32::from(u16::from_be_bytes([b(end - 2), b(end - 1)]));
+        if rec_len < in_record || hs_len < in_hello || cs < 2 || !cs.is_multiple_of(2) {
+            return false;
+        }
+        self.records = 1;
+        self.rec_len_hi = b(3);
+        self.rec_left = rec_len - in_record;
+        self.flags |= F_CONFIRMED;
+        self.hs_left = hs_len - in_hello;
+        self.ja4.legacy_version = u16::from_be_bytes([b(9), b(10)]);
+        *pos = at + end;
+        if self.flags & F_JA4 != 0 {
+            self.list_left = cs as u16;
+            self.enter_values(S_CIPHER, cs as u16);
+        } else {
+            self.enter(S_CS, cs);
+            self.skip_whole(len, pos);
+        }
+        true
+    }
+
+    /// [`Parser::fixed_fields`] from the compression methods' length to the first extension:
+    /// the methods, and the extensions' length (which must be all the ClientHello has left,
+    /// and not zero).
+    #[inline(always)]
+    fn fixed_tail<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        let at = *pos;
+        let len = input.len();
+        if at >= len {
+            return false;
+        }
+        let comp = usize::from(input.byte(at));
+        // Its end: the extensions' length, two bytes after the methods.
+        let end = 1 + comp + 2;
+        if comp == 0
+            || len - at < end
+            || end > usize::from(self.rec_left)
+            || end as u32 > self.hs_left
+        {
+            return false;
+        }
+        let exts = u32::from(u16::from_be_bytes([
+            input.byte(at + end - 2),
+            input.byte(at + end - 1),
+        ]));
+        if exts == 0 || exts != self.hs_left - end as u32 {
+            return false;
+        }
+        self.rec_left -= end as u16;
+        self.hs_left = exts;
+        self.exts_left = exts;
+        *pos = at + end;
+        self.enter(S_EXT_HEAD, INT_MAX_LEN as u32);
+        true
     }
 
     /// The second half of a step: one field (or part of one), and the field passed over after
@@ -629,7 +757,7 @@ impl Parser {
         true
     }
 
-    /// The first half of a step: passes over the extensions that come next while each is one
+    /// The leap at an extension ([`Parser::leap`]): passes over the extensions that come next while each is one
     /// the parser reads nothing of but its type (not server_name, nor one whose values JA4
     /// takes) and the input from `*pos`, the record and the extensions block hold all of it,
     /// up to [`PLAIN_EXTENSIONS_PER_STEP`]; returns whether it passed over any. It leaves the

@@ -632,6 +632,76 @@ fn length_fields_that_lie_never_yield_a_wrong_name() {
     }
 }
 
+/// Parses `bytes` fed one at a time: no step then holds the fixed fields whole, so none is
+/// read straight through (`Parser::fixed_fields`).
+fn parse_bytewise(ja4: bool, bytes: &[u8]) -> Parser {
+    let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
+    parse_chunks_with(Parser::new(ja4), &chunks)
+}
+
+#[test]
+fn fixed_fields_read_straight_through_leave_the_parser_as_its_steps_do() {
+    // Each byte up to the first extension, set to values the checks refuse and accept, in the
+    // ClientHello as sent and without a session ID (so that a handshake length just under
+    // the smallest ClientHello's still holds the fields): the whole in one piece (read
+    // straight through where it can be) and byte by byte (never) come to the same parser,
+    // whole while it still reads, else to the same answer. Records of every size up to the
+    // first extension put a record's end at each byte of the fixed fields.
+    for (label, bytes, _) in corpus() {
+        let hello = Hello::from_records(&bytes);
+        let mut no_session_id = hello.clone();
+        no_session_id.session_id.clear();
+        // No compression method (refused) but the extensions' length where it should be.
+        let mut no_compression = hello.clone();
+        no_compression.compression.clear();
+        // An empty extensions block ends the ClientHello at its length.
+        let mut no_extensions = hello.clone();
+        no_extensions.extensions = Some(Vec::new());
+        let mut cases = vec![no_compression.records(16384), no_extensions.records(16384)];
+        for base in [&hello, &no_session_id] {
+            let first_extension = 5
+                + 4
+                + 2
+                + 32
+                + 1
+                + base.session_id.len()
+                + 2
+                + base.suites.len()
+                + 1
+                + base.compression.len()
+                + 2;
+            cases.extend((1..=first_extension).map(|n| base.records(n)));
+            let bytes = base.records(16384);
+            for at in 0..first_extension {
+                let b = bytes[at];
+                let mut values = vec![0, 1, 2, 3, 22, 32, 33, 38, 0x80, 0xff];
+                values.extend([b.wrapping_add(1), b.wrapping_sub(1)]);
+                values.sort_unstable();
+                values.dedup();
+                for v in values.into_iter().filter(|&v| v != b) {
+                    let mut m = bytes.clone();
+                    m[at] = v;
+                    cases.push(m);
+                }
+            }
+        }
+        for case in &cases {
+            for ja4 in [false, true] {
+                let whole = parse_chunks_with(Parser::new(ja4), &[case]);
+                let bytewise = parse_bytewise(ja4, case);
+                let what = format!("{label} ja4 {ja4}: {case:02x?}");
+                assert_eq!(whole.progress(), bytewise.progress(), "{what}");
+                assert_eq!(whole.reason(), bytewise.reason(), "{what}");
+                assert_eq!(whole.name(), bytewise.name(), "{what}");
+                assert_eq!(whole.ja4(), bytewise.ja4(), "{what}");
+                if matches!(whole.progress(), Progress::NeedMore | Progress::Done) {
+                    assert!(whole == bytewise, "{what}: {whole:?} != {bytewise:?}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn random_and_mutated_bytes_never_panic_and_stay_bounded() {
     let mut rng = Lcg(42);
