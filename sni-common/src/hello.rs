@@ -12,10 +12,10 @@
 //! also passes over the field after it, when that one is skipped whole (an extension's body,
 //! the random) and the input and the record hold it. Before its field, a step leaps
 //! ([`Parser::leap`]): over the ClientHello's fields of fixed order, read straight through
-//! when the input and the record hold them all ([`Parser::fixed_fields`]), or over up to
-//! [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads (neither the name nor JA4), each
-//! whole in the input and the record, the last one excepted. The kernel drives `step` from
-//! `bpf_loop`; userspace calls [`Parser::feed`].
+//! when the input and the record hold them all; over the lengths in front of the name or the
+//! first ALPN protocol; or over up to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads
+//! (neither the name nor JA4), each whole in the input and the record, the last one excepted.
+//! The kernel drives `step` from `bpf_loop`; userspace calls [`Parser::feed`].
 //!
 //! The wire grammar, from RFC 8446 §4.1.2 and RFC 6066 §3:
 //! ```text
@@ -575,16 +575,87 @@ impl Parser {
         self.field_step(input, pos) || passed
     }
 
-    /// The first half of a step: where the parser stands at the fields of fixed order, all of
-    /// them straight through ([`Parser::fixed_fields`]); at an extension, the extensions
-    /// nothing reads ([`Parser::plain_extensions`]). Returns whether it moved.
+    /// The first half of a step, a leap over what needs no step of its own: at the fields of
+    /// fixed order, all of them straight through ([`Parser::fixed_fields`]); at the start of
+    /// a server_name or ALPN extension's body, the lengths in front of the first value
+    /// ([`Parser::value_lengths`]); at an extension, the extensions nothing reads
+    /// ([`Parser::plain_extensions`]). Each reads only what the input and the record hold
+    /// whole, and leaves the parser as the steps over the same bytes would have. Returns
+    /// whether it moved.
     #[inline(always)]
     pub fn leap<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
-        if self.stage == S_EXT_HEAD {
-            self.plain_extensions(input, pos)
-        } else {
-            self.fixed_fields(input, pos)
+        match self.stage {
+            S_EXT_HEAD => self.plain_extensions(input, pos),
+            S_SNI_LIST_LEN | S_ALPN_LIST_LEN => self.value_lengths(input, pos),
+            _ => self.fixed_fields(input, pos),
         }
+    }
+
+    /// At the start of a server_name or an ALPN extension's body, reads the lengths in front
+    /// of its first value straight through, when the input from `*pos`, the record and every
+    /// enclosing length hold them and every check passes: the list's length, the name type
+    /// and the name's length (five bytes), or the list's length and the first protocol's
+    /// (three). It leaves the parser at the value, as the steps over those lengths would have,
+    /// and returns whether it read them; anything else it leaves to the steps.
+    #[inline(always)]
+    fn value_lengths<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+        if self.status != ST_NEED_MORE || self.need != 2 {
+            return false;
+        }
+        let at = *pos;
+        if self.stage == S_SNI_LIST_LEN {
+            const N: u16 = 5;
+            if !self.holds(input, at, N) {
+                return false;
+            }
+            let list = u16::from_be_bytes([input.byte(at), input.byte(at + 1)]);
+            let name = u16::from_be_bytes([input.byte(at + 3), input.byte(at + 4)]);
+            if list != self.ext_left - 2
+                || u32::from(input.byte(at + 2)) != NAME_TYPE_HOST
+                || name == 0
+                || name > self.ext_left - N
+                || usize::from(name) > MAX_NAME_LEN
+            {
+                return false;
+            }
+            self.took(N, S_SNI_NAME, name, pos)
+        } else {
+            const N: u16 = 3;
+            if !self.holds(input, at, N) {
+                return false;
+            }
+            let protocol = u16::from(input.byte(at + 2));
+            if protocol == 0 || protocol > self.ext_left - N {
+                return false;
+            }
+            self.took(N, S_ALPN_NAME, protocol, pos)
+        }
+    }
+
+    /// Whether the input from `at`, the record, the ClientHello, its extensions and the
+    /// current extension all hold `n` more bytes.
+    #[inline(always)]
+    fn holds<I: Input + ?Sized>(&self, input: &I, at: usize, n: u16) -> bool {
+        let len = input.len();
+        at < len
+            && len - at >= usize::from(n)
+            && self.rec_left >= n
+            && self.hs_left >= u32::from(n)
+            && self.exts_left >= u32::from(n)
+            && self.ext_left >= n
+    }
+
+    /// `n` bytes of the current extension read (what [`Parser::holds`] said there is room
+    /// for): on to field `stage`, `need` bytes long; returns true.
+    #[inline(always)]
+    fn took(&mut self, n: u16, stage: u8, need: u16, pos: &mut usize) -> bool {
+        self.rec_left -= n;
+        self.hs_left -= u32::from(n);
+        self.exts_left -= u32::from(n);
+        self.ext_left -= n;
+        *pos += usize::from(n);
+        self.enter(stage, u32::from(need));
+        true
     }
 
     /// Reads the ClientHello's fields of fixed order straight through, without a step each,
@@ -757,13 +828,13 @@ impl Parser {
         true
     }
 
-    /// The leap at an extension ([`Parser::leap`]): passes over the extensions that come next while each is one
-    /// the parser reads nothing of but its type (not server_name, nor one whose values JA4
-    /// takes) and the input from `*pos`, the record and the extensions block hold all of it,
-    /// up to [`PLAIN_EXTENSIONS_PER_STEP`]; returns whether it passed over any. It leaves the
-    /// parser as the steps of those extensions would have; anything else (a partial header,
-    /// an extension past the input or the block, the last one) is left to
-    /// [`Parser::field_step`], which reads or refuses it as usual.
+    /// The leap at an extension ([`Parser::leap`]): passes over the extensions that come
+    /// next while each is one the parser reads nothing of but its type (not server_name, nor
+    /// one whose values JA4 takes) and the input from `*pos`, the record and the extensions
+    /// block hold all of it, up to [`PLAIN_EXTENSIONS_PER_STEP`]; returns whether it passed
+    /// over any. It leaves the parser as the steps of those extensions would have; anything
+    /// else (a partial header, an extension past the input or the block, the last one) is
+    /// left to [`Parser::field_step`], which reads or refuses it as usual.
     #[inline(always)]
     pub fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         // At an extension's first byte. Passing over one that is not the last leaves the

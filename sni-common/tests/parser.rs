@@ -640,13 +640,14 @@ fn parse_bytewise(ja4: bool, bytes: &[u8]) -> Parser {
 }
 
 #[test]
-fn fixed_fields_read_straight_through_leave_the_parser_as_its_steps_do() {
-    // Each byte up to the first extension, set to values the checks refuse and accept, in the
-    // ClientHello as sent and without a session ID (so that a handshake length just under
-    // the smallest ClientHello's still holds the fields): the whole in one piece (read
-    // straight through where it can be) and byte by byte (never) come to the same parser,
-    // whole while it still reads, else to the same answer. Records of every size up to the
-    // first extension put a record's end at each byte of the fixed fields.
+fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
+    // `Parser::leap` reads the fixed fields and the lengths in front of the name and the
+    // first ALPN protocol straight through. Each of those bytes, set to values the checks
+    // refuse and accept, in the ClientHello as sent and without a session ID (so that a
+    // handshake length just under the smallest ClientHello's still holds the fields): the
+    // whole in one piece (read straight through where it can be) and byte by byte (never)
+    // come to the same parser, whole while it still reads, else to the same answer. Records
+    // ending at each of those bytes put a record's end inside what is read straight through.
     for (label, bytes, _) in corpus() {
         let hello = Hello::from_records(&bytes);
         let mut no_session_id = hello.clone();
@@ -670,9 +671,23 @@ fn fixed_fields_read_straight_through_leave_the_parser_as_its_steps_do() {
                 + 1
                 + base.compression.len()
                 + 2;
-            cases.extend((1..=first_extension).map(|n| base.records(n)));
+            // The fixed fields, and the header and first bytes of server_name and ALPN.
+            let mut read: Vec<usize> = (0..first_extension).collect();
+            let mut at = first_extension;
+            for (ty, data) in base.extensions.iter().flatten() {
+                if matches!(ty, 0 | 16) {
+                    read.extend(at..at + 4 + data.len().min(8));
+                }
+                at += 4 + data.len();
+            }
+            // A record (of the size it holds) ending at each of those bytes.
+            cases.extend(
+                read.iter()
+                    .filter(|&&at| at > 5)
+                    .map(|&at| base.records(at - 5)),
+            );
             let bytes = base.records(16384);
-            for at in 0..first_extension {
+            for &at in &read {
                 let b = bytes[at];
                 let mut values = vec![0, 1, 2, 3, 22, 32, 33, 38, 0x80, 0xff];
                 values.extend([b.wrapping_add(1), b.wrapping_sub(1)]);
