@@ -12,8 +12,9 @@
 //! also passes over the field after it, when that one is skipped whole (an extension's body,
 //! the random) and the input and the record hold it. Before its field, a step leaps
 //! ([`Parser::leap`]): over the ClientHello's fields of fixed order, read straight through
-//! when the input and the record hold them all; over the lengths in front of the name or the
-//! first ALPN protocol; or over up to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads
+//! when the input and the record hold them all; over the lengths in front of the first value
+//! of an extension it reads (the name, the first ALPN protocol, the signature algorithms, the
+//! supported versions); or over up to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads
 //! (neither the name nor JA4), each whole in the input and the record, the last one excepted.
 //! The kernel drives `step` from `bpf_loop`; userspace calls [`Parser::feed`].
 //!
@@ -577,8 +578,8 @@ impl Parser {
 
     /// The first half of a step, a leap over what needs no step of its own: at the fields of
     /// fixed order, all of them straight through ([`Parser::fixed_fields`]); at the start of
-    /// a server_name or ALPN extension's body, the lengths in front of the first value
-    /// ([`Parser::value_lengths`]); at an extension, the extensions nothing reads
+    /// the body of an extension whose values it reads, the lengths in front of the first
+    /// value ([`Parser::value_lengths`]); at an extension, the extensions nothing reads
     /// ([`Parser::plain_extensions`]). Each reads only what the input and the record hold
     /// whole, and leaves the parser as the steps over the same bytes would have. Returns
     /// whether it moved.
@@ -586,50 +587,74 @@ impl Parser {
     pub fn leap<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         match self.stage {
             S_EXT_HEAD => self.plain_extensions(input, pos),
-            S_SNI_LIST_LEN | S_ALPN_LIST_LEN => self.value_lengths(input, pos),
+            S_SNI_LIST_LEN | S_ALPN_LIST_LEN | S_SIG_ALGS_LEN | S_VERSIONS_LEN => {
+                self.value_lengths(input, pos)
+            }
             _ => self.fixed_fields(input, pos),
         }
     }
 
-    /// At the start of a server_name or an ALPN extension's body, reads the lengths in front
-    /// of its first value straight through, when the input from `*pos`, the record and every
-    /// enclosing length hold them and every check passes: the list's length, the name type
-    /// and the name's length (five bytes), or the list's length and the first protocol's
-    /// (three). It leaves the parser at the value, as the steps over those lengths would have,
-    /// and returns whether it read them; anything else it leaves to the steps.
+    /// At the start of the body of an extension whose values the parser reads, reads the
+    /// lengths in front of its first value straight through, when the input from `*pos`, the
+    /// record and every enclosing length hold them and every check passes: server_name's
+    /// list length, name type and name length (five bytes); ALPN's list length and first
+    /// protocol's length (three); the length of the signature algorithms' list (two) or of
+    /// the supported versions' (one). It leaves the parser as the steps over those lengths
+    /// would have, and returns whether it read them; anything else it leaves to the steps.
     #[inline(always)]
     fn value_lengths<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
-        if self.status != ST_NEED_MORE || self.need != 2 {
+        // Bytes of the lengths, and the first one's (a step may have read part of it).
+        let (n, first): (u16, u32) = match self.stage {
+            S_SNI_LIST_LEN => (5, 2),
+            S_ALPN_LIST_LEN => (3, 2),
+            S_SIG_ALGS_LEN => (2, 2),
+            _ => (1, 1),
+        };
+        let at = *pos;
+        if self.status != ST_NEED_MORE || self.need != first || !self.holds(input, at, n) {
             return false;
         }
-        let at = *pos;
-        if self.stage == S_SNI_LIST_LEN {
-            const N: u16 = 5;
-            if !self.holds(input, at, N) {
-                return false;
+        let be16 = |i: usize| u16::from_be_bytes([input.byte(at + i), input.byte(at + i + 1)]);
+        // What the extension has left after the lengths.
+        let rest = self.ext_left - n;
+        match self.stage {
+            S_SNI_LIST_LEN => {
+                let name = be16(3);
+                if be16(0) != self.ext_left - 2
+                    || u32::from(input.byte(at + 2)) != NAME_TYPE_HOST
+                    || name == 0
+                    || name > rest
+                    || usize::from(name) > MAX_NAME_LEN
+                {
+                    return false;
+                }
+                self.took(n, pos);
+                self.enter(S_SNI_NAME, u32::from(name));
             }
-            let list = u16::from_be_bytes([input.byte(at), input.byte(at + 1)]);
-            let name = u16::from_be_bytes([input.byte(at + 3), input.byte(at + 4)]);
-            if list != self.ext_left - 2
-                || u32::from(input.byte(at + 2)) != NAME_TYPE_HOST
-                || name == 0
-                || name > self.ext_left - N
-                || usize::from(name) > MAX_NAME_LEN
-            {
-                return false;
+            S_ALPN_LIST_LEN => {
+                let protocol = u16::from(input.byte(at + 2));
+                if protocol == 0 || protocol > rest {
+                    return false;
+                }
+                self.took(n, pos);
+                self.enter(S_ALPN_NAME, u32::from(protocol));
             }
-            self.took(N, S_SNI_NAME, name, pos)
-        } else {
-            const N: u16 = 3;
-            if !self.holds(input, at, N) {
-                return false;
+            // The length read whole, as after its step: in `acc`, nothing left of the field
+            // (what stays when the list has no room and the ClientHello ends there).
+            S_SIG_ALGS_LEN => {
+                self.list_left = be16(0);
+                self.took(n, pos);
+                self.read_whole(u32::from(self.list_left));
+                self.list_items(S_SIG_ALG);
             }
-            let protocol = u16::from(input.byte(at + 2));
-            if protocol == 0 || protocol > self.ext_left - N {
-                return false;
+            _ => {
+                self.list_left = u16::from(input.byte(at));
+                self.took(n, pos);
+                self.read_whole(u32::from(self.list_left));
+                self.list_items(S_VERSION_ITEM);
             }
-            self.took(N, S_ALPN_NAME, protocol, pos)
         }
+        true
     }
 
     /// Whether the input from `at`, the record, the ClientHello, its extensions and the
@@ -645,17 +670,22 @@ impl Parser {
             && self.ext_left >= n
     }
 
-    /// `n` bytes of the current extension read (what [`Parser::holds`] said there is room
-    /// for): on to field `stage`, `need` bytes long; returns true.
+    /// The current integer field read whole, `v`, as its step leaves it.
     #[inline(always)]
-    fn took(&mut self, n: u16, stage: u8, need: u16, pos: &mut usize) -> bool {
+    fn read_whole(&mut self, v: u32) {
+        self.acc = v;
+        self.need = 0;
+    }
+
+    /// `n` bytes of the current extension read, what [`Parser::holds`] said there is room
+    /// for.
+    #[inline(always)]
+    fn took(&mut self, n: u16, pos: &mut usize) {
         self.rec_left -= n;
         self.hs_left -= u32::from(n);
         self.exts_left -= u32::from(n);
         self.ext_left -= n;
         *pos += usize::from(n);
-        self.enter(stage, u32::from(need));
-        true
     }
 
     /// Reads the ClientHello's fields of fixed order straight through, without a step each,

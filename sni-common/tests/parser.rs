@@ -641,13 +641,16 @@ fn parse_bytewise(ja4: bool, bytes: &[u8]) -> Parser {
 
 #[test]
 fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
-    // `Parser::leap` reads the fixed fields and the lengths in front of the name and the
-    // first ALPN protocol straight through. Each of those bytes, set to values the checks
-    // refuse and accept, in the ClientHello as sent and without a session ID (so that a
-    // handshake length just under the smallest ClientHello's still holds the fields): the
-    // whole in one piece (read straight through where it can be) and byte by byte (never)
-    // come to the same parser, whole while it still reads, else to the same answer. Records
-    // ending at each of those bytes put a record's end inside what is read straight through.
+    // `Parser::leap` reads the fixed fields, and the lengths in front of the first value of
+    // server_name, ALPN, signature_algorithms and supported_versions, straight through. Each
+    // of those bytes, set to values the checks refuse and accept, in the ClientHello as sent,
+    // without a session ID (so that a handshake length just under the smallest ClientHello's
+    // still holds the fields), and with each of those extensions last (where a length that
+    // lies ends the ClientHello): the whole in one piece (read straight through where it can
+    // be) and byte by byte (never) come to the same parser, whole while it still reads, else
+    // to the same answer. Records ending at each of those bytes put a record's end inside
+    // what is read straight through.
+    const VALUES_READ: [u16; 4] = [0, 16, 13, 43];
     for (label, bytes, _) in corpus() {
         let hello = Hello::from_records(&bytes);
         let mut no_session_id = hello.clone();
@@ -659,7 +662,31 @@ fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
         let mut no_extensions = hello.clone();
         no_extensions.extensions = Some(Vec::new());
         let mut cases = vec![no_compression.records(16384), no_extensions.records(16384)];
-        for base in [&hello, &no_session_id] {
+        // A list length with no room for its values in the last extension, which ends the
+        // ClientHello right after it.
+        for (ty, body) in [(43u16, vec![4u8]), (13, vec![0, 4])] {
+            let mut short = hello.clone();
+            if let Some(exts) = &mut short.extensions {
+                exts.retain(|e| e.0 != ty);
+                exts.push((ty, body));
+            }
+            cases.push(short.records(16384));
+        }
+        // Each ClientHello, with whether its fixed fields are changed too, and the extensions
+        // whose first bytes are.
+        let mut bases = vec![(hello.clone(), true, VALUES_READ.to_vec())];
+        bases.push((no_session_id, true, VALUES_READ.to_vec()));
+        for ty in VALUES_READ {
+            let mut last = hello.clone();
+            if let Some(exts) = &mut last.extensions {
+                if let Some(i) = exts.iter().position(|e| e.0 == ty) {
+                    let e = exts.remove(i);
+                    exts.push(e);
+                    bases.push((last, false, vec![ty]));
+                }
+            }
+        }
+        for (base, fixed, types) in &bases {
             let first_extension = 5
                 + 4
                 + 2
@@ -671,11 +698,14 @@ fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
                 + 1
                 + base.compression.len()
                 + 2;
-            // The fixed fields, and the header and first bytes of server_name and ALPN.
-            let mut read: Vec<usize> = (0..first_extension).collect();
+            let mut read: Vec<usize> = if *fixed {
+                (0..first_extension).collect()
+            } else {
+                Vec::new()
+            };
             let mut at = first_extension;
             for (ty, data) in base.extensions.iter().flatten() {
-                if matches!(ty, 0 | 16) {
+                if types.contains(ty) {
                     read.extend(at..at + 4 + data.len().min(8));
                 }
                 at += 4 + data.len();

@@ -240,7 +240,7 @@ extern "C" fn parse_step(_index: u64, ctx: *mut c_void) -> i64 {
     let input = Chunk::new(&s.buf, s.len as usize);
     let mut pos = s.pos as usize;
     // One parser step per call, in its two halves (`Parser::step`): a leap (the fixed fields,
-    // or the lengths in front of a name or a protocol, read straight through; or up to four
+    // or the lengths in front of a list's first value, read straight through; or up to four
     // extensions read no further than their type passed over), then a record header, a whole
     // integer field (an extension's type and length together), eight bytes of a name or of a
     // list of values, or all of a skipped field (and the skipped field after the one it
