@@ -4,6 +4,7 @@
 //!
 //! Everything the parser exposes must match; while it still reads, or once it is done, its
 //! whole state too (the kernel keeps that state between segments), JA4 fingerprint included.
+//! The same holds against the parser driven one field at a time, without the leaps.
 //! A parser that reads the JA4 must give the same answers as one that reads up to the name. After a parse error only
 //! the exposed result counts: the counters of the field that broke may have been charged for a
 //! whole chunk or for one byte, and nothing reads them again.
@@ -12,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sni_common::{Parser, Progress};
-use sni_fuzz::{check_consistent, chunks, parse_chunks, split, Seen};
+use sni_fuzz::{check_consistent, chunks, parse_chunks, parse_fields_only, split, Seen};
 
 fuzz_target!(|data: &[u8]| {
     let (cuts, stream) = split(data);
@@ -36,6 +37,12 @@ fn check(cuts: &[u8], stream: &[u8], ja4: bool) -> Parser {
     assert!(fed == whole, "feed {fed:?} != step {whole:?}");
 
     let live = matches!(whole.progress(), Progress::NeedMore | Progress::Done);
+
+    // Leaps (`Parser::leap`) read several fields in one go; one field at a time must come to
+    // the same parser.
+    let fields = parse_fields_only(stream, ja4);
+    assert_eq!(Seen::of(&fields), Seen::of(&whole), "one field at a time");
+    assert!(!live || fields == whole, "state differs one field at a time");
 
     let chunked = parse_chunks(&chunks(cuts, stream), ja4);
     assert_eq!(Seen::of(&chunked), Seen::of(&whole), "chunked by {cuts:?}");

@@ -64,6 +64,25 @@ pub fn parse_chunks(chunks: &[&[u8]], ja4: bool) -> Parser {
     p
 }
 
+/// Parses `stream` with the second half of each step alone (`Parser::field_step`): one field
+/// at a time, never a leap (`Parser::leap`) over several. A leap must leave the parser as
+/// this does.
+pub fn parse_fields_only(stream: &[u8], ja4: bool) -> Parser {
+    let mut p = Parser::new(ja4);
+    let mut pos = 0;
+    let mut steps = 0;
+    while p.field_step(stream, &mut pos) {
+        steps += 1;
+        assert!(
+            steps <= Parser::max_steps(stream.len()),
+            "more than {} field steps on a {}-byte stream: {p:?}",
+            Parser::max_steps(stream.len()),
+            stream.len()
+        );
+    }
+    p
+}
+
 /// Everything the parser tells its users.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seen {

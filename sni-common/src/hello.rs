@@ -689,14 +689,16 @@ impl Parser {
     }
 
     /// Reads the ClientHello's fields of fixed order straight through, without a step each,
-    /// when the input from `*pos` and the record hold all of them and every check passes:
+    /// each group only when the input from `*pos` and the record hold all of it and every
+    /// check passes:
     /// - at the first byte of the stream, the record header, the handshake header, the
-    ///   version, the random, the session ID and the cipher suites' length, then (without
-    ///   JA4, which reads the suites value by value) the suites and what follows them;
+    ///   version, the random, the session ID and the cipher suites' length; then, without
+    ///   JA4 (which reads the suites value by value), the suites when they are held too, and
+    ///   the group below;
     /// - at the compression methods' length, the methods and the extensions' length.
     ///
-    /// It leaves the parser as the steps over those fields would have (the fuzzer compares
-    /// the two whole, `fuzz/fuzz_targets/hello_chunks.rs`), and returns whether it read them.
+    /// It leaves the parser as field steps over those fields would have (the fuzzer compares
+    /// the two whole, `fuzz/fuzz_targets/hello_chunks.rs`), and returns whether it read any.
     /// Anything else (a field past the input or the record, a value a check refuses, an
     /// SSLv2-compatible ClientHello) it leaves to the steps, which read or refuse it as usual.
     #[inline(always)]

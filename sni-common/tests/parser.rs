@@ -632,11 +632,17 @@ fn length_fields_that_lie_never_yield_a_wrong_name() {
     }
 }
 
-/// Parses `bytes` fed one at a time: no step then holds the fixed fields whole, so none is
-/// read straight through (`Parser::fixed_fields`).
-fn parse_bytewise(ja4: bool, bytes: &[u8]) -> Parser {
-    let chunks: Vec<&[u8]> = bytes.chunks(1).collect();
-    parse_chunks_with(Parser::new(ja4), &chunks)
+/// Parses `bytes` with the second half of each step alone (`Parser::field_step`): one field
+/// at a time, never a leap over several (`Parser::leap`).
+fn parse_fields_only(ja4: bool, bytes: &[u8]) -> Parser {
+    let mut p = Parser::new(ja4);
+    let mut pos = 0;
+    for _ in 0..Parser::max_steps(bytes.len()) {
+        if !p.field_step(bytes, &mut pos) {
+            break;
+        }
+    }
+    p
 }
 
 #[test]
@@ -646,9 +652,9 @@ fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
     // of those bytes, set to values the checks refuse and accept, in the ClientHello as sent,
     // without a session ID (so that a handshake length just under the smallest ClientHello's
     // still holds the fields), and with each of those extensions last (where a length that
-    // lies ends the ClientHello): the whole in one piece (read straight through where it can
-    // be) and byte by byte (never) come to the same parser, whole while it still reads, else
-    // to the same answer. Records ending at each of those bytes put a record's end inside
+    // lies ends the ClientHello): steps over the whole in one piece (which leap where they
+    // can) and field steps alone (which never do) come to the same parser, whole while it
+    // still reads, else to the same answer. Records ending at each of those bytes put a record's end inside
     // what is read straight through.
     const VALUES_READ: [u16; 4] = [0, 16, 13, 43];
     for (label, bytes, _) in corpus() {
@@ -733,14 +739,14 @@ fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
         for case in &cases {
             for ja4 in [false, true] {
                 let whole = parse_chunks_with(Parser::new(ja4), &[case]);
-                let bytewise = parse_bytewise(ja4, case);
+                let fields = parse_fields_only(ja4, case);
                 let what = format!("{label} ja4 {ja4}: {case:02x?}");
-                assert_eq!(whole.progress(), bytewise.progress(), "{what}");
-                assert_eq!(whole.reason(), bytewise.reason(), "{what}");
-                assert_eq!(whole.name(), bytewise.name(), "{what}");
-                assert_eq!(whole.ja4(), bytewise.ja4(), "{what}");
+                assert_eq!(whole.progress(), fields.progress(), "{what}");
+                assert_eq!(whole.reason(), fields.reason(), "{what}");
+                assert_eq!(whole.name(), fields.name(), "{what}");
+                assert_eq!(whole.ja4(), fields.ja4(), "{what}");
                 if matches!(whole.progress(), Progress::NeedMore | Progress::Done) {
-                    assert!(whole == bytewise, "{what}: {whole:?} != {bytewise:?}");
+                    assert!(whole == fields, "{what}: {whole:?} != {fields:?}");
                 }
             }
         }

@@ -240,12 +240,12 @@ extern "C" fn parse_step(_index: u64, ctx: *mut c_void) -> i64 {
     let input = Chunk::new(&s.buf, s.len as usize);
     let mut pos = s.pos as usize;
     // One parser step per call, in its two halves (`Parser::step`): a leap (the fixed fields,
-    // or the lengths in front of a list's first value, read straight through; or up to four
-    // extensions read no further than their type passed over), then a record header, a whole
-    // integer field (an extension's type and length together), eight bytes of a name or of a
-    // list of values, or all of a skipped field (and the skipped field after the one it
-    // read). Two whole steps per call measured a little faster but cost the verifier twice as
-    // much (`bench/results/2026-11-30T12-16-48Z-470344276a-ab.md`).
+    // or the lengths in front of the name or of a list's first value, read straight through;
+    // or up to four extensions read no further than their type passed over), then a record
+    // header, a whole integer field (an extension's type and length together), eight bytes of
+    // a name or of a list of values, or all of a skipped field (and the skipped field after
+    // the one it read). Two whole steps per call measured a little faster but cost the
+    // verifier twice as much (`bench/results/2026-11-30T12-16-48Z-470344276a-ab.md`).
     s.pending.parser.leap(&input, &mut pos);
     // SAFETY: this CPU's scratch, as above. The position goes through memory the verifier
     // does not track, so that it checks the second half once, from one state, not once per
