@@ -42,7 +42,10 @@ fn check(cuts: &[u8], stream: &[u8], ja4: bool) -> Parser {
     // the same parser.
     let fields = parse_fields_only(stream, ja4);
     assert_eq!(Seen::of(&fields), Seen::of(&whole), "one field at a time");
-    assert!(!live || fields == whole, "state differs one field at a time");
+    assert!(
+        !live || fields == whole,
+        "state differs one field at a time"
+    );
 
     let chunked = parse_chunks(&chunks(cuts, stream), ja4);
     assert_eq!(Seen::of(&chunked), Seen::of(&whole), "chunked by {cuts:?}");

@@ -43,11 +43,23 @@ pub fn chunks<'a>(cuts: &[u8], mut stream: &'a [u8]) -> Vec<&'a [u8]> {
 /// the kernel does, checking the step bound of `Parser::max_steps` and that a parser still
 /// wanting bytes took the whole chunk.
 pub fn parse_chunks(chunks: &[&[u8]], ja4: bool) -> Parser {
+    drive(chunks, ja4, Parser::step)
+}
+
+/// Parses `stream` with the second half of each step alone (`Parser::field_step`): one field
+/// at a time, never a leap (`Parser::leap`) over several, with the checks of
+/// [`parse_chunks`]. A leap must leave the parser as this does.
+pub fn parse_fields_only(stream: &[u8], ja4: bool) -> Parser {
+    drive(&[stream], ja4, Parser::field_step::<[u8]>)
+}
+
+/// Feeds `chunks` to a new parser with `step` until it makes no progress on each.
+fn drive(chunks: &[&[u8]], ja4: bool, step: fn(&mut Parser, &[u8], &mut usize) -> bool) -> Parser {
     let mut p = Parser::new(ja4);
     for chunk in chunks {
         let mut pos = 0;
         let mut steps = 0;
-        while p.step(*chunk, &mut pos) {
+        while step(&mut p, chunk, &mut pos) {
             steps += 1;
             assert!(
                 steps <= Parser::max_steps(chunk.len()),
@@ -60,25 +72,6 @@ pub fn parse_chunks(chunks: &[&[u8]], ja4: bool) -> Parser {
         if p.progress() == Progress::NeedMore {
             assert_eq!(pos, chunk.len(), "stopped inside a chunk: {p:?}");
         }
-    }
-    p
-}
-
-/// Parses `stream` with the second half of each step alone (`Parser::field_step`): one field
-/// at a time, never a leap (`Parser::leap`) over several. A leap must leave the parser as
-/// this does.
-pub fn parse_fields_only(stream: &[u8], ja4: bool) -> Parser {
-    let mut p = Parser::new(ja4);
-    let mut pos = 0;
-    let mut steps = 0;
-    while p.field_step(stream, &mut pos) {
-        steps += 1;
-        assert!(
-            steps <= Parser::max_steps(stream.len()),
-            "more than {} field steps on a {}-byte stream: {p:?}",
-            Parser::max_steps(stream.len()),
-            stream.len()
-        );
     }
     p
 }
