@@ -702,7 +702,7 @@ impl Parser {
     /// Anything else (a field past the input or the record, a value a check refuses, an
     /// SSLv2-compatible ClientHello) it leaves to the steps, which read or refuse it as usual.
     #[inline(always)]
-    pub fn fixed_fields<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+    fn fixed_fields<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         if self.status != ST_NEED_MORE {
             return false;
         }
@@ -868,7 +868,7 @@ impl Parser {
     /// else (a partial header, an extension past the input or the block, the last one) is
     /// left to [`Parser::field_step`], which reads or refuses it as usual.
     #[inline(always)]
-    pub fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
+    fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         // At an extension's first byte. Passing over one that is not the last leaves the
         // parser there again (what `next_extension` would set), with its status and name
         // unchanged: this holds for every pass.
