@@ -14,8 +14,9 @@
 //! ([`Parser::leap`]): over the ClientHello's fields of fixed order, read straight through
 //! when the input and the record hold them all; over the lengths in front of the first value
 //! of an extension it reads (the name, the first ALPN protocol, the signature algorithms, the
-//! supported versions); or over up to [`PLAIN_EXTENSIONS_PER_STEP`] extensions nothing reads
-//! (neither the name nor JA4), each whole in the input and the record, the last one excepted.
+//! supported versions); or over up to `PLAIN_EXTENSIONS_PER_STEP` (four) extensions nothing
+//! reads (neither the name nor JA4), each whole in the input and the record, the last one
+//! excepted.
 //! The kernel drives `step` from `bpf_loop`; userspace calls [`Parser::feed`].
 //!
 //! The wire grammar, from RFC 8446 §4.1.2 and RFC 6066 §3:
@@ -577,10 +578,10 @@ impl Parser {
     }
 
     /// The first half of a step, a leap over what needs no step of its own: at the fields of
-    /// fixed order, all of them straight through ([`Parser::fixed_fields`]); at the start of
+    /// fixed order, all of them straight through (`Parser::fixed_fields`); at the start of
     /// the body of an extension whose values it reads, the lengths in front of the first
-    /// value ([`Parser::value_lengths`]); at an extension, the extensions nothing reads
-    /// ([`Parser::plain_extensions`]). Each reads only what the input and the record hold
+    /// value (`Parser::value_lengths`); at an extension, the extensions nothing reads
+    /// (`Parser::plain_extensions`). Each reads only what the input and the record hold
     /// whole, and leaves the parser as the steps over the same bytes would have. Returns
     /// whether it moved.
     #[inline(always)]
