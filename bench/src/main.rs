@@ -35,8 +35,8 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Only these sections (xdp, ab, kernel-memory, live, terminator, scale, flood; or memory:
-    /// the terminator section's idle-memory case alone); all by default (ab only with
-    /// `--ab-object`).
+    /// the terminator section's idle-memory case alone); all but ab by default (ab only as
+    /// `--only ab` with `--ab-object`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the results go.
@@ -93,9 +93,9 @@ fn run(cli: Cli) -> Result<()> {
             "sni-bench: A/B, this tree's classifier against {}",
             other.display()
         );
-        let (rows, note) = xdp::ab::run(other, cli.quick).context("ab")?;
+        let (rows, notes) = xdp::ab::run(other, cli.quick).context("ab")?;
         report.rows.extend(rows);
-        report.notes.push(note);
+        report.notes.extend(notes);
     }
     if want("kernel-memory") {
         eprintln!("sni-bench: kernel memory of the maps (10 and 100,000 hosts)");

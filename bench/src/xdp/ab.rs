@@ -25,13 +25,14 @@ use sni_tests::{frame::PSH_ACK, prog::Prog};
 use sni_user::kernel::loader::StartOptions;
 
 use super::{
-    app_data, bench_hellos, config, config_ja4_off, seg, vary, Base, NewFlows, Pair, Pinned, CPU,
-    ROUNDS,
+    app_data, bench_hellos, config, config_ja4_off, hot_frames, row, seg, Base, NewFlows, Pair,
+    Pinned, Runs, CPU,
 };
-use crate::report::{Better, Row, Spread};
+use crate::report::Row;
 
-/// Runs the A/B cases; returns the rows and a note naming the other build.
-pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
+/// Runs the A/B cases; returns the rows and notes naming the other build and the
+/// ClientHellos.
+pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, Vec<String>)> {
     let _pinned = Pinned::to(CPU)?;
     let bytes = std::fs::read(other).with_context(|| format!("reading {}", other.display()))?;
     let mut h = DefaultHasher::new();
@@ -44,19 +45,9 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
     );
     // Loaded once per case, for the life of the process.
     let object: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    let reps: u32 = if quick { 20_000 } else { 1_000_000 };
-    let calls: u64 = if quick { 2_000 } else { 40_000 };
-    let loop_how =
-        format!("loop: {ROUNDS} alternating rounds of {reps} runs each side; median (IQR)");
-    let call_how = format!(
-        "per call: {ROUNDS} alternating rounds of {calls} calls each side, a new flow each; median (IQR)"
-    );
-    let (hello, _, _) = bench_hellos();
-    let hot = u64::from(u16::MAX) * 60_000;
-    let mut hello_frame = seg(0, 443, 1, PSH_ACK, &hello);
-    vary(&mut hello_frame, hot);
-    let mut data_frame = seg(0, 443, 1 + hello.len() as u32, PSH_ACK, &app_data(1400));
-    vary(&mut data_frame, hot);
+    let runs = Runs::new(quick);
+    let (hello, _, hellos_note) = bench_hellos();
+    let (hello_frame, data_frame) = hot_frames(&hello, &app_data(1400));
     let ja4_off = config_ja4_off();
     let both = |config: &str, profile_stop: u8| {
         let load = |object| {
@@ -73,7 +64,12 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
     };
     let mut rows = Vec::new();
     let mut push = |case: String, runs: (Vec<f64>, Vec<f64>), how: &str| {
-        let r = ab_row(case, runs, how);
+        // This build against the other, not against the no-op.
+        let r = Row {
+            section: "ab",
+            baseline_name: "the other build",
+            ..row(case, runs, None, how)
+        };
         super::print_row(&r);
         rows.push(r);
     };
@@ -88,8 +84,8 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
                 "A/B: the same ClientHello ({} B) again and again, stopped after reading it{what}",
                 hello.len()
             ),
-            pair.looped(&hello_frame, reps)?,
-            &loop_how,
+            pair.looped(&hello_frame, runs.reps)?,
+            &runs.loop_how,
         );
     }
     let (ours, theirs) = both(&config(), stop::NONE);
@@ -101,8 +97,8 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
     };
     push(
         "A/B: classified flow, one hot flow: 1,400 B TLS record".to_owned(),
-        pair.looped(&data_frame, reps)?,
-        &loop_how,
+        pair.looped(&data_frame, runs.reps)?,
+        &runs.loop_how,
     );
     let one = NewFlows {
         template: seg(0, 443, 1, PSH_ACK, &hello),
@@ -114,25 +110,8 @@ pub fn run(other: &Path, quick: bool) -> Result<(Vec<Row>, String)> {
             "A/B: ClientHello with SNI in its first segment ({} B), a new flow each, on a table not filled first",
             hello.len()
         ),
-        pair.per_call(&one, calls)?,
-        &call_how,
+        pair.per_call(&one, runs.calls)?,
+        &runs.call_how("a new flow each"),
     );
-    Ok((rows, note))
-}
-
-/// A row of this build against the other: medians, spreads, the paired difference.
-fn ab_row(case: String, (ours, base): (Vec<f64>, Vec<f64>), how: &str) -> Row {
-    Row {
-        above: Some(Spread::paired(&ours, &base)),
-        note: how.to_owned(),
-        ..Row::compared(
-            "ab",
-            case,
-            "ns/packet",
-            Better::Lower,
-            &ours,
-            "the other build",
-            &base,
-        )
-    }
+    Ok((rows, vec![note, hellos_note]))
 }

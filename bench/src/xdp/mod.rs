@@ -279,13 +279,9 @@ impl<'a> Expect<'a> {
 pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
     let _pinned = Pinned::to(CPU)?;
     let noop = Plain::load(noop_object, "sni_noop")?;
-    let reps: u32 = if quick { 20_000 } else { 1_000_000 };
-    let calls: u64 = if quick { 2_000 } else { 40_000 };
-    let loop_how =
-        format!("loop: {ROUNDS} alternating rounds of {reps} runs each side; median (IQR)");
-    let call_how = |what: &str| {
-        format!("per call: {ROUNDS} alternating rounds of {calls} calls each side, {what}; median (IQR)")
-    };
+    let plan = Runs::new(quick);
+    let (reps, calls, loop_how) = (plan.reps, plan.calls, &plan.loop_how);
+    let call_how = |what: &str| plan.call_how(what);
     let mut rows = Vec::new();
 
     let http =
@@ -302,15 +298,11 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
             prog: &prog,
             base: Base::Noop(&noop),
         };
-        // One classified flow, on a client address the per-call cases never use.
-        let hot = u64::from(u16::MAX) * 60_000;
-        let mut f = seg(0, 443, 1, PSH_ACK, &hello);
-        vary(&mut f, hot);
+        // One classified flow (`hot_frames`), and a bare ACK of it.
+        let (f, hot_data) = hot_frames(&hello, &data);
         prog.run(&f);
-        let mut hot_data = seg(0, 443, data_seq, PSH_ACK, &data);
-        vary(&mut hot_data, hot);
         let mut hot_ack = seg(0, 443, data_seq, ACK, &[]);
-        vary(&mut hot_ack, hot);
+        vary(&mut hot_ack, HOT_FLOW);
         let cases: Vec<(&str, Vec<u8>, &str, Option<Goal>)> = vec![
             ("non-TCP (UDP to :443, 142 B)", udp_frame(), "packets", None),
             (
@@ -348,7 +340,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
             let path = Expect::start(&prog);
             let runs = pair.looped(&frame, reps)?;
             path.check(case, counter, u64::from(reps) * ROUNDS as u64)?;
-            let r = row(case.to_owned(), runs, goal, &loop_how);
+            let r = row(case.to_owned(), runs, goal, loop_how);
             print_row(&r);
             rows.push(r);
         }
@@ -380,7 +372,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
         // The same hot flow, one call per packet: what the per-call method itself adds (a
         // cold start each call), to read the busy table's figure against.
         let hot_calls = Busy {
-            order: vec![u32::try_from(hot).unwrap_or(0)],
+            order: vec![u32::try_from(HOT_FLOW).unwrap_or(0)],
             kinds: vec![(Kind::Busy, seg(0, 443, data_seq, PSH_ACK, &data))],
             new_base: 0,
         };
@@ -526,13 +518,7 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
     rows.extend([on[1].clone(), on[2].clone(), off[1].clone(), off[2].clone()]);
     drop((prog, off_prog));
 
-    let runs = Runs {
-        reps,
-        calls,
-        loop_how: &loop_how,
-        call_how: &call_how("a new flow each"),
-    };
-    rows.extend(profile(&noop, &hello, &data, &runs)?);
+    rows.extend(profile(&noop, &hello, &data, &plan)?);
 
     // The same kinds of packet through a veth, timed by the kernel's own statistics.
     let payloads = veth::Payloads {
@@ -571,12 +557,48 @@ fn bench_hellos() -> (Vec<u8>, Vec<u8>, String) {
 }
 
 /// How many runs the cases make, and how the rows say so.
-struct Runs<'a> {
+struct Runs {
+    /// Runs per round of a loop case.
     reps: u32,
+    /// Calls per round of a per-call case.
     calls: u64,
-    loop_how: &'a str,
-    call_how: &'a str,
+    /// How a loop case was run.
+    loop_how: String,
 }
+
+impl Runs {
+    fn new(quick: bool) -> Self {
+        let reps = if quick { 20_000 } else { 1_000_000 };
+        Self {
+            reps,
+            calls: if quick { 2_000 } else { 40_000 },
+            loop_how: format!(
+                "loop: {ROUNDS} alternating rounds of {reps} runs each side; median (IQR)"
+            ),
+        }
+    }
+
+    /// How a per-call case was run, its frames being `what`.
+    fn call_how(&self, what: &str) -> String {
+        format!(
+            "per call: {ROUNDS} alternating rounds of {} calls each side, {what}; median (IQR)",
+            self.calls
+        )
+    }
+}
+
+/// The hot flow's frames, on a client address the per-call cases never use: its ClientHello
+/// (run once, it classifies the flow) and a data segment of `data` after it.
+fn hot_frames(hello: &[u8], data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut hello_frame = seg(0, 443, 1, PSH_ACK, hello);
+    vary(&mut hello_frame, HOT_FLOW);
+    let mut data_frame = seg(0, 443, 1 + hello.len() as u32, PSH_ACK, data);
+    vary(&mut data_frame, HOT_FLOW);
+    (hello_frame, data_frame)
+}
+
+/// The hot flow's number for [`vary`]: a client address the per-call cases never reach.
+const HOT_FLOW: u64 = u16::MAX as u64 * 60_000;
 
 /// The profile by stage: the classifier stopped after each stage in turn
 /// (`sni_common::maps::profile_stop`), each against the no-op; a stage costs the difference
@@ -585,7 +607,7 @@ struct Runs<'a> {
 /// stage (loop; with JA4, then its last two stops without); one-segment ClientHellos of new
 /// flows (per call; on a table whose every entry is taken for the last stop, the one that
 /// inserts).
-fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<Vec<Row>> {
+fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs) -> Result<Vec<Row>> {
     use sni_common::maps::profile_stop as stop;
     let stopped = |config: &str, at: u8| {
         Prog::with_options(
@@ -602,11 +624,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
         print_row(&r);
         rows.push(r);
     };
-    let hot = u64::from(u16::MAX) * 60_000;
-    let mut hello_frame = seg(0, 443, 1, PSH_ACK, hello);
-    vary(&mut hello_frame, hot);
-    let mut data_frame = seg(0, 443, 1 + hello.len() as u32, PSH_ACK, data);
-    vary(&mut data_frame, hot);
+    let (hello_frame, data_frame) = hot_frames(hello, data);
     for (at, stage) in [
         (
             stop::ENTRY,
@@ -626,7 +644,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
                 "profile: classified flow, one hot flow: 1,400 B TLS record, stopped after {stage}"
             ),
             pair.looped(&data_frame, runs.reps)?,
-            runs.loop_how,
+            &runs.loop_how,
         );
     }
     // The ClientHello stage alone, with and without its JA4: stopped before the insert, the
@@ -673,7 +691,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
                 hello.len()
             ),
             pair.looped(&hello_frame, runs.reps)?,
-            runs.loop_how,
+            &runs.loop_how,
         );
     }
     // Each stop's program has maps of its own.
@@ -725,7 +743,7 @@ fn profile(noop: &Plain, hello: &[u8], data: &[u8], runs: &Runs<'_>) -> Result<V
                 hello.len()
             ),
             pair.per_call(&one, runs.calls)?,
-            runs.call_how,
+            &runs.call_how("a new flow each"),
         );
     }
     Ok(rows)
