@@ -384,8 +384,9 @@ pub struct Parser {
     rec_left: u16,
     /// Bytes left in the current extension, while inside one (stages from `S_SNI_LIST_LEN`).
     ext_left: u16,
-    /// Type of the current extension.
-    ext_type: u16,
+    /// Unused: keeps the layout the kernel's maps were sized with (it held the current
+    /// extension's type, which nothing reads any more).
+    _pad_ext: u16,
     /// Current field (`S_*`).
     stage: u8,
     /// Position within a 5-byte record header.
@@ -446,7 +447,7 @@ impl Parser {
             acc: 0,
             rec_left: 0,
             ext_left: 0,
-            ext_type: 0,
+            _pad_ext: 0,
             stage: S_HS_TYPE,
             rec_hdr: 0,
             rec_len_hi: 0,
@@ -587,11 +588,13 @@ impl Parser {
     #[inline(always)]
     pub fn leap<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         match self.stage {
+            S_HS_TYPE | S_COMP_LEN => self.fixed_fields(input, pos),
             S_EXT_HEAD => self.plain_extensions(input, pos),
             S_SNI_LIST_LEN | S_ALPN_LIST_LEN | S_SIG_ALGS_LEN | S_VERSIONS_LEN => {
                 self.value_lengths(input, pos)
             }
-            _ => self.fixed_fields(input, pos),
+            // A value, an extension's body, a list: read by the field step.
+            _ => false,
         }
     }
 
@@ -612,7 +615,16 @@ impl Parser {
             _ => (1, 1),
         };
         let at = *pos;
-        if self.status != ST_NEED_MORE || self.need != first || !self.holds(input, at, n) {
+        let len = input.len();
+        // `field_done` entered this stage only for an extension that holds the lengths; its
+        // room is checked anyway, as `rest` below subtracts them from it.
+        if self.status != ST_NEED_MORE
+            || self.need != first
+            || at >= len
+            || len - at < usize::from(n)
+            || self.rec_left < n
+            || self.ext_left < n
+        {
             return false;
         }
         let be16 = |i: usize| u16::from_be_bytes([input.byte(at + i), input.byte(at + i + 1)]);
@@ -658,19 +670,6 @@ impl Parser {
         true
     }
 
-    /// Whether the input from `at`, the record, the ClientHello, its extensions and the
-    /// current extension all hold `n` more bytes.
-    #[inline(always)]
-    fn holds<I: Input + ?Sized>(&self, input: &I, at: usize, n: u16) -> bool {
-        let len = input.len();
-        at < len
-            && len - at >= usize::from(n)
-            && self.rec_left >= n
-            && self.hs_left >= u32::from(n)
-            && self.exts_left >= u32::from(n)
-            && self.ext_left >= n
-    }
-
     /// The current integer field read whole, `v`, as its step leaves it.
     #[inline(always)]
     fn read_whole(&mut self, v: u32) {
@@ -678,14 +677,13 @@ impl Parser {
         self.need = 0;
     }
 
-    /// `n` bytes of the current extension read, what [`Parser::holds`] said there is room
-    /// for.
+    /// `n` bytes of the current extension read, the record holding them: charged to every
+    /// enclosing length as a field step charges them.
     #[inline(always)]
     fn took(&mut self, n: u16, pos: &mut usize) {
-        self.rec_left -= n;
-        self.hs_left -= u32::from(n);
-        self.exts_left -= u32::from(n);
-        self.ext_left -= n;
+        // The extension holds them, so the ClientHello and its extensions do too: this
+        // cannot fail.
+        self.consume(u32::from(n));
         *pos += usize::from(n);
     }
 
@@ -866,8 +864,9 @@ impl Parser {
     /// one whose values JA4 takes) and the input from `*pos`, the record and the extensions
     /// block hold all of it, up to [`PLAIN_EXTENSIONS_PER_STEP`]; returns whether it passed
     /// over any. It leaves the parser as the steps of those extensions would have; anything
-    /// else (a partial header, an extension past the input or the block, the last one) is
-    /// left to [`Parser::field_step`], which reads or refuses it as usual.
+    /// else (a partial header, an extension past the input, the record or the block, one the
+    /// parser reads, the last one) is left to [`Parser::field_step`], which reads or refuses
+    /// it as usual.
     #[inline(always)]
     fn plain_extensions<I: Input + ?Sized>(&mut self, input: &I, pos: &mut usize) -> bool {
         // At an extension's first byte. Passing over one that is not the last leaves the
@@ -906,7 +905,7 @@ impl Parser {
     /// Whether the parser reads extension `ty` past its type and length: server_name, and
     /// with JA4 the ALPN, supported_versions and signature_algorithms it takes values from.
     /// The one list of them: the field's step reads only these (and passes over one JA4 no
-    /// longer wants), the walk leaves them to it.
+    /// longer wants), `plain_extensions` leaves them to it.
     #[inline(always)]
     fn reads_extension(&self, ty: u16) -> bool {
         match ty {
@@ -928,7 +927,6 @@ impl Parser {
         if ty == EXT_ECH {
             self.flags |= F_ECH;
         }
-        self.ext_type = ty;
         self.ext_left = len;
     }
 
@@ -1258,7 +1256,6 @@ impl Parser {
             }
             S_EXT_HEAD => {
                 let ty = (v >> 16) as u16;
-                self.ext_type = ty;
                 let v = v & 0xffff;
                 if v > self.exts_left {
                     return self.malformed(Reason::ExtensionOverrun);

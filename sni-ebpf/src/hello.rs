@@ -173,7 +173,8 @@ fn parse(ctx: &XdpContext, scratch: *mut Scratch, off: usize, len: usize) -> Res
     // The whole payload is read (up to loopback's 64 KiB), however many chunks it takes. A
     // step that does not end the chunk or the parse consumes at least a byte, and a zero-length
     // field is followed by one that does (`Parser::max_steps`: 2 × len + 2 covers them), and
-    // each chunk adds an iteration to copy it and one that finds it used up.
+    // each chunk adds the iteration that copies it (counted twice, for room: the last call,
+    // which stops the loop, is one more).
     let iterations = Parser::max_steps(len) + 2 * (len / SCRATCH_LEN + 1);
     // SAFETY: `parse_step` has the callback signature bpf_loop expects; its context is
     // `chunks`, on this stack for the whole call, and it finds the parser in the per-CPU
