@@ -113,11 +113,27 @@ fn ja4_of(p: &Parser) -> Option<(sni_common::ja4::Ja4Key, Option<String>)> {
 
 /// Parses `chunks` in order from `p`, checking the step bound on each: when the parser still
 /// needs more, every byte of the chunk must have been consumed within `Parser::max_steps`.
-fn parse_chunks_with(mut p: Parser, chunks: &[&[u8]]) -> Parser {
+fn parse_chunks_with(p: Parser, chunks: &[&[u8]]) -> Parser {
+    drive(p, chunks, Parser::step)
+}
+
+/// Parses `bytes` with the second half of each step alone (`Parser::field_step`): one field
+/// at a time, never a leap over several (`Parser::leap`), with the checks of
+/// [`parse_chunks_with`].
+fn parse_fields_only(bytes: &[u8], ja4: bool) -> Parser {
+    drive(Parser::new(ja4), &[bytes], Parser::field_step::<[u8]>)
+}
+
+/// [`parse_chunks_with`], each chunk read by `step` until it makes no progress.
+fn drive(
+    mut p: Parser,
+    chunks: &[&[u8]],
+    step: fn(&mut Parser, &[u8], &mut usize) -> bool,
+) -> Parser {
     for chunk in chunks {
         let mut pos = 0;
         let mut steps = 0;
-        while p.step(*chunk, &mut pos) {
+        while step(&mut p, chunk, &mut pos) {
             steps += 1;
             assert!(
                 steps <= Parser::max_steps(chunk.len()),
@@ -210,6 +226,22 @@ impl Hello {
             compression,
             extensions,
         }
+    }
+
+    /// Where the first extension starts in `self.records(16384)` (one record): past the
+    /// record and handshake headers, the version, the random, the session ID, the cipher
+    /// suites, the compression methods and the extensions' length.
+    fn extensions_at(&self) -> usize {
+        5 + 4
+            + 2
+            + 32
+            + 1
+            + self.session_id.len()
+            + 2
+            + self.suites.len()
+            + 1
+            + self.compression.len()
+            + 2
     }
 
     /// The handshake message: type, 24-bit length, body.
@@ -632,19 +664,6 @@ fn length_fields_that_lie_never_yield_a_wrong_name() {
     }
 }
 
-/// Parses `bytes` with the second half of each step alone (`Parser::field_step`): one field
-/// at a time, never a leap over several (`Parser::leap`).
-fn parse_fields_only(ja4: bool, bytes: &[u8]) -> Parser {
-    let mut p = Parser::new(ja4);
-    let mut pos = 0;
-    for _ in 0..Parser::max_steps(bytes.len()) {
-        if !p.field_step(bytes, &mut pos) {
-            break;
-        }
-    }
-    p
-}
-
 #[test]
 fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
     // `Parser::leap` reads the fixed fields, and the lengths in front of the first value of
@@ -693,17 +712,7 @@ fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
             }
         }
         for (base, fixed, types) in &bases {
-            let first_extension = 5
-                + 4
-                + 2
-                + 32
-                + 1
-                + base.session_id.len()
-                + 2
-                + base.suites.len()
-                + 1
-                + base.compression.len()
-                + 2;
+            let first_extension = base.extensions_at();
             let mut read: Vec<usize> = if *fixed {
                 (0..first_extension).collect()
             } else {
@@ -739,7 +748,7 @@ fn what_is_read_straight_through_leaves_the_parser_as_its_steps_do() {
         for case in &cases {
             for ja4 in [false, true] {
                 let whole = parse_chunks_with(Parser::new(ja4), &[case]);
-                let fields = parse_fields_only(ja4, case);
+                let fields = parse_fields_only(case, ja4);
                 let what = format!("{label} ja4 {ja4}: {case:02x?}");
                 assert_eq!(whole.progress(), fields.progress(), "{what}");
                 assert_eq!(whole.reason(), fields.reason(), "{what}");

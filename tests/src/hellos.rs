@@ -123,6 +123,18 @@ pub fn fixed_order(hello: &[u8], sni_at: usize) -> Vec<u8> {
     })
 }
 
+/// The ClientHellos the bench sends (`cargo xtask bench`, the xdp and ab sections), which
+/// `tests/tests/steps.rs` counts the parser's steps over: the post-quantum one of rustls, its
+/// name in the middle of its extensions (where a shuffle leaves it on average), and a
+/// browser-size one (1,850 bytes) whose name is last, past its first segment. rustls shuffles
+/// its extensions for every ClientHello: fixed orders, so that runs compare.
+pub fn bench_hellos() -> (Vec<u8>, Vec<u8>) {
+    let hello = rustls_hello("host1.bench.test");
+    let hello = fixed_order(&hello, extension_types(&hello).len() / 2);
+    let browser = fixed_order(&browser_size_hello("host2.bench.test"), usize::MAX);
+    (hello, browser)
+}
+
 /// The extension types of `hello` (one record), in order.
 pub fn extension_types(hello: &[u8]) -> Vec<u16> {
     extensions(hello).1.iter().map(|&(ty, _)| ty).collect()

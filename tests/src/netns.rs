@@ -113,21 +113,18 @@ pub fn veth(
         &mtu.to_string(),
     ]));
     for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
-        // No duplicate address detection for the link-local address the kernel adds at link
-        // up either: with it, that address is announced about 2 s later, and a Chromium
-        // started in that window fails its page load with ERR_NETWORK_CHANGED (one CI run).
-        // This way every address event comes before `veth` returns.
+        // No duplicate address detection on the link, for the addresses below and for the
+        // link-local one the kernel adds at link up: with it, that one is announced about 2 s
+        // later, and a Chromium started in that window fails its page load with
+        // ERR_NETWORK_CHANGED (one CI run). This way every address is usable at once and
+        // every address event comes before `veth` returns.
         run(&mut ns.cmd([
             "sysctl",
             "-qw",
             &format!("net.ipv6.conf.{ifname}.accept_dad=0"),
         ]));
         for addr in addrs {
-            let mut args = vec!["ip", "addr", "add", addr, "dev", ifname];
-            if addr.contains(':') {
-                args.push("nodad"); // usable at once, without duplicate address detection
-            }
-            run(&mut ns.cmd(args));
+            run(&mut ns.cmd(["ip", "addr", "add", addr, "dev", ifname]));
         }
         run(&mut ns.cmd(["ip", "link", "set", ifname, "up"]));
     }

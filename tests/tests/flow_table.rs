@@ -49,9 +49,11 @@ fn the_table_holds_as_many_flows_as_its_capacity() {
         })
         .collect();
     for key in &keys {
-        let mut frame = hello(key.src_port);
-        sni_tests::frame::set_v4_src(&mut frame, [key.src[0], key.src[1], key.src[2], key.src[3]]);
-        assert_eq!(prog.run(&frame), XDP_PASS);
+        let mut f = hello(key.src_port);
+        let mut src = [0; 4];
+        src.copy_from_slice(&key.src[..4]);
+        frame::set_v4_src(&mut f, src);
+        assert_eq!(prog.run(&f), XDP_PASS);
     }
     let table = prog.flow_table();
     let kept = keys.iter().filter(|k| table.get(k).is_some()).count();

@@ -3,7 +3,7 @@
 //! reads (the README's profile), so a change that adds steps shows here before the bench.
 
 use sni_common::Parser;
-use sni_tests::hellos::{browser_size_hello, extension_types, fixed_order, rustls_hello};
+use sni_tests::hellos::{bench_hellos, extension_types, fixed_order, rustls_hello};
 
 /// Steps `Parser::step` takes over `hello` in one buffer until the parser wants no more
 /// (its end with JA4, its name without).
@@ -24,10 +24,7 @@ fn steps(ja4: bool, hello: &[u8]) -> usize {
 
 #[test]
 fn the_bench_client_hellos_take_the_steps_they_took_when_measured() {
-    // As the bench sends them (`bench/src/xdp/mod.rs`, `bench_hellos`).
-    let hello = rustls_hello("host1.bench.test");
-    let hello = fixed_order(&hello, extension_types(&hello).len() / 2);
-    let browser = fixed_order(&browser_size_hello("host2.bench.test"), usize::MAX);
+    let (hello, browser) = bench_hellos();
     // 27 and 15 before the fixed fields and the lengths in front of a list's first value were
     // read straight through (`Parser::leap`); 33 and 19 before steps passed over the
     // extensions read no further. Browser-size: 26 and 16; 34 and 24.

@@ -537,15 +537,10 @@ pub fn run(noop_object: &Path, quick: bool) -> Result<(Vec<Row>, f64, String)> {
     Ok((rows, hello_one.max(split_both), hellos_note))
 }
 
-/// The ClientHellos the cases send, and a note naming them: the post-quantum one of rustls in
-/// one segment, and a browser-size one (1,850 bytes) whose name is past its first segment.
-/// rustls shuffles its extensions for every ClientHello: fixed orders, so that runs compare.
-/// The name is in the middle of the one-segment ClientHello (where a shuffle leaves it on
-/// average), last in the browser-size one.
+/// The ClientHellos the cases send (`sni_tests::hellos::bench_hellos`), and a note naming
+/// them and their extensions' order.
 fn bench_hellos() -> (Vec<u8>, Vec<u8>, String) {
-    let hello = hellos::rustls_hello("host1.bench.test");
-    let hello = hellos::fixed_order(&hello, hellos::extension_types(&hello).len() / 2);
-    let browser = hellos::fixed_order(&hellos::browser_size_hello("host2.bench.test"), usize::MAX);
+    let (hello, browser) = hellos::bench_hellos();
     let note = format!(
         "ClientHellos: rustls (X25519MLKEM768), {} bytes, extensions {:04x?}; browser-size {} bytes, extensions {:04x?}",
         hello.len(),
